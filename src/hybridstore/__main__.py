@@ -1,0 +1,3 @@
+from hybridstore.cli import main
+
+main()

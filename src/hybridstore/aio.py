@@ -1,0 +1,63 @@
+"""AsyncHybridStore: the same store for asyncio code. Each call runs the synchronous implementation in a worker
+thread, so the event loop never blocks on SQLite, fsync or the primary. One implementation, two faces."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from types import TracebackType
+from typing import Any
+
+from .config import resolve
+from .model import Page, Record, SyncReport, WriteResult
+from .store import HybridStore
+
+
+class AsyncHybridStore:
+    def __init__(self, store: HybridStore) -> None:
+        self.sync_store = store
+
+    @classmethod
+    async def open(
+        cls,
+        primary_url: str | None = None,
+        *,
+        data_dir: str | os.PathLike[str] | None = None,
+        node_id: str | None = None,
+        **options: Any,
+    ) -> AsyncHybridStore:
+        config = resolve(primary_url=primary_url, data_dir=data_dir, node_id=node_id, **options)
+        return cls(await asyncio.to_thread(HybridStore, config))
+
+    @property
+    def node_id(self) -> str:
+        return self.sync_store.node_id
+
+    async def set(self, collection: str, key: str, value: Any) -> WriteResult:
+        return await asyncio.to_thread(self.sync_store.set, collection, key, value)
+
+    async def get(self, collection: str, key: str) -> Record | None:
+        return await asyncio.to_thread(self.sync_store.get, collection, key)
+
+    async def delete(self, collection: str, key: str) -> WriteResult:
+        return await asyncio.to_thread(self.sync_store.delete, collection, key)
+
+    async def list(self, collection: str, *, prefix: str = "", limit: int = 100, after: str | None = None) -> Page:
+        return await asyncio.to_thread(self.sync_store.list, collection, prefix=prefix, limit=limit, after=after)
+
+    async def sync_now(self) -> SyncReport:
+        return await asyncio.to_thread(self.sync_store.sync_now)
+
+    async def health(self) -> dict[str, Any]:
+        return await asyncio.to_thread(self.sync_store.health)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.sync_store.close)
+
+    async def __aenter__(self) -> AsyncHybridStore:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()

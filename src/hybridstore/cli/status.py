@@ -1,0 +1,102 @@
+"""``status`` and ``sync``: what each tier is doing, and pushing the outbox now."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .app import app, open_store, out, print_json
+
+_STYLE = {"healthy": "green", "degraded": "yellow", "down": "red", "disabled": "dim", "unknown": "dim"}
+
+
+def _state(state: str) -> str:
+    return f"[{_STYLE.get(state, 'white')}]{state}[/]"
+
+
+@app.command()
+def status(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+) -> None:
+    """Show each tier's health, the circuit breaker and the outbox."""
+    with open_store(ctx) as store:
+        health = store.health()
+    if as_json:
+        print_json(health)
+        return
+    table = Table(title=f"hybridstore node {health['node_id']}  ({health['data_dir']})")
+    table.add_column("tier")
+    table.add_column("state")
+    table.add_column("latency", justify="right")
+    table.add_column("detail", overflow="fold")
+    for name in ("primary", "local", "journal"):
+        tier: dict[str, Any] = health[name]
+        latency = f"{tier['latency_ms']:.2f} ms" if tier.get("latency_ms") is not None else ""
+        detail = tier.get("detail") or tier.get("url") or tier.get("path") or ""
+        if name == "journal":
+            detail = f"{tier.get('entries', 0)} entr{'y' if tier.get('entries') == 1 else 'ies'} {detail}".strip()
+        table.add_row(name, _state(tier["state"]), latency, str(detail))
+    out.print(table)
+    circuit = health["circuit"]
+    outbox = health["outbox"]
+    age = outbox["oldest_pending_age_s"]
+    out.print(
+        f"circuit: [bold]{circuit['state']}[/] (opened {circuit['times_opened']}x)   "
+        f"outbox: [bold]{outbox['depth']}[/] pending"
+        + (f", oldest {age:.1f}s" if age is not None else "")
+        + f"   mode: {health['write_mode']}, reads {health['read_policy']}"
+    )
+
+
+@app.command()
+def sync(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the sync report as JSON.")] = False,
+) -> None:
+    """Push every queued write to the primary now, with a progress bar."""
+    with open_store(ctx) as store:
+        total = store.health()["outbox"]["depth"]
+        report = None
+        with Progress(
+            TextColumn("pushing outbox"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=out,
+            disable=as_json or total == 0,
+            transient=False,
+        ) as progress:
+            task = progress.add_task("push", total=total)
+            while True:
+                step = store.replayer.drain(max_batches=1)
+                if report is None:
+                    report = step
+                else:
+                    for field in ("pushed", "failed", "superseded", "duplicates", "journal_replayed"):
+                        setattr(report, field, getattr(report, field) + getattr(step, field))
+                    report.errors += step.errors
+                report.remaining = step.remaining
+                progress.update(task, completed=total - step.remaining)
+                moved = step.pushed + step.superseded + step.duplicates + step.journal_replayed
+                if step.remaining == 0 or moved == 0:
+                    break
+    assert report is not None
+    if as_json:
+        print_json(dataclasses.asdict(report))
+        return
+    out.print(
+        f"pushed {report.pushed}, superseded {report.superseded}, duplicates {report.duplicates}, "
+        f"failed {report.failed}, remaining {report.remaining}"
+    )
+    if report.remaining and store.primary is None:
+        out.print("no primary configured: writes stay queued until one is (--primary-url or $HYBRIDSTORE_PRIMARY_URL)")
+    elif report.errors:
+        out.print(f"[red]last error:[/] {report.errors[-1]}")
+    if report.remaining and store.primary is not None:
+        raise typer.Exit(1)
+

@@ -1,0 +1,115 @@
+"""Store configuration: explicit arguments first, then the environment, then defaults.
+
+Environment: ``HYBRIDSTORE_PRIMARY_URL`` (else ``SUPABASE_DB_URL``, else ``DATABASE_URL``),
+``HYBRIDSTORE_DATA_DIR``, ``HYBRIDSTORE_NODE_ID``, ``HYBRIDSTORE_PRIMARY_SCHEMA``,
+``STORAGE_SYNC_RETRY_ATTEMPTS`` (also ``VITE_STORAGE_SYNC_RETRY_ATTEMPTS``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from .errors import ConfigError
+from .validation import DEFAULT_MAX_VALUE_BYTES
+
+WriteMode = Literal["write_through", "local_first"]
+ReadPolicy = Literal["primary_first", "local_first"]
+NODE_ID_RE = re.compile(r"[A-Za-z0-9_\-]{1,64}")
+DEFAULT_DATA_DIR = "./data"
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    primary_url: str | None = None
+    data_dir: Path = Path(DEFAULT_DATA_DIR)
+    node_id: str | None = None
+    primary_schema: str = "hybridstore"
+    write_mode: WriteMode = "write_through"
+    read_policy: ReadPolicy = "primary_first"
+    primary_timeout: float = 2.0
+    synchronous: str = "NORMAL"
+    max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
+    batch_size: int = 1000
+    retry_base: float = 0.05
+    retry_cap: float = 5.0
+    sync_retry_attempts: int = 3
+    circuit_failures: int = 2
+    circuit_reset: float = 0.5
+    background: bool = True
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.write_mode not in ("write_through", "local_first"):
+            raise ConfigError(f"write_mode must be 'write_through' or 'local_first', not {self.write_mode!r}")
+        if self.read_policy not in ("primary_first", "local_first"):
+            raise ConfigError(f"read_policy must be 'primary_first' or 'local_first', not {self.read_policy!r}")
+        if self.synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise ConfigError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {self.synchronous!r}")
+        for name in ("primary_timeout", "retry_base", "retry_cap", "circuit_reset"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be positive")
+        for name in ("max_value_bytes", "batch_size", "circuit_failures", "sync_retry_attempts"):
+            if not getattr(self, name) >= 1:
+                raise ConfigError(f"{name} must be at least 1")
+        if self.node_id is not None and not NODE_ID_RE.fullmatch(self.node_id):
+            raise ConfigError(f"invalid node id {self.node_id!r}: 1-64 letters, digits, '_' or '-'")
+
+
+def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
+    for key in (name, f"VITE_{name}"):
+        raw = env.get(key)
+        if raw:
+            try:
+                return int(raw)
+            except ValueError:
+                raise ConfigError(f"{key} must be an integer, not {raw!r}") from None
+    return default
+
+
+def resolve(
+    *,
+    primary_url: str | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
+    node_id: str | None = None,
+    env: Mapping[str, str] | None = None,
+    **options: object,
+) -> StoreConfig:
+    env = os.environ if env is None else env
+    url = primary_url or env.get("HYBRIDSTORE_PRIMARY_URL") or env.get("SUPABASE_DB_URL") or env.get("DATABASE_URL")
+    directory = Path(data_dir or env.get("HYBRIDSTORE_DATA_DIR") or DEFAULT_DATA_DIR)
+    options.setdefault("sync_retry_attempts", _env_int(env, "STORAGE_SYNC_RETRY_ATTEMPTS", 3))
+    if "primary_schema" not in options and env.get("HYBRIDSTORE_PRIMARY_SCHEMA"):
+        options["primary_schema"] = env["HYBRIDSTORE_PRIMARY_SCHEMA"]
+    try:
+        return StoreConfig(
+            primary_url=url or None,
+            data_dir=directory,
+            node_id=node_id or env.get("HYBRIDSTORE_NODE_ID") or None,
+            **options,  # type: ignore[arg-type]
+        )
+    except TypeError as exc:
+        raise ConfigError(f"unknown option: {exc}") from None
+
+
+def load_node_id(data_dir: Path) -> str:
+    """The node id persisted in ``data_dir/node_id``, created once."""
+    path = data_dir / "node_id"
+    try:
+        existing = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        existing = ""
+    if existing:
+        if not NODE_ID_RE.fullmatch(existing):
+            raise ConfigError(f"{path} holds an invalid node id {existing!r}")
+        return existing
+    node = "n" + uuid.uuid4().hex[:12]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(node + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return node

@@ -1,0 +1,160 @@
+"""Plain data that crosses the public API: records, write results, pages, queued operations."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+TierName = Literal["primary", "local", "journal"]
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One stored value and where it came from.
+
+    ``version`` is the primary's version (0 while the record has never reached the primary); ``source`` is the
+    tier that served the read; ``synced_at`` is when this node last saw the record agree with the primary
+    (epoch seconds, ``None`` while it has local changes the primary has not accepted yet).
+    """
+
+    collection: str
+    key: str
+    value: Any
+    version: int
+    hlc: str
+    origin: str
+    source: TierName
+    synced_at: float | None = None
+    updated_at: float | None = None
+
+    @property
+    def pending(self) -> bool:
+        return self.synced_at is None
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """Acknowledgement of a write: which tier made it durable, and whether it still has to reach the primary."""
+
+    tier: TierName
+    version: int
+    queued: bool
+    op_id: str
+    hlc: str
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of ``list()``; pass ``next_after`` as ``after`` to get the next page (``None`` at the end)."""
+
+    records: list[Record]
+    next_after: str | None
+
+    def __iter__(self) -> Any:
+        return iter(self.records)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    """A write as it travels: from the caller to a tier, through the outbox or journal, to the primary.
+
+    ``value_json`` is canonical JSON text (``None`` for a delete). ``base_version`` is the primary version the
+    writer last saw for this key (0 = never seen); the primary uses it to tell a conflict from a follow-up.
+    """
+
+    op_id: str
+    collection: str
+    key: str
+    value_json: str | None
+    hlc: str
+    origin: str
+    base_version: int = 0
+    created_at: float = 0.0
+
+    @property
+    def deleted(self) -> bool:
+        return self.value_json is None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "op_id": self.op_id,
+            "collection": self.collection,
+            "key": self.key,
+            "value": self.value_json,
+            "hlc": self.hlc,
+            "origin": self.origin,
+            "base_version": self.base_version,
+            "created_at": self.created_at,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Op:
+        return cls(
+            op_id=str(data["op_id"]),
+            collection=str(data["collection"]),
+            key=str(data["key"]),
+            value_json=None if data["value"] is None else str(data["value"]),
+            hlc=str(data["hlc"]),
+            origin=str(data["origin"]),
+            base_version=int(data.get("base_version", 0)),
+            created_at=float(data.get("created_at", 0.0)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRow:
+    """A record as a tier stores it (value still JSON text); tiers return these, the store decodes them."""
+
+    collection: str
+    key: str
+    value_json: str | None
+    version: int
+    hlc: str
+    origin: str
+    updated_at: float
+    synced_at: float | None = None
+
+    @property
+    def deleted(self) -> bool:
+        return self.value_json is None
+
+    def to_record(self, source: TierName) -> Record:
+        assert self.value_json is not None
+        return Record(
+            collection=self.collection,
+            key=self.key,
+            value=json.loads(self.value_json),
+            version=self.version,
+            hlc=self.hlc,
+            origin=self.origin,
+            source=source,
+            synced_at=self.synced_at,
+            updated_at=self.updated_at,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyOutcome:
+    """What the primary did with one op: ``applied``, ``duplicate`` (seen before) or ``superseded`` (lost to a
+    newer write under last-writer-wins). ``current`` is the primary's row for the key after the op."""
+
+    op_id: str
+    outcome: Literal["applied", "duplicate", "superseded"]
+    current: StoredRow | None
+
+
+@dataclass(slots=True)
+class SyncReport:
+    """Result of one ``sync_now()``: ops pushed, ops that failed this round, ops still queued."""
+
+    pushed: int = 0
+    failed: int = 0
+    remaining: int = 0
+    superseded: int = 0
+    duplicates: int = 0
+    journal_replayed: int = 0
+    errors: list[str] = field(default_factory=list)

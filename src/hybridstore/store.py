@@ -1,0 +1,392 @@
+"""HybridStore: the synchronous, thread-safe public API. Routes each operation to a tier.
+
+Write path: write-through to the primary while its circuit is closed (acknowledged after the primary commits);
+otherwise — or with ``write_mode="local_first"`` — SQLite record + outbox row in one transaction (acknowledged
+as queued); if SQLite fails, the fsync'd journal (acknowledged as journaled); if that fails too,
+`StorageExhaustedError` and nothing is acknowledged. A key with pending local ops is always queued behind them,
+so per-key order holds. Read path: the node's own pending writes first (read-your-writes), then the primary
+(``read_policy="primary_first"``) or the local copy (``"local_first"``), falling back to local.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import logging
+import os
+import time
+import uuid
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from .circuit import CircuitBreaker
+from .clock import HybridClock
+from .config import StoreConfig, load_node_id
+from .errors import (
+    ClosedError,
+    JournalError,
+    LocalStoreError,
+    PrimaryTimeoutError,
+    PrimaryUnavailableError,
+    StorageExhaustedError,
+    StoreLockedError,
+    ValidationError,
+)
+from .model import Op, Page, Record, StoredRow, SyncReport, TierName, WriteResult
+from .sync.outbox import OutboxReplayer
+from .tiers.journal import JournalTier
+from .tiers.local import LocalTier
+from .validation import check_collection, check_key, encode_value
+
+log = logging.getLogger("hybridstore")
+LOCAL_DB = "local.db"
+JOURNAL_FILE = "journal.log"
+
+
+def merge_pending(
+    base: list[StoredRow], pending: list[StoredRow], *, upper: str | None, limit: int
+) -> tuple[list[StoredRow], str | None]:
+    """Overlay a node's pending rows (tombstones included) on a page read elsewhere. ``upper`` is the last key
+    the page covers (``None`` = it reached the end). Returns live rows and the cursor for the next page."""
+    by_key = {r.key: r for r in base}
+    for row in pending:
+        if upper is None or row.key <= upper:
+            by_key[row.key] = row
+    live = sorted((r for r in by_key.values() if not r.deleted), key=lambda r: r.key)
+    if len(live) > limit:
+        live = live[:limit]
+        return live, live[-1].key
+    return live, upper
+
+
+class HybridStore:
+    """See the module docstring. Use `hybridstore.open()` to make one; close it (or use ``with``)."""
+
+    def __init__(self, config: StoreConfig) -> None:
+        self.config = config
+        self._closed = False
+        data_dir = Path(config.data_dir)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir = data_dir
+        self._lock_file = self._take_dir_lock(data_dir)
+        try:
+            self._open_tiers(config, data_dir)
+        except BaseException:
+            self._release_dir_lock()
+            raise
+
+    def _open_tiers(self, config: StoreConfig, data_dir: Path) -> None:
+        self.node_id = config.node_id or load_node_id(data_dir)
+        self.journal = JournalTier(data_dir / JOURNAL_FILE)
+        self.local: LocalTier | None = None
+        self.local_error: str | None = None
+        try:
+            self.local = LocalTier(data_dir / LOCAL_DB, synchronous=config.synchronous)
+        except LocalStoreError as exc:
+            # Keep running on the journal; the recovery service can rebuild the file.
+            self.local_error = str(exc)
+            log.error("local SQLite unusable, writes go to the journal: %s", exc)
+        self._local_ok = self.local is not None
+        last = [h for h in (self._safe_max_hlc(), *(op.hlc for op in self.journal.entries())) if h]
+        self.clock = HybridClock(self.node_id, last=max(last) if last else None)
+        self.circuit = CircuitBreaker(failure_threshold=config.circuit_failures, reset_timeout=config.circuit_reset)
+        self.primary = None
+        if config.primary_url:
+            from .tiers.primary import PrimaryTier
+
+            self.primary = PrimaryTier(config.primary_url, schema=config.primary_schema, timeout=config.primary_timeout)
+        self.replayer = OutboxReplayer(
+            local=lambda: self.local,
+            journal=self.journal,
+            primary=self.primary,
+            circuit=self.circuit,
+            observe=self.clock.observe,
+            on_local_recovered=self._local_recovered,
+            batch_size=config.batch_size,
+            retry_base=config.retry_base,
+            retry_cap=config.retry_cap,
+        )
+        if len(self.journal) and self.local is not None:
+            self.replayer.drain(max_batches=0)
+        if config.background:
+            self.replayer.start()
+
+    def _take_dir_lock(self, data_dir: Path) -> int:
+        fd = os.open(data_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StoreLockedError(
+                f"data directory {data_dir} is in use by another process; one store per data directory"
+            ) from None
+        return fd
+
+    def _release_dir_lock(self) -> None:
+        with contextlib.suppress(OSError):
+            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+            os.close(self._lock_file)
+
+    def _safe_max_hlc(self) -> str | None:
+        try:
+            return self.local.max_hlc() if self.local else None
+        except LocalStoreError:
+            return None
+
+    # -- lifecycle --------------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop background work and close every tier. Queued ops stay queued for the next open."""
+        if self._closed:
+            return
+        self._closed = True
+        self.replayer.stop()
+        if self.primary is not None:
+            self.primary.close()
+        if self.local is not None:
+            with contextlib.suppress(LocalStoreError, Exception):
+                self.local.close()
+        self._release_dir_lock()
+
+    def __enter__(self) -> HybridStore:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError("the store is closed; open a new one")
+
+    # -- writes -----------------------------------------------------------------------------------------------
+
+    def set(self, collection: str, key: str, value: Any) -> WriteResult:
+        """Store ``value`` (any JSON value) under ``collection``/``key``."""
+        self._check_open()
+        check_collection(collection)
+        check_key(key)
+        return self._write(collection, key, encode_value(value, max_bytes=self.config.max_value_bytes))
+
+    def delete(self, collection: str, key: str) -> WriteResult:
+        """Delete (a tombstone, so the deletion reaches the primary and other nodes)."""
+        self._check_open()
+        check_collection(collection)
+        check_key(key)
+        return self._write(collection, key, None)
+
+    def _write(self, collection: str, key: str, value_json: str | None) -> WriteResult:
+        op = Op(str(uuid.uuid4()), collection, key, value_json, self.clock.now(), self.node_id, 0, time.time())
+        if self.primary is not None and self.config.write_mode == "write_through" and self.circuit.allow():
+            result = self._write_through(op)
+            if result is not None:
+                return result
+        return self._queue(op)
+
+    def _write_through(self, op: Op) -> WriteResult | None:
+        """Write on the primary, or ``None`` when the op must be queued instead."""
+        assert self.primary is not None
+        if len(self.journal) or not self._local_ok or self.local is None:
+            return None
+        try:
+            row = self.local.get(op.collection, op.key)
+        except LocalStoreError as exc:
+            self._local_failed(exc)
+            return None
+        if row is not None and row.synced_at is None:
+            return None  # pending local ops for this key go first
+        op = dataclasses.replace(op, base_version=row.version if row else 0)
+        try:
+            outcome = self.primary.put_many([op])[0]
+        except PrimaryUnavailableError as exc:
+            self.circuit.record_failure(timeout=isinstance(exc, PrimaryTimeoutError))
+            self.replayer.wake()
+            log.warning("primary write failed, queued locally: %s", exc)
+            return None
+        self.circuit.record_success()
+        cur = outcome.current
+        assert cur is not None
+        self.clock.observe(cur.hlc)
+        try:
+            self.local.store_synced(cur)
+        except LocalStoreError as exc:
+            self._local_failed(exc)  # the write is safe on the primary
+        return WriteResult("primary", cur.version, False, op.op_id, op.hlc)
+
+    def _queue(self, op: Op) -> WriteResult:
+        if self._local_ok and self.local is not None and not len(self.journal):
+            try:
+                version = self.local.queue(op)
+            except LocalStoreError as exc:
+                self._local_failed(exc)
+            else:
+                self.replayer.wake()
+                return WriteResult("local", max(version, 0), True, op.op_id, op.hlc)
+        try:
+            self.journal.put(op)
+        except JournalError as exc:
+            raise StorageExhaustedError(
+                f"write NOT saved: the primary, SQLite and the journal all failed ({exc}); free disk space or "
+                "fix permissions in the data directory"
+            ) from exc
+        self.replayer.wake()
+        return WriteResult("journal", 0, True, op.op_id, op.hlc)
+
+    def _local_failed(self, exc: LocalStoreError) -> None:
+        if self._local_ok:
+            log.error("local SQLite failed, writes go to the journal until it recovers: %s", exc)
+        self._local_ok = False
+        self.local_error = str(exc)
+
+    def _local_recovered(self) -> None:
+        if not self._local_ok:
+            log.info("local SQLite works again")
+        self._local_ok = True
+        self.local_error = None
+
+    # -- reads ------------------------------------------------------------------------------------------------
+
+    def get(self, collection: str, key: str) -> Record | None:
+        """The current value, or ``None``. ``Record.source`` says which tier answered."""
+        self._check_open()
+        check_collection(collection)
+        check_key(key)
+        if len(self.journal):
+            jrow = self.journal.get(collection, key)
+            if jrow is not None:
+                return None if jrow.deleted else jrow.to_record("journal")
+        local_row = None
+        if self.local is not None:
+            try:
+                local_row = self.local.get(collection, key)
+            except LocalStoreError as exc:
+                self._local_failed(exc)
+        if local_row is not None and local_row.synced_at is None:
+            return None if local_row.deleted else local_row.to_record("local")
+        if self.primary is not None and self.config.read_policy == "primary_first" and self.circuit.allow():
+            try:
+                row = self.primary.get(collection, key)
+            except PrimaryUnavailableError as exc:
+                self.circuit.record_failure(timeout=isinstance(exc, PrimaryTimeoutError))
+            else:
+                self.circuit.record_success()
+                if row is None:
+                    return None
+                self.clock.observe(row.hlc)
+                if local_row is None or local_row.version != row.version:
+                    self._refresh_local(row)
+                return None if row.deleted else row.to_record("primary")
+        if local_row is None or local_row.deleted:
+            return None
+        return local_row.to_record("local")
+
+    def _refresh_local(self, row: StoredRow) -> None:
+        if self.local is not None and self._local_ok:
+            try:
+                self.local.store_synced(row)
+            except LocalStoreError as exc:
+                self._local_failed(exc)
+
+    def list(self, collection: str, *, prefix: str = "", limit: int = 100, after: str | None = None) -> Page:
+        """Live records ordered by key; pass ``page.next_after`` as ``after`` for the next page."""
+        self._check_open()
+        check_collection(collection)
+        if not isinstance(prefix, str):
+            raise ValidationError("prefix must be a string")
+        if not isinstance(limit, int) or not 1 <= limit <= 10_000:
+            raise ValidationError("limit must be an integer from 1 to 10000")
+        if after is not None:
+            check_key(after)
+        rows: list[StoredRow] | None = None
+        base_tier: TierName = "primary"
+        if self.primary is not None and self.config.read_policy == "primary_first" and self.circuit.allow():
+            try:
+                rows = self.primary.scan(collection, prefix=prefix, after=after, limit=limit)
+                self.circuit.record_success()
+            except PrimaryUnavailableError as exc:
+                self.circuit.record_failure(timeout=isinstance(exc, PrimaryTimeoutError))
+        local_pending: list[StoredRow] = []
+        try:
+            if rows is None:
+                base_tier = "local"
+                rows = self.local.scan(collection, prefix=prefix, after=after, limit=limit) if self.local else []
+            elif self.local is not None:
+                upper = rows[-1].key if len(rows) == limit else None
+                local_pending = self.local.pending_rows(collection, prefix=prefix, after=after, upper=upper)
+        except LocalStoreError as exc:
+            self._local_failed(exc)
+            rows = rows or []
+        upper = rows[-1].key if len(rows) == limit else None
+        journal_pending = (
+            self.journal.pending_rows(collection, prefix=prefix, after=after, upper=upper) if len(self.journal) else []
+        )
+        tiers: dict[str, TierName] = {r.key: "local" for r in local_pending}
+        tiers.update((r.key, "journal") for r in journal_pending)
+        merged, next_after = merge_pending(rows, local_pending + journal_pending, upper=upper, limit=limit)
+        return Page([r.to_record(tiers.get(r.key, base_tier)) for r in merged], next_after)
+
+    # -- sync and health --------------------------------------------------------------------------------------
+
+    def sync_now(self) -> SyncReport:
+        """Replay the journal and push the outbox now; returns pushed / failed / remaining counts."""
+        self._check_open()
+        return self.replayer.drain()
+
+    def health(self) -> dict[str, Any]:
+        """Plain data: each tier's state, outbox depth and oldest pending age, circuit state."""
+        depth, oldest = 0, None
+        local: dict[str, Any]
+        if self.local is None:
+            local = {"state": "down", "detail": self.local_error or "not open"}
+        else:
+            local = self.local.health().to_dict()
+            if not self._local_ok:
+                local["state"] = "degraded" if local["state"] == "healthy" else local["state"]
+                local["detail"] = self.local_error or local["detail"]
+            with contextlib.suppress(LocalStoreError):
+                depth, oldest = self.local.outbox_stats()
+        if self.primary is None:
+            primary: dict[str, Any] = {"state": "disabled", "detail": "no primary configured (embedded mode)"}
+        elif self.circuit.state == "closed" and not self._closed:
+            primary = self.primary.health().to_dict()
+            if primary["state"] != "healthy":
+                self.circuit.record_failure()
+        else:
+            primary = {
+                "state": "down",
+                "detail": self.primary.last_error or "circuit open",
+                "url": self.primary.url and _redact(self.primary.url),
+                "schema": self.primary.schema,
+            }
+        journal = self.journal.health().to_dict()
+        return {
+            "node_id": self.node_id,
+            "data_dir": str(self.data_dir),
+            "write_mode": self.config.write_mode,
+            "read_policy": self.config.read_policy,
+            "primary": primary,
+            "local": local,
+            "journal": journal,
+            "circuit": self.circuit.snapshot(),
+            "outbox": {
+                "depth": depth + journal.get("entries", 0),
+                "oldest_pending_age_s": None if oldest is None else round(max(0.0, time.time() - oldest), 3),
+            },
+            "sync": {
+                "pushed": self.replayer.totals.pushed,
+                "superseded": self.replayer.totals.superseded,
+                "duplicates": self.replayer.totals.duplicates,
+                "failed": self.replayer.totals.failed,
+                "last_push_at": self.replayer.last_push_at,
+                "last_error": self.replayer.last_error,
+            },
+        }
+
+
+def _redact(url: str) -> str:
+    from .tiers.primary import redact
+
+    return redact(url)

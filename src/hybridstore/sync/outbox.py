@@ -1,0 +1,231 @@
+"""Outbox replay: pushes queued ops to the primary, replays the journal into SQLite.
+
+`OutboxReplayer` owns one named background thread. Each round it (1) replays the journal into SQLite if the
+journal holds anything and SQLite works, (2) probes the primary when the circuit allows a probe, (3) pushes
+one batch of the outbox. Failures back off exponentially with full jitter; the thread resumes by itself when the
+primary returns, without any new write. ``drain()`` does the same work in the caller's thread (``sync_now``).
+Pushes are idempotent by op id, so an ambiguous failure (the primary committed, the answer was lost) is
+simply pushed again and reported as a duplicate.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from ..backoff import full_jitter
+from ..circuit import CircuitBreaker
+from ..errors import (
+    HybridStoreError,
+    LocalStoreError,
+    PrimaryRejectedError,
+    PrimaryTimeoutError,
+    PrimaryUnavailableError,
+)
+from ..model import Op, SyncReport
+
+if TYPE_CHECKING:
+    from ..tiers.journal import JournalTier
+    from ..tiers.local import LocalTier
+    from ..tiers.primary import PrimaryTier
+
+log = logging.getLogger("hybridstore.sync")
+IDLE_POLL = 1.0
+
+
+class OutboxReplayer:
+    def __init__(
+        self,
+        *,
+        local: Callable[[], LocalTier | None],
+        journal: JournalTier,
+        primary: PrimaryTier | None,
+        circuit: CircuitBreaker,
+        observe: Callable[[str], None],
+        on_local_recovered: Callable[[], None],
+        batch_size: int = 1000,
+        retry_base: float = 0.05,
+        retry_cap: float = 5.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._local = local
+        self._journal = journal
+        self._primary = primary
+        self._circuit = circuit
+        self._observe = observe
+        self._on_local_recovered = on_local_recovered
+        self.batch_size = batch_size
+        self._retry_base = retry_base
+        self._retry_cap = retry_cap
+        self._rng = rng or random.Random()
+        self._push_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._attempt = 0
+        self.totals = SyncReport()
+        self.last_push_at: float | None = None
+        self.last_error: str | None = None
+
+    # -- thread -----------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="hybridstore-replayer", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                delay = self._round()
+            except Exception:  # never die silently: log, count, go on
+                log.exception("outbox replayer round failed")
+                self.totals.errors.append("replayer round crashed; see log")
+                del self.totals.errors[:-20]
+                delay = IDLE_POLL
+            if delay > 0:
+                self._wake.wait(delay)
+                self._wake.clear()
+
+    def _round(self) -> float:
+        """One unit of background work; returns how long to wait before the next."""
+        report = SyncReport()
+        if len(self._journal) and not self._replay_journal(report):
+            return IDLE_POLL
+        if self._primary is None:
+            return IDLE_POLL * 5
+        if self._circuit.state != "closed":
+            if not self._circuit.probe_due():
+                return max(0.01, min(IDLE_POLL, self._circuit.seconds_until_probe()))
+            return 0.0 if self._probe() else self._circuit.seconds_until_probe()
+        try:
+            pushed = self._push_batch(report)
+        except (PrimaryUnavailableError, PrimaryRejectedError, LocalStoreError):
+            self._attempt += 1
+            return full_jitter(self._attempt, base=self._retry_base, cap=self._retry_cap, rng=self._rng)
+        self._attempt = 0
+        return 0.0 if pushed else IDLE_POLL
+
+    def _probe(self) -> bool:
+        """Probe the primary; True when it answered (the circuit is then closed)."""
+        assert self._primary is not None
+        try:
+            self._primary.probe()
+        except PrimaryUnavailableError as exc:
+            self._circuit.record_failure()
+            log.debug("primary probe failed: %s", exc)
+            return False
+        # Fresh pool: connections from before the outage are dead, and the pool's own reconnect backoff may
+        # have grown to minutes.
+        self._primary.reset_pool()
+        self._circuit.record_success()
+        log.info("primary is reachable again; circuit closed")
+        return True
+
+    # -- work -------------------------------------------------------------------------------------------------
+
+    def _replay_journal(self, report: SyncReport) -> bool:
+        local = self._local()
+        if local is None:
+            return False
+        ops = self._journal.entries()
+        try:
+            local.import_ops(ops)
+        except LocalStoreError as exc:
+            log.debug("journal replay into SQLite failed: %s", exc)
+            return False
+        self._journal.clear(len(ops))
+        report.journal_replayed += len(ops)
+        self.totals.journal_replayed += len(ops)
+        log.info("replayed %d journaled op(s) into SQLite", len(ops))
+        self._on_local_recovered()
+        return True
+
+    def _push_batch(self, report: SyncReport) -> int:
+        local = self._local()
+        if local is None or self._primary is None:
+            return 0
+        with self._push_lock:
+            entries = local.pending_ops(self.batch_size)
+            if not entries:
+                return 0
+            ops = [op for _, op in entries]
+            try:
+                outcomes = self._primary.put_many(ops)
+            except PrimaryUnavailableError as exc:
+                self._circuit.record_failure(timeout=isinstance(exc, PrimaryTimeoutError))
+                self._failed(local, entries, exc, report)
+                raise
+            except PrimaryRejectedError as exc:
+                self._failed(local, entries, exc, report)
+                raise
+            self._circuit.record_success()
+            for outcome in outcomes:
+                if outcome.current is not None:
+                    self._observe(outcome.current.hlc)
+            local.complete([(seq, op, out) for (seq, op), out in zip(entries, outcomes, strict=True)])
+        for out in outcomes:
+            if out.outcome == "applied":
+                report.pushed += 1
+            elif out.outcome == "superseded":
+                report.superseded += 1
+            else:
+                report.duplicates += 1
+        self.totals.pushed += report.pushed
+        self.totals.superseded += report.superseded
+        self.totals.duplicates += report.duplicates
+        self.last_push_at = time.time()
+        return len(entries)
+
+    def _failed(
+        self, local: LocalTier, entries: Sequence[tuple[int, Op]], exc: HybridStoreError, report: SyncReport
+    ) -> None:
+        self.last_error = str(exc)
+        report.failed += len(entries)
+        report.errors.append(str(exc))
+        self.totals.failed += len(entries)
+        try:
+            local.record_failure([seq for seq, _ in entries], str(exc))
+        except LocalStoreError:
+            pass
+
+    def drain(self, *, max_batches: int | None = None) -> SyncReport:
+        """Push everything now, in the caller's thread; stops at the first failure. For ``sync_now()``."""
+        report = SyncReport()
+        if len(self._journal):
+            self._replay_journal(report)
+        if self._primary is not None:
+            ok = self._circuit.state == "closed"
+            if not ok:
+                self._circuit.begin_probe()
+                ok = self._probe()
+            batches = 0
+            while ok and (max_batches is None or batches < max_batches):
+                try:
+                    if not self._push_batch(report):
+                        break
+                except HybridStoreError:
+                    break
+                ok = self._circuit.state == "closed"
+                batches += 1
+        local = self._local()
+        if local is not None:
+            try:
+                report.remaining = local.outbox_stats()[0] + len(self._journal)
+            except LocalStoreError:
+                report.remaining = len(self._journal)
+        else:
+            report.remaining = len(self._journal)
+        return report

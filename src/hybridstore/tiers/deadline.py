@@ -1,0 +1,92 @@
+"""A watchdog that enforces a client-side deadline on blocking socket I/O.
+
+libpq has no client-side query timeout, and a black-holed peer (connection accepted, nothing ever answered)
+keeps a query waiting forever: TCP keepalives and ``tcp_user_timeout`` do not fire while the peer's kernel
+acknowledges our packets. The watchdog shuts the socket down when the deadline passes, which wakes the blocked
+call with an error. One thread serves every guarded call, so guarding costs a heap push, not a thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+log = logging.getLogger("hybridstore.primary")
+
+
+class Watchdog:
+    def __init__(self, name: str = "hybridstore-watchdog") -> None:
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, int]] = []
+        self._active: set[int] = set()
+        self._ids = itertools.count()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+        self.fired = 0
+
+    @contextlib.contextmanager
+    def guard(self, fd: int, timeout: float) -> Iterator[None]:
+        """Shut ``fd`` down if the block runs past ``timeout`` seconds."""
+        token = next(self._ids)
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self._active.add(token)
+            heapq.heappush(self._heap, (deadline, token, fd))
+            if self._heap[0][1] == token:
+                self._cond.notify()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._active.discard(token)
+
+    def _run(self) -> None:
+        with self._cond:
+            while not self._closed:
+                while self._heap and self._heap[0][1] not in self._active:
+                    heapq.heappop(self._heap)
+                if not self._heap:
+                    self._cond.wait()
+                    continue
+                deadline, token, fd = self._heap[0]
+                delay = deadline - time.monotonic()
+                if delay > 0:
+                    self._cond.wait(delay)
+                    continue
+                heapq.heappop(self._heap)
+                self._active.discard(token)
+                self.fired += 1
+                _shutdown(fd)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(timeout=2)
+
+
+def _shutdown(fd: int) -> None:
+    try:
+        dup = os.dup(fd)
+    except OSError:
+        return
+    try:
+        sock = socket.socket(fileno=dup)
+    except OSError:
+        os.close(dup)
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+        log.warning("primary did not answer in time: connection shut down")
+    except OSError:
+        pass
+    finally:
+        sock.close()

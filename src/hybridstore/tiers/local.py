@@ -1,0 +1,382 @@
+"""LocalTier: the node's SQLite database (WAL) — records, the outbox of ops the primary has not accepted yet,
+and small node metadata.
+
+Every local write stores the record and its outbox row in one ``BEGIN IMMEDIATE`` transaction, so a write is
+either queued for the primary or not made at all. Durability follows ``synchronous``: ``NORMAL`` (default)
+survives a crash of the process (SIGKILL included); ``FULL`` also survives power loss / OS crash, at the cost
+of an fsync per commit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import CorruptionError, LocalStoreError
+from ..model import ApplyOutcome, Op, StoredRow
+from .base import Change, TierHealth
+
+SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
+_CORRUPT_CODES = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
+
+_SCHEMA = [
+    # version 1
+    """
+    CREATE TABLE records (
+        collection  TEXT NOT NULL,
+        key         TEXT NOT NULL,
+        value       TEXT,               -- canonical JSON; NULL = tombstone
+        version     INTEGER NOT NULL,   -- last primary version seen (0 = never on the primary)
+        hlc         TEXT NOT NULL,
+        origin      TEXT NOT NULL,
+        updated_at  REAL NOT NULL,
+        synced_at   REAL,               -- NULL while local changes are pending
+        pending_seq INTEGER,            -- outbox seq of the newest pending op for this key
+        base_value  TEXT,               -- last value agreed with the primary (3-way merge base)
+        PRIMARY KEY (collection, key)
+    ) WITHOUT ROWID;
+    CREATE TABLE outbox (
+        seq        INTEGER PRIMARY KEY,
+        op_id      TEXT NOT NULL,
+        collection TEXT NOT NULL,
+        key        TEXT NOT NULL,
+        value      TEXT,
+        hlc        TEXT NOT NULL,
+        origin     TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        attempts   INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT
+    );
+    CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;
+    """,
+]
+
+_UPSERT_PENDING = """
+INSERT INTO records (collection, key, value, version, hlc, origin, updated_at, synced_at, pending_seq)
+VALUES (?, ?, ?, 0, ?, ?, ?, NULL, ?)
+ON CONFLICT (collection, key) DO UPDATE SET
+    value = excluded.value, hlc = excluded.hlc, origin = excluded.origin,
+    updated_at = excluded.updated_at, synced_at = NULL, pending_seq = excluded.pending_seq
+WHERE excluded.hlc > records.hlc
+RETURNING version
+"""
+_INSERT_OUTBOX = """
+INSERT INTO outbox (seq, op_id, collection, key, value, hlc, origin, created_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+"""
+_ROW_COLUMNS = "collection, key, value, version, hlc, origin, updated_at, synced_at"
+
+
+def _row(r: Sequence[Any]) -> StoredRow:
+    return StoredRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7])
+
+
+def map_sqlite_error(exc: sqlite3.Error) -> LocalStoreError:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code in _CORRUPT_CODES or "malformed" in str(exc):
+        return CorruptionError(f"local SQLite database is corrupt: {exc}")
+    return LocalStoreError(f"local SQLite database failed: {exc}")
+
+
+def key_range(prefix: str, after: str | None) -> tuple[str, bool, str | None]:
+    """Key range of a prefix scan that resumes after ``after``: (low, low_inclusive, high_exclusive)."""
+    if after is not None and after >= prefix:
+        low, inclusive = after, False
+    else:
+        low, inclusive = prefix, True
+    high = prefix[:-1] + chr(ord(prefix[-1]) + 1) if prefix and ord(prefix[-1]) < 0x10FFFF else None
+    return low, inclusive, high
+
+
+class LocalTier:
+    """SQLite tier. Thread-safe: one connection guarded by a lock (SQLite serialises writers anyway)."""
+
+    name = "local"
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        synchronous: str = "NORMAL",
+        busy_timeout: float = 5.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if synchronous.upper() not in SYNCHRONOUS_MODES:
+            raise ValueError(f"synchronous must be one of {SYNCHRONOUS_MODES}")
+        self.path = Path(path)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self.last_error: str | None = None
+        try:
+            self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout)
+            self._conn.execute("PRAGMA journal_mode=WAL").fetchall()
+            self._conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
+            self._migrate()
+            row = self._conn.execute("SELECT max(seq) FROM outbox").fetchone()
+        except sqlite3.Error as exc:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            raise map_sqlite_error(exc) from exc
+        self._next_seq = (row[0] or 0) + 1
+
+    # -- plumbing ---------------------------------------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        (current,) = self._conn.execute("PRAGMA user_version").fetchone()
+        for version, ddl in enumerate(_SCHEMA[current:], start=current + 1):
+            try:
+                self._conn.executescript(f"BEGIN IMMEDIATE; {ddl}; PRAGMA user_version={version}; COMMIT;")
+            except BaseException:
+                self._rollback()
+                raise
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` … ``COMMIT`` under the tier lock; rolls back on any exception."""
+        with self._lock:
+            conn = self._conn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                yield conn
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                err = map_sqlite_error(exc)
+                self.last_error = str(err)
+                raise err from exc
+            except BaseException:
+                self._rollback()
+                raise
+
+    def _rollback(self) -> None:
+        if self._conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("ROLLBACK")
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        with self._lock:
+            try:
+                return self._conn.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                err = map_sqlite_error(exc)
+                self.last_error = str(err)
+                raise err from exc
+
+    # -- Tier protocol ----------------------------------------------------------------------------------------
+
+    def get(self, collection: str, key: str) -> StoredRow | None:
+        rows = self._read(f"SELECT {_ROW_COLUMNS} FROM records WHERE collection = ? AND key = ?", (collection, key))
+        return _row(rows[0]) if rows else None
+
+    def put(self, op: Op) -> StoredRow:
+        """Store ``op`` and queue it for the primary, in one transaction. A stale or repeated op (HLC not newer
+        than the stored one) changes nothing."""
+        now = self._clock()
+        with self._transaction() as conn:
+            self._put_locked(conn, op, now)
+            row = conn.execute(
+                f"SELECT {_ROW_COLUMNS} FROM records WHERE collection = ? AND key = ?",
+                (op.collection, op.key),
+            ).fetchone()
+        return _row(row)
+
+    def queue(self, op: Op) -> int:
+        """Like `put` without reading the row back (the write hot path); returns the primary version known."""
+        now = self._clock()
+        with self._transaction() as conn:
+            return self._put_locked(conn, op, now)
+
+    def _put_locked(self, conn: sqlite3.Connection, op: Op, now: float) -> int:
+        seq = self._next_seq
+        returned = conn.execute(
+            _UPSERT_PENDING, (op.collection, op.key, op.value_json, op.hlc, op.origin, now, seq)
+        ).fetchall()
+        if not returned:
+            return -1
+        conn.execute(
+            _INSERT_OUTBOX,
+            (seq, op.op_id, op.collection, op.key, op.value_json, op.hlc, op.origin, op.created_at or now),
+        )
+        self._next_seq = seq + 1
+        return int(returned[0][0])
+
+    def scan(self, collection: str, *, prefix: str = "", after: str | None = None, limit: int = 100) -> list[StoredRow]:
+        low, inclusive, high = key_range(prefix, after)
+        sql = f"SELECT {_ROW_COLUMNS} FROM records WHERE collection = ? AND value IS NOT NULL"
+        sql += " AND key >= ?" if inclusive else " AND key > ?"
+        params: list[Any] = [collection, low]
+        if high is not None:
+            sql += " AND key < ?"
+            params.append(high)
+        sql += " ORDER BY key LIMIT ?"
+        params.append(limit)
+        return [_row(r) for r in self._read(sql, params)]
+
+    def pending_rows(
+        self, collection: str, *, prefix: str = "", after: str | None = None, upper: str | None = None
+    ) -> list[StoredRow]:
+        """Rows with local changes the primary has not accepted (tombstones included) in a key range ending at
+        ``upper`` (inclusive; ``None`` = no end), ordered by key."""
+        low, inclusive, high = key_range(prefix, after)
+        sql = f"SELECT {_ROW_COLUMNS} FROM records WHERE collection = ? AND pending_seq IS NOT NULL"
+        sql += " AND key >= ?" if inclusive else " AND key > ?"
+        params: list[Any] = [collection, low]
+        if high is not None:
+            sql += " AND key < ?"
+            params.append(high)
+        if upper is not None:
+            sql += " AND key <= ?"
+            params.append(upper)
+        return [_row(r) for r in self._read(sql + " ORDER BY key", params)]
+
+    def changes(self, after: int = 0, limit: int = 1000) -> list[Change]:
+        """Pending outbox entries (changes the primary has not accepted yet), oldest first."""
+        rows = self._read(
+            "SELECT seq, collection, key, value, 0, hlc, origin, created_at, NULL FROM outbox "
+            "WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after, limit),
+        )
+        return [Change(r[0], _row(r[1:])) for r in rows]
+
+    def health(self) -> TierHealth:
+        start = time.perf_counter()
+        try:
+            self._read("SELECT 1")
+        except LocalStoreError as exc:
+            return TierHealth("local", "down", str(exc), extra={"path": str(self.path)})
+        return TierHealth(
+            "local",
+            "healthy",
+            "",
+            (time.perf_counter() - start) * 1000,
+            extra={"path": str(self.path)},
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("PRAGMA optimize")
+            self._conn.close()
+
+    # -- outbox and sync --------------------------------------------------------------------------------------
+
+    def import_ops(self, ops: Sequence[Op]) -> int:
+        """Store many ops (journal replay) in one transaction; returns how many changed a record."""
+        now = self._clock()
+        with self._transaction() as conn:
+            return sum(1 for op in ops if self._put_locked(conn, op, now) >= 0)
+
+    def pending_ops(self, limit: int) -> list[tuple[int, Op]]:
+        """The oldest ``limit`` outbox entries, each with the primary version this node knows for its key as
+        ``base_version`` (so a follow-up write is not mistaken for a conflict)."""
+        rows = self._read(
+            "SELECT o.seq, o.op_id, o.collection, o.key, o.value, o.hlc, o.origin, r.version, o.created_at "
+            "FROM outbox o JOIN records r ON r.collection = o.collection AND r.key = o.key "
+            "ORDER BY o.seq LIMIT ?",
+            (limit,),
+        )
+        return [(r[0], Op(r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8])) for r in rows]
+
+    def complete(self, done: Sequence[tuple[int, Op, ApplyOutcome]]) -> None:
+        """Remove pushed ops from the outbox and record what the primary now holds for their keys.
+
+        A key whose newest pending op was pushed becomes synced and takes the primary's row (our value, or a
+        newer one that won under last-writer-wins); a key with later pending ops keeps its local value and
+        only learns the new primary version."""
+        now = self._clock()
+        last: dict[tuple[str, str], tuple[int, StoredRow | None]] = {}
+        for seq, op, outcome in done:
+            last[(op.collection, op.key)] = (seq, outcome.current)
+        with self._transaction() as conn:
+            conn.executemany("DELETE FROM outbox WHERE seq = ?", [(seq,) for seq, _, _ in done])
+            for (collection, key), (seq, cur) in last.items():
+                if cur is None:
+                    conn.execute(
+                        "UPDATE records SET synced_at = ?, pending_seq = NULL "
+                        "WHERE collection = ? AND key = ? AND pending_seq <= ?",
+                        (now, collection, key, seq),
+                    )
+                    continue
+                conn.execute(
+                    "UPDATE records SET value = ?, version = ?, hlc = ?, origin = ?, updated_at = ?, "
+                    "synced_at = ?, pending_seq = NULL, base_value = ? "
+                    "WHERE collection = ? AND key = ? AND pending_seq <= ?",
+                    (
+                        cur.value_json,
+                        cur.version,
+                        cur.hlc,
+                        cur.origin,
+                        cur.updated_at,
+                        now,
+                        cur.value_json,
+                        collection,
+                        key,
+                        seq,
+                    ),
+                )
+                conn.execute(
+                    "UPDATE records SET version = ?, base_value = ? "
+                    "WHERE collection = ? AND key = ? AND pending_seq > ?",
+                    (cur.version, cur.value_json, collection, key, seq),
+                )
+
+    def store_synced(self, row: StoredRow) -> None:
+        """Adopt a row the primary holds (write-through result, read-through refresh), unless this key has
+        pending local ops, which must reach the primary first."""
+        now = self._clock()
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO records (collection, key, value, version, hlc, origin, updated_at, synced_at, "
+                "pending_seq, base_value) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, ?) "
+                "ON CONFLICT (collection, key) DO UPDATE SET value = excluded.value, "
+                "version = excluded.version, hlc = excluded.hlc, origin = excluded.origin, "
+                "updated_at = excluded.updated_at, synced_at = excluded.synced_at, "
+                "base_value = excluded.base_value "
+                "WHERE records.pending_seq IS NULL AND excluded.version >= records.version",
+                (
+                    row.collection,
+                    row.key,
+                    row.value_json,
+                    row.version,
+                    row.hlc,
+                    row.origin,
+                    row.updated_at,
+                    now,
+                    row.value_json,
+                ),
+            )
+
+    def record_failure(self, seqs: Sequence[int], error: str) -> None:
+        with self._transaction() as conn:
+            conn.executemany(
+                "UPDATE outbox SET attempts = attempts + 1, last_error = ? WHERE seq = ?",
+                [(error[:500], s) for s in seqs],
+            )
+
+    def outbox_stats(self) -> tuple[int, float | None]:
+        """(depth, created_at of the oldest pending op)."""
+        rows = self._read("SELECT count(*), min(created_at) FROM outbox")
+        return int(rows[0][0]), rows[0][1]
+
+    def max_hlc(self) -> str | None:
+        rows = self._read("SELECT max(hlc) FROM records")
+        return rows[0][0] if rows else None
+
+    def integrity_check(self) -> list[str]:
+        return [r[0] for r in self._read("PRAGMA integrity_check")]
+
+    def meta_get(self, name: str) -> str | None:
+        rows = self._read("SELECT value FROM meta WHERE name = ?", (name,))
+        return rows[0][0] if rows else None
+
+    def meta_set(self, name: str, value: str) -> None:
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                (name, value),
+            )

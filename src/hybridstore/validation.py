@@ -1,0 +1,56 @@
+"""Input validation: collection names, keys and values. Pure functions, no I/O."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from .errors import ValidationError
+
+COLLECTION_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,63}")
+MAX_KEY_CHARS = 512
+DEFAULT_MAX_VALUE_BYTES = 1024 * 1024
+_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def check_collection(name: object) -> str:
+    if not isinstance(name, str) or not COLLECTION_RE.fullmatch(name):
+        raise ValidationError(
+            f"invalid collection name {name!r}: use 1-64 characters, letters, digits, '_', '.', '-', "
+            "starting with a letter or '_'"
+        )
+    return name
+
+
+def check_key(key: object) -> str:
+    if not isinstance(key, str) or not key:
+        raise ValidationError(f"invalid key {key!r}: a key is a non-empty string")
+    if len(key) > MAX_KEY_CHARS:
+        raise ValidationError(f"key too long ({len(key)} characters); the limit is {MAX_KEY_CHARS}")
+    if "\x00" in key:
+        raise ValidationError("invalid key: keys cannot contain NUL characters")
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValidationError(f"invalid key {key!r}: not valid Unicode ({exc.reason})") from None
+    return key
+
+
+def encode_value(value: Any, *, max_bytes: int = DEFAULT_MAX_VALUE_BYTES) -> str:
+    """Canonical JSON text of ``value`` or `ValidationError` (not JSON, NaN/Infinity, NUL, too large)."""
+    try:
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise ValidationError(f"value is not JSON-serialisable: {exc}") from None
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise ValidationError(f"value contains invalid Unicode ({exc.reason})") from None
+    if size > max_bytes:
+        raise ValidationError(
+            f"value is {size} bytes of JSON; the limit is {max_bytes} (raise max_value_bytes to allow more)"
+        )
+    if "\\u0000" in text and _NUL_ESCAPE.search(text):
+        raise ValidationError("value contains a NUL character (\\u0000), which PostgreSQL JSON cannot store")
+    return text
