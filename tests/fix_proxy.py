@@ -72,7 +72,7 @@ class Proxy:
             self._conns.append(sock)
 
     def _swallow(self, sock: socket.socket) -> None:
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, ValueError):
             while not self._stop.is_set():
                 r, _, _ = select.select([sock], [], [], 0.2)
                 if r and not sock.recv(65536):
@@ -90,7 +90,7 @@ class Proxy:
                     if self.mode == "pass":
                         peers[s].sendall(data)
                     # blackhole: read and drop, both ways
-        except OSError:
+        except (OSError, ValueError):  # ValueError: the socket was closed by cut()/restore()
             return
         finally:
             for s in (a, b):

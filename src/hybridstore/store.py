@@ -300,6 +300,18 @@ class HybridStore:
             raise ValidationError("limit must be an integer from 1 to 10000")
         if after is not None:
             check_key(after)
+        records: list[Record] = []
+        cursor = after
+        # Pending deletes can thin out a page: keep reading until it is full or the collection ends.
+        while True:
+            chunk, cursor = self._list_chunk(collection, prefix, limit - len(records), cursor)
+            records += chunk
+            if cursor is None or len(records) >= limit:
+                return Page(records, cursor)
+
+    def _list_chunk(
+        self, collection: str, prefix: str, limit: int, after: str | None
+    ) -> tuple[list[Record], str | None]:
         rows: list[StoredRow] | None = None
         base_tier: TierName = "primary"
         if self.primary is not None and self.config.read_policy == "primary_first" and self.circuit.allow():
@@ -326,7 +338,7 @@ class HybridStore:
         tiers: dict[str, TierName] = {r.key: "local" for r in local_pending}
         tiers.update((r.key, "journal") for r in journal_pending)
         merged, next_after = merge_pending(rows, local_pending + journal_pending, upper=upper, limit=limit)
-        return Page([r.to_record(tiers.get(r.key, base_tier)) for r in merged], next_after)
+        return [r.to_record(tiers.get(r.key, base_tier)) for r in merged], next_after
 
     # -- sync and health --------------------------------------------------------------------------------------
 

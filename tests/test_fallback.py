@@ -1,0 +1,141 @@
+"""Automatic fallback: a writer keeps writing while the primary is cut, black-holed and restored."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+import pytest
+
+from .fix_db import StoreFactory, primary_rows
+from .fix_proxy import Proxy
+from .test_store import wait_for
+
+pytestmark = pytest.mark.resilience
+
+TIMEOUT = 1.0
+# A call may wait on the primary for TIMEOUT, then writes locally; allow scheduling slack on a busy 2-core box.
+BUDGET = TIMEOUT + 0.75
+
+
+@dataclass
+class Writer:
+    store: Any
+    phase: str = "up"
+    acked: dict[str, tuple[int, str, str, float]] = field(default_factory=dict)  # key -> (i, tier, phase, secs)
+    failures: list[str] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        i = 0
+        while not self.stop.is_set():
+            key = f"o{i:06d}"
+            phase = self.phase
+            start = time.monotonic()
+            try:
+                r = self.store.set("orders", key, {"i": i})
+            except Exception as exc:
+                self.failures.append(f"{key}: {exc!r}")
+            else:
+                self.acked[key] = (i, r.tier, phase, time.monotonic() - start)
+            i += 1
+            time.sleep(0.002)
+
+
+def test_writer_survives_cut_blackhole_restore(
+    make_store: StoreFactory, proxy: Proxy, proxied_dsn: str, pg: psycopg.Connection[Any], pg_schema: str
+) -> None:
+    store = make_store(primary=proxied_dsn, primary_timeout=TIMEOUT)
+    writer = Writer(store)
+    thread = threading.Thread(target=writer.run)
+    thread.start()
+    try:
+        for phase, action, seconds in [
+            ("up", proxy.restore, 1.0),
+            ("cut", proxy.cut, 2.5),
+            ("restored", proxy.restore, 2.5),
+            ("blackhole", proxy.blackhole, 4.0),
+            ("healed", proxy.restore, 2.0),
+        ]:
+            writer.phase = phase
+            action()
+            time.sleep(seconds)
+        writer.stop.set()
+        thread.join()
+        wait_for(lambda: store.health()["outbox"]["depth"] == 0, timeout=60)
+    finally:
+        writer.stop.set()
+        thread.join()
+
+    assert writer.failures == [], "no call may fail while a fallback tier works"
+    by_phase: dict[str, list[tuple[int, str, str, float]]] = {}
+    for entry in writer.acked.values():
+        by_phase.setdefault(entry[2], []).append(entry)
+    tiers = {phase: {e[1] for e in entries} for phase, entries in by_phase.items()}
+    assert tiers["up"] == {"primary"}
+    assert "local" in tiers["cut"] and "local" in tiers["blackhole"]
+    assert "primary" in tiers["restored"] and "primary" in tiers["healed"], "write-through resumes by itself"
+    slowest = max(e[3] for phase in ("cut", "blackhole") for e in by_phase[phase])
+    assert slowest < BUDGET, f"a call blocked {slowest:.2f}s while the primary was down"
+    slow_calls = sum(1 for e in by_phase["blackhole"] if e[3] > 0.5)
+    assert slow_calls <= 2, "the circuit opens: only the first call(s) wait on a black-holed primary"
+
+    rows = primary_rows(pg, pg_schema, "orders")
+    assert set(rows) == set(writer.acked), "every acknowledged write is on the primary"
+    for key, (i, *_rest) in writer.acked.items():
+        assert rows[key] == ({"i": i}, 1), f"{key} applied exactly once with its own value"
+    (ledger,) = pg.execute(f'SELECT count(*) FROM "{pg_schema}".applied_ops').fetchone()
+    assert ledger == len(writer.acked)
+    assert store.circuit.opened_count >= 2
+
+
+def test_reads_fall_back_to_local(make_store: StoreFactory, proxy: Proxy, proxied_dsn: str) -> None:
+    store = make_store(primary=proxied_dsn, primary_timeout=TIMEOUT)
+    store.set("c", "k", "v1")
+    rec = store.get("c", "k")
+    assert rec is not None and rec.source == "primary"
+    proxy.cut()
+    start = time.monotonic()
+    rec = store.get("c", "k")
+    assert time.monotonic() - start < BUDGET
+    assert rec is not None and rec.value == "v1" and rec.source == "local" and rec.synced_at is not None
+    w = store.set("c", "k", "v2")
+    assert w.tier == "local" and w.queued
+    rec = store.get("c", "k")
+    assert rec is not None and rec.value == "v2" and rec.pending
+    assert [r.value for r in store.list("c")] == ["v2"]
+    health = store.health()
+    assert health["primary"]["state"] == "down" and health["outbox"]["depth"] == 1
+    proxy.restore()
+    wait_for(lambda: store.health()["outbox"]["depth"] == 0)
+    rec = store.get("c", "k")
+    assert rec is not None and rec.source == "primary" and rec.value == "v2" and rec.version == 2
+
+
+def test_primary_down_at_open(
+    make_store: StoreFactory, proxy: Proxy, proxied_dsn: str, pg: psycopg.Connection[Any], pg_schema: str
+) -> None:
+    proxy.cut()
+    store = make_store(primary=proxied_dsn, primary_timeout=TIMEOUT)
+    start = time.monotonic()
+    results = [store.set("c", f"k{i}", i) for i in range(20)]
+    elapsed = time.monotonic() - start
+    assert {r.tier for r in results} == {"local"}
+    assert elapsed < BUDGET + 0.5, "only the first write waits for the timeout"
+    report = store.sync_now()
+    assert report.remaining == 20 and report.pushed == 0
+    proxy.restore()
+    wait_for(lambda: store.health()["outbox"]["depth"] == 0)
+    assert len(primary_rows(pg, pg_schema)) == 20
+
+
+def test_unreachable_primary_url_is_not_an_error(make_store: StoreFactory) -> None:
+    store = make_store(primary="postgresql://postgres@127.0.0.1:1/none", primary_timeout=TIMEOUT)
+    r = store.set("c", "k", 1)
+    assert r.tier == "local" and r.queued
+    h = store.health()
+    assert h["primary"]["state"] == "down" and "127.0.0.1:1" in h["primary"]["url"]
+    assert h["outbox"]["depth"] == 1
