@@ -128,9 +128,7 @@ def test_per_key_order_and_versions(make_store: StoreFactory, pg: psycopg.Connec
     assert rec is not None and rec.value == 39 and rec.version == 40
 
 
-def test_read_your_writes_and_policies(
-    make_store: StoreFactory, pg: psycopg.Connection[Any], pg_schema: str
-) -> None:
+def test_read_your_writes_and_policies(make_store: StoreFactory, pg: psycopg.Connection[Any], pg_schema: str) -> None:
     a = make_store("a")
     a.set("c", "k", "from-a")
     b = make_store("b", write_mode="local_first", background=False)
@@ -163,9 +161,7 @@ def test_list_overlays_pending_on_primary(make_store: StoreFactory) -> None:
     assert sources == {"a1": "primary", "a3": "primary", "a4": "local", "a5": "primary"}
 
 
-def test_last_writer_wins_between_nodes(
-    make_store: StoreFactory, pg: psycopg.Connection[Any], pg_schema: str
-) -> None:
+def test_last_writer_wins_between_nodes(make_store: StoreFactory, pg: psycopg.Connection[Any], pg_schema: str) -> None:
     a = make_store("a", write_mode="local_first", background=False)
     b = make_store("b", write_mode="local_first", background=False)
     a.set("c", "k", "a-first")

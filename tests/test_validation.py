@@ -94,8 +94,14 @@ def test_malformed_primary_url(tmp_path: Path, url: str) -> None:
 
 @pytest.mark.parametrize(
     "options",
-    [{"write_mode": "sometimes"}, {"read_policy": "x"}, {"primary_timeout": 0}, {"batch_size": 0},
-     {"no_such_option": 1}, {"synchronous": "MAYBE"}],
+    [
+        {"write_mode": "sometimes"},
+        {"read_policy": "x"},
+        {"primary_timeout": 0},
+        {"batch_size": 0},
+        {"no_such_option": 1},
+        {"synchronous": "MAYBE"},
+    ],
 )
 def test_bad_options(tmp_path: Path, options: dict[str, Any]) -> None:
     with pytest.raises(ConfigError):

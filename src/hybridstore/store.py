@@ -10,6 +10,7 @@ so per-key order holds. Read path: the node's own pending writes first (read-you
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import dataclasses
 import fcntl
@@ -311,8 +312,8 @@ class HybridStore:
 
     def _list_chunk(
         self, collection: str, prefix: str, limit: int, after: str | None
-    ) -> tuple[list[Record], str | None]:
-        rows: list[StoredRow] | None = None
+    ) -> tuple[builtins.list[Record], str | None]:
+        rows: builtins.list[StoredRow] | None = None
         base_tier: TierName = "primary"
         if self.primary is not None and self.config.read_policy == "primary_first" and self.circuit.allow():
             try:

@@ -99,4 +99,3 @@ def sync(
         out.print(f"[red]last error:[/] {report.errors[-1]}")
     if report.remaining and store.primary is not None:
         raise typer.Exit(1)
-

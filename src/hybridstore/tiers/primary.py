@@ -132,6 +132,7 @@ class PrimaryTier:
         )
         self._watchdog = Watchdog()
         self._lock = threading.Lock()
+        self._migrate_lock = threading.Lock()
         self._ready = False
         self._closed = False
         self.last_error: str | None = None
@@ -197,13 +198,16 @@ class PrimaryTier:
         """Apply pending schema migrations (idempotent, safe with many nodes at once); returns the versions
         applied now."""
         applied: list[int] = []
-        with self._conn() as conn, conn.transaction():
+        with self._migrate_lock, self._conn() as conn, conn.transaction():
+            if self._ready:
+                return applied
+            # Lock first: concurrent CREATE SCHEMA IF NOT EXISTS from several nodes would race.
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"hybridstore:{self.schema}",))
             conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self._q}")
             conn.execute(
                 f"CREATE TABLE IF NOT EXISTS {self._q}.hs_migrations (version int PRIMARY KEY, "
                 "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
             )
-            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"hybridstore:{self.schema}",))
             done = {r[0] for r in conn.execute(f"SELECT version FROM {self._q}.hs_migrations")}
             for mig in primary_migrations():
                 if mig.version in done:
