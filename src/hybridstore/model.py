@@ -3,13 +3,29 @@
 from __future__ import annotations
 
 import json
+import os
+import random
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 TierName = Literal["primary", "local", "journal"]
 
+# Op ids are random version-4 UUIDs. uuid.uuid4() reads os.urandom on every call, which costs more than the rest
+# of a local write on some VMs; a generator seeded once from os.urandom (and again after fork) is as unique.
+_ids = random.Random(os.urandom(32))
+os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(32)))
 
-@dataclass(frozen=True, slots=True)
+
+_decode_json = json.JSONDecoder().decode
+
+
+def new_op_id() -> str:
+    """A random UUID (version 4, RFC 4122 variant) as text."""
+    h = f"{(_ids.getrandbits(128) & ~(0xF << 76) & ~(0x3 << 62)) | (0x4 << 76) | (0x2 << 62):032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+@dataclass(slots=True)
 class Record:
     """One stored value and where it came from.
 
@@ -33,9 +49,10 @@ class Record:
         return self.synced_at is None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class WriteResult:
-    """Acknowledgement of a write: which tier made it durable, and whether it still has to reach the primary."""
+    """Acknowledgement of a write: which tier made it durable, and whether it still has to reach the primary.
+    ``version`` is the primary's new version for a write-through, 0 while the write is queued."""
 
     tier: TierName
     version: int
@@ -105,9 +122,9 @@ class Op:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class StoredRow:
-    """A record as a tier stores it (value still JSON text); tiers return these, the store decodes them."""
+class StoredRow(NamedTuple):
+    """A record as a tier stores it (value still JSON text); tiers return these, the store decodes them.
+    A named tuple: tiers build it straight from a database row (``StoredRow._make(row)``)."""
 
     collection: str
     key: str
@@ -125,15 +142,15 @@ class StoredRow:
     def to_record(self, source: TierName) -> Record:
         assert self.value_json is not None
         return Record(
-            collection=self.collection,
-            key=self.key,
-            value=json.loads(self.value_json),
-            version=self.version,
-            hlc=self.hlc,
-            origin=self.origin,
-            source=source,
-            synced_at=self.synced_at,
-            updated_at=self.updated_at,
+            self.collection,
+            self.key,
+            _decode_json(self.value_json),
+            self.version,
+            self.hlc,
+            self.origin,
+            source,
+            self.synced_at,
+            self.updated_at,
         )
 
 

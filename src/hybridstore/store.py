@@ -17,7 +17,6 @@ import fcntl
 import logging
 import os
 import time
-import uuid
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -35,7 +34,7 @@ from .errors import (
     StoreLockedError,
     ValidationError,
 )
-from .model import Op, Page, Record, StoredRow, SyncReport, TierName, WriteResult
+from .model import Op, Page, Record, StoredRow, SyncReport, TierName, WriteResult, new_op_id
 from .sync.outbox import OutboxReplayer
 from .tiers.journal import JournalTier
 from .tiers.local import LocalTier
@@ -180,7 +179,7 @@ class HybridStore:
         return self._write(collection, key, None)
 
     def _write(self, collection: str, key: str, value_json: str | None) -> WriteResult:
-        op = Op(str(uuid.uuid4()), collection, key, value_json, self.clock.now(), self.node_id, 0, time.time())
+        op = Op(new_op_id(), collection, key, value_json, self.clock.now(), self.node_id, 0, time.time())
         if self.primary is not None and self.config.write_mode == "write_through" and self.circuit.allow():
             result = self._write_through(op)
             if result is not None:
@@ -220,12 +219,12 @@ class HybridStore:
     def _queue(self, op: Op) -> WriteResult:
         if self._local_ok and self.local is not None and not len(self.journal):
             try:
-                version = self.local.queue(op)
+                self.local.queue(op)
             except LocalStoreError as exc:
                 self._local_failed(exc)
             else:
-                self.replayer.wake()
-                return WriteResult("local", max(version, 0), True, op.op_id, op.hlc)
+                self._wake_pusher()
+                return WriteResult("local", 0, True, op.op_id, op.hlc)
         try:
             self.journal.put(op)
         except JournalError as exc:
@@ -233,8 +232,14 @@ class HybridStore:
                 f"write NOT saved: the primary, SQLite and the journal all failed ({exc}); free disk space or "
                 "fix permissions in the data directory"
             ) from exc
-        self.replayer.wake()
+        self.replayer.wake()  # the journal must be replayed as soon as SQLite works
         return WriteResult("journal", 0, True, op.op_id, op.hlc)
+
+    def _wake_pusher(self) -> None:
+        # Only when a push can happen now: waking the thread on every write while the primary is down (or
+        # absent) costs a context switch per write for nothing.
+        if self.primary is not None and self.circuit.allow():
+            self.replayer.wake()
 
     def _local_failed(self, exc: LocalStoreError) -> None:
         if self._local_ok:

@@ -14,12 +14,19 @@ DEFAULT_MAX_VALUE_BYTES = 1024 * 1024
 _NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
+_valid_collections: set[str] = set()
+
+
 def check_collection(name: object) -> str:
+    if type(name) is str and name in _valid_collections:  # few names, checked on every call: remember them
+        return name
     if not isinstance(name, str) or not COLLECTION_RE.fullmatch(name):
         raise ValidationError(
             f"invalid collection name {name!r}: use 1-64 characters, letters, digits, '_', '.', '-', "
             "starting with a letter or '_'"
         )
+    if len(_valid_collections) < 10_000:
+        _valid_collections.add(name)
     return name
 
 

@@ -63,17 +63,16 @@ ON CONFLICT (collection, key) DO UPDATE SET
     value = excluded.value, hlc = excluded.hlc, origin = excluded.origin,
     updated_at = excluded.updated_at, synced_at = NULL, pending_seq = excluded.pending_seq
 WHERE excluded.hlc > records.hlc
-RETURNING version
 """
 _INSERT_OUTBOX = """
 INSERT INTO outbox (seq, op_id, collection, key, value, hlc, origin, created_at)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?)
 """
 _ROW_COLUMNS = "collection, key, value, version, hlc, origin, updated_at, synced_at"
+_GET = f"SELECT {_ROW_COLUMNS} FROM records WHERE collection = ? AND key = ?"
 
 
-def _row(r: Sequence[Any]) -> StoredRow:
-    return StoredRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7])
+_row = StoredRow._make
 
 
 def map_sqlite_error(exc: sqlite3.Error) -> LocalStoreError:
@@ -170,8 +169,14 @@ class LocalTier:
     # -- Tier protocol ----------------------------------------------------------------------------------------
 
     def get(self, collection: str, key: str) -> StoredRow | None:
-        rows = self._read(f"SELECT {_ROW_COLUMNS} FROM records WHERE collection = ? AND key = ?", (collection, key))
-        return _row(rows[0]) if rows else None
+        with self._lock:  # the read hot path: no helper calls
+            try:
+                row = self._conn.execute(_GET, (collection, key)).fetchone()
+            except sqlite3.Error as exc:
+                err = map_sqlite_error(exc)
+                self.last_error = str(err)
+                raise err from exc
+        return None if row is None else _row(row)
 
     def put(self, op: Op) -> StoredRow:
         """Store ``op`` and queue it for the primary, in one transaction. A stale or repeated op (HLC not newer
@@ -185,25 +190,36 @@ class LocalTier:
             ).fetchone()
         return _row(row)
 
-    def queue(self, op: Op) -> int:
-        """Like `put` without reading the row back (the write hot path); returns the primary version known."""
+    def queue(self, op: Op) -> bool:
+        """Like `put` without reading the row back: the write hot path. False if the op was stale."""
         now = self._clock()
-        with self._transaction() as conn:
-            return self._put_locked(conn, op, now)
+        with self._lock:
+            conn = self._conn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                done = self._put_locked(conn, op, now)
+                conn.execute("COMMIT")
+                return done
+            except sqlite3.Error as exc:
+                self._rollback()
+                err = map_sqlite_error(exc)
+                self.last_error = str(err)
+                raise err from exc
+            except BaseException:
+                self._rollback()
+                raise
 
-    def _put_locked(self, conn: sqlite3.Connection, op: Op, now: float) -> int:
+    def _put_locked(self, conn: sqlite3.Connection, op: Op, now: float) -> bool:
         seq = self._next_seq
-        returned = conn.execute(
-            _UPSERT_PENDING, (op.collection, op.key, op.value_json, op.hlc, op.origin, now, seq)
-        ).fetchall()
-        if not returned:
-            return -1
+        cur = conn.execute(_UPSERT_PENDING, (op.collection, op.key, op.value_json, op.hlc, op.origin, now, seq))
+        if not cur.rowcount:
+            return False
         conn.execute(
             _INSERT_OUTBOX,
             (seq, op.op_id, op.collection, op.key, op.value_json, op.hlc, op.origin, op.created_at or now),
         )
         self._next_seq = seq + 1
-        return int(returned[0][0])
+        return True
 
     def scan(self, collection: str, *, prefix: str = "", after: str | None = None, limit: int = 100) -> list[StoredRow]:
         low, inclusive, high = key_range(prefix, after)
@@ -269,7 +285,7 @@ class LocalTier:
         """Store many ops (journal replay) in one transaction; returns how many changed a record."""
         now = self._clock()
         with self._transaction() as conn:
-            return sum(1 for op in ops if self._put_locked(conn, op, now) >= 0)
+            return sum(1 for op in ops if self._put_locked(conn, op, now))
 
     def pending_ops(self, limit: int) -> list[tuple[int, Op]]:
         """The oldest ``limit`` outbox entries, each with the primary version this node knows for its key as
