@@ -21,7 +21,7 @@ runner = CliRunner()
 
 
 def commands() -> list[str]:
-    from hybridstore.cli import data, status  # noqa: F401
+    from hybridstore.cli import admin, data, status  # noqa: F401
     from hybridstore.cli import main as _main  # noqa: F401  (importing registers the commands)
 
     return sorted(c.name or c.callback.__name__ for c in typer_app.registered_commands if c.callback)
@@ -91,6 +91,19 @@ def test_sync_with_primary(tmp_path: Path, pg_dsn: str, pg_schema: str, pg: psyc
     assert len(primary_rows(pg, pg_schema)) == 30  # type: ignore[arg-type]
     code, out = cli("-d", d, "--primary-url", pg_dsn, "--schema", pg_schema, "set", "orders", "o99", "1")
     assert code == 0 and "saved" in out and "primary" in out
+
+
+def test_migrate(tmp_path: Path, pg_dsn: str, pg_schema: str) -> None:
+    args = ["-d", str(tmp_path / "d"), "--primary-url", pg_dsn, "--schema", pg_schema, "migrate", "--json"]
+    code, out = cli(*args)
+    assert code == 0 and json.loads(out)["applied"] == [1]
+    code, out = cli(*args)
+    assert code == 0 and json.loads(out)["applied"] == []
+    code, out = cli("-d", str(tmp_path / "e"), "migrate")
+    assert code == 2 and "no primary configured" in out
+    code, out = cli("-d", str(tmp_path / "f"), "--primary-url", "postgresql://postgres@127.0.0.1:1/x",
+                    "--timeout", "0.5", "migrate")
+    assert code == 1 and "primary unavailable" in out
 
 
 def test_python_dash_m_and_console_script(tmp_path: Path) -> None:

@@ -108,6 +108,6 @@ def print_json(data: Any) -> None:
 
 
 def main() -> None:
-    from . import data, status  # noqa: F401  (registers the commands)
+    from . import admin, data, status  # noqa: F401  (registers the commands)
 
     app()

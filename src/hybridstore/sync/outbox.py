@@ -63,6 +63,7 @@ class OutboxReplayer:
         self._retry_cap = retry_cap
         self._rng = rng or random.Random()
         self._push_lock = threading.Lock()
+        self._replay_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -140,13 +141,18 @@ class OutboxReplayer:
         local = self._local()
         if local is None:
             return False
-        ops = self._journal.entries()
-        try:
-            local.import_ops(ops)
-        except LocalStoreError as exc:
-            log.debug("journal replay into SQLite failed: %s", exc)
-            return False
-        self._journal.clear(len(ops))
+        # One replay at a time: two overlapping replays would each clear the other's snapshot length and could
+        # drop entries appended in between.
+        with self._replay_lock:
+            ops = self._journal.entries()
+            if not ops:
+                return True
+            try:
+                local.import_ops(ops)
+            except LocalStoreError as exc:
+                log.debug("journal replay into SQLite failed: %s", exc)
+                return False
+            self._journal.clear(len(ops))
         report.journal_replayed += len(ops)
         self.totals.journal_replayed += len(ops)
         log.info("replayed %d journaled op(s) into SQLite", len(ops))

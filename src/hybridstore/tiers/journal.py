@@ -38,6 +38,15 @@ def _decode(line: bytes) -> Op | None:
         return None
 
 
+def _fsync_dir(path: Path) -> None:
+    """Make a file's creation or rename durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class JournalTier:
     """Append-only journal. Thread-safe. Keeps an in-memory index so reads see journaled writes."""
 
@@ -104,11 +113,7 @@ class JournalTier:
                 finally:
                     os.close(fd)
                 if new and self._fsync:
-                    dir_fd = os.open(self.path.parent, os.O_RDONLY)
-                    try:
-                        os.fsync(dir_fd)
-                    finally:
-                        os.close(dir_fd)
+                    _fsync_dir(self.path.parent)
             except OSError as exc:
                 self.last_error = str(exc)
                 raise JournalError(f"cannot append to journal {self.path}: {exc}") from exc
@@ -184,6 +189,7 @@ class JournalTier:
                     f.flush()
                     os.fsync(f.fileno())
                 os.replace(tmp, self.path)
+                _fsync_dir(self.path.parent)
             except OSError as exc:
                 raise JournalError(f"cannot rewrite journal {self.path}: {exc}") from exc
             self._ops = []

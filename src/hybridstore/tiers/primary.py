@@ -119,6 +119,11 @@ class PrimaryTier:
             keepalives_count=3,
             tcp_user_timeout=int(timeout * 1000),
         )
+        # Server-side limits too, so a lock wait or a slow plan is cut by the server as well as by our watchdog.
+        limit_ms = int(timeout * 1000)
+        params["options"] = (
+            f"{params.get('options', '')} -c statement_timeout={limit_ms} -c lock_timeout={limit_ms}"
+        ).strip()
         self._conninfo = make_conninfo("", **params)
         self._q = sql.Identifier(schema).as_string(None)
         self._apply_sql = (
@@ -163,10 +168,12 @@ class PrimaryTier:
     # -- plumbing ---------------------------------------------------------------------------------------------
 
     @contextmanager
-    def _conn(self) -> Iterator[psycopg.Connection[Any]]:
+    def _conn(self, budget: float | None = None) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection whose use is cut off after ``budget`` seconds (default: the tier timeout)."""
         if self._closed:
             raise PrimaryUnavailableError("primary tier is closed")
-        deadline = time.monotonic() + self.timeout
+        budget = budget or self.timeout
+        deadline = time.monotonic() + budget
         try:
             with self._pool.connection(timeout=self.timeout) as conn:
                 remaining = deadline - time.monotonic()
@@ -176,9 +183,9 @@ class PrimaryTier:
                     yield conn
         except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout, PoolClosed) as exc:
             self.last_error = str(exc).strip() or type(exc).__name__
-            if time.monotonic() >= deadline - 0.05 * self.timeout:
+            if time.monotonic() >= deadline - 0.05 * budget:
                 raise PrimaryTimeoutError(
-                    f"primary did not answer within {self.timeout:g}s: {self.last_error}"
+                    f"primary did not answer within {budget:g}s: {self.last_error}"
                 ) from exc
             raise PrimaryUnavailableError(f"primary unavailable: {self.last_error}") from exc
         except psycopg.Error as exc:
@@ -198,9 +205,11 @@ class PrimaryTier:
         """Apply pending schema migrations (idempotent, safe with many nodes at once); returns the versions
         applied now."""
         applied: list[int] = []
-        with self._migrate_lock, self._conn() as conn, conn.transaction():
+        with self._migrate_lock, self._conn(budget=max(60.0, self.timeout)) as conn, conn.transaction():
             if self._ready:
                 return applied
+            conn.execute("SET LOCAL statement_timeout = 0")  # a migration may take longer than a write
+            conn.execute("SET LOCAL lock_timeout = 0")
             # Lock first: concurrent CREATE SCHEMA IF NOT EXISTS from several nodes would race.
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"hybridstore:{self.schema}",))
             conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self._q}")

@@ -1,0 +1,30 @@
+"""``migrate``: bring the primary's schema up to date."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ..migrations import primary_migrations
+from .app import app, fail, open_store, out, print_json
+
+
+@app.command()
+def migrate(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+) -> None:
+    """Create or upgrade hybridstore's tables on the primary (safe to run from many nodes at once)."""
+    with open_store(ctx) as store:
+        if store.primary is None:
+            fail("no primary configured: pass --primary-url or set HYBRIDSTORE_PRIMARY_URL", code=2)
+        applied = store.primary.migrate()
+        schema = store.primary.schema
+    latest = primary_migrations()[-1].version
+    if as_json:
+        print_json({"schema": schema, "applied": applied, "version": latest})
+    elif applied:
+        out.print(f"schema {schema}: applied migration(s) {', '.join(map(str, applied))}; now at version {latest}")
+    else:
+        out.print(f"schema {schema} is up to date (version {latest})")
