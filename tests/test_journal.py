@@ -150,3 +150,50 @@ def test_torn_and_damaged_journal_lines(tmp_path: Path) -> None:
     assert len(j) == journaled - 1 and j.damaged_lines == 1
     assert j.health().state == "degraded"
     assert path.read_bytes().endswith(b"\n"), "the torn tail was cut off"
+
+
+def test_journal_reaches_primary_while_sqlite_is_broken(
+    tmp_path: Path, pg_dsn: str, pg_schema: str, pg: psycopg.Connection[Any]
+) -> None:
+    from .fix_proxy import Proxy
+
+    data = tmp_path / "d"
+    data.mkdir()
+    (data / LOCAL_DB).write_bytes(b"garbage" * 1000)
+    proxy = Proxy("127.0.0.1", 5432)
+    try:
+        proxy.cut()
+        with hybridstore.open(proxy.url(pg_dsn), data_dir=data, primary_schema=pg_schema,
+                              primary_timeout=1.0) as store:
+            assert store.local is None
+            tiers = [store.set("c", f"k{i}", i).tier for i in range(10)]
+            assert set(tiers) == {"journal"}, "primary down and SQLite corrupt: the journal takes the writes"
+            proxy.restore()
+
+            def all_on_primary() -> bool:
+                try:
+                    return len(primary_rows(pg, pg_schema)) == 10
+                except psycopg.errors.UndefinedTable:
+                    return False  # not even migrated yet
+
+            wait_for(all_on_primary)
+            assert primary_rows(pg, pg_schema)["k7"] == (7, 1)
+            assert len(store.journal) == 10, "kept until SQLite can take them"
+            rec = store.get("c", "k3")
+            assert rec is not None and rec.value == 3
+    finally:
+        proxy.close()
+
+
+def test_write_through_needs_no_sqlite(
+    tmp_path: Path, pg_dsn: str, pg_schema: str, pg: psycopg.Connection[Any]
+) -> None:
+    data = tmp_path / "d"
+    data.mkdir()
+    (data / LOCAL_DB).write_bytes(b"garbage" * 1000)
+    with hybridstore.open(pg_dsn, data_dir=data, primary_schema=pg_schema) as store:
+        r = store.set("c", "k", {"ok": True})
+        assert r.tier == "primary" and not r.queued
+        rec = store.get("c", "k")
+        assert rec is not None and rec.source == "primary"
+    assert primary_rows(pg, pg_schema) == {"k": ({"ok": True}, 1)}

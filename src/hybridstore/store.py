@@ -104,6 +104,7 @@ class HybridStore:
             circuit=self.circuit,
             observe=self.clock.observe,
             on_local_recovered=self._local_recovered,
+            local_ok=lambda: self._local_ok,
             batch_size=config.batch_size,
             retry_base=config.retry_base,
             retry_cap=config.retry_cap,
@@ -189,13 +190,14 @@ class HybridStore:
     def _write_through(self, op: Op) -> WriteResult | None:
         """Write on the primary, or ``None`` when the op must be queued instead."""
         assert self.primary is not None
-        if len(self.journal) or not self._local_ok or self.local is None:
-            return None
-        try:
-            row = self.local.get(op.collection, op.key)
-        except LocalStoreError as exc:
-            self._local_failed(exc)
-            return None
+        if len(self.journal):
+            return None  # journaled ops go first
+        row = None
+        if self._local_ok and self.local is not None:
+            try:
+                row = self.local.get(op.collection, op.key)
+            except LocalStoreError as exc:
+                self._local_failed(exc)  # the primary can still take the write
         if row is not None and row.synced_at is None:
             return None  # pending local ops for this key go first
         op = dataclasses.replace(op, base_version=row.version if row else 0)
@@ -210,10 +212,7 @@ class HybridStore:
         cur = outcome.current
         assert cur is not None
         self.clock.observe(cur.hlc)
-        try:
-            self.local.store_synced(cur)
-        except LocalStoreError as exc:
-            self._local_failed(exc)  # the write is safe on the primary
+        self._refresh_local(cur)  # a failure here loses nothing: the write is safe on the primary
         return WriteResult("primary", cur.version, False, op.op_id, op.hlc)
 
     def _queue(self, op: Op) -> WriteResult:

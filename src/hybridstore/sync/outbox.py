@@ -47,6 +47,7 @@ class OutboxReplayer:
         circuit: CircuitBreaker,
         observe: Callable[[str], None],
         on_local_recovered: Callable[[], None],
+        local_ok: Callable[[], bool] = lambda: True,
         batch_size: int = 1000,
         retry_base: float = 0.05,
         retry_cap: float = 5.0,
@@ -58,6 +59,8 @@ class OutboxReplayer:
         self._circuit = circuit
         self._observe = observe
         self._on_local_recovered = on_local_recovered
+        self._local_ok = local_ok
+        self._journal_pushed = 0  # journal entries already pushed straight to the primary
         self.batch_size = batch_size
         self._retry_base = retry_base
         self._retry_cap = retry_cap
@@ -103,14 +106,24 @@ class OutboxReplayer:
     def _round(self) -> float:
         """One unit of background work; returns how long to wait before the next."""
         report = SyncReport()
-        if len(self._journal) and not self._replay_journal(report):
-            return IDLE_POLL
+        journal_stuck = bool(len(self._journal)) and not self._replay_journal(report)
+        if not journal_stuck and not self._local_ok():
+            self._probe_local()
         if self._primary is None:
             return IDLE_POLL * 5
         if self._circuit.state != "closed":
             if not self._circuit.probe_due():
                 return max(0.01, min(IDLE_POLL, self._circuit.seconds_until_probe()))
             return 0.0 if self._probe() else self._circuit.seconds_until_probe()
+        if journal_stuck:
+            # SQLite still fails: at least get the journaled writes onto the primary (idempotent; they are pushed
+            # again, as duplicates, once the journal is replayed into SQLite).
+            try:
+                self._push_journal(report)
+            except (PrimaryUnavailableError, PrimaryRejectedError):
+                self._attempt += 1
+                return full_jitter(self._attempt, base=self._retry_base, cap=self._retry_cap, rng=self._rng)
+            return IDLE_POLL
         try:
             pushed = self._push_batch(report)
         except (PrimaryUnavailableError, PrimaryRejectedError, LocalStoreError):
@@ -153,11 +166,43 @@ class OutboxReplayer:
                 log.debug("journal replay into SQLite failed: %s", exc)
                 return False
             self._journal.clear(len(ops))
+            self._journal_pushed = max(0, self._journal_pushed - len(ops))
         report.journal_replayed += len(ops)
         self.totals.journal_replayed += len(ops)
         log.info("replayed %d journaled op(s) into SQLite", len(ops))
         self._on_local_recovered()
         return True
+
+    def _probe_local(self) -> None:
+        """SQLite failed earlier and nothing waits in the journal: try a real write to see if it works again."""
+        local = self._local()
+        if local is None:
+            return
+        try:
+            local.meta_set("write_probe", str(time.time()))
+        except LocalStoreError:
+            return
+        self._on_local_recovered()
+
+    def _push_journal(self, report: SyncReport) -> None:
+        assert self._primary is not None
+        with self._replay_lock:
+            ops = self._journal.entries()[self._journal_pushed :]
+            for start in range(0, len(ops), self.batch_size):
+                chunk = ops[start : start + self.batch_size]
+                try:
+                    outcomes = self._primary.put_many(chunk)
+                except PrimaryUnavailableError as exc:
+                    self._circuit.record_failure(timeout=isinstance(exc, PrimaryTimeoutError))
+                    raise
+                self._circuit.record_success()
+                for out in outcomes:
+                    if out.current is not None:
+                        self._observe(out.current.hlc)
+                self._journal_pushed += len(chunk)
+                report.pushed += sum(1 for o in outcomes if o.outcome == "applied")
+            if ops:
+                log.info("pushed %d journaled op(s) straight to the primary", len(ops))
 
     def _push_batch(self, report: SyncReport) -> int:
         local = self._local()
@@ -210,13 +255,17 @@ class OutboxReplayer:
     def drain(self, *, max_batches: int | None = None) -> SyncReport:
         """Push everything now, in the caller's thread; stops at the first failure. For ``sync_now()``."""
         report = SyncReport()
-        if len(self._journal):
-            self._replay_journal(report)
+        replayed = not len(self._journal) or self._replay_journal(report)
         if self._primary is not None:
             ok = self._circuit.state == "closed"
             if not ok:
                 self._circuit.begin_probe()
                 ok = self._probe()
+            if ok and not replayed:
+                try:
+                    self._push_journal(report)
+                except HybridStoreError as exc:
+                    report.errors.append(str(exc))
             batches = 0
             while ok and (max_batches is None or batches < max_batches):
                 try:

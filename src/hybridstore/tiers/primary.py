@@ -183,7 +183,7 @@ class PrimaryTier:
                     yield conn
         except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout, PoolClosed) as exc:
             self.last_error = str(exc).strip() or type(exc).__name__
-            if time.monotonic() >= deadline - 0.05 * budget:
+            if isinstance(exc, PoolTimeout) or time.monotonic() >= deadline - 0.05 * budget:
                 raise PrimaryTimeoutError(
                     f"primary did not answer within {budget:g}s: {self.last_error}"
                 ) from exc
