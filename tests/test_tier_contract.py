@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 
 from hybridstore.clock import HybridClock
 from hybridstore.model import Op
-from hybridstore.tiers.base import Tier
+from hybridstore.tiers.base import Change, Tier
 from hybridstore.tiers.journal import JournalTier
 from hybridstore.tiers.local import LocalTier
 from hybridstore.tiers.primary import PrimaryTier
@@ -28,6 +29,17 @@ def tier(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Tier]:
         t = JournalTier(tmp_path / "journal.log")
     yield t
     t.close()
+
+
+def settled_changes(tier: Tier, after: int, expected: int) -> list[Change]:
+    """The primary's feed never reads past the oldest transaction still running anywhere on the server (that is
+    what makes it safe), so another session's open transaction can hold it back for a moment: poll."""
+    deadline = time.monotonic() + 30
+    while True:
+        changes = tier.changes(after, 100)
+        if len(changes) >= expected or time.monotonic() > deadline:
+            return changes
+        time.sleep(0.05)
 
 
 class Writer:
@@ -76,7 +88,7 @@ def test_put_is_idempotent_by_op_id(tier: Tier) -> None:
     assert again.value_json == first.value_json and again.version == first.version
     got = tier.get("c", "k")
     assert got is not None and got.version == first.version and got.hlc == first.hlc
-    assert len(tier.changes(0, 100)) == 2, "the repeated op was not recorded twice"
+    assert len(settled_changes(tier, 0, 2)) == 2, "the repeated op was not recorded twice"
 
 
 def test_stale_write_never_hides_a_newer_one(tier: Tier) -> None:
@@ -109,12 +121,12 @@ def test_changes_are_ordered_and_resumable(tier: Tier) -> None:
     w = Writer()
     for i in range(5):
         tier.put(w.op(f"k{i}", str(i)))
-    changes = tier.changes(0, 100)
+    changes = settled_changes(tier, 0, 5)
     assert len(changes) == 5
     cursors = [c.cursor for c in changes]
     assert cursors == sorted(cursors) and len(set(cursors)) == 5
     assert {c.row.key for c in changes} == {f"k{i}" for i in range(5)}
-    rest = tier.changes(cursors[1], 100)
+    rest = settled_changes(tier, cursors[1], 3)
     assert [c.cursor for c in rest] == cursors[2:]
     assert tier.changes(cursors[-1], 100) == []
 

@@ -183,9 +183,13 @@ class PrimaryTier:
                     yield conn
         except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout, PoolClosed) as exc:
             self.last_error = str(exc).strip() or type(exc).__name__
-            if isinstance(exc, PoolTimeout) or time.monotonic() >= deadline - 0.05 * budget:
+            if isinstance(exc, PoolTimeout):
                 raise PrimaryTimeoutError(
-                    f"primary did not answer within {budget:g}s: {self.last_error}"
+                    f"primary unavailable: no connection within {self.timeout:g}s ({self.last_error})"
+                ) from exc
+            if time.monotonic() >= deadline - 0.05 * budget:
+                raise PrimaryTimeoutError(
+                    f"primary unavailable: no answer within {budget:g}s ({self.last_error})"
                 ) from exc
             raise PrimaryUnavailableError(f"primary unavailable: {self.last_error}") from exc
         except psycopg.Error as exc:
