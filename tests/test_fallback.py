@@ -40,6 +40,8 @@ class Writer:
             except Exception as exc:
                 self.failures.append(f"{key}: {exc!r}")
             else:
+                if self.phase != phase:
+                    phase = "transition"  # the network changed while this call ran
                 self.acked[key] = (i, r.tier, phase, time.monotonic() - start)
             i += 1
             time.sleep(0.002)
@@ -78,7 +80,7 @@ def test_writer_survives_cut_blackhole_restore(
     assert tiers["up"] == {"primary"}
     assert "local" in tiers["cut"] and "local" in tiers["blackhole"]
     assert "primary" in tiers["restored"] and "primary" in tiers["healed"], "write-through resumes by itself"
-    slowest = max(e[3] for phase in ("cut", "blackhole") for e in by_phase[phase])
+    slowest = max(e[3] for e in writer.acked.values())
     assert slowest < BUDGET, f"a call blocked {slowest:.2f}s while the primary was down"
     slow_calls = sum(1 for e in by_phase["blackhole"] if e[3] > 0.5)
     assert slow_calls <= 2, "the circuit opens: only the first call(s) wait on a black-holed primary"

@@ -75,9 +75,9 @@ class Page:
         return len(self.records)
 
 
-@dataclass(frozen=True, slots=True)
-class Op:
+class Op(NamedTuple):
     """A write as it travels: from the caller to a tier, through the outbox or journal, to the primary.
+    (A named tuple: cheap to build on the write hot path and to rebuild from a database row.)
 
     ``value_json`` is canonical JSON text (``None`` for a delete). ``base_version`` is the primary version the
     writer last saw for this key (0 = never seen); the primary uses it to tell a conflict from a follow-up.

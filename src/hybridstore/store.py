@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import dataclasses
 import fcntl
 import logging
 import os
@@ -200,7 +199,7 @@ class HybridStore:
                 self._local_failed(exc)  # the primary can still take the write
         if row is not None and row.synced_at is None:
             return None  # pending local ops for this key go first
-        op = dataclasses.replace(op, base_version=row.version if row else 0)
+        op = op._replace(base_version=row.version if row else 0)
         try:
             outcome = self.primary.put_many([op])[0]
         except PrimaryUnavailableError as exc:

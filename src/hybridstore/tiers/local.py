@@ -37,7 +37,7 @@ _SCHEMA = [
         updated_at  REAL NOT NULL,
         synced_at   REAL,               -- NULL while local changes are pending
         pending_seq INTEGER,            -- outbox seq of the newest pending op for this key
-        base_value  TEXT,               -- last value agreed with the primary (3-way merge base)
+        base_value  TEXT,               -- while pending: the last value agreed with the primary (merge base)
         PRIMARY KEY (collection, key)
     ) WITHOUT ROWID;
     CREATE TABLE outbox (
@@ -61,7 +61,8 @@ INSERT INTO records (collection, key, value, version, hlc, origin, updated_at, s
 VALUES (?, ?, ?, 0, ?, ?, ?, NULL, ?)
 ON CONFLICT (collection, key) DO UPDATE SET
     value = excluded.value, hlc = excluded.hlc, origin = excluded.origin,
-    updated_at = excluded.updated_at, synced_at = NULL, pending_seq = excluded.pending_seq
+    updated_at = excluded.updated_at, synced_at = NULL, pending_seq = excluded.pending_seq,
+    base_value = CASE WHEN records.pending_seq IS NULL THEN records.value ELSE records.base_value END
 WHERE excluded.hlc > records.hlc
 """
 _INSERT_OUTBOX = """
@@ -320,7 +321,7 @@ class LocalTier:
                     continue
                 conn.execute(
                     "UPDATE records SET value = ?, version = ?, hlc = ?, origin = ?, updated_at = ?, "
-                    "synced_at = ?, pending_seq = NULL, base_value = ? "
+                    "synced_at = ?, pending_seq = NULL, base_value = NULL "
                     "WHERE collection = ? AND key = ? AND pending_seq <= ?",
                     (
                         cur.value_json,
@@ -329,7 +330,6 @@ class LocalTier:
                         cur.origin,
                         cur.updated_at,
                         now,
-                        cur.value_json,
                         collection,
                         key,
                         seq,
@@ -345,27 +345,32 @@ class LocalTier:
         """Adopt a row the primary holds (write-through result, read-through refresh), unless this key has
         pending local ops, which must reach the primary first."""
         now = self._clock()
-        with self._transaction() as conn:
-            conn.execute(
-                "INSERT INTO records (collection, key, value, version, hlc, origin, updated_at, synced_at, "
-                "pending_seq, base_value) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, ?) "
-                "ON CONFLICT (collection, key) DO UPDATE SET value = excluded.value, "
-                "version = excluded.version, hlc = excluded.hlc, origin = excluded.origin, "
-                "updated_at = excluded.updated_at, synced_at = excluded.synced_at, "
-                "base_value = excluded.base_value "
-                "WHERE records.pending_seq IS NULL AND excluded.version >= records.version",
-                (
-                    row.collection,
-                    row.key,
-                    row.value_json,
-                    row.version,
-                    row.hlc,
-                    row.origin,
-                    row.updated_at,
-                    now,
-                    row.value_json,
-                ),
-            )
+        # One statement in autocommit mode is its own transaction: no BEGIN/COMMIT round of calls.
+        with self._lock:
+            conn = self._conn
+            try:
+                conn.execute(
+                    "INSERT INTO records (collection, key, value, version, hlc, origin, updated_at, synced_at, "
+                    "pending_seq, base_value) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL) "
+                    "ON CONFLICT (collection, key) DO UPDATE SET value = excluded.value, "
+                    "version = excluded.version, hlc = excluded.hlc, origin = excluded.origin, "
+                    "updated_at = excluded.updated_at, synced_at = excluded.synced_at "
+                    "WHERE records.pending_seq IS NULL AND excluded.version >= records.version",
+                    (
+                        row.collection,
+                        row.key,
+                        row.value_json,
+                        row.version,
+                        row.hlc,
+                        row.origin,
+                        row.updated_at,
+                        now,
+                    ),
+                )
+            except sqlite3.Error as exc:
+                err = map_sqlite_error(exc)
+                self.last_error = str(err)
+                raise err from exc
 
     def record_failure(self, seqs: Sequence[int], error: str) -> None:
         with self._transaction() as conn:
