@@ -101,8 +101,9 @@ def test_migrate(tmp_path: Path, pg_dsn: str, pg_schema: str) -> None:
     assert code == 0 and json.loads(out)["applied"] == []
     code, out = cli("-d", str(tmp_path / "e"), "migrate")
     assert code == 2 and "no primary configured" in out
-    code, out = cli("-d", str(tmp_path / "f"), "--primary-url", "postgresql://postgres@127.0.0.1:1/x",
-                    "--timeout", "0.5", "migrate")
+    code, out = cli(
+        "-d", str(tmp_path / "f"), "--primary-url", "postgresql://postgres@127.0.0.1:1/x", "--timeout", "0.5", "migrate"
+    )
     assert code == 1 and "primary unavailable" in out
 
 

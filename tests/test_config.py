@@ -12,8 +12,11 @@ from hybridstore.tiers.primary import redact
 
 
 def test_url_precedence() -> None:
-    env = {"HYBRIDSTORE_PRIMARY_URL": "postgresql://a/x", "SUPABASE_DB_URL": "postgresql://b/x",
-           "DATABASE_URL": "postgresql://c/x"}
+    env = {
+        "HYBRIDSTORE_PRIMARY_URL": "postgresql://a/x",
+        "SUPABASE_DB_URL": "postgresql://b/x",
+        "DATABASE_URL": "postgresql://c/x",
+    }
     assert resolve(env=env).primary_url == "postgresql://a/x"
     assert resolve(env={k: v for k, v in env.items() if k != "HYBRIDSTORE_PRIMARY_URL"}).primary_url == (
         "postgresql://b/x"
@@ -24,8 +27,12 @@ def test_url_precedence() -> None:
 
 
 def test_data_dir_node_id_and_retry_attempts(tmp_path: Path) -> None:
-    env = {"HYBRIDSTORE_DATA_DIR": str(tmp_path), "HYBRIDSTORE_NODE_ID": "till-3",
-           "VITE_STORAGE_SYNC_RETRY_ATTEMPTS": "5", "HYBRIDSTORE_PRIMARY_SCHEMA": "shop"}
+    env = {
+        "HYBRIDSTORE_DATA_DIR": str(tmp_path),
+        "HYBRIDSTORE_NODE_ID": "till-3",
+        "VITE_STORAGE_SYNC_RETRY_ATTEMPTS": "5",
+        "HYBRIDSTORE_PRIMARY_SCHEMA": "shop",
+    }
     cfg = resolve(env=env)
     assert cfg.data_dir == tmp_path and cfg.node_id == "till-3"
     assert cfg.sync_retry_attempts == 5 and cfg.primary_schema == "shop"

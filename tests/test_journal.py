@@ -163,8 +163,7 @@ def test_journal_reaches_primary_while_sqlite_is_broken(
     proxy = Proxy("127.0.0.1", 5432)
     try:
         proxy.cut()
-        with hybridstore.open(proxy.url(pg_dsn), data_dir=data, primary_schema=pg_schema,
-                              primary_timeout=1.0) as store:
+        with hybridstore.open(proxy.url(pg_dsn), data_dir=data, primary_schema=pg_schema, primary_timeout=1.0) as store:
             assert store.local is None
             tiers = [store.set("c", f"k{i}", i).tier for i in range(10)]
             assert set(tiers) == {"journal"}, "primary down and SQLite corrupt: the journal takes the writes"

@@ -162,10 +162,11 @@ def test_list_overlays_pending_on_primary(make_store: StoreFactory) -> None:
 
 
 def test_last_writer_wins_between_nodes(make_store: StoreFactory, pg: psycopg.Connection[Any], pg_schema: str) -> None:
-    a = make_store("a", write_mode="local_first", background=False)
-    b = make_store("b", write_mode="local_first", background=False)
+    a = make_store("a", write_mode="local_first", background=False, node_id="node-a")
+    b = make_store("b", write_mode="local_first", background=False, node_id="node-b")
     a.set("c", "k", "a-first")
-    b.set("c", "k", "b-later")  # later HLC
+    time.sleep(0.002)
+    b.set("c", "k", "b-later")  # later HLC (and on a tie, node-b > node-a)
     a.set("c", "only-a", 1)
     assert b.sync_now().pushed == 1
     report = a.sync_now()

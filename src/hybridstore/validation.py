@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from decimal import Decimal
 from typing import Any
 
 from .errors import ValidationError
@@ -12,6 +13,8 @@ COLLECTION_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,63}")
 MAX_KEY_CHARS = 512
 DEFAULT_MAX_VALUE_BYTES = 1024 * 1024
 _NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+# A JSON string (skipped) or a number written with a positive exponent (rewritten, see _plain_floats).
+_STRING_OR_BIG_FLOAT = re.compile(r'"(?:[^"\\]|\\.)*"|-?\d+(?:\.\d+)?[eE]\+\d+')
 
 
 _valid_collections: set[str] = set()
@@ -50,6 +53,8 @@ def encode_value(value: Any, *, max_bytes: int = DEFAULT_MAX_VALUE_BYTES) -> str
         text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError, RecursionError) as exc:
         raise ValidationError(f"value is not JSON-serialisable: {exc}") from None
+    if "e+" in text:
+        text = _STRING_OR_BIG_FLOAT.sub(_plain_float, text)
     try:
         size = len(text.encode("utf-8"))
     except UnicodeEncodeError as exc:
@@ -61,3 +66,17 @@ def encode_value(value: Any, *, max_bytes: int = DEFAULT_MAX_VALUE_BYTES) -> str
     if "\\u0000" in text and _NUL_ESCAPE.search(text):
         raise ValidationError("value contains a NUL character (\\u0000), which PostgreSQL JSON cannot store")
     return text
+
+
+def _plain_float(match: re.Match[str]) -> str:
+    """Write a large float (``7.2e+16``) as plain decimal with a fraction (``72000000000000000.0``).
+
+    PostgreSQL's jsonb prints numbers without exponents, so ``7.2e+16`` would come back as the integer
+    ``72000000000000000`` and decode to an ``int`` (and, above 2**53, to a different number than the float
+    stored). The same number with ``.0`` stays a float through jsonb and decodes to exactly the float written.
+    """
+    token = match.group(0)
+    if token.startswith('"'):
+        return token
+    plain = format(Decimal(token), "f")
+    return plain if "." in plain else plain + ".0"

@@ -69,6 +69,21 @@ _INSERT_OUTBOX = """
 INSERT INTO outbox (seq, op_id, collection, key, value, hlc, origin, created_at)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?)
 """
+# After a push: a key whose newest pending op was pushed (pending_seq <= pushed seq) takes the primary's row and
+# is synced; a key with later pending ops keeps its value and learns the new version and merge base. SET
+# expressions all see the old row, so every CASE tests the same pending_seq.
+_COMPLETE = """
+UPDATE records SET
+    value = CASE WHEN pending_seq <= ?7 THEN ?1 ELSE value END,
+    hlc = CASE WHEN pending_seq <= ?7 THEN ?2 ELSE hlc END,
+    origin = CASE WHEN pending_seq <= ?7 THEN ?3 ELSE origin END,
+    updated_at = CASE WHEN pending_seq <= ?7 THEN ?4 ELSE updated_at END,
+    synced_at = CASE WHEN pending_seq <= ?7 THEN ?5 ELSE synced_at END,
+    base_value = CASE WHEN pending_seq <= ?7 THEN NULL ELSE ?1 END,
+    pending_seq = CASE WHEN pending_seq <= ?7 THEN NULL ELSE pending_seq END,
+    version = ?6
+WHERE collection = ?8 AND key = ?9
+"""
 _ROW_COLUMNS = "collection, key, value, version, hlc, origin, updated_at, synced_at"
 _GET = f"SELECT {_ROW_COLUMNS} FROM records WHERE collection = ? AND key = ?"
 
@@ -292,8 +307,8 @@ class LocalTier:
         """The oldest ``limit`` outbox entries, each with the primary version this node knows for its key as
         ``base_version`` (so a follow-up write is not mistaken for a conflict)."""
         rows = self._read(
-            "SELECT o.seq, o.op_id, o.collection, o.key, o.value, o.hlc, o.origin, r.version, o.created_at "
-            "FROM outbox o JOIN records r ON r.collection = o.collection AND r.key = o.key "
+            "SELECT o.seq, o.op_id, o.collection, o.key, o.value, o.hlc, o.origin, coalesce(r.version, 0), o.created_at "
+            "FROM outbox o LEFT JOIN records r ON r.collection = o.collection AND r.key = o.key "
             "ORDER BY o.seq LIMIT ?",
             (limit,),
         )
@@ -309,37 +324,21 @@ class LocalTier:
         last: dict[tuple[str, str], tuple[int, StoredRow | None]] = {}
         for seq, op, outcome in done:
             last[(op.collection, op.key)] = (seq, outcome.current)
+        adopt = [
+            (cur.value_json, cur.hlc, cur.origin, cur.updated_at, now, cur.version, seq, c, k)
+            for (c, k), (seq, cur) in last.items()
+            if cur is not None
+        ]
+        gone = [(now, c, k, seq) for (c, k), (seq, cur) in last.items() if cur is None]
         with self._transaction() as conn:
-            conn.executemany("DELETE FROM outbox WHERE seq = ?", [(seq,) for seq, _, _ in done])
-            for (collection, key), (seq, cur) in last.items():
-                if cur is None:
-                    conn.execute(
-                        "UPDATE records SET synced_at = ?, pending_seq = NULL "
-                        "WHERE collection = ? AND key = ? AND pending_seq <= ?",
-                        (now, collection, key, seq),
-                    )
-                    continue
-                conn.execute(
-                    "UPDATE records SET value = ?, version = ?, hlc = ?, origin = ?, updated_at = ?, "
-                    "synced_at = ?, pending_seq = NULL, base_value = NULL "
-                    "WHERE collection = ? AND key = ? AND pending_seq <= ?",
-                    (
-                        cur.value_json,
-                        cur.version,
-                        cur.hlc,
-                        cur.origin,
-                        cur.updated_at,
-                        now,
-                        collection,
-                        key,
-                        seq,
-                    ),
-                )
-                conn.execute(
-                    "UPDATE records SET version = ?, base_value = ? "
-                    "WHERE collection = ? AND key = ? AND pending_seq > ?",
-                    (cur.version, cur.value_json, collection, key, seq),
-                )
+            # The batch is the oldest entries, so it is exactly every entry up to its largest seq.
+            conn.execute("DELETE FROM outbox WHERE seq <= ?", (max(seq for seq, _, _ in done),))
+            conn.executemany(_COMPLETE, adopt)
+            conn.executemany(
+                "UPDATE records SET synced_at = ?, pending_seq = NULL "
+                "WHERE collection = ? AND key = ? AND pending_seq <= ?",
+                gone,
+            )
 
     def store_synced(self, row: StoredRow) -> None:
         """Adopt a row the primary holds (write-through result, read-through refresh), unless this key has

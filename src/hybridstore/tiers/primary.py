@@ -127,8 +127,9 @@ class PrimaryTier:
         self._conninfo = make_conninfo("", **params)
         self._q = sql.Identifier(schema).as_string(None)
         self._apply_sql = (
-            f"SELECT * FROM {self._q}.hs_apply(%s::uuid[], %s::text[], %s::text[], %s::text[], "
-            f"%s::text[], %s::text[], %s::bigint[])"
+            # %b: binary arrays; text-format array dumping costs ~45 ms of client CPU per 1000 ops
+            f"SELECT * FROM {self._q}.hs_apply(%b::uuid[], %b::text[], %b::text[], %b::text[], "
+            f"%b::text[], %b::text[], %b::bigint[])"
         )
         self._apply_one_sql = _APPLY_ONE.replace("{schema}", self._q)
         self._current_sql = (
