@@ -307,7 +307,8 @@ class LocalTier:
         """The oldest ``limit`` outbox entries, each with the primary version this node knows for its key as
         ``base_version`` (so a follow-up write is not mistaken for a conflict)."""
         rows = self._read(
-            "SELECT o.seq, o.op_id, o.collection, o.key, o.value, o.hlc, o.origin, coalesce(r.version, 0), o.created_at "
+            "SELECT o.seq, o.op_id, o.collection, o.key, o.value, o.hlc, o.origin, coalesce(r.version, 0), "
+            "o.created_at "
             "FROM outbox o LEFT JOIN records r ON r.collection = o.collection AND r.key = o.key "
             "ORDER BY o.seq LIMIT ?",
             (limit,),
