@@ -154,8 +154,7 @@ class StoredRow(NamedTuple):
         )
 
 
-@dataclass(frozen=True, slots=True)
-class ApplyOutcome:
+class ApplyOutcome(NamedTuple):
     """What the primary did with one op: ``applied``, ``duplicate`` (seen before) or ``superseded`` (lost to a
     newer write under last-writer-wins). ``current`` is the primary's row for the key after the op."""
 

@@ -128,8 +128,8 @@ class PrimaryTier:
         self._q = sql.Identifier(schema).as_string(None)
         self._apply_sql = (
             # %b: binary arrays; text-format array dumping costs ~45 ms of client CPU per 1000 ops
-            f"SELECT * FROM {self._q}.hs_apply(%b::uuid[], %b::text[], %b::text[], %b::text[], "
-            f"%b::text[], %b::text[], %b::bigint[])"
+            f"SELECT op_id, outcome, version, updated_at FROM {self._q}.hs_apply("
+            f"%b::uuid[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::bigint[])"
         )
         self._apply_one_sql = _APPLY_ONE.replace("{schema}", self._q)
         self._current_sql = (
@@ -287,12 +287,39 @@ class PrimaryTier:
             [o.base_version for o in ops],
         )
         rows = self._run(lambda conn: conn.execute(self._apply_sql, params).fetchall())
-        out = []
         now = time.time()
-        for op_id, outcome, collection, key, value, version, hlc, origin, updated_at in rows:
-            cur = None if version is None else StoredRow(collection, key, value, version, hlc, origin, updated_at, now)
-            out.append(ApplyOutcome(str(op_id), outcome, cur))
+        out: list[ApplyOutcome] = []
+        lost: list[Op] = []
+        for op, (_op_id, outcome, version, updated_at) in zip(ops, rows, strict=True):
+            if outcome == "applied":
+                row = StoredRow(op.collection, op.key, op.value_json, version, op.hlc, op.origin, updated_at, now)
+                out.append(ApplyOutcome(op.op_id, "applied", row))
+            else:
+                out.append(ApplyOutcome(op.op_id, outcome, None))
+                lost.append(op)
+        if lost:
+            current = self._current_rows(
+                lost, [o.op_id for o, r in zip(ops, rows, strict=True) if r[1] == "superseded"]
+            )
+            out = [
+                o if o.outcome == "applied" else o._replace(current=current.get((op.collection, op.key)))
+                for op, o in zip(ops, out, strict=True)
+            ]
         return out
+
+    def _current_rows(self, ops: Sequence[Op], superseded: Sequence[str]) -> dict[tuple[str, str], StoredRow]:
+        """The primary's rows for the keys of ops that did not apply (and mark the superseded ones in the ledger)."""
+        query = (
+            f"WITH mark AS (UPDATE {self._q}.applied_ops SET outcome = 'superseded' WHERE op_id = ANY(%b::uuid[])) "
+            f"SELECT r.collection, r.key, r.value::text, r.version, r.hlc, r.origin, "
+            f"extract(epoch FROM r.updated_at)::float8 FROM {self._q}.records r "
+            f"JOIN unnest(%b::text[], %b::text[]) AS k(collection, key) "
+            f"ON r.collection = k.collection AND r.key = k.key WHERE r.version > 0"
+        )
+        params = (list(superseded), [o.collection for o in ops], [o.key for o in ops])
+        rows = self._run(lambda conn: conn.execute(query, params).fetchall())
+        now = time.time()
+        return {(r[0], r[1]): StoredRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], now) for r in rows}
 
     def get(self, collection: str, key: str) -> StoredRow | None:
         rows = self._run(lambda conn: conn.execute(self._current_sql, (collection, key)).fetchall())

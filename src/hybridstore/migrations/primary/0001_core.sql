@@ -75,39 +75,26 @@ CREATE TABLE {schema}.system_config (
 -- Ops for the same key are applied as a group in array order: the group is accepted when the primary's
 -- version equals the group's base version (no conflict) or, on a conflict, when the group's last write is
 -- newer by HLC (last writer wins). Ops already in applied_ops are reported as duplicates and change nothing.
+-- Returns one row per op, in input order, with the key's new version for applied ops.
 CREATE FUNCTION {schema}.hs_apply(
     p_op_id uuid[], p_collection text[], p_key text[], p_value text[],
     p_hlc text[], p_origin text[], p_base bigint[]
-) RETURNS TABLE (
-    op_id uuid, outcome text, collection text, key text, value text,
-    version bigint, hlc text, origin text, updated_at double precision
-)
-LANGUAGE plpgsql AS $fn$
-#variable_conflict use_column
-DECLARE
-    v_fresh uuid[];
-    v_applied text[];
-BEGIN
-    WITH ins AS (
-        INSERT INTO {schema}.applied_ops AS a (op_id, collection, key, origin)
-        SELECT i.op_id, i.collection, i.key, i.origin
-        FROM unnest(p_op_id, p_collection, p_key, p_origin) AS i(op_id, collection, key, origin)
-        ON CONFLICT DO NOTHING
-        RETURNING a.op_id
-    )
-    SELECT coalesce(array_agg(ins.op_id), '{}') INTO v_fresh FROM ins;
-
+) RETURNS TABLE (op_id uuid, outcome text, version bigint, updated_at double precision)
+LANGUAGE sql AS $fn$
     WITH input AS (
-        SELECT i.*
+        SELECT *
         FROM unnest(p_op_id, p_collection, p_key, p_value, p_hlc, p_origin, p_base)
              WITH ORDINALITY AS i(op_id, collection, key, value, hlc, origin, base, ord)
-        JOIN unnest(v_fresh) AS f(op_id) ON f.op_id = i.op_id
+    ), fresh AS (
+        INSERT INTO {schema}.applied_ops AS a (op_id, collection, key, origin)
+        SELECT i.op_id, i.collection, i.key, i.origin FROM input i
+        ON CONFLICT DO NOTHING
+        RETURNING a.op_id
     ), grp AS (
         SELECT DISTINCT ON (i.collection, i.key)
                i.collection, i.key, i.value, i.hlc, i.origin,
-               first_value(i.base) OVER w AS base,
-               count(*) OVER w AS n
-        FROM input i
+               first_value(i.base) OVER w AS base, count(*) OVER w AS n
+        FROM input i JOIN fresh f ON f.op_id = i.op_id
         WINDOW w AS (PARTITION BY i.collection, i.key ORDER BY i.ord
                      ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
         ORDER BY i.collection, i.key, i.ord DESC
@@ -117,36 +104,16 @@ BEGIN
         FROM grp g
         ORDER BY g.collection, g.key
         ON CONFLICT ON CONSTRAINT records_pkey DO UPDATE
-        SET value = EXCLUDED.value,
-            version = r.version + EXCLUDED.version,
-            base_version = EXCLUDED.base_version,
-            hlc = EXCLUDED.hlc,
-            origin = EXCLUDED.origin,
-            updated_at = now(),
-            stamp = pg_current_xact_id()
+        SET value = EXCLUDED.value, version = r.version + EXCLUDED.version, base_version = EXCLUDED.base_version,
+            hlc = EXCLUDED.hlc, origin = EXCLUDED.origin, updated_at = now(), stamp = pg_current_xact_id()
         WHERE r.version = EXCLUDED.base_version OR EXCLUDED.hlc > r.hlc
-        RETURNING r.collection || chr(31) || r.key AS k
+        RETURNING r.collection, r.key, r.version, extract(epoch FROM r.updated_at)::float8 AS updated_at
     )
-    SELECT coalesce(array_agg(up.k), '{}') INTO v_applied FROM up;
-
-    UPDATE {schema}.applied_ops AS a SET outcome = 'superseded'
-    FROM unnest(p_op_id, p_collection, p_key) AS i(op_id, collection, key)
-    JOIN unnest(v_fresh) AS f(op_id) ON f.op_id = i.op_id
-    LEFT JOIN unnest(v_applied) AS ap(k) ON ap.k = i.collection || chr(31) || i.key
-    WHERE a.op_id = i.op_id AND ap.k IS NULL;
-
-    RETURN QUERY
     SELECT i.op_id,
-           CASE WHEN f.op_id IS NULL THEN 'duplicate'
-                WHEN ap.k IS NOT NULL THEN 'applied'
-                ELSE 'superseded' END,
-           i.collection, i.key, r.value::text, r.version, r.hlc::text, r.origin,
-           extract(epoch FROM r.updated_at)::double precision
-    FROM unnest(p_op_id, p_collection, p_key) WITH ORDINALITY AS i(op_id, collection, key, ord)
-    LEFT JOIN unnest(v_fresh) AS f(op_id) ON f.op_id = i.op_id
-    LEFT JOIN (SELECT DISTINCT u.k FROM unnest(v_applied) AS u(k)) AS ap
-           ON ap.k = i.collection || chr(31) || i.key
-    LEFT JOIN {schema}.records r ON r.collection = i.collection AND r.key = i.key
-    ORDER BY i.ord;
-END
+           CASE WHEN f.op_id IS NULL THEN 'duplicate' WHEN u.key IS NOT NULL THEN 'applied' ELSE 'superseded' END,
+           u.version, u.updated_at
+    FROM input i
+    LEFT JOIN fresh f ON f.op_id = i.op_id
+    LEFT JOIN up u ON u.collection = i.collection AND u.key = i.key
+    ORDER BY i.ord
 $fn$;
