@@ -17,6 +17,7 @@ _NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 _STRING_OR_BIG_FLOAT = re.compile(r'"(?:[^"\\]|\\.)*"|-?\d+(?:\.\d+)?[eE]\+\d+')
 
 
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 _valid_collections: set[str] = set()
 
 
@@ -50,7 +51,7 @@ def check_key(key: object) -> str:
 def encode_value(value: Any, *, max_bytes: int = DEFAULT_MAX_VALUE_BYTES) -> str:
     """Canonical JSON text of ``value`` or `ValidationError` (not JSON, NaN/Infinity, NUL, too large)."""
     try:
-        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        text = _encode(value)
     except (TypeError, ValueError, RecursionError) as exc:
         raise ValidationError(f"value is not JSON-serialisable: {exc}") from None
     if "e+" in text:
