@@ -6,10 +6,11 @@ Not a test module: each ``bench_*.py`` is a plain script (``python bench/bench_l
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import platform
 import statistics
-import sys
+import subprocess
 import tempfile
 import time
 import uuid
@@ -79,16 +80,45 @@ def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]
         for r in cells:
             print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
         return
-    table = Table(title=title, title_justify="left")
+    console = Console(width=140, highlight=False)
+    console.print(f"\n[bold]{title}[/bold]")
+    table = Table()
     for i, h in enumerate(headers):
         table.add_column(h, justify="left" if i == 0 else "right")
     for r in cells:
         table.add_row(*r)
-    Console(width=140).print(table)
+    console.print(table)
 
 
 def header(name: str) -> None:
-    print(f"{name}: python {platform.python_version()}, {os.cpu_count()} cpu, {platform.platform()}", file=sys.stderr)
+    """One line saying what was measured: hybridstore version and git commit, Python, CPUs."""
+    import hybridstore
+
+    try:
+        here = Path(__file__).resolve().parent
+        commit = subprocess.run(
+            ["git", "describe", "--always", "--dirty"], cwd=here, capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    print(
+        f"{name}: hybridstore {hybridstore.__version__} ({commit or 'no git'}), python {platform.python_version()}, "
+        f"{os.cpu_count()} cpu, {platform.platform()}",
+        flush=True,
+    )
+
+
+@contextlib.contextmanager
+def quiet_logs(**levels: int) -> Iterator[None]:
+    """Set logger levels (``quiet_logs(**{"psycopg.pool": logging.CRITICAL})``) for the block, then restore."""
+    saved = {name: logging.getLogger(name).level for name in levels}
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+    try:
+        yield
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
 
 
 @contextlib.contextmanager

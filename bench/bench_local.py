@@ -9,6 +9,8 @@
 (b) point read of random existing keys: ``store.get`` (``read_policy="local_first"``) vs raw
     ``SELECT value … WHERE collection=? AND key=?`` + json.loads vs ``diskcache.Cache.get``.
     Targets: >= 0.4 x raw, >= 2 x diskcache.
+The write table also shows, as a diagnostic without a target, the same store opened with ``background=False``
+(no replayer thread to wake after each queued write).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import diskcache
 from _common import fmt_rate, header, interleaved_rates, open_embedded, print_table, small_value, temp_dir, verdict
 
 COLLECTION = "products"
+DIAG = "(diagnostic) set, background=False"
 RAW_SCHEMA = """
 CREATE TABLE records (
     collection TEXT NOT NULL,
@@ -92,12 +95,15 @@ def main() -> None:
 
     with temp_dir() as tmp:
         store = open_embedded(tmp / "store", read_policy="local_first")
+        # diagnostic only: same store without the background replayer thread (shows what waking it costs)
+        quiet = open_embedded(tmp / "quiet", read_policy="local_first", background=False)
         raw = RawSqlite(tmp / "raw.db")
         cache = diskcache.Cache(str(tmp / "diskcache"))
         try:
             # warm up: page cache, prepared statements, WAL file creation
             for i in range(1000):
                 store.set(COLLECTION, f"warm{i}", values[i % len(values)])
+                quiet.set(COLLECTION, f"warm{i}", values[i % len(values)])
                 raw.set(COLLECTION, f"warm{i}", values[i % len(values)])
                 cache.set(f"{COLLECTION}/warm{i}", values[i % len(values)])
 
@@ -106,6 +112,7 @@ def main() -> None:
                     "hybridstore set": lambda i: store.set(COLLECTION, keys[i], values[i]),
                     "raw sqlite3": lambda i: raw.set(COLLECTION, keys[i], values[i]),
                     "diskcache set": lambda i: cache.set(f"{COLLECTION}/{keys[i]}", values[i]),
+                    DIAG: lambda i: quiet.set(COLLECTION, keys[i], values[i]),
                 },
                 args.writes,
                 args.rounds,
@@ -132,14 +139,16 @@ def main() -> None:
             assert misses == 0, f"{misses} reads missed"
         finally:
             store.close()
+            quiet.close()
             raw.close()
             cache.close()
 
     def rows(rates: dict[str, float], ours: str, min_raw: float) -> list[list[str]]:
         raw_rate, dc_name = rates["raw sqlite3"], next(n for n in rates if n.startswith("diskcache"))
-        out = []
-        for name, rate in rates.items():
-            out.append([name, fmt_rate(rate), f"{1e6 / rate:.1f}", f"{rate / raw_rate:.2f}", f"{rate / rates[dc_name]:.2f}"])
+        out = [
+            [name, fmt_rate(rate), f"{1e6 / rate:.1f}", f"{rate / raw_rate:.2f}", f"{rate / rates[dc_name]:.2f}"]
+            for name, rate in rates.items()
+        ]
         r_raw, r_dc = rates[ours] / raw_rate, rates[ours] / rates[dc_name]
         out.append(["target: ours vs raw", "", "", f">= {min_raw}", "", verdict(r_raw, min_raw)])
         out.append(["target: ours vs diskcache", "", "", "", ">= 2", verdict(r_dc, 2.0)])
