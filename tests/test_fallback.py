@@ -141,3 +141,12 @@ def test_unreachable_primary_url_is_not_an_error(make_store: StoreFactory) -> No
     h = store.health()
     assert h["primary"]["state"] == "down" and "127.0.0.1:1" in h["primary"]["url"]
     assert h["outbox"]["depth"] == 1
+
+
+def test_first_write_is_fast_when_opened_offline(make_store: StoreFactory, proxy: Proxy, proxied_dsn: str) -> None:
+    proxy.cut()
+    store = make_store(primary=proxied_dsn, primary_timeout=TIMEOUT)
+    wait_for(lambda: store.circuit.state != "closed", timeout=5)  # the start-up probe found the primary down
+    start = time.monotonic()
+    r = store.set("c", "k", 1)
+    assert r.tier == "local" and time.monotonic() - start < 0.5

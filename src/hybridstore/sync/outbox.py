@@ -91,6 +91,7 @@ class OutboxReplayer:
             self._thread.join(timeout=10)
 
     def _loop(self) -> None:
+        self._initial_probe()
         while not self._stop.is_set():
             try:
                 delay = self._round()
@@ -131,6 +132,17 @@ class OutboxReplayer:
             return full_jitter(self._attempt, base=self._retry_base, cap=self._retry_cap, rng=self._rng)
         self._attempt = 0
         return 0.0 if pushed else IDLE_POLL
+
+    def _initial_probe(self) -> None:
+        """Find out at start-up whether the primary answers, so that when it does not (a terminal opened
+        offline), the first write goes straight to SQLite instead of waiting out the timeout."""
+        if self._primary is None or self._circuit.state != "closed":
+            return
+        try:
+            self._primary.probe()
+        except PrimaryUnavailableError as exc:
+            log.warning("primary unreachable at start-up, working locally: %s", exc)
+            self._circuit.trip()
 
     def _probe(self) -> bool:
         """Probe the primary; True when it answered (the circuit is then closed)."""
