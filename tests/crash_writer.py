@@ -1,4 +1,8 @@
-"""Child process for the crash tests: writes records and prints each acknowledged key, until killed."""
+"""Child process for the crash tests: writes records and prints each acknowledged key, until killed.
+
+``mode`` is a write mode, or ``journal``: SQLite reports "disk full" from the start (a real SQLITE_FULL through
+``max_page_count``), so every write is acknowledged by the journal.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +13,26 @@ import hybridstore
 
 def main() -> None:
     data_dir, url, schema, prefix, mode = sys.argv[1:6]
+    full_sqlite = mode == "journal"
     store = hybridstore.open(
-        url or None, data_dir=data_dir, primary_schema=schema, write_mode=mode, primary_timeout=1.0
+        url or None,
+        data_dir=data_dir,
+        primary_schema=schema,
+        write_mode="local_first" if full_sqlite else mode,
+        primary_timeout=1.0,
     )
+    if full_sqlite:
+        local = store.local
+        assert local is not None
+        with local._lock:
+            (pages,) = local._conn.execute("PRAGMA page_count").fetchone()
+            local._conn.execute(f"PRAGMA max_page_count = {pages}")
     print("ready", flush=True)
     n = 0
     while True:
         key = f"{prefix}-{n:06d}"
-        store.set("orders", key, {"prefix": prefix, "n": n, "pad": "x" * (n % 200)})
+        pad = "x" * (5000 if full_sqlite else n % 200)
+        store.set("orders", key, {"prefix": prefix, "n": n, "pad": pad})
         print(key, flush=True)
         n += 1
 

@@ -50,11 +50,13 @@ def test_sigkill_loses_no_acknowledged_write(
     rng = random.Random(20261125)
     data_dir = tmp_path / "node"
     acked: list[str] = []
-    rounds = 12
+    rounds = 15
     for r in range(rounds):
-        mode = "write_through" if r % 2 == 0 else "local_first"
+        mode = ("write_through", "local_first", "journal")[r % 3]
         keys = run_and_kill(data_dir, pg_dsn, pg_schema, f"r{r:02d}", mode, rng.uniform(0.05, 0.8))
         acked += keys
+        if mode == "journal" and keys:
+            assert (data_dir / "journal.log").stat().st_size > 0, "the journal took the writes"
         # after every crash the store opens cleanly and has everything acknowledged so far
         with hybridstore.open(
             pg_dsn, data_dir=data_dir, primary_schema=pg_schema, read_policy="local_first", background=False
