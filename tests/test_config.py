@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 
 from hybridstore import ConfigError
-from hybridstore.config import load_node_id, resolve
-from hybridstore.tiers.primary import redact
+from hybridstore.config import load_node_id, redact, resolve
 
 
 def test_url_precedence() -> None:

@@ -113,3 +113,8 @@ def load_node_id(data_dir: Path) -> str:
     tmp.write_text(node + "\n", encoding="utf-8")
     os.replace(tmp, path)
     return node
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for logs and status output."""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", re.sub(r"password=\S+", "password=***", url))

@@ -18,11 +18,11 @@ import os
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .circuit import CircuitBreaker
 from .clock import HybridClock
-from .config import StoreConfig, load_node_id
+from .config import StoreConfig, load_node_id, redact
 from .errors import (
     ClosedError,
     JournalError,
@@ -38,6 +38,9 @@ from .sync.outbox import OutboxReplayer
 from .tiers.journal import JournalTier
 from .tiers.local import LocalTier
 from .validation import check_collection, check_key, encode_value
+
+if TYPE_CHECKING:
+    from .tiers.primary import PrimaryTier
 
 log = logging.getLogger("hybridstore")
 LOCAL_DB = "local.db"
@@ -91,7 +94,7 @@ class HybridStore:
         last = [h for h in (self._safe_max_hlc(), *(op.hlc for op in self.journal.entries())) if h]
         self.clock = HybridClock(self.node_id, last=max(last) if last else None)
         self.circuit = CircuitBreaker(failure_threshold=config.circuit_failures, reset_timeout=config.circuit_reset)
-        self.primary = None
+        self.primary: PrimaryTier | None = None
         if config.primary_url:
             from .tiers.primary import PrimaryTier
 
@@ -146,8 +149,7 @@ class HybridStore:
         if self.primary is not None:
             self.primary.close()
         if self.local is not None:
-            with contextlib.suppress(LocalStoreError, Exception):
-                self.local.close()
+            self.local.close()
         self._release_dir_lock()
 
     def __enter__(self) -> HybridStore:
@@ -364,8 +366,9 @@ class HybridStore:
                 local["detail"] = self.local_error or local["detail"]
             with contextlib.suppress(LocalStoreError):
                 depth, oldest = self.local.outbox_stats()
+        primary: dict[str, Any]
         if self.primary is None:
-            primary: dict[str, Any] = {"state": "disabled", "detail": "no primary configured (embedded mode)"}
+            primary = {"state": "disabled", "detail": "no primary configured (embedded mode)"}
         elif self.circuit.state == "closed" and not self._closed:
             primary = self.primary.health().to_dict()
             if primary["state"] != "healthy":
@@ -374,7 +377,7 @@ class HybridStore:
             primary = {
                 "state": "down",
                 "detail": self.primary.last_error or "circuit open",
-                "url": self.primary.url and _redact(self.primary.url),
+                "url": redact(self.primary.url),
                 "schema": self.primary.schema,
             }
         journal = self.journal.health().to_dict()
@@ -400,9 +403,3 @@ class HybridStore:
                 "last_error": self.replayer.last_error,
             },
         }
-
-
-def _redact(url: str) -> str:
-    from .tiers.primary import redact
-
-    return redact(url)

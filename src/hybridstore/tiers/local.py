@@ -161,12 +161,16 @@ class LocalTier:
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._rollback()
-                err = map_sqlite_error(exc)
-                self.last_error = str(err)
-                raise err from exc
+                raise self._error(exc) from exc
             except BaseException:
                 self._rollback()
                 raise
+
+    def _error(self, exc: sqlite3.Error) -> LocalStoreError:
+        """Our error for a SQLite failure, remembered for health()."""
+        err = map_sqlite_error(exc)
+        self.last_error = str(err)
+        return err
 
     def _rollback(self) -> None:
         if self._conn.in_transaction:
@@ -178,9 +182,7 @@ class LocalTier:
             try:
                 return self._conn.execute(sql, params).fetchall()
             except sqlite3.Error as exc:
-                err = map_sqlite_error(exc)
-                self.last_error = str(err)
-                raise err from exc
+                raise self._error(exc) from exc
 
     # -- Tier protocol ----------------------------------------------------------------------------------------
 
@@ -189,9 +191,7 @@ class LocalTier:
             try:
                 row = self._conn.execute(_GET, (collection, key)).fetchone()
             except sqlite3.Error as exc:
-                err = map_sqlite_error(exc)
-                self.last_error = str(err)
-                raise err from exc
+                raise self._error(exc) from exc
         return None if row is None else _row(row)
 
     def put(self, op: Op) -> StoredRow:
@@ -209,21 +209,8 @@ class LocalTier:
     def queue(self, op: Op) -> bool:
         """Like `put` without reading the row back: the write hot path. False if the op was stale."""
         now = self._clock()
-        with self._lock:
-            conn = self._conn
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                done = self._put_locked(conn, op, now)
-                conn.execute("COMMIT")
-                return done
-            except sqlite3.Error as exc:
-                self._rollback()
-                err = map_sqlite_error(exc)
-                self.last_error = str(err)
-                raise err from exc
-            except BaseException:
-                self._rollback()
-                raise
+        with self._transaction() as conn:
+            return self._put_locked(conn, op, now)
 
     def _put_locked(self, conn: sqlite3.Connection, op: Op, now: float) -> bool:
         seq = self._next_seq
@@ -290,10 +277,11 @@ class LocalTier:
         )
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock:  # closing a broken file must not raise
             with contextlib.suppress(sqlite3.Error):
                 self._conn.execute("PRAGMA optimize")
-            self._conn.close()
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.close()
 
     # -- outbox and sync --------------------------------------------------------------------------------------
 
@@ -368,9 +356,7 @@ class LocalTier:
                     ),
                 )
             except sqlite3.Error as exc:
-                err = map_sqlite_error(exc)
-                self.last_error = str(err)
-                raise err from exc
+                raise self._error(exc) from exc
 
     def record_failure(self, seqs: Sequence[int], error: str) -> None:
         with self._transaction() as conn:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
 
+from ..config import redact
 from ..errors import (
     ConfigError,
     HybridStoreError,
@@ -59,11 +60,6 @@ def check_url(url: str) -> dict[str, Any]:
     if port is not None and not all(p.isdigit() and 0 < int(p) < 65536 for p in str(port).split(",")):
         raise ConfigError(f"malformed primary URL: port {port!r} is not a TCP port number")
     return params
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for logs and status output."""
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", re.sub(r"password=\S+", "password=***", url))
 
 
 # The write-through fast path: ledger insert and conditional upsert in one statement (see hs_apply).
