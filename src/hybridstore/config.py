@@ -41,6 +41,7 @@ class StoreConfig:
     sync_retry_attempts: int = 3
     circuit_failures: int = 2
     circuit_reset: float = 0.5
+    circuit_reset_max: float = 10.0
     background: bool = True
     extra: Mapping[str, str] = field(default_factory=dict)
 
@@ -51,7 +52,7 @@ class StoreConfig:
             raise ConfigError(f"read_policy must be 'primary_first' or 'local_first', not {self.read_policy!r}")
         if self.synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ConfigError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {self.synchronous!r}")
-        for name in ("primary_timeout", "retry_base", "retry_cap", "circuit_reset"):
+        for name in ("primary_timeout", "retry_base", "retry_cap", "circuit_reset", "circuit_reset_max"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive")
         for name in ("max_value_bytes", "batch_size", "circuit_failures", "sync_retry_attempts"):

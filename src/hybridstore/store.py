@@ -93,7 +93,11 @@ class HybridStore:
         self._local_ok = self.local is not None
         last = [h for h in (self._safe_max_hlc(), *(op.hlc for op in self.journal.entries())) if h]
         self.clock = HybridClock(self.node_id, last=max(last) if last else None)
-        self.circuit = CircuitBreaker(failure_threshold=config.circuit_failures, reset_timeout=config.circuit_reset)
+        self.circuit = CircuitBreaker(
+            failure_threshold=config.circuit_failures,
+            reset_timeout=config.circuit_reset,
+            max_reset_timeout=config.circuit_reset_max,
+        )
         self.primary: PrimaryTier | None = None
         if config.primary_url:
             from .tiers.primary import PrimaryTier
