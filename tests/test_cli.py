@@ -80,6 +80,16 @@ def test_bad_input_is_a_clear_error(tmp_path: Path, args: list[str], message: st
     assert code == 2 and "error:" in out and message in out
 
 
+def test_markup_in_user_data_is_printed_as_text(tmp_path: Path) -> None:
+    d = str(tmp_path / "d")
+    code, out = cli("-d", d, "set", "c", "[bold]k[/]", '"[red]v[/red]"')
+    assert code == 0 and "c/[bold]k[/]" in out
+    code, out = cli("-d", d, "list", "c")
+    assert "[bold]k[/]" in out and "[red]v[/red]" in out
+    code, out = cli("-d", d, "--primary-url", "mysql://x/y", "status")
+    assert code == 2 and "postgresql://" in out
+
+
 def test_sync_with_primary(tmp_path: Path, pg_dsn: str, pg_schema: str, pg: psycopg.Connection[object]) -> None:
     d = str(tmp_path / "d")
     for i in range(30):

@@ -8,6 +8,7 @@ import sys
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from .app import app, fail, open_store, out, print_json
@@ -40,13 +41,13 @@ def set_(
         result = store.set(collection, key, parsed)
     if as_json:
         print_json(dataclasses.asdict(result))
-    elif result.queued:
+    elif result.queued:  # user data is escaped: a key like "[b]" is text, not markup
         out.print(
-            f"queued {collection}/{key} in the {result.tier} tier (op {result.op_id}); "
+            f"queued {escape(collection)}/{escape(key)} in the {result.tier} tier (op {result.op_id}); "
             "it will reach the primary when it is available"
         )
     else:
-        out.print(f"saved {collection}/{key} on the primary (version {result.version})")
+        out.print(f"saved {escape(collection)}/{escape(key)} on the primary (version {result.version})")
 
 
 @app.command()
@@ -80,7 +81,9 @@ def delete(
     if as_json:
         print_json(dataclasses.asdict(result))
     else:
-        out.print(f"deleted {collection}/{key} ({'queued, ' if result.queued else ''}{result.tier} tier)")
+        out.print(
+            f"deleted {escape(collection)}/{escape(key)} ({'queued, ' if result.queued else ''}{result.tier} tier)"
+        )
 
 
 @app.command("list")
@@ -98,7 +101,7 @@ def list_(
     if as_json:
         print_json({"records": [dataclasses.asdict(r) for r in page], "next_after": page.next_after})
         return
-    table = Table(title=f"{collection} ({len(page)} record{'s' if len(page) != 1 else ''})")
+    table = Table(title=f"{escape(collection)} ({len(page)} record{'s' if len(page) != 1 else ''})")
     table.add_column("key")
     table.add_column("version", justify="right")
     table.add_column("source")
@@ -106,7 +109,7 @@ def list_(
     table.add_column("value", overflow="ellipsis", max_width=60)
     for r in page:
         value = json.dumps(r.value, ensure_ascii=False)
-        table.add_row(r.key, str(r.version), r.source, "yes" if r.pending else "", value)
+        table.add_row(escape(r.key), str(r.version), r.source, "yes" if r.pending else "", escape(value))
     out.print(table)
     if page.next_after is not None:
-        out.print(f"more: --after {page.next_after!r}")
+        out.print(f"more: --after {escape(repr(page.next_after))}")

@@ -6,6 +6,7 @@ import dataclasses
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -40,7 +41,7 @@ def status(
         detail = tier.get("detail") or tier.get("url") or tier.get("path") or ""
         if name == "journal":
             detail = f"{tier.get('entries', 0)} entr{'y' if tier.get('entries') == 1 else 'ies'} {detail}".strip()
-        table.add_row(name, _state(tier["state"]), latency, str(detail))
+        table.add_row(name, _state(tier["state"]), latency, escape(str(detail)))
     out.print(table)
     circuit = health["circuit"]
     outbox = health["outbox"]
@@ -96,6 +97,6 @@ def sync(
     if report.remaining and store.primary is None:
         out.print("no primary configured: writes stay queued until one is (--primary-url or $HYBRIDSTORE_PRIMARY_URL)")
     elif report.errors:
-        out.print(f"[red]last error:[/] {report.errors[-1]}")
+        out.print(f"[red]last error:[/] {escape(report.errors[-1])}")
     if report.remaining and store.primary is not None:
         raise typer.Exit(1)
