@@ -93,6 +93,7 @@ class OutboxReplayer:
     def _loop(self) -> None:
         self._initial_probe()
         while not self._stop.is_set():
+            self._wake.clear()  # before the round, so a wake() during it is not lost
             try:
                 delay = self._round()
             except Exception:  # never die silently: log, count, go on
@@ -102,7 +103,6 @@ class OutboxReplayer:
                 delay = IDLE_POLL
             if delay > 0:
                 self._wake.wait(delay)
-                self._wake.clear()
 
     def _round(self) -> float:
         """One unit of background work; returns how long to wait before the next."""

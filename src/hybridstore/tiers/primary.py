@@ -75,7 +75,7 @@ WITH ins AS (
     SET value = EXCLUDED.value, version = r.version + 1, base_version = EXCLUDED.base_version,
         hlc = EXCLUDED.hlc, origin = EXCLUDED.origin, updated_at = now(), stamp = pg_current_xact_id()
     WHERE r.version = EXCLUDED.base_version OR EXCLUDED.hlc > r.hlc
-    RETURNING r.value::text, r.version, r.hlc::text, r.origin, extract(epoch FROM r.updated_at)::float8
+    RETURNING r.version, extract(epoch FROM r.updated_at)::float8 AS updated_at
 )
 SELECT (SELECT count(*) FROM ins), up.* FROM (SELECT 1) AS one LEFT JOIN up ON true
 """
@@ -256,10 +256,10 @@ class PrimaryTier:
         def apply(conn: psycopg.Connection[Any]) -> ApplyOutcome:
             result = conn.execute(self._apply_one_sql, params).fetchone()
             assert result is not None
-            fresh, value, version, hlc, origin, updated_at = result
+            fresh, version, updated_at = result
             if version is not None:
-                row = StoredRow(op.collection, op.key, value, version, hlc, origin, updated_at, time.time())
-                return ApplyOutcome(op.op_id, "applied", row)
+                row = StoredRow(op.collection, op.key, op.value_json, version, op.hlc, op.origin, updated_at)
+                return ApplyOutcome(op.op_id, "applied", row._replace(synced_at=time.time()))
             cur = conn.execute(self._current_sql, (op.collection, op.key)).fetchone()
             current = None if cur is None else _current_row(op.collection, op.key, cur)
             if not fresh:
