@@ -74,7 +74,7 @@ def sync(
         ) as progress:
             task = progress.add_task("push", total=total)
             while True:
-                step = store.replayer.drain(max_batches=1)
+                step = store.replayer.drain(max_batches=5)
                 if report is None:
                     report = step
                 else:

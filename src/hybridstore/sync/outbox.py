@@ -15,6 +15,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from ..backoff import full_jitter
@@ -26,7 +27,7 @@ from ..errors import (
     PrimaryTimeoutError,
     PrimaryUnavailableError,
 )
-from ..model import Op, SyncReport
+from ..model import ApplyOutcome, Op, SyncReport
 
 if TYPE_CHECKING:
     from ..tiers.journal import JournalTier
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hybridstore.sync")
 IDLE_POLL = 1.0
+ROUND_BATCHES = 16  # batches per background round, between checks of the journal, the circuit and stop()
 
 
 class OutboxReplayer:
@@ -70,6 +72,7 @@ class OutboxReplayer:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._executor: ThreadPoolExecutor | None = None
         self._attempt = 0
         self.totals = SyncReport()
         self.last_push_at: float | None = None
@@ -89,6 +92,8 @@ class OutboxReplayer:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
 
     def _loop(self) -> None:
         self._initial_probe()
@@ -126,7 +131,7 @@ class OutboxReplayer:
                 return full_jitter(self._attempt, base=self._retry_base, cap=self._retry_cap, rng=self._rng)
             return IDLE_POLL
         try:
-            pushed = self._push_batch(report)
+            pushed = self._push_batches(report, ROUND_BATCHES)
         except (PrimaryUnavailableError, PrimaryRejectedError, LocalStoreError):
             self._attempt += 1
             return full_jitter(self._attempt, base=self._retry_base, cap=self._retry_cap, rng=self._rng)
@@ -216,41 +221,86 @@ class OutboxReplayer:
             if ops:
                 log.info("pushed %d journaled op(s) straight to the primary", len(ops))
 
-    def _push_batch(self, report: SyncReport) -> int:
+    def _push_batches(self, report: SyncReport, max_batches: int) -> int:
+        """Push up to ``max_batches`` batches of the outbox; returns how many ops were settled.
+
+        Pipelined: while the primary works on one batch, this thread settles the previous batch in SQLite and
+        reads the next one, so SQLite's share of the time hides behind the primary's. The next batch is read
+        before the current one is settled, so its base versions for keys in the current batch are patched from
+        the current batch's results before it is sent. On any failure the batch in flight stays in the outbox
+        (pushing it again is harmless) and the error is raised."""
         local = self._local()
         if local is None or self._primary is None:
             return 0
+        settled = 0
         with self._push_lock:
             entries = local.pending_ops(self.batch_size)
-            if not entries:
-                return 0
-            ops = [op for _, op in entries]
+            previous: list[tuple[int, Op, ApplyOutcome]] = []
+            batches = 0
             try:
-                outcomes = self._primary.put_many(ops)
-            except PrimaryUnavailableError as exc:
-                self._circuit.record_failure(timeout=isinstance(exc, PrimaryTimeoutError))
-                self._failed(local, entries, exc, report)
-                raise
-            except PrimaryRejectedError as exc:
-                self._failed(local, entries, exc, report)
-                raise
-            self._circuit.record_success()
-            for outcome in outcomes:
-                if outcome.current is not None:
-                    self._observe(outcome.current.hlc)
-            local.complete([(seq, op, out) for (seq, op), out in zip(entries, outcomes, strict=True)])
-        for out in outcomes:
+                while entries and batches < max_batches:
+                    batches += 1
+                    future = self._pusher().submit(self._primary.put_many, [op for _, op in entries])
+                    following: list[tuple[int, Op]] = []
+                    try:
+                        if previous:
+                            done, previous = previous, []
+                            settled += self._settle(local, done, report)
+                        if batches < max_batches:
+                            following = local.pending_ops(self.batch_size, after=entries[-1][0])
+                    finally:
+                        outcomes = self._outcomes(future, local, entries, report)
+                    previous = [(seq, op, out) for (seq, op), out in zip(entries, outcomes, strict=True)]
+                    versions = {(o.current.collection, o.current.key): o.current.version for o in outcomes if o.current}
+                    entries = [
+                        (seq, op._replace(base_version=versions.get((op.collection, op.key), op.base_version)))
+                        for seq, op in following
+                    ]
+            finally:
+                if previous:
+                    done, previous = previous, []
+                    settled += self._settle(local, done, report)
+        return settled
+
+    def _pusher(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hybridstore-push")
+        return self._executor
+
+    def _outcomes(
+        self, future: Future[list[ApplyOutcome]], local: LocalTier, entries: list[tuple[int, Op]], report: SyncReport
+    ) -> list[ApplyOutcome]:
+        """Wait for a pushed batch; on failure record it (circuit, outbox attempts) and raise."""
+        try:
+            outcomes = future.result()
+        except PrimaryUnavailableError as exc:
+            self._circuit.record_failure(timeout=isinstance(exc, PrimaryTimeoutError))
+            self._failed(local, entries, exc, report)
+            raise
+        except PrimaryRejectedError as exc:
+            self._failed(local, entries, exc, report)
+            raise
+        self._circuit.record_success()
+        for outcome in outcomes:
+            if outcome.current is not None:
+                self._observe(outcome.current.hlc)
+        return outcomes
+
+    def _settle(self, local: LocalTier, done: list[tuple[int, Op, ApplyOutcome]], report: SyncReport) -> int:
+        """Record a pushed batch in SQLite and count it."""
+        local.complete(done)
+        for _, _, out in done:
             if out.outcome == "applied":
                 report.pushed += 1
+                self.totals.pushed += 1
             elif out.outcome == "superseded":
                 report.superseded += 1
+                self.totals.superseded += 1
             else:
                 report.duplicates += 1
-        self.totals.pushed += report.pushed
-        self.totals.superseded += report.superseded
-        self.totals.duplicates += report.duplicates
+                self.totals.duplicates += 1
         self.last_push_at = time.time()
-        return len(entries)
+        return len(done)
 
     def _failed(
         self, local: LocalTier, entries: Sequence[tuple[int, Op]], exc: HybridStoreError, report: SyncReport
@@ -278,15 +328,11 @@ class OutboxReplayer:
                     self._push_journal(report)
                 except HybridStoreError as exc:
                     report.errors.append(str(exc))
-            batches = 0
-            while ok and (max_batches is None or batches < max_batches):
+            if ok:
                 try:
-                    if not self._push_batch(report):
-                        break
+                    self._push_batches(report, max_batches if max_batches is not None else 1 << 62)
                 except HybridStoreError:
-                    break
-                ok = self._circuit.state == "closed"
-                batches += 1
+                    pass  # counted in the report; what was not pushed stays queued
         local = self._local()
         if local is not None:
             try:

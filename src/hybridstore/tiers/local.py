@@ -291,15 +291,15 @@ class LocalTier:
         with self._transaction() as conn:
             return sum(1 for op in ops if self._put_locked(conn, op, now))
 
-    def pending_ops(self, limit: int) -> list[tuple[int, Op]]:
-        """The oldest ``limit`` outbox entries, each with the primary version this node knows for its key as
-        ``base_version`` (so a follow-up write is not mistaken for a conflict)."""
+    def pending_ops(self, limit: int, *, after: int = 0) -> list[tuple[int, Op]]:
+        """The oldest ``limit`` outbox entries after seq ``after``, each with the primary version this node knows
+        for its key as ``base_version`` (so a follow-up write is not mistaken for a conflict)."""
         rows = self._read(
             "SELECT o.seq, o.op_id, o.collection, o.key, o.value, o.hlc, o.origin, coalesce(r.version, 0), "
             "o.created_at "
             "FROM outbox o LEFT JOIN records r ON r.collection = o.collection AND r.key = o.key "
-            "ORDER BY o.seq LIMIT ?",
-            (limit,),
+            "WHERE o.seq > ? ORDER BY o.seq LIMIT ?",
+            (after, limit),
         )
         return [(r[0], Op(r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8])) for r in rows]
 
