@@ -1,1 +1,23 @@
+from __future__ import annotations
+
+import pytest
+
 pytest_plugins = ["tests.fix_db", "tests.fix_proxy"]
+
+_ENV = (
+    "HYBRIDSTORE_PRIMARY_URL",
+    "SUPABASE_DB_URL",
+    "DATABASE_URL",
+    "HYBRIDSTORE_DATA_DIR",
+    "HYBRIDSTORE_NODE_ID",
+    "HYBRIDSTORE_PRIMARY_SCHEMA",
+    "STORAGE_SYNC_RETRY_ATTEMPTS",
+    "VITE_STORAGE_SYNC_RETRY_ATTEMPTS",
+)
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests say what they configure: the machine's own environment must not point a store elsewhere."""
+    for name in _ENV:
+        monkeypatch.delenv(name, raising=False)
