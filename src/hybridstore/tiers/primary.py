@@ -105,7 +105,6 @@ class PrimaryTier:
         self.schema = schema
         self.timeout = timeout
         self._pool_size = pool_size
-        self._auto_migrate = migrate
         params.setdefault("application_name", "hybridstore")
         params.update(
             connect_timeout=max(2, math.ceil(timeout)),
@@ -135,7 +134,7 @@ class PrimaryTier:
         self._watchdog = Watchdog()
         self._lock = threading.Lock()
         self._migrate_lock = threading.Lock()
-        self._ready = False
+        self._ready = not migrate  # migrate=False: the schema is managed elsewhere (e.g. `hybridstore migrate`)
         self._closed = False
         self.last_error: str | None = None
         self.last_latency_ms: float | None = None
@@ -175,7 +174,7 @@ class PrimaryTier:
             with self._pool.connection(timeout=self.timeout) as conn:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise PrimaryUnavailableError("primary did not answer in time (pool wait)")
+                    raise PrimaryTimeoutError(f"primary unavailable: no connection within {budget:g}s")
                 with self._watchdog.guard(conn.pgconn.socket, remaining):
                     yield conn
         except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout, PoolClosed) as exc:
