@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-pytest_plugins = ["tests.fix_db", "tests.fix_proxy"]
+pytest_plugins = ["tests.fix_db", "tests.fix_proxy", "tests.fix_cluster"]
 
 _ENV = (
     "HYBRIDSTORE_PRIMARY_URL",

@@ -151,3 +151,36 @@ def test_first_write_is_fast_when_opened_offline(make_store: StoreFactory, proxy
     start = time.monotonic()
     r = store.set("c", "k", 1)
     assert r.tier == "local" and time.monotonic() - start < 0.5
+
+
+def test_primary_server_crash_and_restart(make_store: StoreFactory, pg_cluster: Any) -> None:
+    """A real PostgreSQL crash (immediate shutdown) and restart while a writer keeps writing."""
+    store = make_store(primary=pg_cluster.dsn, primary_timeout=TIMEOUT, circuit_reset_max=1.0)
+    writer = Writer(store)
+    thread = threading.Thread(target=writer.run)
+    thread.start()
+    try:
+        time.sleep(1.0)
+        writer.phase = "crashing"
+        pg_cluster.crash()
+        writer.phase = "crashed"  # the server is gone from here on
+        time.sleep(2.0)
+        writer.phase = "restarted"
+        pg_cluster.start()
+        time.sleep(3.0)
+        writer.stop.set()
+        thread.join()
+        wait_for(lambda: store.health()["outbox"]["depth"] == 0, timeout=60)
+    finally:
+        writer.stop.set()
+        thread.join()
+    assert writer.failures == []
+    tiers = {e[1] for e in writer.acked.values() if e[2] == "crashed"}
+    assert tiers == {"local"}
+    assert "primary" in {e[1] for e in writer.acked.values() if e[2] == "restarted"}
+    assert max(e[3] for e in writer.acked.values()) < BUDGET
+    with psycopg.connect(pg_cluster.dsn, autocommit=True) as conn:
+        rows = primary_rows(conn, store.config.primary_schema, "orders")
+    assert set(rows) == set(writer.acked), "acknowledged writes survive the server crash, recovery and replay"
+    for key, (i, *_rest) in writer.acked.items():
+        assert rows[key] == ({"i": i}, 1)
