@@ -29,6 +29,26 @@ class Writer:
     failures: list[str] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
 
+    def __enter__(self) -> Writer:
+        self._thread = threading.Thread(target=self.run, name="test-writer")
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self._thread.join()
+
+    def finish(self) -> None:
+        """Stop writing and wait until the store has pushed everything it queued."""
+        self.stop.set()
+        self._thread.join()
+        wait_for(lambda: self.store.health()["outbox"]["depth"] == 0, timeout=60)
+
+    def assert_all_on_primary_once(self, rows: dict[str, Any]) -> None:
+        assert set(rows) == set(self.acked), "every acknowledged write is on the primary"
+        for key, (i, *_rest) in self.acked.items():
+            assert rows[key] == ({"i": i}, 1), f"{key} applied exactly once with its own value"
+
     def run(self) -> None:
         i = 0
         while not self.stop.is_set():
@@ -52,10 +72,7 @@ def test_writer_survives_cut_blackhole_restore(
 ) -> None:
     # probes at most every second, so "write-through resumes" is seen within each phase even on a slow machine
     store = make_store(primary=proxied_dsn, primary_timeout=TIMEOUT, circuit_reset_max=1.0)
-    writer = Writer(store)
-    thread = threading.Thread(target=writer.run)
-    thread.start()
-    try:
+    with Writer(store) as writer:
         for phase, action, seconds in [
             ("up", proxy.restore, 1.0),
             ("cut", proxy.cut, 2.5),
@@ -66,12 +83,7 @@ def test_writer_survives_cut_blackhole_restore(
             writer.phase = phase
             action()
             time.sleep(seconds)
-        writer.stop.set()
-        thread.join()
-        wait_for(lambda: store.health()["outbox"]["depth"] == 0, timeout=60)
-    finally:
-        writer.stop.set()
-        thread.join()
+        writer.finish()
 
     assert writer.failures == [], "no call may fail while a fallback tier works"
     by_phase: dict[str, list[tuple[int, str, str, float]]] = {}
@@ -86,10 +98,7 @@ def test_writer_survives_cut_blackhole_restore(
     slow_calls = sum(1 for e in by_phase["blackhole"] if e[3] > 0.5)
     assert slow_calls <= 2, "the circuit opens: only the first call(s) wait on a black-holed primary"
 
-    rows = primary_rows(pg, pg_schema, "orders")
-    assert set(rows) == set(writer.acked), "every acknowledged write is on the primary"
-    for key, (i, *_rest) in writer.acked.items():
-        assert rows[key] == ({"i": i}, 1), f"{key} applied exactly once with its own value"
+    writer.assert_all_on_primary_once(primary_rows(pg, pg_schema, "orders"))
     (ledger,) = pg.execute(f'SELECT count(*) FROM "{pg_schema}".applied_ops').fetchone()
     assert ledger == len(writer.acked)
     assert store.circuit.opened_count >= 2
@@ -156,10 +165,7 @@ def test_first_write_is_fast_when_opened_offline(make_store: StoreFactory, proxy
 def test_primary_server_crash_and_restart(make_store: StoreFactory, pg_cluster: Any) -> None:
     """A real PostgreSQL crash (immediate shutdown) and restart while a writer keeps writing."""
     store = make_store(primary=pg_cluster.dsn, primary_timeout=TIMEOUT, circuit_reset_max=1.0)
-    writer = Writer(store)
-    thread = threading.Thread(target=writer.run)
-    thread.start()
-    try:
+    with Writer(store) as writer:
         time.sleep(1.0)
         writer.phase = "crashing"
         pg_cluster.crash()
@@ -168,12 +174,7 @@ def test_primary_server_crash_and_restart(make_store: StoreFactory, pg_cluster: 
         writer.phase = "restarted"
         pg_cluster.start()
         time.sleep(3.0)
-        writer.stop.set()
-        thread.join()
-        wait_for(lambda: store.health()["outbox"]["depth"] == 0, timeout=60)
-    finally:
-        writer.stop.set()
-        thread.join()
+        writer.finish()
     assert writer.failures == []
     tiers = {e[1] for e in writer.acked.values() if e[2] == "crashed"}
     assert tiers == {"local"}
@@ -181,6 +182,4 @@ def test_primary_server_crash_and_restart(make_store: StoreFactory, pg_cluster: 
     assert max(e[3] for e in writer.acked.values()) < BUDGET
     with psycopg.connect(pg_cluster.dsn, autocommit=True) as conn:
         rows = primary_rows(conn, store.config.primary_schema, "orders")
-    assert set(rows) == set(writer.acked), "acknowledged writes survive the server crash, recovery and replay"
-    for key, (i, *_rest) in writer.acked.items():
-        assert rows[key] == ({"i": i}, 1)
+    writer.assert_all_on_primary_once(rows)
