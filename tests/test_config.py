@@ -51,3 +51,21 @@ def test_node_id_generated_once(tmp_path: Path) -> None:
 def test_redact_hides_passwords() -> None:
     assert redact("postgresql://user:s3cret@db.example:5432/x") == "postgresql://user:***@db.example:5432/x"
     assert "s3cret" not in redact("host=db password=s3cret dbname=x")
+
+
+def test_transaction_pooler_detection() -> None:
+    from psycopg.conninfo import conninfo_to_dict
+
+    from hybridstore.tiers.primary import PrimaryTier, is_pooled
+
+    assert is_pooled(conninfo_to_dict("postgresql://u:p@aws-0-eu.pooler.supabase.com:6543/postgres"))
+    assert is_pooled(conninfo_to_dict("postgresql://u@db.example:6543/x"))
+    assert not is_pooled(conninfo_to_dict("postgresql://u@db.abc.supabase.co:5432/postgres"))
+    pooled = PrimaryTier("postgresql://u@127.0.0.1:6543/x", timeout=1.0)
+    direct = PrimaryTier("postgresql://u@127.0.0.1:5432/x", timeout=1.0)
+    try:
+        assert pooled.pooled and "statement_timeout" not in pooled._conninfo
+        assert not direct.pooled and "statement_timeout=1000" in direct._conninfo
+    finally:
+        pooled.close()
+        direct.close()

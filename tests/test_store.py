@@ -188,3 +188,17 @@ def test_background_replayer_drains_by_itself(
         store.set("c", f"k{i}", i)
     wait_for(lambda: store.health()["outbox"]["depth"] == 0)
     assert len(primary_rows(pg, pg_schema)) == 200
+
+
+def test_pooler_mode_works_end_to_end(make_store: StoreFactory, pg: psycopg.Connection[Any], pg_schema: str) -> None:
+    """primary_pooled=True: no server-side prepared statements, no startup options (PgBouncer / Supabase pooler)."""
+    store = make_store(primary_pooled=True)
+    for i in range(12):  # more than psycopg's prepare threshold
+        assert store.set("c", f"k{i}", i).tier == "primary"
+    assert store.get("c", "k3") is not None
+    assert primary_rows(pg, pg_schema)["k11"] == (11, 1)
+    assert store.primary is not None
+    with store.primary._pool.connection() as conn:  # the store's own session, which ran the writes above
+        assert conn.prepare_threshold is None
+        assert conn.execute("SELECT count(*) FROM pg_prepared_statements").fetchone() == (0,)
+        assert conn.execute("SHOW statement_timeout").fetchone() == ("0",)

@@ -30,6 +30,7 @@ class StoreConfig:
     data_dir: Path = Path(DEFAULT_DATA_DIR)
     node_id: str | None = None
     primary_schema: str = "hybridstore"
+    primary_pooled: bool | None = None  # None: detect a transaction-mode pooler from the URL
     write_mode: WriteMode = "write_through"
     read_policy: ReadPolicy = "primary_first"
     primary_timeout: float = 2.0

@@ -102,7 +102,12 @@ class HybridStore:
         if config.primary_url:
             from .tiers.primary import PrimaryTier
 
-            self.primary = PrimaryTier(config.primary_url, schema=config.primary_schema, timeout=config.primary_timeout)
+            self.primary = PrimaryTier(
+                config.primary_url,
+                schema=config.primary_schema,
+                timeout=config.primary_timeout,
+                pooled=config.primary_pooled,
+            )
         self.replayer = OutboxReplayer(
             local=lambda: self.local,
             journal=self.journal,

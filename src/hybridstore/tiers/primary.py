@@ -44,6 +44,12 @@ SCHEMA_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 T = TypeVar("T")
 
 
+def is_pooled(params: dict[str, Any]) -> bool:
+    """Does this connection go through a transaction-mode pooler? (Supabase's pooler: port 6543 or a
+    ``pooler.`` host; anything else can say so with ``primary_pooled=True``.)"""
+    return str(params.get("port", "")) == "6543" or "pooler." in str(params.get("host", ""))
+
+
 def check_url(url: str) -> dict[str, Any]:
     """Parse a ``postgresql://`` URL or libpq conninfo string, or raise `ConfigError`."""
     if psycopg is None:
@@ -97,8 +103,12 @@ class PrimaryTier:
         timeout: float = 2.0,
         pool_size: int = 4,
         migrate: bool = True,
+        pooled: bool | None = None,
     ) -> None:
         params = check_url(url)
+        # Behind a transaction-mode pooler (PgBouncer, Supabase's pooler on port 6543) server-side prepared
+        # statements and startup options do not work; the client-side watchdog still bounds every call.
+        self.pooled = is_pooled(params) if pooled is None else pooled
         if not SCHEMA_RE.fullmatch(schema):
             raise ConfigError(f"invalid schema name {schema!r}: lower-case letters, digits and '_'")
         self.url = url
@@ -114,11 +124,12 @@ class PrimaryTier:
             keepalives_count=3,
             tcp_user_timeout=int(timeout * 1000),
         )
-        # Server-side limits too, so a lock wait or a slow plan is cut by the server as well as by our watchdog.
-        limit_ms = int(timeout * 1000)
-        params["options"] = (
-            f"{params.get('options', '')} -c statement_timeout={limit_ms} -c lock_timeout={limit_ms}"
-        ).strip()
+        if not self.pooled:
+            # Server-side limits too, so a lock wait or a slow plan is cut by the server as well as by our watchdog.
+            limit_ms = int(timeout * 1000)
+            params["options"] = (
+                f"{params.get('options', '')} -c statement_timeout={limit_ms} -c lock_timeout={limit_ms}"
+            ).strip()
         self._conninfo = make_conninfo("", **params)
         self._q = sql.Identifier(schema).as_string(None)
         self._apply_sql = (
@@ -143,7 +154,7 @@ class PrimaryTier:
     def _new_pool(self) -> ConnectionPool:
         pool = ConnectionPool(
             self._conninfo,
-            kwargs={"autocommit": True},
+            kwargs={"autocommit": True, "prepare_threshold": None if self.pooled else 5},
             min_size=1,
             max_size=self._pool_size,
             open=False,
