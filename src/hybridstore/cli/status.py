@@ -52,6 +52,12 @@ def status(
         + (f", oldest {age:.1f}s" if age is not None else "")
         + f"   mode: {health['write_mode']}, reads {health['read_policy']}"
     )
+    sync = health["sync"]
+    out.print(
+        f"pushed {sync['pushed']}, superseded {sync['superseded']}, duplicates {sync['duplicates']}, "
+        f"failed {sync['failed']} since this process started"
+        + (f"   [red]last error:[/] {escape(sync['last_error'])}" if sync["last_error"] else "")
+    )
 
 
 @app.command()
