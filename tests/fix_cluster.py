@@ -7,6 +7,7 @@ when the tests run as root (PostgreSQL refuses to run as root), listening on a f
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -24,9 +25,18 @@ def _bindir() -> Path:
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free port outside the ephemeral range, so that no outgoing connection takes it while the server is
+    down between crash() and start()."""
+    rng = random.Random()
+    for _ in range(100):
+        port = rng.randrange(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise OSError("no free port for the test cluster")
 
 
 class Cluster:

@@ -12,12 +12,16 @@ import select
 import socket
 import struct
 import threading
+import time
 from collections.abc import Iterator
+from random import Random
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
 from .fix_db import DSN
+
+_rng = Random()
 
 
 class Proxy:
@@ -33,11 +37,24 @@ class Proxy:
         self.accepted = 0
 
     def _listen(self) -> None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", self.port))
+        # A port outside the ephemeral range: after cut() closes the listener, an ephemeral port could be handed to
+        # some outgoing connection in the meantime and restore() could not bind it again.
+        for _ in range(100):
+            port = self.port or _rng.randrange(20000, 32000)
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                sock.close()
+                if self.port:
+                    time.sleep(0.05)  # restore(): our own port, briefly busy; try again
+                continue
+            break
+        else:
+            raise OSError("no free port for the test proxy")
         sock.listen(64)
-        self.port = sock.getsockname()[1]
+        self.port = port
         self._listener = sock
         threading.Thread(target=self._accept_loop, args=(sock,), name="proxy-accept", daemon=True).start()
 
