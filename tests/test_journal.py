@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import shutil
 from pathlib import Path
 from typing import Any
@@ -196,3 +197,56 @@ def test_write_through_needs_no_sqlite(
         rec = store.get("c", "k")
         assert rec is not None and rec.source == "primary"
     assert primary_rows(pg, pg_schema) == {"k": ({"ok": True}, 1)}
+
+
+def corrupt_pages(path: Path, fraction: float, seed: int) -> None:
+    """Overwrite a fraction of a SQLite file's pages with random bytes (real on-disk corruption)."""
+    rng = random.Random(seed)
+    pages = path.stat().st_size // 4096
+    with open(path, "r+b") as f:
+        for page in rng.sample(range(2, pages), int(pages * fraction)):
+            f.seek(page * 4096)
+            f.write(rng.randbytes(4096))
+
+
+def test_sqlite_corrupted_mid_run(tmp_path: Path, pg_dsn: str, pg_schema: str, pg: psycopg.Connection[Any]) -> None:
+    from .fix_proxy import Proxy
+
+    proxy = Proxy("127.0.0.1", 5432)
+    try:
+        with hybridstore.open(
+            proxy.url(pg_dsn), data_dir=tmp_path / "d", primary_schema=pg_schema, primary_timeout=1.0
+        ) as store:
+            acked = {f"before{i:04d}": i for i in range(1500)}
+            for key, i in acked.items():
+                assert store.set("c", key, {"i": i, "pad": "p" * 1000}).tier == "primary"
+            assert store.local is not None
+            with store.local._lock:
+                store.local._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            corrupt_pages(store.data_dir / LOCAL_DB, 0.2, seed=5)  # while the store is open
+            proxy.cut()
+            # Update existing keys: their pages are spread over the file, so SQLite soon reads a damaged one.
+            rng = random.Random(9)
+            updates = {k: 0 for k in acked}
+            tiers = []
+            for n in range(100):
+                key = f"before{rng.randrange(1500):04d}"
+                tiers.append(store.set("c", key, {"i": 10_000 + n, "pad": ""}).tier)
+                acked[key] = 10_000 + n
+                updates[key] += 1
+            assert tiers.count("journal") >= 90, "once SQLite reports corruption, writes go to the journal"
+            assert store.health()["local"]["state"] != "healthy"
+            last_key = key
+            rec = store.get("c", last_key)
+            assert rec is not None and rec.value["i"] == acked[last_key] and rec.source == "journal"
+            proxy.restore()
+
+            def all_on_primary() -> bool:
+                rows = primary_rows(pg, pg_schema)
+                return all(rows[k][0]["i"] == i for k, i in acked.items())
+
+            wait_for(all_on_primary, timeout=60)
+            rows = primary_rows(pg, pg_schema)
+            assert all(rows[k][1] == 1 + updates[k] for k in acked), "each write applied exactly once"
+    finally:
+        proxy.close()
