@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psycopg
@@ -127,3 +128,21 @@ def test_python_dash_m_and_console_script(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["tier"] == "local"
+
+
+def test_offline_command_does_not_wait_for_the_primary(tmp_path: Path) -> None:
+    start = time.monotonic()
+    code, out = cli(
+        "-d",
+        str(tmp_path / "d"),
+        "--primary-url",
+        "postgresql://postgres@127.0.0.1:1/x",
+        "--timeout",
+        "3",
+        "set",
+        "c",
+        "k",
+        "1",
+    )
+    assert code == 0 and "queued" in out
+    assert time.monotonic() - start < 2.0, "the start-up probe found the primary down; the write went local at once"

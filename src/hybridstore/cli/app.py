@@ -72,6 +72,8 @@ def _global(
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         fail(f"unknown log level {level.lower()!r}", code=2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if level != "DEBUG":  # the pool's reconnect warnings repeat what our own messages say
+        logging.getLogger("psycopg").setLevel(max(logging.getLevelName(level), logging.ERROR))
     ctx.obj = Settings(data_dir, primary_url, schema, timeout)
 
 
@@ -94,6 +96,7 @@ def open_store(ctx: typer.Context) -> Iterator[HybridStore]:
         store = HybridStore(resolve(primary_url=settings.primary_url, data_dir=settings.data_dir, **options))
     except HybridStoreError as exc:
         fail(str(exc), code=2 if isinstance(exc, ConfigError) else 1)
+    store.replayer.probe_at_start()  # offline: the command works locally at once instead of waiting the timeout
     try:
         yield store
     except (ValidationError, ConfigError) as exc:

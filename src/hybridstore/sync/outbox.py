@@ -96,7 +96,7 @@ class OutboxReplayer:
             self._executor.shutdown(wait=True)
 
     def _loop(self) -> None:
-        self._initial_probe()
+        self.probe_at_start()
         while not self._stop.is_set():
             self._wake.clear()  # before the round, so a wake() during it is not lost
             try:
@@ -138,7 +138,7 @@ class OutboxReplayer:
         self._attempt = 0
         return 0.0 if pushed else IDLE_POLL
 
-    def _initial_probe(self) -> None:
+    def probe_at_start(self) -> None:
         """Find out at start-up whether the primary answers, so that when it does not (a terminal opened
         offline), the first write goes straight to SQLite instead of waiting out the timeout."""
         if self._primary is None or self._circuit.state != "closed":
