@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 import hybridstore
+from faults import fill_sqlite  # this folder is on sys.path: the script runs from it
 
 
 def main() -> None:
@@ -22,11 +23,7 @@ def main() -> None:
         primary_timeout=1.0,
     )
     if full_sqlite:
-        local = store.local
-        assert local is not None
-        with local._lock:
-            (pages,) = local._conn.execute("PRAGMA page_count").fetchone()
-            local._conn.execute(f"PRAGMA max_page_count = {pages}")
+        fill_sqlite(store)
     print("ready", flush=True)
     n = 0
     while True:

@@ -10,9 +10,9 @@ from typing import Any
 import psycopg
 import pytest
 
+from .faults import wait_for
 from .fix_db import StoreFactory, primary_rows
 from .fix_proxy import Proxy
-from .test_store import wait_for
 
 pytestmark = pytest.mark.resilience
 

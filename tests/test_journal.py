@@ -14,23 +14,10 @@ import hybridstore
 from hybridstore import StorageExhaustedError
 from hybridstore.store import JOURNAL_FILE, LOCAL_DB
 
+from .faults import corrupt_pages, fill_sqlite, free_sqlite, garbage_file, wait_for
 from .fix_db import StoreFactory, primary_rows
-from .test_store import wait_for
 
 pytestmark = pytest.mark.resilience
-
-
-def fill_sqlite(store: Any) -> None:
-    """Make SQLite report 'database or disk is full' from now on (a real SQLITE_FULL, not a fake)."""
-    local = store.local
-    with local._lock:
-        (pages,) = local._conn.execute("PRAGMA page_count").fetchone()
-        local._conn.execute(f"PRAGMA max_page_count = {pages}")
-
-
-def free_sqlite(store: Any) -> None:
-    with store.local._lock:
-        store.local._conn.execute("PRAGMA max_page_count = 4294967294")
 
 
 def test_full_sqlite_mid_run_goes_to_journal_and_replays(
@@ -158,9 +145,7 @@ def test_journal_reaches_primary_while_sqlite_is_broken(
 ) -> None:
     from .fix_proxy import Proxy
 
-    data = tmp_path / "d"
-    data.mkdir()
-    (data / LOCAL_DB).write_bytes(b"garbage" * 1000)
+    data = garbage_file(tmp_path / "d" / LOCAL_DB).parent
     proxy = Proxy("127.0.0.1", 5432)
     try:
         proxy.cut()
@@ -188,25 +173,13 @@ def test_journal_reaches_primary_while_sqlite_is_broken(
 def test_write_through_needs_no_sqlite(
     tmp_path: Path, pg_dsn: str, pg_schema: str, pg: psycopg.Connection[Any]
 ) -> None:
-    data = tmp_path / "d"
-    data.mkdir()
-    (data / LOCAL_DB).write_bytes(b"garbage" * 1000)
+    data = garbage_file(tmp_path / "d" / LOCAL_DB).parent
     with hybridstore.open(pg_dsn, data_dir=data, primary_schema=pg_schema) as store:
         r = store.set("c", "k", {"ok": True})
         assert r.tier == "primary" and not r.queued
         rec = store.get("c", "k")
         assert rec is not None and rec.source == "primary"
     assert primary_rows(pg, pg_schema) == {"k": ({"ok": True}, 1)}
-
-
-def corrupt_pages(path: Path, fraction: float, seed: int) -> None:
-    """Overwrite a fraction of a SQLite file's pages with random bytes (real on-disk corruption)."""
-    rng = random.Random(seed)
-    pages = path.stat().st_size // 4096
-    with open(path, "r+b") as f:
-        for page in rng.sample(range(2, pages), int(pages * fraction)):
-            f.seek(page * 4096)
-            f.write(rng.randbytes(4096))
 
 
 def test_sqlite_corrupted_mid_run(tmp_path: Path, pg_dsn: str, pg_schema: str, pg: psycopg.Connection[Any]) -> None:

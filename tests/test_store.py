@@ -11,15 +11,8 @@ import psycopg
 import hybridstore
 from hybridstore.model import Op
 
+from .faults import wait_for
 from .fix_db import StoreFactory, primary_rows
-
-
-def wait_for(predicate: Any, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.02)
 
 
 def test_embedded_round_trip_and_persistence(tmp_path: Path) -> None:

@@ -377,10 +377,6 @@ class LocalTier:
     def integrity_check(self) -> list[str]:
         return [r[0] for r in self._read("PRAGMA integrity_check")]
 
-    def meta_get(self, name: str) -> str | None:
-        rows = self._read("SELECT value FROM meta WHERE name = ?", (name,))
-        return rows[0][0] if rows else None
-
     def meta_set(self, name: str, value: str) -> None:
         with self._transaction() as conn:
             conn.execute(

@@ -1,0 +1,47 @@
+"""Faults the tests cause for real in SQLite, and a polling helper. Importable as ``tests.faults`` and, by the
+crash-test child process (run as a script from this folder), as ``faults``."""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+
+def fill_sqlite(store: Any) -> None:
+    """Make SQLite report 'database or disk is full' from now on (a real SQLITE_FULL, not a fake)."""
+    local = store.local
+    with local._lock:
+        (pages,) = local._conn.execute("PRAGMA page_count").fetchone()
+        local._conn.execute(f"PRAGMA max_page_count = {pages}")
+
+
+def free_sqlite(store: Any) -> None:
+    with store.local._lock:
+        store.local._conn.execute("PRAGMA max_page_count = 4294967294")
+
+
+def corrupt_pages(path: Path, fraction: float, seed: int) -> None:
+    """Overwrite a fraction of a SQLite file's pages with random bytes (real on-disk corruption)."""
+    rng = random.Random(seed)
+    pages = path.stat().st_size // 4096
+    with open(path, "r+b") as f:
+        for page in rng.sample(range(2, pages), int(pages * fraction)):
+            f.seek(page * 4096)
+            f.write(rng.randbytes(4096))
+
+
+def garbage_file(path: Path) -> Path:
+    """A file that is not a SQLite database at all (its parent directory is created)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"garbage" * 1000)
+    return path
+
+
+def wait_for(predicate: Any, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.02)
