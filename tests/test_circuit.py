@@ -69,3 +69,24 @@ def test_full_jitter_bounds() -> None:
         delays = [full_jitter(attempt, base=0.1, cap=5.0, rng=rng) for _ in range(200)]
         assert all(0 <= d <= ceiling for d in delays)
         assert max(delays) > ceiling * 0.8, "spreads over the whole range"
+
+
+def test_listeners_see_every_transition_outside_the_lock() -> None:
+    now = [0.0]
+    cb = CircuitBreaker(failure_threshold=2, reset_timeout=1.0, clock=lambda: now[0])
+    seen: list[tuple[str, str]] = []
+
+    def listener(old: str, new: str) -> None:
+        seen.append((old, new))
+        cb.snapshot()  # may call back into the breaker: the lock is not held
+        raise RuntimeError("a faulty listener must not break the breaker")
+
+    cb.subscribe(listener)
+    cb.record_failure()
+    assert seen == []
+    cb.record_failure()
+    now[0] = 1.5
+    assert cb.probe_due()
+    cb.record_success()
+    cb.trip()
+    assert seen == [("closed", "open"), ("open", "half_open"), ("half_open", "closed"), ("closed", "open")]

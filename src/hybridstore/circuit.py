@@ -10,12 +10,14 @@ time).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
 from typing import Any, Literal
 
 CircuitState = Literal["closed", "open", "half_open"]
+log = logging.getLogger("hybridstore.circuit")
 
 
 class CircuitBreaker:
@@ -38,6 +40,13 @@ class CircuitBreaker:
         self._opened_at = 0.0
         self.opened_count = 0
         self.last_change = clock()
+        self._changes: list[tuple[CircuitState, CircuitState]] = []
+        self._listeners: list[Callable[[CircuitState, CircuitState], None]] = []
+
+    def subscribe(self, listener: Callable[[CircuitState, CircuitState], None]) -> None:
+        """Call ``listener(old, new)`` on every state change, after the change and outside the breaker's lock.
+        Listeners must be quick and must not raise (an exception is logged and swallowed)."""
+        self._listeners.append(listener)
 
     @property
     def state(self) -> CircuitState:
@@ -50,16 +59,18 @@ class CircuitBreaker:
     def probe_due(self) -> bool:
         """True (once) when the open circuit may be probed; the caller must report the probe's outcome."""
         with self._lock:
-            if self._state == "open" and self._clock() - self._opened_at >= self._reset_timeout:
+            due = self._state == "open" and self._clock() - self._opened_at >= self._reset_timeout
+            if due:
                 self._set("half_open")
-                return True
-            return False
+        self._notify()
+        return due
 
     def begin_probe(self) -> None:
         """Move to half-open now, whatever the reset timeout (an explicit sync request probes at once)."""
         with self._lock:
             if self._state != "closed":
                 self._set("half_open")
+        self._notify()
 
     def seconds_until_probe(self) -> float:
         with self._lock:
@@ -73,6 +84,7 @@ class CircuitBreaker:
             self._reset_timeout = self.base_reset_timeout
             if self._state != "closed":
                 self._set("closed")
+        self._notify()
 
     def record_failure(self, *, timeout: bool = False) -> None:
         with self._lock:
@@ -83,12 +95,14 @@ class CircuitBreaker:
                 self._failures += 1
                 if timeout or self._failures >= self.failure_threshold:
                     self._open()
+        self._notify()
 
     def trip(self) -> None:
         """Open the circuit now (e.g. the store was opened while the primary is known to be down)."""
         with self._lock:
             if self._state == "closed":
                 self._open()
+        self._notify()
 
     def _open(self) -> None:
         self._opened_at = self._clock()
@@ -96,8 +110,22 @@ class CircuitBreaker:
         self._set("open")
 
     def _set(self, state: CircuitState) -> None:
-        self._state = state
+        old, self._state = self._state, state
         self.last_change = self._clock()
+        if self._listeners:
+            self._changes.append((old, state))
+
+    def _notify(self) -> None:
+        if not self._changes:
+            return
+        with self._lock:
+            changes, self._changes = self._changes, []
+        for old, new in changes:
+            for listener in list(self._listeners):
+                try:
+                    listener(old, new)
+                except Exception:
+                    log.exception("circuit listener failed")
 
     def snapshot(self) -> dict[str, Any]:
         return {

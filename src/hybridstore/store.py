@@ -16,6 +16,7 @@ import fcntl
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -69,6 +70,7 @@ class HybridStore:
     def __init__(self, config: StoreConfig) -> None:
         self.config = config
         self._closed = False
+        self._on_close: builtins.list[Callable[[], None]] = []
         data_dir = Path(config.data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir = data_dir
@@ -154,12 +156,21 @@ class HybridStore:
         if self._closed:
             return
         self._closed = True
+        for stop in reversed(self._on_close):  # services first (they may still use the tiers), newest first
+            try:
+                stop()
+            except Exception:
+                log.exception("a service failed to stop cleanly")
         self.replayer.stop()
         if self.primary is not None:
             self.primary.close()
         if self.local is not None:
             self.local.close()
         self._release_dir_lock()
+
+    def on_close(self, stop: Callable[[], None]) -> None:
+        """Register a service's stop function; `close()` calls them, newest first, before closing the tiers."""
+        self._on_close.append(stop)
 
     def __enter__(self) -> HybridStore:
         return self
