@@ -188,7 +188,7 @@ def test_sqlite_corrupted_mid_run(tmp_path: Path, pg_dsn: str, pg_schema: str, p
     proxy = Proxy("127.0.0.1", 5432)
     try:
         with hybridstore.open(
-            proxy.url(pg_dsn), data_dir=tmp_path / "d", primary_schema=pg_schema, primary_timeout=1.0
+            proxy.url(pg_dsn), data_dir=tmp_path / "d", primary_schema=pg_schema, primary_timeout=1.0, pull=False
         ) as store:
             acked = {f"before{i:04d}": i for i in range(1500)}
             for key, i in acked.items():

@@ -97,7 +97,7 @@ def test_replay_is_idempotent(make_store: StoreFactory, pg: psycopg.Connection[A
     for i in range(50):
         store.set("c", f"k{i}", i)
     assert store.local is not None and store.primary is not None
-    ops: list[Op] = [op for _, op in store.local.pending_ops(1000)]
+    ops: list[Op] = [op for _, op, _ in store.local.pending_ops(1000)]
     assert store.sync_now().pushed == 50
     again = store.primary.put_many(ops)
     assert {o.outcome for o in again} == {"duplicate"}

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from .errors import ConfigError
 from .validation import DEFAULT_MAX_VALUE_BYTES
@@ -44,6 +44,11 @@ class StoreConfig:
     circuit_reset: float = 0.5
     circuit_reset_max: float = 10.0
     background: bool = True
+    conflict_strategy: Any = "last_wins"  # "last_wins" | "merge" | "manual" | callable(base, local, remote)
+    conflict_strategies: Mapping[str, Any] = field(default_factory=dict)  # per collection
+    pull: bool = True  # keep the local copy up to date from the primary's change feed
+    pull_interval: float = 2.0  # seconds between polls of the change feed (notifications wake it sooner)
+    listen: bool = True  # LISTEN for change notifications (off behind a transaction-mode pooler)
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -53,7 +58,17 @@ class StoreConfig:
             raise ConfigError(f"read_policy must be 'primary_first' or 'local_first', not {self.read_policy!r}")
         if self.synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ConfigError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {self.synchronous!r}")
-        for name in ("primary_timeout", "retry_base", "retry_cap", "circuit_reset", "circuit_reset_max"):
+        from .sync.merge import StrategyTable
+
+        StrategyTable(self.conflict_strategy, self.conflict_strategies)  # validates
+        for name in (
+            "primary_timeout",
+            "retry_base",
+            "retry_cap",
+            "circuit_reset",
+            "circuit_reset_max",
+            "pull_interval",
+        ):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive")
         for name in ("max_value_bytes", "batch_size", "circuit_failures", "sync_retry_attempts"):

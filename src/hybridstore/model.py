@@ -157,11 +157,12 @@ class StoredRow(NamedTuple):
 
 
 class ApplyOutcome(NamedTuple):
-    """What the primary did with one op: ``applied``, ``duplicate`` (seen before) or ``superseded`` (lost to a
-    newer write under last-writer-wins). ``current`` is the primary's row for the key after the op."""
+    """What the primary did with one op: ``applied``, ``duplicate`` (seen before), ``superseded`` (lost to a
+    newer write under last-writer-wins), ``manual`` (a conflict queued for an admin) or ``conflict`` (to be
+    merged by the client). ``current`` is the primary's row for the key after the op."""
 
     op_id: str
-    outcome: Literal["applied", "duplicate", "superseded"]
+    outcome: Literal["applied", "duplicate", "superseded", "manual", "conflict"]
     current: StoredRow | None
 
 
@@ -174,5 +175,7 @@ class SyncReport:
     remaining: int = 0
     superseded: int = 0
     duplicates: int = 0
+    conflicts: int = 0  # ops queued as manual conflicts
+    pulled: int = 0
     journal_replayed: int = 0
     errors: list[str] = field(default_factory=list)

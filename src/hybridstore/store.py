@@ -35,7 +35,9 @@ from .errors import (
     ValidationError,
 )
 from .model import Op, Page, Record, StoredRow, SyncReport, TierName, WriteResult, new_op_id
+from .sync.merge import StrategyTable
 from .sync.outbox import OutboxReplayer
+from .sync.puller import ChangePuller
 from .tiers.journal import JournalTier
 from .tiers.local import LocalTier
 from .validation import check_collection, check_key, encode_value
@@ -110,6 +112,7 @@ class HybridStore:
                 timeout=config.primary_timeout,
                 pooled=config.primary_pooled,
             )
+        self.strategies = StrategyTable(config.conflict_strategy, config.conflict_strategies)
         self.replayer = OutboxReplayer(
             local=lambda: self.local,
             journal=self.journal,
@@ -119,13 +122,28 @@ class HybridStore:
             on_local_recovered=self._local_recovered,
             local_ok=lambda: self._local_ok,
             batch_size=config.batch_size,
+            strategies=self.strategies,
+            max_rejections=config.sync_retry_attempts,
+            encode=lambda value: encode_value(value, max_bytes=config.max_value_bytes),
             retry_base=config.retry_base,
             retry_cap=config.retry_cap,
         )
+        self.puller: ChangePuller | None = None
+        if self.primary is not None and config.pull:
+            self.puller = ChangePuller(
+                local=lambda: self.local if self._local_ok else None,
+                primary=self.primary,
+                circuit=self.circuit,
+                observe=self.clock.observe,
+                poll_interval=config.pull_interval,
+                listen=config.listen,
+            )
         if len(self.journal) and self.local is not None:
             self.replayer.drain(max_batches=0)
         if config.background:
             self.replayer.start()
+            if self.puller is not None:
+                self.puller.start()
 
     def _take_dir_lock(self, data_dir: Path) -> int:
         fd = os.open(data_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
@@ -161,6 +179,8 @@ class HybridStore:
                 stop()
             except Exception:
                 log.exception("a service failed to stop cleanly")
+        if self.puller is not None:
+            self.puller.stop()
         self.replayer.stop()
         if self.primary is not None:
             self.primary.close()

@@ -10,13 +10,16 @@ simply pushed again and reported as a duplicate.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import threading
 import time
+import uuid
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..backoff import full_jitter
 from ..circuit import CircuitBreaker
@@ -27,7 +30,8 @@ from ..errors import (
     PrimaryTimeoutError,
     PrimaryUnavailableError,
 )
-from ..model import ApplyOutcome, Op, SyncReport
+from ..model import ApplyOutcome, Op, StoredRow, SyncReport
+from .merge import MISSING, StrategyTable, merge3
 
 if TYPE_CHECKING:
     from ..tiers.journal import JournalTier
@@ -35,6 +39,8 @@ if TYPE_CHECKING:
     from ..tiers.primary import PrimaryTier
 
 log = logging.getLogger("hybridstore.sync")
+Pending = tuple[int, Op, "str | None"]  # outbox seq, op, merge base (last value agreed with the primary)
+_RESOLUTION_NS = uuid.UUID("6f1c7f3e-3b0a-4c55-9d7e-6a1f0b8e2c41")  # op ids of merge results, derived
 IDLE_POLL = 1.0
 ROUND_BATCHES = 16  # batches per background round, between checks of the journal, the circuit and stop()
 
@@ -51,6 +57,9 @@ class OutboxReplayer:
         on_local_recovered: Callable[[], None],
         local_ok: Callable[[], bool] = lambda: True,
         batch_size: int = 1000,
+        strategies: StrategyTable | None = None,
+        max_rejections: int = 3,
+        encode: Callable[[Any], str] = json.dumps,
         retry_base: float = 0.05,
         retry_cap: float = 5.0,
         rng: random.Random | None = None,
@@ -64,6 +73,16 @@ class OutboxReplayer:
         self._local_ok = local_ok
         self._journal_pushed = 0  # journal entries already pushed straight to the primary
         self.batch_size = batch_size
+        self.batch_min = min(batch_size, 16)
+        self.batch_max = max(batch_size, 8000)
+        self._strategies = strategies or StrategyTable()
+        self.max_rejections = max_rejections
+        self._encode = encode
+        self.state = "idle"
+        self.history: deque[dict[str, Any]] = deque(maxlen=200)
+        self.batch_durations: deque[tuple[int, float]] = deque(maxlen=200)
+        self.conflicts_resolved: dict[str, int] = {}
+        self.dead_lettered = 0
         self._retry_base = retry_base
         self._retry_cap = retry_cap
         self._rng = rng or random.Random()
@@ -227,21 +246,25 @@ class OutboxReplayer:
         Pipelined: while the primary works on one batch, this thread settles the previous batch in SQLite and
         reads the next one, so SQLite's share of the time hides behind the primary's. The next batch is read
         before the current one is settled, so its base versions for keys in the current batch are patched from
-        the current batch's results before it is sent. On any failure the batch in flight stays in the outbox
-        (pushing it again is harmless) and the error is raised."""
+        the current batch's results before it is sent. On a failure the batch in flight stays in the outbox
+        (pushing it again is harmless) and the error is raised; a batch the primary rejects is pushed op by op so
+        that only the poison ops stay behind (`_isolate`)."""
         local = self._local()
         if local is None or self._primary is None:
             return 0
         settled = 0
         with self._push_lock:
+            self.state = "pushing"
             entries = local.pending_ops(self.batch_size)
             previous: list[tuple[int, Op, ApplyOutcome]] = []
             batches = 0
             try:
                 while entries and batches < max_batches:
                     batches += 1
-                    future = self._pusher().submit(self._primary.put_many, [op for _, op in entries])
-                    following: list[tuple[int, Op]] = []
+                    started = time.perf_counter()
+                    future = self._pusher().submit(self._send, entries)
+                    following: list[Pending] = []
+                    outcomes: list[ApplyOutcome] | None
                     try:
                         if previous:
                             done, previous = previous, []
@@ -249,18 +272,152 @@ class OutboxReplayer:
                         if batches < max_batches:
                             following = local.pending_ops(self.batch_size, after=entries[-1][0])
                     finally:
-                        outcomes = self._outcomes(future, local, entries, report)
-                    previous = [(seq, op, out) for (seq, op), out in zip(entries, outcomes, strict=True)]
+                        try:
+                            outcomes = self._outcomes(future, local, entries, report)
+                        except PrimaryRejectedError:
+                            settled += self._isolate(local, entries, report)
+                            outcomes = None
+                    if outcomes is None:
+                        # Ops of a rejected key may follow in later batches: the next round starts again from
+                        # the head of the outbox, so they keep waiting behind the rejected op.
+                        break
+                    self._batch_done(len(entries), time.perf_counter() - started)
+                    previous = [(seq, op, out) for (seq, op, _), out in zip(entries, outcomes, strict=True)]
                     versions = {(o.current.collection, o.current.key): o.current.version for o in outcomes if o.current}
                     entries = [
-                        (seq, op._replace(base_version=versions.get((op.collection, op.key), op.base_version)))
-                        for seq, op in following
+                        (seq, op._replace(base_version=versions.get((op.collection, op.key), op.base_version)), base)
+                        for seq, op, base in following
                     ]
             finally:
                 if previous:
                     done, previous = previous, []
                     settled += self._settle(local, done, report)
+                self.state = "idle"
         return settled
+
+    def _send(self, entries: Sequence[Pending]) -> list[ApplyOutcome]:
+        """Push one batch and settle its conflicts (merges are pushed from here too); runs in the push thread."""
+        assert self._primary is not None
+        ops = [op for _, op, _ in entries]
+        if self._strategies.all_last_wins:
+            return self._primary.put_many(ops)
+        names = [self._strategies.wire_name(op.collection) for op in ops]
+        bases = [base if name == "manual" else None for (_, _, base), name in zip(entries, names, strict=True)]
+        outcomes = self._primary.put_many(ops, strategies=names, base_values=bases)
+        if any(o.outcome == "conflict" for o in outcomes):
+            outcomes = self._resolve(entries, outcomes)
+        return outcomes
+
+    def _resolve(self, entries: Sequence[Pending], outcomes: list[ApplyOutcome]) -> list[ApplyOutcome]:
+        """Merge each conflicting key (``merge`` or a callable) and push the result; the ops of that key then
+        settle with the merged row. A key that keeps conflicting stays queued (raised as unavailable)."""
+        assert self._primary is not None
+        last: dict[tuple[str, str], int] = {}
+        for i, ((_, op, _), out) in enumerate(zip(entries, outcomes, strict=True)):
+            if out.outcome == "conflict":
+                last[(op.collection, op.key)] = i
+        resolved: dict[tuple[str, str], ApplyOutcome] = {}
+        for key, i in last.items():
+            _, op, base = entries[i]
+            remote = outcomes[i].current
+            for _attempt in range(5):
+                merged = self._merged(op, base, remote)
+                res_op = Op(
+                    str(uuid.uuid5(_RESOLUTION_NS, f"{op.op_id}/{remote.version if remote else 0}")),
+                    op.collection,
+                    op.key,
+                    merged,
+                    max(op.hlc, remote.hlc) if remote else op.hlc,
+                    op.origin,
+                    remote.version if remote else 0,
+                    time.time(),
+                )
+                strategy = self._strategies.wire_name(op.collection)
+                out = self._primary.push_resolution(
+                    res_op, strategy, base=base, local=op.value_json, remote=remote, actor=f"system:{strategy}"
+                )
+                if out.outcome in ("applied", "duplicate"):
+                    self.conflicts_resolved[strategy] = self.conflicts_resolved.get(strategy, 0) + 1
+                    resolved[key] = out
+                    break
+                remote = out.current  # someone wrote in between: merge again against the new value
+            else:
+                raise PrimaryUnavailableError(f"{op.collection}/{op.key} keeps conflicting; will merge again later")
+        return [
+            resolved[(op.collection, op.key)]._replace(op_id=out.op_id) if out.outcome == "conflict" else out
+            for (_, op, _), out in zip(entries, outcomes, strict=True)
+        ]
+
+    def _merged(self, op: Op, base: str | None, remote: StoredRow | None) -> str | None:
+        """The value that settles a conflict of ``op`` with ``remote`` (JSON text, ``None`` = deleted)."""
+        strategy = self._strategies.of(op.collection)
+        b = MISSING if base is None else json.loads(base)
+        mine = MISSING if op.value_json is None else json.loads(op.value_json)
+        theirs = MISSING if remote is None or remote.value_json is None else json.loads(remote.value_json)
+        if callable(strategy):
+            try:
+                value = strategy(*(None if v is MISSING else v for v in (b, mine, theirs)))
+                return self._encode(value)
+            except Exception as exc:  # a resolver that fails rejects the op (dead letter after retries)
+                raise PrimaryRejectedError(f"conflict resolver failed for {op.collection}/{op.key}: {exc}") from exc
+        merged = merge3(b, mine, theirs, local_newer=remote is None or op.hlc > remote.hlc)
+        return None if merged is MISSING else self._encode(merged)
+
+    def _isolate(self, local: LocalTier, entries: Sequence[Pending], report: SyncReport) -> int:
+        """The primary rejected a batch: push its ops one at a time so the good ones go through. A rejected op
+        counts a rejection (dead-lettered after ``max_rejections``); later ops of its key wait behind it, other
+        keys do not. Transient failures still raise."""
+        blocked: set[tuple[str, str]] = set()
+        versions: dict[tuple[str, str], int] = {}
+        done: list[tuple[int, Op, ApplyOutcome]] = []
+        try:
+            for seq, op, base in entries:
+                key = (op.collection, op.key)
+                if key in blocked:
+                    continue
+                op = op._replace(base_version=versions.get(key, op.base_version))
+                try:
+                    out = self._send([(seq, op, base)])[0]
+                except PrimaryRejectedError as exc:
+                    blocked.add(key)
+                    self.last_error = str(exc)
+                    report.failed += 1
+                    self.totals.failed += 1
+                    if local.reject(seq, str(exc), self.max_rejections):
+                        self.dead_lettered += 1
+                        self._event("dead_letter", 1, 0.0, "error", f"{op.collection}/{op.key}: {exc}")
+                        log.error("op %s on %s/%s moved to dead letters: %s", op.op_id, op.collection, op.key, exc)
+                    continue
+                except PrimaryUnavailableError as exc:
+                    self._circuit.record_failure(timeout=isinstance(exc, PrimaryTimeoutError))
+                    raise
+                if out.current is not None:
+                    versions[key] = out.current.version
+                    self._observe(out.current.hlc)
+                done.append((seq, op, out))
+        finally:
+            if done:
+                local.complete(done, exact=True)
+                self._count(done, report)
+        return len(done)
+
+    def _batch_done(self, size: int, seconds: float) -> None:
+        self.batch_durations.append((size, round(seconds * 1000, 2)))
+        self._event("push", size, seconds, "ok")
+        if size >= self.batch_size:  # full batches keep succeeding: send more per round trip
+            self.batch_size = min(self.batch_max, self.batch_size * 2)
+
+    def _event(self, kind: str, count: int, seconds: float, outcome: str, error: str | None = None) -> None:
+        self.history.append(
+            {
+                "at": time.time(),
+                "kind": kind,
+                "count": count,
+                "duration_ms": round(seconds * 1000, 2),
+                "outcome": outcome,
+                "error": error,
+            }
+        )
 
     def _pusher(self) -> ThreadPoolExecutor:
         if self._executor is None:
@@ -268,16 +425,16 @@ class OutboxReplayer:
         return self._executor
 
     def _outcomes(
-        self, future: Future[list[ApplyOutcome]], local: LocalTier, entries: list[tuple[int, Op]], report: SyncReport
+        self, future: Future[list[ApplyOutcome]], local: LocalTier, entries: list[Pending], report: SyncReport
     ) -> list[ApplyOutcome]:
-        """Wait for a pushed batch; on failure record it (circuit, outbox attempts) and raise."""
+        """Wait for a pushed batch; on failure record it (circuit, outbox attempts, batch size) and raise."""
         try:
             outcomes = future.result()
         except PrimaryUnavailableError as exc:
-            self._circuit.record_failure(timeout=isinstance(exc, PrimaryTimeoutError))
-            self._failed(local, entries, exc, report)
-            raise
-        except PrimaryRejectedError as exc:
+            timeout = isinstance(exc, PrimaryTimeoutError)
+            self._circuit.record_failure(timeout=timeout)
+            if timeout:  # maybe the batch is too big for the link: send less next time
+                self.batch_size = max(self.batch_min, self.batch_size // 2)
             self._failed(local, entries, exc, report)
             raise
         self._circuit.record_success()
@@ -289,6 +446,10 @@ class OutboxReplayer:
     def _settle(self, local: LocalTier, done: list[tuple[int, Op, ApplyOutcome]], report: SyncReport) -> int:
         """Record a pushed batch in SQLite and count it."""
         local.complete(done)
+        self._count(done, report)
+        return len(done)
+
+    def _count(self, done: Sequence[tuple[int, Op, ApplyOutcome]], report: SyncReport) -> None:
         for _, _, out in done:
             if out.outcome == "applied":
                 report.pushed += 1
@@ -296,21 +457,23 @@ class OutboxReplayer:
             elif out.outcome == "superseded":
                 report.superseded += 1
                 self.totals.superseded += 1
+            elif out.outcome == "manual":
+                report.conflicts += 1
+                self.totals.conflicts += 1
             else:
                 report.duplicates += 1
                 self.totals.duplicates += 1
         self.last_push_at = time.time()
-        return len(done)
 
-    def _failed(
-        self, local: LocalTier, entries: Sequence[tuple[int, Op]], exc: HybridStoreError, report: SyncReport
-    ) -> None:
+    def _failed(self, local: LocalTier, entries: Sequence[Pending], exc: HybridStoreError, report: SyncReport) -> None:
         self.last_error = str(exc)
         report.failed += len(entries)
         report.errors.append(str(exc))
+        del report.errors[:-20]
         self.totals.failed += len(entries)
+        self._event("push", len(entries), 0.0, "error", str(exc))
         try:
-            local.record_failure([seq for seq, _ in entries], str(exc))
+            local.record_failure([seq for seq, _, _ in entries], str(exc))
         except LocalStoreError:
             pass
 

@@ -27,7 +27,7 @@ TierState = Literal["healthy", "degraded", "down", "unknown", "disabled"]
 
 
 class Change(NamedTuple):
-    cursor: int
+    cursor: Any  # opaque, ordered; pass it back as ``after``
     row: StoredRow
 
 

@@ -54,6 +54,23 @@ _SCHEMA = [
     );
     CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;
     """,
+    # version 2: sync engine — rejections of an op by the primary, and dead letters
+    """
+    ALTER TABLE outbox ADD COLUMN rejections INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE dead_letters (
+        id         INTEGER PRIMARY KEY,
+        op_id      TEXT NOT NULL,
+        collection TEXT NOT NULL,
+        key        TEXT NOT NULL,
+        value      TEXT,
+        hlc        TEXT NOT NULL,
+        origin     TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        attempts   INTEGER NOT NULL,
+        last_error TEXT,
+        dead_at    REAL NOT NULL
+    );
+    """,
 ]
 
 _UPSERT_PENDING = """
@@ -291,19 +308,20 @@ class LocalTier:
         with self._transaction() as conn:
             return sum(1 for op in ops if self._put_locked(conn, op, now))
 
-    def pending_ops(self, limit: int, *, after: int = 0) -> list[tuple[int, Op]]:
+    def pending_ops(self, limit: int, *, after: int = 0) -> list[tuple[int, Op, str | None]]:
         """The oldest ``limit`` outbox entries after seq ``after``, each with the primary version this node knows
-        for its key as ``base_version`` (so a follow-up write is not mistaken for a conflict)."""
+        for its key as ``base_version`` (so a follow-up write is not mistaken for a conflict) and the merge base:
+        the last value this node agreed on with the primary for the key (``None`` if none)."""
         rows = self._read(
             "SELECT o.seq, o.op_id, o.collection, o.key, o.value, o.hlc, o.origin, coalesce(r.version, 0), "
-            "o.created_at "
+            "o.created_at, r.base_value "
             "FROM outbox o LEFT JOIN records r ON r.collection = o.collection AND r.key = o.key "
             "WHERE o.seq > ? ORDER BY o.seq LIMIT ?",
             (after, limit),
         )
-        return [(r[0], Op(r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8])) for r in rows]
+        return [(r[0], Op(r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8]), r[9]) for r in rows]
 
-    def complete(self, done: Sequence[tuple[int, Op, ApplyOutcome]]) -> None:
+    def complete(self, done: Sequence[tuple[int, Op, ApplyOutcome]], *, exact: bool = False) -> None:
         """Remove pushed ops from the outbox and record what the primary now holds for their keys.
 
         A key whose newest pending op was pushed becomes synced and takes the primary's row (our value, or a
@@ -320,8 +338,10 @@ class LocalTier:
         ]
         gone = [(now, c, k, seq) for (c, k), (seq, cur) in last.items() if cur is None]
         with self._transaction() as conn:
-            # The batch is the oldest entries, so it is exactly every entry up to its largest seq.
-            conn.execute("DELETE FROM outbox WHERE seq <= ?", (max(seq for seq, _, _ in done),))
+            if exact:  # some entries in between stay (e.g. rejected by the primary)
+                conn.executemany("DELETE FROM outbox WHERE seq = ?", [(seq,) for seq, _, _ in done])
+            else:  # the batch is the oldest entries, so it is exactly every entry up to its largest seq
+                conn.execute("DELETE FROM outbox WHERE seq <= ?", (max(seq for seq, _, _ in done),))
             conn.executemany(_COMPLETE, adopt)
             conn.executemany(
                 "UPDATE records SET synced_at = ?, pending_seq = NULL "
@@ -364,6 +384,119 @@ class LocalTier:
                 "UPDATE outbox SET attempts = attempts + 1, last_error = ? WHERE seq = ?",
                 [(error[:500], s) for s in seqs],
             )
+
+    def reject(self, seq: int, error: str, max_rejections: int) -> bool:
+        """The primary refused outbox entry ``seq`` (the data, not the connection). After ``max_rejections``
+        refusals it moves to the dead letters; if it was the key's newest pending op the record goes back to the
+        last value agreed with the primary. Returns True when it was dead-lettered."""
+        now = self._clock()
+        with self._transaction() as conn:
+            row = conn.execute(
+                "UPDATE outbox SET rejections = rejections + 1, attempts = attempts + 1, last_error = ? "
+                "WHERE seq = ? RETURNING rejections, op_id, collection, key, value, hlc, origin, created_at, attempts",
+                (error[:1000], seq),
+            ).fetchone()
+            if row is None or row[0] < max_rejections:
+                return False
+            conn.execute(
+                "INSERT INTO dead_letters (op_id, collection, key, value, hlc, origin, created_at, attempts, "
+                "last_error, dead_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (*row[1:], error[:1000], now),
+            )
+            conn.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+            later = conn.execute(
+                "SELECT max(seq) FROM outbox WHERE collection = ? AND key = ?", (row[2], row[3])
+            ).fetchone()[0]
+            if later is None:
+                # Nothing else pending for the key: back to what the primary holds (a never-synced key: gone).
+                conn.execute(
+                    "DELETE FROM records WHERE collection = ? AND key = ? AND version = 0 AND pending_seq = ?",
+                    (row[2], row[3], seq),
+                )
+                conn.execute(
+                    "UPDATE records SET value = base_value, base_value = NULL, pending_seq = NULL, synced_at = ? "
+                    "WHERE collection = ? AND key = ? AND pending_seq = ?",
+                    (now, row[2], row[3], seq),
+                )
+            else:
+                conn.execute(
+                    "UPDATE records SET pending_seq = ? WHERE collection = ? AND key = ? AND pending_seq = ?",
+                    (later, row[2], row[3], seq),
+                )
+            return True
+
+    def dead_letters(self, *, limit: int = 100, after_id: int = 0) -> list[dict[str, Any]]:
+        rows = self._read(
+            "SELECT id, op_id, collection, key, value, hlc, origin, created_at, attempts, last_error, dead_at "
+            "FROM dead_letters WHERE id > ? ORDER BY id LIMIT ?",
+            (after_id, limit),
+        )
+        names = (
+            "id",
+            "op_id",
+            "collection",
+            "key",
+            "value",
+            "hlc",
+            "origin",
+            "created_at",
+            "attempts",
+            "error",
+            "dead_at",
+        )
+        return [dict(zip(names, r, strict=True)) for r in rows]
+
+    def dead_letter_count(self) -> int:
+        return int(self._read("SELECT count(*) FROM dead_letters")[0][0])
+
+    def take_dead_letter(self, letter_id: int) -> dict[str, Any] | None:
+        """Remove a dead letter and return it (``None`` if there is no such id)."""
+        with self._transaction() as conn:
+            row = conn.execute(
+                "DELETE FROM dead_letters WHERE id = ? RETURNING id, op_id, collection, key, value, hlc, origin",
+                (letter_id,),
+            ).fetchone()
+        if row is None:
+            return None
+        return dict(zip(("id", "op_id", "collection", "key", "value", "hlc", "origin"), row, strict=True))
+
+    def apply_pulled(self, rows: Sequence[StoredRow], cursor: str | None, *, force: bool = False) -> int:
+        """Adopt rows pulled from the primary's change feed and save the feed cursor, in one transaction. A key
+        with pending local ops keeps them (they reach the primary first); otherwise a newer version replaces the
+        local row (``force``: any version, for a full resync). Returns how many rows changed."""
+        now = self._clock()
+        cond = "records.pending_seq IS NULL" + ("" if force else " AND excluded.version > records.version")
+        with self._transaction() as conn:
+            cur = conn.executemany(
+                "INSERT INTO records (collection, key, value, version, hlc, origin, updated_at, synced_at, "
+                "pending_seq, base_value) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL) "
+                "ON CONFLICT (collection, key) DO UPDATE SET value = excluded.value, version = excluded.version, "
+                "hlc = excluded.hlc, origin = excluded.origin, updated_at = excluded.updated_at, "
+                f"synced_at = excluded.synced_at WHERE {cond}",
+                [(r.collection, r.key, r.value_json, r.version, r.hlc, r.origin, r.updated_at, now) for r in rows],
+            )
+            changed = cur.rowcount
+            if cursor is not None:
+                conn.execute(
+                    "INSERT INTO meta (name, value) VALUES ('pull_cursor', ?) "
+                    "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                    (cursor,),
+                )
+        return changed
+
+    def begin_resync(self) -> None:
+        """Mark every synced row as unconfirmed; a full resync confirms what the primary still holds."""
+        with self._transaction() as conn:
+            conn.execute("UPDATE records SET synced_at = 0 WHERE pending_seq IS NULL")
+
+    def end_resync(self) -> int:
+        """Drop synced rows the full resync did not confirm (gone from the primary); returns how many."""
+        with self._transaction() as conn:
+            return conn.execute("DELETE FROM records WHERE synced_at = 0 AND pending_seq IS NULL").rowcount
+
+    def meta_get(self, name: str) -> str | None:
+        rows = self._read("SELECT value FROM meta WHERE name = ?", (name,))
+        return rows[0][0] if rows else None
 
     def outbox_stats(self) -> tuple[int, float | None]:
         """(depth, created_at of the oldest pending op)."""

@@ -8,6 +8,7 @@ black-holed primary costs at most ``timeout`` seconds per call, then `PrimaryUna
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
@@ -137,7 +138,12 @@ class PrimaryTier:
             f"SELECT op_id, outcome, version, updated_at FROM {self._q}.hs_apply("
             f"%b::uuid[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::bigint[])"
         )
+        self._push_sql = (
+            f"SELECT op_id, outcome, version, updated_at FROM {self._q}.hs_push(%b::uuid[], %b::text[], "
+            f"%b::text[], %b::text[], %b::text[], %b::text[], %b::bigint[], %b::text[], %b::text[])"
+        )
         self._apply_one_sql = _APPLY_ONE.replace("{schema}", self._q)
+        self.channel = f"hs_{schema}"  # change notifications (migration 0002)
         self._current_sql = (
             f"SELECT value::text, version, hlc, origin, extract(epoch FROM updated_at)::float8 "
             f"FROM {self._q}.records WHERE collection = %s AND key = %s AND version > 0"
@@ -279,10 +285,29 @@ class PrimaryTier:
 
         return self._run(apply)
 
-    def put_many(self, ops: Sequence[Op]) -> list[ApplyOutcome]:
-        """Apply ops in one transaction; see ``hs_apply`` for the rules. Idempotent by op id."""
-        if len(ops) == 1:
+    def put_many(
+        self,
+        ops: Sequence[Op],
+        *,
+        strategies: Sequence[str] | None = None,
+        base_values: Sequence[str | None] | None = None,
+    ) -> list[ApplyOutcome]:
+        """Apply ops in one transaction; see ``hs_push`` (migration 0002) for the rules. Idempotent by op id.
+        ``strategies`` gives each op's conflict strategy (default ``last_wins``); ``base_values`` the last value
+        the writer agreed on with the primary (kept with a manual conflict)."""
+        if not ops:
+            return []
+        if len(ops) == 1 and (strategies is None or strategies[0] == "last_wins"):
             return [self.put_one(ops[0])]
+        return self._run(lambda conn: self._push(conn, ops, strategies, base_values))
+
+    def _push(
+        self,
+        conn: psycopg.Connection[Any],
+        ops: Sequence[Op],
+        strategies: Sequence[str] | None,
+        base_values: Sequence[str | None] | None,
+    ) -> list[ApplyOutcome]:
         params = (
             [o.op_id for o in ops],
             [o.collection for o in ops],
@@ -291,8 +316,10 @@ class PrimaryTier:
             [o.hlc for o in ops],
             [o.origin for o in ops],
             [o.base_version for o in ops],
+            list(strategies) if strategies is not None else ["last_wins"] * len(ops),
+            list(base_values) if base_values is not None else [None] * len(ops),
         )
-        rows = self._run(lambda conn: conn.execute(self._apply_sql, params).fetchall())
+        rows = conn.execute(self._push_sql, params).fetchall()
         now = time.time()
         out: list[ApplyOutcome] = []
         lost: list[Op] = []
@@ -304,26 +331,22 @@ class PrimaryTier:
                 out.append(ApplyOutcome(op.op_id, outcome, None))
                 lost.append(op)
         if lost:
-            current = self._current_rows(
-                lost, [o.op_id for o, r in zip(ops, rows, strict=True) if r[1] == "superseded"]
-            )
+            current = self._current_rows(conn, lost)
             out = [
                 o if o.outcome == "applied" else o._replace(current=current.get((op.collection, op.key)))
                 for op, o in zip(ops, out, strict=True)
             ]
         return out
 
-    def _current_rows(self, ops: Sequence[Op], superseded: Sequence[str]) -> dict[tuple[str, str], StoredRow]:
-        """The primary's rows for the keys of ops that did not apply (and mark the superseded ones in the ledger)."""
+    def _current_rows(self, conn: psycopg.Connection[Any], ops: Sequence[Op]) -> dict[tuple[str, str], StoredRow]:
+        """The primary's rows for the keys of ops that did not apply."""
         query = (
-            f"WITH mark AS (UPDATE {self._q}.applied_ops SET outcome = 'superseded' WHERE op_id = ANY(%b::uuid[])) "
             f"SELECT r.collection, r.key, r.value::text, r.version, r.hlc, r.origin, "
             f"extract(epoch FROM r.updated_at)::float8 FROM {self._q}.records r "
             f"JOIN unnest(%b::text[], %b::text[]) AS k(collection, key) "
             f"ON r.collection = k.collection AND r.key = k.key WHERE r.version > 0"
         )
-        params = (list(superseded), [o.collection for o in ops], [o.key for o in ops])
-        rows = self._run(lambda conn: conn.execute(query, params).fetchall())
+        rows = conn.execute(query, ([o.collection for o in ops], [o.key for o in ops])).fetchall()
         now = time.time()
         return {(r[0], r[1]): StoredRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], now) for r in rows}
 
@@ -350,25 +373,160 @@ class PrimaryTier:
         now = time.time()
         return [StoredRow(collection, k, v, ver, h, o, u, now) for k, v, ver, h, o, u in rows]
 
-    def changes(self, after: int = 0, limit: int = 1000) -> list[Change]:
-        """The change feed: rows whose change stamp (``xid8``) is greater than ``after`` and below the oldest
-        transaction still running, so a transaction that commits late is never skipped. Pages never split the
-        rows of one transaction."""
+    def changes(self, after: Any = 0, limit: int = 1000) -> list[Change]:
+        """The change feed: rows changed after cursor ``after`` (``0`` = from the start), oldest first, never
+        past the oldest transaction still running — a transaction that commits late, after rows with higher
+        stamps were read, is therefore never skipped. The cursor is ``(stamp, collection, key)``, so a page may
+        end inside one transaction's rows."""
+        stamp, collection, key = after if after else (0, "", "")
+        query = (
+            f"SELECT stamp::text::bigint, collection, key, value::text, version, hlc, origin, "
+            f"extract(epoch FROM updated_at)::float8 FROM {self._q}.records "
+            f"WHERE (stamp, collection, key) > (%s::text::xid8, %s, %s) "
+            f"AND stamp < pg_snapshot_xmin(pg_current_snapshot()) "
+            f"ORDER BY stamp, collection, key LIMIT %s"
+        )
+        params = (str(stamp), collection, key, limit)
+        rows = self._run(lambda conn: conn.execute(query, params).fetchall())
+        return [Change((r[0], r[1], r[2]), StoredRow(r[1], r[2], r[3], r[4], r[5], r[6], r[7])) for r in rows]
 
-        def fetch(conn: psycopg.Connection[Any]) -> list[Any]:
-            return conn.execute(
-                f"SELECT stamp::text::bigint, collection, key, value::text, version, hlc, origin, "
-                f"extract(epoch FROM updated_at)::float8 FROM {self._q}.records "
-                f"WHERE stamp > %s::text::xid8 AND stamp < pg_snapshot_xmin(pg_current_snapshot()) "
-                f"AND version > 0 ORDER BY stamp LIMIT %s",
-                (str(after), limit),
+    def count_records(self) -> int:
+        row = self._run(lambda conn: conn.execute(f"SELECT count(*) FROM {self._q}.records").fetchone())
+        assert row is not None
+        return int(row[0])
+
+    def feed_head(self) -> int:
+        """The stamp below which the change feed is complete right now (for a full resync's final cursor)."""
+        row = self._run(lambda conn: conn.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text").fetchone())
+        assert row is not None
+        return int(row[0])
+
+    # -- conflicts and audit ------------------------------------------------------------------------------------
+
+    _CONFLICT_COLUMNS = (
+        "id, collection, key, strategy, base::text, local::text, remote::text, local_hlc, remote_hlc, status, "
+        "resolution::text, extract(epoch FROM created_at)::float8, extract(epoch FROM resolved_at)::float8, "
+        "resolved_by"
+    )
+
+    def list_conflicts(
+        self, *, status: str | None = None, collection: str | None = None, limit: int = 100, after_id: int = 0
+    ) -> list[tuple[Any, ...]]:
+        query = f"SELECT {self._CONFLICT_COLUMNS} FROM {self._q}.conflicts WHERE id > %s"
+        params: list[Any] = [after_id]
+        if status is not None:
+            query += " AND status = %s"
+            params.append(status)
+        if collection is not None:
+            query += " AND collection = %s"
+            params.append(collection)
+        query += " ORDER BY id LIMIT %s"
+        params.append(limit)
+        return self._run(lambda conn: conn.execute(query.encode(), params).fetchall())
+
+    def get_conflict(self, conflict_id: int) -> tuple[Any, ...] | None:
+        query = f"SELECT {self._CONFLICT_COLUMNS} FROM {self._q}.conflicts WHERE id = %s"
+        return self._run(lambda conn: conn.execute(query.encode(), (conflict_id,)).fetchone())
+
+    def conflict_counts(self) -> dict[str, dict[str, int]]:
+        """{strategy: {status: count}}."""
+        rows = self._run(
+            lambda conn: conn.execute(
+                f"SELECT strategy, status, count(*) FROM {self._q}.conflicts GROUP BY 1, 2"
             ).fetchall()
+        )
+        out: dict[str, dict[str, int]] = {}
+        for strategy, status, n in rows:
+            out.setdefault(strategy, {})[status] = n
+        return out
 
-        rows = self._run(fetch)
-        if len(rows) == limit and rows[0][0] != rows[-1][0]:
-            last = rows[-1][0]
-            rows = [r for r in rows if r[0] != last]
-        return [Change(r[0], StoredRow(r[1], r[2], r[3], r[4], r[5], r[6], r[7])) for r in rows]
+    def close_conflict(self, conflict_id: int, *, resolution: dict[str, Any], actor: str) -> bool:
+        """Mark an open conflict resolved and audit it, in one transaction; False if it was not open."""
+
+        def run(conn: psycopg.Connection[Any]) -> bool:
+            with conn.transaction():
+                row = conn.execute(
+                    f"UPDATE {self._q}.conflicts SET status = 'resolved', resolution = %s::jsonb, "
+                    f"resolved_at = now(), resolved_by = %s WHERE id = %s AND status = 'open' "
+                    f"RETURNING collection || '/' || key",
+                    (json.dumps(resolution), actor, conflict_id),
+                ).fetchone()
+                if row is None:
+                    return False
+                conn.execute(
+                    f"INSERT INTO {self._q}.audit_log (actor, action, target, details) VALUES (%s, %s, %s, %s::jsonb)",
+                    (actor, "conflict.resolved", row[0], json.dumps({"conflict_id": conflict_id, **resolution})),
+                )
+                return True
+
+        return self._run(run)
+
+    def push_resolution(
+        self, op: Op, strategy: str, *, base: str | None, local: str | None, remote: StoredRow | None, actor: str
+    ) -> ApplyOutcome:
+        """Push the merged value of a conflict and log the resolution (conflicts + audit) in one transaction.
+        The log is written only if the merged value applied."""
+
+        def run(conn: psycopg.Connection[Any]) -> ApplyOutcome:
+            with conn.transaction():
+                outcome = self._push(conn, [op], [strategy], [base])[0]
+                if outcome.outcome == "applied":
+                    row = conn.execute(
+                        f"INSERT INTO {self._q}.conflicts (collection, key, strategy, base, local, remote, local_hlc, "
+                        f"remote_hlc, status, resolution, resolved_at, resolved_by) VALUES "
+                        f"(%s, %s, %s, %s::jsonb, %s::jsonb, %s::jsonb, %s, %s, 'resolved', %s::jsonb, now(), %s) "
+                        f"RETURNING id",
+                        (
+                            op.collection,
+                            op.key,
+                            strategy,
+                            base,
+                            local,
+                            remote.value_json if remote else None,
+                            op.hlc,
+                            remote.hlc if remote else None,
+                            json.dumps(
+                                {"merged": True, "value_version": outcome.current.version if outcome.current else None}
+                            ),
+                            actor,
+                        ),
+                    ).fetchone()
+                    assert row is not None
+                    conn.execute(
+                        f"INSERT INTO {self._q}.audit_log (actor, action, target, details) "
+                        f"VALUES (%s, 'conflict.resolved', %s, %s::jsonb)",
+                        (actor, f"{op.collection}/{op.key}", json.dumps({"conflict_id": row[0], "strategy": strategy})),
+                    )
+                return outcome
+
+        return self._run(run)
+
+    def audit(self, actor: str, action: str, target: str, details: dict[str, Any]) -> None:
+        self._run(
+            lambda conn: conn.execute(
+                f"INSERT INTO {self._q}.audit_log (actor, action, target, details) VALUES (%s, %s, %s, %s::jsonb)",
+                (actor, action, target, json.dumps(details)),
+            )
+        )
+
+    def audit_log(self, limit: int = 100) -> list[tuple[Any, ...]]:
+        return self._run(
+            lambda conn: conn.execute(
+                f"SELECT id, extract(epoch FROM at)::float8, actor, action, target, details::text "
+                f"FROM {self._q}.audit_log ORDER BY id DESC LIMIT %s",
+                (limit,),
+            ).fetchall()
+        )
+
+    def listen_connection(self) -> psycopg.Connection[Any]:
+        """A dedicated connection (outside the pool) listening for change notifications."""
+        conn = psycopg.connect(self._conninfo, autocommit=True)
+        try:
+            conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
     def ping(self) -> float:
         """Round trip to the primary in milliseconds, or `PrimaryUnavailableError`."""

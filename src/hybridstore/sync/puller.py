@@ -1,0 +1,226 @@
+"""Change puller: keeps the local copy up to date with the primary's change feed.
+
+`ChangePuller` owns one background thread. It pages through the primary's change feed (`PrimaryTier.changes`)
+from a cursor kept in SQLite — saved in the same transaction as the rows it covers, so a crash never skips or
+half-applies a page — and adopts each row unless the key has pending local ops (those reach the primary first
+and settle the key when they do). It wakes on the primary's change notifications (LISTEN, real time) and polls
+every ``poll_interval`` seconds anyway (batch mode: covers a missed notification, a dropped LISTEN connection,
+or a transaction-mode pooler where LISTEN does not work). While the primary's circuit is open it waits; the
+outbox replayer probes and closes the circuit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import select
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from ..circuit import CircuitBreaker
+from ..errors import LocalStoreError, PrimaryTimeoutError, PrimaryUnavailableError
+from ..tiers.base import Change
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from ..tiers.local import LocalTier
+    from ..tiers.primary import PrimaryTier
+
+log = logging.getLogger("hybridstore.sync")
+CURSOR_META = "pull_cursor"
+Progress = Callable[[int, int | None], None]  # (rows done, rows in total if known)
+
+
+class ChangePuller:
+    def __init__(
+        self,
+        *,
+        local: Callable[[], LocalTier | None],
+        primary: PrimaryTier,
+        circuit: CircuitBreaker,
+        observe: Callable[[str], None],
+        poll_interval: float = 5.0,
+        page_size: int = 5000,
+        listen: bool = True,
+    ) -> None:
+        self._local = local
+        self._primary = primary
+        self._circuit = circuit
+        self._observe = observe
+        self.poll_interval = poll_interval
+        self.page_size = page_size
+        self._listen_enabled = listen and not primary.pooled
+        self._listen: psycopg.Connection[Any] | None = None
+        self._pull_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._thread: threading.Thread | None = None
+        self._fetcher: ThreadPoolExecutor | None = None
+        self.state = "idle"
+        self.pulled = 0
+        self.last_pull_at: float | None = None
+        self.last_error: str | None = None
+        self.history: deque[dict[str, Any]] = deque(maxlen=200)
+        self.listening = False
+
+    # -- thread -----------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="hybridstore-puller", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._wake_w, b"x")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.wake()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._close_listen()
+        if self._fetcher is not None:
+            self._fetcher.shutdown(wait=True)
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            if self._circuit.state != "closed" or self._local() is None:
+                self._close_listen()
+                self._wait(None, 0.25)
+                continue
+            if self._listen_enabled and self._listen is None:
+                self._open_listen()
+            try:
+                self.pull()
+            except PrimaryUnavailableError as exc:
+                self._circuit.record_failure(timeout=isinstance(exc, PrimaryTimeoutError))
+                self._close_listen()
+                self.last_error = str(exc)
+                continue
+            except LocalStoreError as exc:
+                self.last_error = str(exc)
+                self._wait(None, 1.0)
+                continue
+            except Exception:  # never die silently
+                log.exception("change puller round failed")
+                self._wait(None, 1.0)
+                continue
+            self._wait(self._listen, self.poll_interval if self._listen is not None else min(self.poll_interval, 1.0))
+
+    def _wait(self, conn: psycopg.Connection[Any] | None, timeout: float) -> None:
+        """Sleep until a change notification, a wake-up, or ``timeout``."""
+        fds = [self._wake_r] + ([conn.pgconn.socket] if conn is not None else [])
+        try:
+            ready, _, _ = select.select(fds, [], [], timeout)
+        except (OSError, ValueError):
+            self._close_listen()
+            return
+        if self._wake_r in ready:
+            with contextlib.suppress(BlockingIOError, OSError):
+                os.read(self._wake_r, 4096)
+        if conn is not None and conn.pgconn.socket in ready:
+            try:
+                conn.pgconn.consume_input()
+                while conn.pgconn.notifies() is not None:
+                    pass
+            except Exception as exc:  # the LISTEN connection dropped: poll until it is back
+                log.debug("change notifications lost: %s", exc)
+                self._close_listen()
+
+    def _open_listen(self) -> None:
+        try:
+            self._listen = self._primary.listen_connection()
+            self.listening = True
+        except Exception as exc:
+            log.debug("cannot listen for change notifications, polling: %s", exc)
+            self._listen = None
+
+    def _close_listen(self) -> None:
+        conn, self._listen = self._listen, None
+        self.listening = False
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    # -- work -------------------------------------------------------------------------------------------------
+
+    def pull(self, *, full: bool = False, progress: Progress | None = None) -> int:
+        """Pull every change after the saved cursor (``full``: the whole primary, rebuilding the local copy and
+        keeping pending local ops); returns how many rows were applied. Raises `PrimaryUnavailableError`."""
+        local = self._local()
+        if local is None:
+            return 0
+        with self._pull_lock:
+            self.state = "pulling"
+            started = time.perf_counter()
+            total: int | None = None
+            try:
+                if full:
+                    total = self._primary.count_records()
+                    local.begin_resync()
+                    cursor: Any = 0
+                else:
+                    saved = local.meta_get(CURSOR_META)
+                    cursor = tuple(json.loads(saved)) if saved else 0
+                applied = seen = 0
+                page = self._fetch(cursor)
+                while True:
+                    changes = page.result()
+                    if not changes:
+                        break
+                    cursor = changes[-1].cursor
+                    # Read the next page while this one is written to SQLite.
+                    page = self._fetch(cursor) if len(changes) >= self.page_size else _done([])
+                    applied += self._apply(local, changes, full)
+                    seen += len(changes)
+                    if progress is not None:
+                        progress(seen, total)
+                if full:
+                    removed = local.end_resync()
+                    log.info("full resync: %d row(s) from the primary, %d local row(s) dropped", seen, removed)
+            finally:
+                self.state = "idle"
+            self._circuit.record_success()
+            self.pulled += applied
+            self.last_pull_at = time.time()
+            if seen:
+                self.history.append(
+                    {
+                        "at": self.last_pull_at,
+                        "kind": "resync" if full else "pull",
+                        "count": seen,
+                        "applied": applied,
+                        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                        "outcome": "ok",
+                        "error": None,
+                    }
+                )
+            return applied
+
+    def _fetch(self, cursor: Any) -> Future[list[Change]]:
+        if self._fetcher is None:
+            self._fetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hybridstore-pull")
+        return self._fetcher.submit(self._primary.changes, cursor, self.page_size)
+
+    def _apply(self, local: LocalTier, changes: list[Change], full: bool) -> int:
+        rows = [c.row for c in changes]
+        self._observe(max(r.hlc for r in rows))
+        return local.apply_pulled(rows, json.dumps(list(changes[-1].cursor)), force=full)
+
+
+def _done(value: list[Change]) -> Future[list[Change]]:
+    future: Future[list[Change]] = Future()
+    future.set_result(value)
+    return future
