@@ -15,7 +15,22 @@ from hybridstore import AsyncHybridStore, HybridStore
 
 from .fix_db import primary_rows
 
-PUBLIC = ["set", "get", "delete", "list", "sync_now", "health", "close"]
+PUBLIC = (
+    "set",
+    "get",
+    "delete",
+    "list",
+    "sync_now",
+    "health",
+    "close",
+    "sync_status",
+    "conflicts",
+    "get_conflict",
+    "resolve_conflict",
+    "dead_letters",
+    "retry_dead_letter",
+    "discard_dead_letter",
+)
 
 
 def test_same_methods_and_signatures() -> None:

@@ -4,12 +4,14 @@ thread, so the event loop never blocks on SQLite, fsync or the primary. One impl
 from __future__ import annotations
 
 import asyncio
+import builtins
 import os
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
 from .config import resolve
-from .model import Page, Record, SyncReport, WriteResult
+from .model import Conflict, Page, Record, SyncReport, WriteResult
 from .store import HybridStore
 
 
@@ -45,8 +47,37 @@ class AsyncHybridStore:
     async def list(self, collection: str, *, prefix: str = "", limit: int = 100, after: str | None = None) -> Page:
         return await asyncio.to_thread(self.sync_store.list, collection, prefix=prefix, limit=limit, after=after)
 
-    async def sync_now(self) -> SyncReport:
-        return await asyncio.to_thread(self.sync_store.sync_now)
+    async def sync_now(
+        self, *, full: bool = False, progress: Callable[[int, int | None], None] | None = None
+    ) -> SyncReport:
+        return await asyncio.to_thread(self.sync_store.sync_now, full=full, progress=progress)
+
+    async def sync_status(self) -> dict[str, Any]:
+        return await asyncio.to_thread(self.sync_store.sync_status)
+
+    async def conflicts(
+        self, status: str | None = "open", *, collection: str | None = None, limit: int = 100, after_id: int = 0
+    ) -> builtins.list[Conflict]:
+        return await asyncio.to_thread(
+            self.sync_store.conflicts, status, collection=collection, limit=limit, after_id=after_id
+        )
+
+    async def get_conflict(self, conflict_id: int) -> Conflict | None:
+        return await asyncio.to_thread(self.sync_store.get_conflict, conflict_id)
+
+    async def resolve_conflict(
+        self, conflict_id: int, choice: str = "local", value: Any = None, *, actor: str = "admin"
+    ) -> WriteResult | None:
+        return await asyncio.to_thread(self.sync_store.resolve_conflict, conflict_id, choice, value, actor=actor)
+
+    async def dead_letters(self, *, limit: int = 100, after_id: int = 0) -> builtins.list[dict[str, Any]]:
+        return await asyncio.to_thread(self.sync_store.dead_letters, limit=limit, after_id=after_id)
+
+    async def retry_dead_letter(self, letter_id: int) -> WriteResult:
+        return await asyncio.to_thread(self.sync_store.retry_dead_letter, letter_id)
+
+    async def discard_dead_letter(self, letter_id: int, *, actor: str = "admin") -> dict[str, Any]:
+        return await asyncio.to_thread(self.sync_store.discard_dead_letter, letter_id, actor=actor)
 
     async def health(self) -> dict[str, Any]:
         return await asyncio.to_thread(self.sync_store.health)

@@ -61,6 +61,7 @@ class WriteResult:
     queued: bool
     op_id: str
     hlc: str
+    conflict: bool = False  # the primary holds another value; the write waits in the manual conflict queue
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,3 +180,50 @@ class SyncReport:
     pulled: int = 0
     journal_replayed: int = 0
     errors: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    """A conflict recorded on the primary: base (last agreed value), local (the pushed value) and remote (what
+    the primary held); a side that was a deletion reads as ``None``. ``status`` is ``open`` (manual, waiting for
+    an admin) or ``resolved``."""
+
+    id: int
+    collection: str
+    key: str
+    strategy: str
+    base: Any
+    local: Any
+    remote: Any
+    local_hlc: str | None
+    remote_hlc: str | None
+    status: str
+    resolution: Any
+    created_at: float
+    resolved_at: float | None
+    resolved_by: str | None
+
+    @classmethod
+    def from_row(cls, r: tuple[Any, ...]) -> Conflict:
+        def load(text: str | None) -> Any:
+            return None if text is None else _decode_json(text)
+
+        return cls(
+            r[0],
+            r[1],
+            r[2],
+            r[3],
+            load(r[4]),
+            load(r[5]),
+            load(r[6]),
+            r[7],
+            r[8],
+            r[9],
+            load(r[10]),
+            r[11],
+            r[12],
+            r[13],
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__}

@@ -26,6 +26,7 @@ from .clock import HybridClock
 from .config import StoreConfig, load_node_id, redact
 from .errors import (
     ClosedError,
+    ConflictError,
     JournalError,
     LocalStoreError,
     PrimaryTimeoutError,
@@ -34,7 +35,7 @@ from .errors import (
     StoreLockedError,
     ValidationError,
 )
-from .model import Op, Page, Record, StoredRow, SyncReport, TierName, WriteResult, new_op_id
+from .model import Conflict, Op, Page, Record, StoredRow, SyncReport, TierName, WriteResult, new_op_id
 from .sync.merge import StrategyTable
 from .sync.outbox import OutboxReplayer
 from .sync.puller import ChangePuller
@@ -64,6 +65,12 @@ def merge_pending(
         live = live[:limit]
         return live, live[-1].key
     return live, upper
+
+
+def _conflict_id(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValidationError("an id must be a positive integer")
+    return value
 
 
 class HybridStore:
@@ -242,19 +249,30 @@ class HybridStore:
         if row is not None and row.synced_at is None:
             return None  # pending local ops for this key go first
         op = op._replace(base_version=row.version if row else 0)
+        strategy = self.strategies.wire_name(op.collection)
         try:
-            outcome = self.primary.put_many([op])[0]
+            if strategy == "last_wins":
+                outcome = self.primary.put_many([op])[0]
+            else:
+                base = row.value_json if row is not None else None
+                outcome = self.primary.put_many([op], strategies=[strategy], base_values=[base])[0]
         except PrimaryUnavailableError as exc:
             self.circuit.record_failure(timeout=isinstance(exc, PrimaryTimeoutError))
             self.replayer.wake()
             log.warning("primary write failed, queued locally: %s", exc)
             return None
         self.circuit.record_success()
+        if outcome.outcome == "conflict":
+            # Concurrent change under a merge strategy: queue the op; the pusher merges and pushes the result (the
+            # primary remembers the op as a conflict, so pushing it again reports the conflict again).
+            return None
         cur = outcome.current
         assert cur is not None
         self.clock.observe(cur.hlc)
         self._refresh_local(cur)  # a failure here loses nothing: the write is safe on the primary
-        return WriteResult("primary", cur.version, False, op.op_id, op.hlc)
+        if outcome.outcome == "manual":
+            log.info("write to %s/%s conflicts; queued for manual resolution", op.collection, op.key)
+        return WriteResult("primary", cur.version, False, op.op_id, op.hlc, outcome.outcome == "manual")
 
     def _queue(self, op: Op) -> WriteResult:
         if self._local_ok and self.local is not None and not len(self.journal):
@@ -388,10 +406,171 @@ class HybridStore:
 
     # -- sync and health --------------------------------------------------------------------------------------
 
-    def sync_now(self) -> SyncReport:
-        """Replay the journal and push the outbox now; returns pushed / failed / remaining counts."""
+    def sync_now(self, *, full: bool = False, progress: Callable[[int, int | None], None] | None = None) -> SyncReport:
+        """Replay the journal, push the outbox, then pull the primary's changes — now, in this thread. ``full``
+        rebuilds the local copy from the primary (pending local ops are kept and pushed first). ``progress`` is
+        called with (rows pulled, rows in total if known)."""
         self._check_open()
-        return self.replayer.drain()
+        report = self.replayer.drain()
+        if self.puller is not None and self.circuit.allow() and self.local is not None and self._local_ok:
+            try:
+                report.pulled = self.puller.pull(full=full, progress=progress)
+            except PrimaryUnavailableError as exc:
+                self.circuit.record_failure(timeout=isinstance(exc, PrimaryTimeoutError))
+                report.errors.append(str(exc))
+            except LocalStoreError as exc:
+                self._local_failed(exc)
+                report.errors.append(str(exc))
+        elif full:
+            report.errors.append("full resync needs the primary and a working local store")
+        return report
+
+    def sync_status(self) -> dict[str, Any]:
+        """Sync as plain data (for the admin UI, the CLI and the API): state, last push / pull, outbox depth and
+        age, counts, conflicts by strategy, dead letters, recent history, batch durations."""
+        depth, oldest, dead = 0, None, None
+        if self.local is not None:
+            with contextlib.suppress(LocalStoreError):
+                depth, oldest = self.local.outbox_stats()
+                dead = self.local.dead_letter_count()
+        depth += len(self.journal)
+        puller = self.puller
+        if self.primary is None:
+            state = "local_only"
+        elif self.circuit.state != "closed":
+            state = "offline"
+        elif self.replayer.state == "pushing":
+            state = "pushing"
+        elif puller is not None and puller.state == "pulling":
+            state = "pulling"
+        elif dead or (depth and self.replayer.last_error):
+            state = "error"
+        else:
+            state = "idle"
+        conflicts: dict[str, Any] | None = None
+        if self.primary is not None and self.circuit.allow():
+            try:
+                conflicts = self.primary.conflict_counts()
+            except PrimaryUnavailableError:
+                conflicts = None
+        totals = self.replayer.totals
+        history = sorted(
+            [*self.replayer.history, *(puller.history if puller is not None else [])], key=lambda e: e["at"]
+        )[-50:]
+        return {
+            "state": state,
+            "node_id": self.node_id,
+            "last_push_at": self.replayer.last_push_at,
+            "last_pull_at": puller.last_pull_at if puller is not None else None,
+            "listening": bool(puller is not None and puller.listening),
+            "outbox": {
+                "depth": depth,
+                "oldest_pending_age_s": None if oldest is None else round(max(0.0, time.time() - oldest), 3),
+            },
+            "counts": {
+                "pushed": totals.pushed,
+                "pulled": puller.pulled if puller is not None else 0,
+                "failed": totals.failed,
+                "superseded": totals.superseded,
+                "duplicates": totals.duplicates,
+                "manual_conflicts": totals.conflicts,
+                "merged": sum(self.replayer.conflicts_resolved.values()),
+            },
+            "conflicts": conflicts,
+            "dead_letters": dead,
+            "batch_size": self.replayer.batch_size,
+            "last_error": self.replayer.last_error or (puller.last_error if puller is not None else None),
+            "history": history,
+            "batch_durations_ms": [{"ops": n, "ms": ms} for n, ms in self.replayer.batch_durations],
+        }
+
+    # -- conflicts and dead letters ---------------------------------------------------------------------------
+
+    def conflicts(
+        self, status: str | None = "open", *, collection: str | None = None, limit: int = 100, after_id: int = 0
+    ) -> builtins.list[Conflict]:
+        """Conflicts recorded on the primary (``status``: ``"open"``, ``"resolved"`` or ``None`` for all)."""
+        self._check_open()
+        if status not in (None, "open", "resolved"):
+            raise ValidationError("status must be 'open', 'resolved' or None")
+        if not isinstance(limit, int) or not 1 <= limit <= 10_000:
+            raise ValidationError("limit must be an integer from 1 to 10000")
+        if collection is not None:
+            check_collection(collection)
+        primary = self._need_primary("conflicts")
+        rows = primary.list_conflicts(status=status, collection=collection, limit=limit, after_id=after_id)
+        return [Conflict.from_row(r) for r in rows]
+
+    def get_conflict(self, conflict_id: int) -> Conflict | None:
+        self._check_open()
+        row = self._need_primary("conflicts").get_conflict(_conflict_id(conflict_id))
+        return None if row is None else Conflict.from_row(row)
+
+    def resolve_conflict(
+        self, conflict_id: int, choice: str = "local", value: Any = None, *, actor: str = "admin"
+    ) -> WriteResult | None:
+        """Settle an open manual conflict: keep the ``"local"`` value (the one that lost), the ``"remote"`` one
+        (what the primary holds: nothing is written), or write ``value`` (``choice="value"``). The write goes
+        through the normal write path; the resolution is audited. Returns the write's result (``None`` for
+        ``"remote"``). Raises `ConflictError` if the conflict is not open."""
+        self._check_open()
+        if choice not in ("local", "remote", "value"):
+            raise ValidationError("choice must be 'local', 'remote' or 'value'")
+        if not isinstance(actor, str) or not actor.strip() or len(actor) > 200:
+            raise ValidationError("actor must be a non-empty name")
+        primary = self._need_primary("resolving a conflict")
+        row = primary.get_conflict(_conflict_id(conflict_id))
+        if row is None:
+            raise ConflictError(f"no conflict with id {conflict_id}")
+        conflict = Conflict.from_row(row)
+        if conflict.status != "open":
+            raise ConflictError(f"conflict {conflict_id} is already {conflict.status}")
+        result: WriteResult | None = None
+        if choice == "value":
+            encoded = encode_value(value, max_bytes=self.config.max_value_bytes)
+            result = self._write(conflict.collection, conflict.key, encoded)
+        elif choice == "local":
+            result = self._write(conflict.collection, conflict.key, row[5])  # JSON text; None = a deletion
+        resolution = {"choice": choice, "op_id": result.op_id if result else None}
+        if not primary.close_conflict(conflict.id, resolution=resolution, actor=actor):
+            raise ConflictError(f"conflict {conflict_id} was resolved by someone else meanwhile")
+        return result
+
+    def dead_letters(self, *, limit: int = 100, after_id: int = 0) -> builtins.list[dict[str, Any]]:
+        """Ops the primary refused ``sync_retry_attempts`` times; they no longer block anything."""
+        self._check_open()
+        return self._need_local().dead_letters(limit=limit, after_id=after_id)
+
+    def retry_dead_letter(self, letter_id: int) -> WriteResult:
+        """Write a dead letter's value again, as a new write (newest HLC), through the normal write path."""
+        self._check_open()
+        letter = self._need_local().take_dead_letter(_conflict_id(letter_id))
+        if letter is None:
+            raise ValidationError(f"no dead letter with id {letter_id}")
+        log.info("retrying dead letter %s (%s/%s)", letter_id, letter["collection"], letter["key"])
+        return self._write(letter["collection"], letter["key"], letter["value"])
+
+    def discard_dead_letter(self, letter_id: int, *, actor: str = "admin") -> dict[str, Any]:
+        """Drop a dead letter for good (audited on the primary when it is reachable)."""
+        self._check_open()
+        letter = self._need_local().take_dead_letter(_conflict_id(letter_id))
+        if letter is None:
+            raise ValidationError(f"no dead letter with id {letter_id}")
+        log.warning("dead letter %s discarded by %s: %s/%s", letter_id, actor, letter["collection"], letter["key"])
+        if self.primary is not None and self.circuit.allow():
+            with contextlib.suppress(PrimaryUnavailableError):
+                self.primary.audit(actor, "deadletter.discarded", f"{letter['collection']}/{letter['key']}", letter)
+        return letter
+
+    def _need_primary(self, what: str) -> PrimaryTier:
+        if self.primary is None:
+            raise PrimaryUnavailableError(f"{what} needs a primary; none is configured (embedded mode)")
+        return self.primary
+
+    def _need_local(self) -> LocalTier:
+        if self.local is None:
+            raise LocalStoreError(f"the local store is not usable: {self.local_error}")
+        return self.local
 
     def health(self) -> dict[str, Any]:
         """Plain data: each tier's state, outbox depth and oldest pending age, circuit state."""

@@ -10,6 +10,7 @@ simply pushed again and reported as a duplicate.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
@@ -142,8 +143,11 @@ class OutboxReplayer:
             return 0.0 if self._probe() else self._circuit.seconds_until_probe()
         if journal_stuck:
             # SQLite still fails: at least get the journaled writes onto the primary (idempotent; they are pushed
-            # again, as duplicates, once the journal is replayed into SQLite).
+            # again, as duplicates, once the journal is replayed into SQLite) — after whatever of the outbox can
+            # still be read, since those writes are older.
             try:
+                with contextlib.suppress(LocalStoreError):
+                    self._push_batches(report, ROUND_BATCHES)
                 self._push_journal(report)
             except (PrimaryUnavailableError, PrimaryRejectedError):
                 self._attempt += 1

@@ -71,6 +71,7 @@ class ChangePuller:
         self.last_error: str | None = None
         self.history: deque[dict[str, Any]] = deque(maxlen=200)
         self.listening = False
+        self.held_back = False  # committed changes wait behind a running transaction: look again soon
 
     # -- thread -----------------------------------------------------------------------------------------------
 
@@ -95,6 +96,7 @@ class ChangePuller:
                 os.close(fd)
 
     def _loop(self) -> None:
+        retry = 0.0
         while not self._stop.is_set():
             if self._circuit.state != "closed" or self._local() is None:
                 self._close_listen()
@@ -117,6 +119,11 @@ class ChangePuller:
                 log.exception("change puller round failed")
                 self._wait(None, 1.0)
                 continue
+            if self.held_back:  # visible in a moment: poll fast, backing off, until they are
+                retry = min(0.25, retry * 2) if retry else 0.002
+                self._wait(None, retry)
+                continue
+            retry = 0.0
             self._wait(self._listen, self.poll_interval if self._listen is not None else min(self.poll_interval, 1.0))
 
     def _wait(self, conn: psycopg.Connection[Any] | None, timeout: float) -> None:
@@ -177,8 +184,9 @@ class ChangePuller:
                 applied = seen = 0
                 page = self._fetch(cursor)
                 while True:
-                    changes = page.result()
+                    changes, held = page.result()
                     if not changes:
+                        self.held_back = held
                         break
                     cursor = changes[-1].cursor
                     # Read the next page while this one is written to SQLite.
@@ -209,10 +217,10 @@ class ChangePuller:
                 )
             return applied
 
-    def _fetch(self, cursor: Any) -> Future[list[Change]]:
+    def _fetch(self, cursor: Any) -> Future[tuple[list[Change], bool]]:
         if self._fetcher is None:
             self._fetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hybridstore-pull")
-        return self._fetcher.submit(self._primary.changes, cursor, self.page_size)
+        return self._fetcher.submit(self._primary.changes_page, cursor, self.page_size)
 
     def _apply(self, local: LocalTier, changes: list[Change], full: bool) -> int:
         rows = [c.row for c in changes]
@@ -220,7 +228,7 @@ class ChangePuller:
         return local.apply_pulled(rows, json.dumps(list(changes[-1].cursor)), force=full)
 
 
-def _done(value: list[Change]) -> Future[list[Change]]:
-    future: Future[list[Change]] = Future()
-    future.set_result(value)
+def _done(value: list[Change]) -> Future[tuple[list[Change], bool]]:
+    future: Future[tuple[list[Change], bool]] = Future()
+    future.set_result((value, False))
     return future

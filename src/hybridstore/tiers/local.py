@@ -58,7 +58,7 @@ _SCHEMA = [
     """
     ALTER TABLE outbox ADD COLUMN rejections INTEGER NOT NULL DEFAULT 0;
     CREATE TABLE dead_letters (
-        id         INTEGER PRIMARY KEY,
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,  -- ids are never reused
         op_id      TEXT NOT NULL,
         collection TEXT NOT NULL,
         key        TEXT NOT NULL,

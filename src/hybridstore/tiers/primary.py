@@ -378,17 +378,32 @@ class PrimaryTier:
         past the oldest transaction still running — a transaction that commits late, after rows with higher
         stamps were read, is therefore never skipped. The cursor is ``(stamp, collection, key)``, so a page may
         end inside one transaction's rows."""
+        return self.changes_page(after, limit)[0]
+
+    def changes_page(self, after: Any = 0, limit: int = 1000) -> tuple[list[Change], bool]:
+        """`changes` plus whether committed changes are held back behind a transaction still running (so the
+        caller should look again soon rather than wait for the next notification)."""
         stamp, collection, key = after if after else (0, "", "")
         query = (
-            f"SELECT stamp::text::bigint, collection, key, value::text, version, hlc, origin, "
-            f"extract(epoch FROM updated_at)::float8 FROM {self._q}.records "
-            f"WHERE (stamp, collection, key) > (%s::text::xid8, %s, %s) "
-            f"AND stamp < pg_snapshot_xmin(pg_current_snapshot()) "
-            f"ORDER BY stamp, collection, key LIMIT %s"
+            f"WITH s AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin), "
+            f"page AS (SELECT r.stamp, r.collection, r.key, r.value, r.version, r.hlc, r.origin, r.updated_at "
+            f"FROM {self._q}.records r, s WHERE (r.stamp, r.collection, r.key) > (%(s)s::text::xid8, %(c)s, %(k)s) "
+            f"AND r.stamp < s.xmin ORDER BY r.stamp, r.collection, r.key LIMIT %(n)s), "
+            f"held AS (SELECT EXISTS (SELECT 1 FROM {self._q}.records r, s WHERE r.stamp >= s.xmin "
+            f"AND (r.stamp, r.collection, r.key) > (%(s)s::text::xid8, %(c)s, %(k)s)) AS h) "
+            f"SELECT held.h, page.stamp::text::bigint, page.collection, page.key, page.value::text, page.version, "
+            f"page.hlc, page.origin, extract(epoch FROM page.updated_at)::float8 "
+            f"FROM held LEFT JOIN page ON true ORDER BY page.stamp, page.collection, page.key"
         )
-        params = (str(stamp), collection, key, limit)
+        params = {"s": str(stamp), "c": collection, "k": key, "n": limit}
         rows = self._run(lambda conn: conn.execute(query, params).fetchall())
-        return [Change((r[0], r[1], r[2]), StoredRow(r[1], r[2], r[3], r[4], r[5], r[6], r[7])) for r in rows]
+        held = bool(rows and rows[0][0])
+        changes = [
+            Change((r[1], r[2], r[3]), StoredRow(r[2], r[3], r[4], r[5], r[6], r[7], r[8]))
+            for r in rows
+            if r[1] is not None
+        ]
+        return changes, held
 
     def count_records(self) -> int:
         row = self._run(lambda conn: conn.execute(f"SELECT count(*) FROM {self._q}.records").fetchone())
