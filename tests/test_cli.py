@@ -7,11 +7,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 from typer.testing import CliRunner
 
+import hybridstore
 from hybridstore.cli import app
 from hybridstore.cli.app import app as typer_app
 from hybridstore.migrations import primary_migrations
@@ -23,10 +25,13 @@ runner = CliRunner()
 
 
 def commands() -> list[str]:
-    from hybridstore.cli import admin, data, status  # noqa: F401
-    from hybridstore.cli import main as _main  # noqa: F401  (importing registers the commands)
+    from hybridstore.cli import admin, conflicts, data, status  # noqa: F401  (importing registers the commands)
 
-    return sorted(c.name or c.callback.__name__ for c in typer_app.registered_commands if c.callback)
+    names = [c.name or c.callback.__name__ for c in typer_app.registered_commands if c.callback]
+    for group in typer_app.registered_groups:
+        assert group.typer_instance is not None
+        names += [f"{group.name} {c.name}" for c in group.typer_instance.registered_commands]
+    return sorted(names)
 
 
 def cli(*args: str, input: str | None = None) -> tuple[int, str]:
@@ -38,8 +43,9 @@ def test_every_command_has_help_and_docs() -> None:
     readme = (ROOT / "README.md").read_text()
     names = commands()
     assert {"set", "get", "delete", "list", "status", "sync"} <= set(names)
+    assert {"conflicts list", "conflicts resolve", "deadletters retry"} <= set(names)
     for name in names:
-        code, output = cli(name, "--help")
+        code, output = cli(*name.split(), "--help")
         assert code == 0 and "Usage" in output, name
         assert len(output.split("Usage")[1]) > 40, f"{name} has help text"
         assert f"`{name}`" in readme, f"README documents `{name}`"
@@ -148,3 +154,64 @@ def test_offline_command_does_not_wait_for_the_primary(tmp_path: Path) -> None:
     )
     assert code == 0 and "queued" in out
     assert time.monotonic() - start < 2.0, "the start-up probe found the primary down; the write went local at once"
+
+
+def test_conflicts_and_dead_letters(tmp_path: Path, pg_dsn: str, pg_schema: str, pg: psycopg.Connection[Any]) -> None:
+    d = str(tmp_path / "d")
+    opts = {"primary_schema": pg_schema, "conflict_strategies": {"orders": "manual"}, "background": False}
+    with hybridstore.open(pg_dsn, data_dir=tmp_path / "other", **opts) as other:
+        other.set("orders", "o1", {"status": "new"})
+        with hybridstore.open(pg_dsn, data_dir=d, write_mode="local_first", **opts) as node:
+            node.sync_now()
+            node.set("orders", "o1", {"status": "mine"})  # queued
+            other.set("orders", "o1", {"status": "theirs"})  # meanwhile on the primary
+            assert node.sync_now().conflicts == 1
+            node.set("c", "bad", {"poison": True})
+            pg.execute(
+                f'CREATE FUNCTION "{pg_schema}".no_poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN '
+                "IF NEW.value ? 'poison' THEN RAISE EXCEPTION 'poison value refused'; END IF; RETURN NEW; END $$"
+            )
+            pg.execute(
+                f'CREATE TRIGGER no_poison BEFORE INSERT OR UPDATE ON "{pg_schema}".records '
+                f'FOR EACH ROW EXECUTE FUNCTION "{pg_schema}".no_poison()'
+            )
+            for _ in range(3):
+                node.sync_now()
+    base = ["-d", d, "--primary-url", pg_dsn, "--schema", pg_schema]
+    code, out = cli(*base, "conflicts", "list", "--json")
+    found = json.loads(out)
+    assert code == 0 and len(found) == 1 and found[0]["local"] == {"status": "mine"}
+    cid = str(found[0]["id"])
+    code, out = cli(*base, "conflicts", "list")
+    assert code == 0 and "orders/o1" in out and "manual" in out
+    code, out = cli(*base, "conflicts", "show", cid)
+    assert code == 0 and '"theirs"' in out and '"mine"' in out and '"new"' in out
+    code, out = cli(*base, "conflicts", "resolve", cid, "--choice", "value")
+    assert code == 2 and "--value" in out
+    code, out = cli(*base, "conflicts", "resolve", cid, "--choice", "value", "--value", "{not json")
+    assert code == 2 and "not JSON" in out
+    code, out = cli(
+        *base, "conflicts", "resolve", cid, "--choice", "value", "--value", '{"status": "merged"}', "--actor", "carol"
+    )
+    assert code == 0 and "resolved" in out
+    assert primary_rows(pg, pg_schema, "orders")["o1"][0] == {"status": "merged"}
+    code, out = cli(*base, "conflicts", "resolve", cid)
+    assert code == 1 and "already resolved" in out
+    code, out = cli(*base, "conflicts", "list")
+    assert code == 0 and "no open conflicts" in out
+
+    code, out = cli(*base, "deadletters", "list", "--json")
+    letters = json.loads(out)
+    assert code == 0 and [x["key"] for x in letters] == ["bad"]
+    code, out = cli(*base, "deadletters", "list")
+    assert code == 0 and "poison" in out and "bad" in out
+    pg.execute(f'DROP TRIGGER no_poison ON "{pg_schema}".records')
+    code, out = cli(*base, "deadletters", "retry", str(letters[0]["id"]))
+    assert code == 0 and "written again" in out
+    assert primary_rows(pg, pg_schema, "c")["bad"][0] == {"poison": True}
+    code, out = cli(*base, "deadletters", "discard", "999", "--yes")
+    assert code == 1 and "no dead letter" in out
+    code, out = cli(*base, "sync", "--full", "--json")
+    assert code == 0 and json.loads(out)["remaining"] == 0
+    code, out = cli(*base, "sync", "--full")
+    assert code == 0 and "pulled" in out

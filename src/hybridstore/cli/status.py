@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from ..errors import HybridStoreError
 from .app import app, open_store, out, print_json
 
 _STYLE = {"healthy": "green", "degraded": "yellow", "down": "red", "disabled": "dim", "unknown": "dim"}
@@ -63,9 +64,13 @@ def status(
 @app.command()
 def sync(
     ctx: typer.Context,
+    full: Annotated[
+        bool,
+        typer.Option("--full", help="Full resync: rebuild the local copy from the primary (pending writes are kept)."),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the sync report as JSON.")] = False,
 ) -> None:
-    """Push every queued write to the primary now, with a progress bar."""
+    """Push every queued write to the primary, then pull the primary's changes — now, with progress bars."""
     with open_store(ctx) as store:
         total = store.health()["outbox"]["depth"]
         report = None
@@ -89,20 +94,42 @@ def sync(
                     report.errors += step.errors
                 report.remaining = step.remaining
                 progress.update(task, completed=total - step.remaining)
-                moved = step.pushed + step.superseded + step.duplicates + step.journal_replayed
+                moved = step.pushed + step.superseded + step.duplicates + step.journal_replayed + step.conflicts
                 if step.remaining == 0 or moved == 0:
                     break
+        assert report is not None
+        if store.puller is not None and store.circuit.allow() and report.remaining == 0:
+            with Progress(
+                TextColumn("full resync" if full else "pulling changes"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=out,
+                disable=as_json,
+                transient=False,
+            ) as progress:
+                task = progress.add_task("pull", total=None)
+
+                def advance(done: int, total: int | None) -> None:
+                    progress.update(task, completed=done, total=total)
+
+                try:
+                    report.pulled = store.puller.pull(full=full, progress=advance)
+                except HybridStoreError as exc:
+                    report.errors.append(str(exc))
+        elif full:
+            report.errors.append("full resync needs the primary and an empty outbox (push failed)")
     assert report is not None
     if as_json:
         print_json(dataclasses.asdict(report))
         return
     out.print(
         f"pushed {report.pushed}, superseded {report.superseded}, duplicates {report.duplicates}, "
-        f"failed {report.failed}, remaining {report.remaining}"
+        f"conflicts {report.conflicts}, failed {report.failed}, remaining {report.remaining}, pulled {report.pulled}"
     )
     if report.remaining and store.primary is None:
         out.print("no primary configured: writes stay queued until one is (--primary-url or $HYBRIDSTORE_PRIMARY_URL)")
     elif report.errors:
         out.print(f"[red]last error:[/] {escape(report.errors[-1])}")
-    if report.remaining and store.primary is not None:
+    if (report.remaining or (full and report.errors)) and store.primary is not None:
         raise typer.Exit(1)
