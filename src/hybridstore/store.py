@@ -118,6 +118,7 @@ class HybridStore:
                 schema=config.primary_schema,
                 timeout=config.primary_timeout,
                 pooled=config.primary_pooled,
+                node_id=self.node_id,
             )
         self.strategies = StrategyTable(config.conflict_strategy, config.conflict_strategies)
         self.replayer = OutboxReplayer(

@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 
 from ..circuit import CircuitBreaker
 from ..errors import LocalStoreError, PrimaryTimeoutError, PrimaryUnavailableError
-from ..tiers.base import Change
 
 if TYPE_CHECKING:
     import psycopg
@@ -127,24 +126,34 @@ class ChangePuller:
             self._wait(self._listen, self.poll_interval if self._listen is not None else min(self.poll_interval, 1.0))
 
     def _wait(self, conn: psycopg.Connection[Any] | None, timeout: float) -> None:
-        """Sleep until a change notification, a wake-up, or ``timeout``."""
-        fds = [self._wake_r] + ([conn.pgconn.socket] if conn is not None else [])
-        try:
-            ready, _, _ = select.select(fds, [], [], timeout)
-        except (OSError, ValueError):
-            self._close_listen()
-            return
-        if self._wake_r in ready:
-            with contextlib.suppress(BlockingIOError, OSError):
-                os.read(self._wake_r, 4096)
-        if conn is not None and conn.pgconn.socket in ready:
+        """Sleep until another node's change notification, a wake-up, or ``timeout``. Notifications of this
+        node's own writes (their payload is our application name) do not wake it: those rows are local already."""
+        deadline = time.monotonic() + timeout
+        while True:
+            fds = [self._wake_r] + ([conn.pgconn.socket] if conn is not None else [])
+            try:
+                ready, _, _ = select.select(fds, [], [], max(0.0, deadline - time.monotonic()))
+            except (OSError, ValueError):
+                self._close_listen()
+                return
+            if not ready:
+                return
+            if self._wake_r in ready:
+                with contextlib.suppress(BlockingIOError, OSError):
+                    os.read(self._wake_r, 4096)
+                return
+            assert conn is not None
             try:
                 conn.pgconn.consume_input()
-                while conn.pgconn.notifies() is not None:
-                    pass
+                foreign = False
+                while (note := conn.pgconn.notifies()) is not None:
+                    foreign = foreign or note.extra.decode(errors="replace") != self._primary.application_name
             except Exception as exc:  # the LISTEN connection dropped: poll until it is back
                 log.debug("change notifications lost: %s", exc)
                 self._close_listen()
+                return
+            if foreign:
+                return
 
     def _open_listen(self) -> None:
         try:
@@ -188,7 +197,7 @@ class ChangePuller:
                     if not changes:
                         self.held_back = held
                         break
-                    cursor = changes[-1].cursor
+                    cursor = (changes[-1][7], changes[-1][0], changes[-1][1])
                     # Read the next page while this one is written to SQLite.
                     page = self._fetch(cursor) if len(changes) >= self.page_size else _done([])
                     applied += self._apply(local, changes, full)
@@ -217,18 +226,18 @@ class ChangePuller:
                 )
             return applied
 
-    def _fetch(self, cursor: Any) -> Future[tuple[list[Change], bool]]:
+    def _fetch(self, cursor: Any) -> Future[tuple[list[tuple[Any, ...]], bool]]:
         if self._fetcher is None:
             self._fetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hybridstore-pull")
-        return self._fetcher.submit(self._primary.changes_page, cursor, self.page_size)
+        return self._fetcher.submit(self._primary.feed_page, cursor, self.page_size)
 
-    def _apply(self, local: LocalTier, changes: list[Change], full: bool) -> int:
-        rows = [c.row for c in changes]
-        self._observe(max(r.hlc for r in rows))
-        return local.apply_pulled(rows, json.dumps(list(changes[-1].cursor)), force=full)
+    def _apply(self, local: LocalTier, rows: list[tuple[Any, ...]], full: bool) -> int:
+        self._observe(max(r[4] for r in rows))
+        last = rows[-1]
+        return local.apply_pulled(rows, json.dumps([last[7], last[0], last[1]]), force=full)
 
 
-def _done(value: list[Change]) -> Future[tuple[list[Change], bool]]:
-    future: Future[tuple[list[Change], bool]] = Future()
+def _done(value: list[tuple[Any, ...]]) -> Future[tuple[list[tuple[Any, ...]], bool]]:
+    future: Future[tuple[list[tuple[Any, ...]], bool]] = Future()
     future.set_result((value, False))
     return future

@@ -460,20 +460,25 @@ class LocalTier:
             return None
         return dict(zip(("id", "op_id", "collection", "key", "value", "hlc", "origin"), row, strict=True))
 
-    def apply_pulled(self, rows: Sequence[StoredRow], cursor: str | None, *, force: bool = False) -> int:
-        """Adopt rows pulled from the primary's change feed and save the feed cursor, in one transaction. A key
-        with pending local ops keeps them (they reach the primary first); otherwise a newer version replaces the
-        local row (``force``: any version, for a full resync). Returns how many rows changed."""
-        now = self._clock()
+    def apply_pulled(self, rows: Sequence[Sequence[Any]], cursor: str | None, *, force: bool = False) -> int:
+        """Adopt rows pulled from the primary's change feed and save the feed cursor, in one transaction. ``rows``
+        are ``(collection, key, value, version, hlc, origin, updated_at, …)`` (a `StoredRow` or a feed row). A
+        key with pending local ops keeps them (they reach the primary first); otherwise a newer version replaces
+        the local row (``force``: any version, for a full resync). Returns how many rows changed."""
         cond = "records.pending_seq IS NULL" + ("" if force else " AND excluded.version > records.version")
+        width = len(rows[0]) if rows else 7
+        # Rows go to SQLite as they come (no per-row tuple is built): extra columns (the feed's stamp) are bound to
+        # numbered parameters the statement mentions in an always-true test; synced_at is SQLite's own clock.
+        extra = "".join(f" AND (?{n} IS NULL OR 1)" for n in range(8, width + 1))
         with self._transaction() as conn:
             cur = conn.executemany(
                 "INSERT INTO records (collection, key, value, version, hlc, origin, updated_at, synced_at, "
-                "pending_seq, base_value) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL) "
+                "pending_seq, base_value) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, "
+                "(julianday('now') - 2440587.5) * 86400.0, NULL, NULL) "
                 "ON CONFLICT (collection, key) DO UPDATE SET value = excluded.value, version = excluded.version, "
                 "hlc = excluded.hlc, origin = excluded.origin, updated_at = excluded.updated_at, "
-                f"synced_at = excluded.synced_at WHERE {cond}",
-                [(r.collection, r.key, r.value_json, r.version, r.hlc, r.origin, r.updated_at, now) for r in rows],
+                f"synced_at = excluded.synced_at WHERE {cond}{extra}",
+                rows,
             )
             changed = cur.rowcount
             if cursor is not None:

@@ -105,6 +105,7 @@ class PrimaryTier:
         pool_size: int = 4,
         migrate: bool = True,
         pooled: bool | None = None,
+        node_id: str | None = None,
     ) -> None:
         params = check_url(url)
         # Behind a transaction-mode pooler (PgBouncer, Supabase's pooler on port 6543) server-side prepared
@@ -116,7 +117,9 @@ class PrimaryTier:
         self.schema = schema
         self.timeout = timeout
         self._pool_size = pool_size
-        params.setdefault("application_name", "hybridstore")
+        # Names this node in change notifications, so its own puller can skip them.
+        params.setdefault("application_name", f"hybridstore:{node_id}" if node_id else "hybridstore")
+        self.application_name = str(params["application_name"])
         params.update(
             connect_timeout=max(2, math.ceil(timeout)),
             keepalives=1,
@@ -383,27 +386,37 @@ class PrimaryTier:
     def changes_page(self, after: Any = 0, limit: int = 1000) -> tuple[list[Change], bool]:
         """`changes` plus whether committed changes are held back behind a transaction still running (so the
         caller should look again soon rather than wait for the next notification)."""
+        rows, held = self.feed_page(after, limit)
+        return [Change((r[7], r[0], r[1]), StoredRow(*r[:7])) for r in rows], held
+
+    def feed_page(self, after: Any = 0, limit: int = 1000) -> tuple[list[tuple[Any, ...]], bool]:
+        """The change feed as plain rows ``(collection, key, value, version, hlc, origin, updated_at, stamp)``
+        (the puller's fast path: no objects per row); the next cursor is ``(stamp, collection, key)`` of the
+        last row. Also says whether committed changes are held back behind a running transaction."""
         stamp, collection, key = after if after else (0, "", "")
-        query = (
-            f"WITH s AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin), "
-            f"page AS (SELECT r.stamp, r.collection, r.key, r.value, r.version, r.hlc, r.origin, r.updated_at "
-            f"FROM {self._q}.records r, s WHERE (r.stamp, r.collection, r.key) > (%(s)s::text::xid8, %(c)s, %(k)s) "
-            f"AND r.stamp < s.xmin ORDER BY r.stamp, r.collection, r.key LIMIT %(n)s), "
-            f"held AS (SELECT EXISTS (SELECT 1 FROM {self._q}.records r, s WHERE r.stamp >= s.xmin "
-            f"AND (r.stamp, r.collection, r.key) > (%(s)s::text::xid8, %(c)s, %(k)s)) AS h) "
-            f"SELECT held.h, page.stamp::text::bigint, page.collection, page.key, page.value::text, page.version, "
-            f"page.hlc, page.origin, extract(epoch FROM page.updated_at)::float8 "
-            f"FROM held LEFT JOIN page ON true ORDER BY page.stamp, page.collection, page.key"
+        params = (str(stamp), collection, key)
+        page = (
+            f"SELECT r.collection, r.key, r.value::text, r.version, r.hlc, r.origin, "
+            f"extract(epoch FROM r.updated_at)::float8, r.stamp::text::bigint FROM {self._q}.records r "
+            f"WHERE (r.stamp, r.collection, r.key) > (%s::text::xid8, %s, %s) "
+            f"AND r.stamp < pg_snapshot_xmin(pg_current_snapshot()) "
+            # ORDER BY the xid8 column, so the index is walked; LIMIT as a literal, so a prepared statement's
+            # generic plan knows it and still picks the index scan.
+            f"ORDER BY r.stamp, r.collection, r.key LIMIT {int(limit)}"
         )
-        params = {"s": str(stamp), "c": collection, "k": key, "n": limit}
-        rows = self._run(lambda conn: conn.execute(query, params).fetchall())
-        held = bool(rows and rows[0][0])
-        changes = [
-            Change((r[1], r[2], r[3]), StoredRow(r[2], r[3], r[4], r[5], r[6], r[7], r[8]))
-            for r in rows
-            if r[1] is not None
-        ]
-        return changes, held
+        held = (
+            f"SELECT EXISTS (SELECT 1 FROM {self._q}.records WHERE stamp >= pg_snapshot_xmin(pg_current_snapshot()) "
+            f"AND (stamp, collection, key) > (%s::text::xid8, %s, %s))"
+        )
+
+        def fetch(conn: psycopg.Connection[Any]) -> tuple[list[Any], bool]:
+            rows = conn.execute(page, params).fetchall()
+            if rows:
+                return rows, False
+            found = conn.execute(held, params).fetchone()
+            return rows, bool(found and found[0])
+
+        return self._run(fetch)
 
     def count_records(self) -> int:
         row = self._run(lambda conn: conn.execute(f"SELECT count(*) FROM {self._q}.records").fetchone())

@@ -5,10 +5,12 @@
 CREATE INDEX records_feed_idx ON {schema}.records (stamp, collection, key);
 DROP INDEX {schema}.records_stamp_idx;
 
--- One notification per writing statement, on the channel "hs_<schema>", delivered at commit.
+-- One notification per writing statement, on the channel "hs_<schema>", delivered at commit (identical
+-- notifications of one transaction are delivered once).
 CREATE FUNCTION {schema}.hs_notify() RETURNS trigger LANGUAGE plpgsql AS $fn$
 BEGIN
-    PERFORM pg_notify('hs_' || TG_TABLE_SCHEMA, '');
+    -- The payload names the writer (its application_name), so a node can skip notifications of its own writes.
+    PERFORM pg_notify('hs_' || TG_TABLE_SCHEMA, current_setting('application_name'));
     RETURN NULL;
 END
 $fn$;
@@ -49,9 +51,10 @@ BEGIN
     SELECT coalesce(array_agg(ins.op_id), '{}') INTO v_fresh FROM ins;
 
     WITH input AS (
-        SELECT i.*, i.op_id = ANY (v_fresh) AS fresh
+        SELECT i.*, f.op_id IS NOT NULL AS fresh
         FROM unnest(p_op_id, p_collection, p_key, p_value, p_hlc, p_origin, p_base, p_strategy, p_base_value)
              WITH ORDINALITY AS i(op_id, collection, key, value, hlc, origin, base, strategy, base_value, ord)
+        LEFT JOIN unnest(v_fresh) AS f(op_id) ON f.op_id = i.op_id
     ), grp AS (
         SELECT DISTINCT ON (i.collection, i.key)
                i.collection, i.key, i.value, i.hlc, i.origin, i.strategy,
@@ -110,8 +113,7 @@ BEGIN
                jsonb_build_object('conflict_id', l.id, 'strategy', l.strategy, 'resolution', l.resolution)
         FROM logged l
     ), led AS (
-        SELECT a.op_id, a.outcome FROM {schema}.applied_ops a
-        WHERE a.op_id = ANY (p_op_id) AND NOT a.op_id = ANY (v_fresh)
+        SELECT a.op_id, a.outcome FROM {schema}.applied_ops a JOIN input i ON i.op_id = a.op_id AND NOT i.fresh
     )
     SELECT array_agg(i.op_id ORDER BY i.ord),
            array_agg(CASE WHEN NOT i.fresh THEN CASE WHEN l.outcome = 'conflict' THEN 'conflict' ELSE 'duplicate' END
@@ -126,9 +128,11 @@ BEGIN
     LEFT JOIN up u ON i.fresh AND u.collection = i.collection AND u.key = i.key
     LEFT JOIN led l ON NOT i.fresh AND l.op_id = i.op_id;
 
-    UPDATE {schema}.applied_ops a SET outcome = t.outcome
-    FROM unnest(r_op, r_outcome) AS t(op_id, outcome)
-    WHERE a.op_id = t.op_id AND t.outcome IN ('superseded', 'manual', 'conflict') AND a.op_id = ANY (v_fresh);
+    IF 'superseded' = ANY (r_outcome) OR 'manual' = ANY (r_outcome) OR 'conflict' = ANY (r_outcome) THEN
+        UPDATE {schema}.applied_ops a SET outcome = t.outcome
+        FROM unnest(r_op, r_outcome) AS t(op_id, outcome)
+        WHERE a.op_id = t.op_id AND t.outcome IN ('superseded', 'manual', 'conflict') AND a.outcome = 'applied';
+    END IF;
 
     RETURN QUERY SELECT * FROM unnest(r_op, r_outcome, r_version, r_at);
 END
