@@ -62,8 +62,8 @@ class Visibility:
             changed = inner(rows, cursor, force=force)
             now = time.time()
             for r in rows:
-                if r.collection == "vis" and r.value_json:
-                    self.lags.append(now - json.loads(r.value_json)["t"])
+                if r[0] == "vis" and r[2]:
+                    self.lags.append(now - json.loads(r[2])["t"])
             self.seen += len(rows)
             return changed
 
