@@ -423,12 +423,6 @@ class PrimaryTier:
         assert row is not None
         return int(row[0])
 
-    def feed_head(self) -> int:
-        """The stamp below which the change feed is complete right now (for a full resync's final cursor)."""
-        row = self._run(lambda conn: conn.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text").fetchone())
-        assert row is not None
-        return int(row[0])
-
     # -- conflicts and audit ------------------------------------------------------------------------------------
 
     _CONFLICT_COLUMNS = (
