@@ -437,3 +437,27 @@ def test_embedded_store_sync_status(tmp_path: Path) -> None:
         assert status["state"] == "local_only" and status["outbox"]["depth"] == 1 and status["conflicts"] is None
         with pytest.raises(hybridstore.PrimaryUnavailableError):
             store.conflicts()
+
+
+def test_batch_size_grows_while_pushes_succeed_and_shrinks_on_timeouts(
+    make_store: StoreFactory, proxy: Proxy, pg_dsn: str
+) -> None:
+    node = make_store(
+        "n", primary=proxy.url(pg_dsn), write_mode="local_first", background=False, batch_size=50, primary_timeout=0.5
+    )
+    for i in range(3000):
+        node.set("c", f"k{i}", i)
+    node.sync_now()
+    grown = node.replayer.batch_size
+    assert grown >= 400, f"full batches kept succeeding; batch size is still {grown}"
+    sizes = [b["ops"] for b in node.sync_status()["batch_durations_ms"]]
+    assert sizes[0] == 50 and sizes == sorted(sizes[:-1]) + sizes[-1:] and max(sizes) >= 400
+    for i in range(3000):
+        node.set("c", f"k{i}", -i)
+    proxy.blackhole()
+    report = node.sync_now()
+    assert report.failed > 0 and report.remaining == 3000
+    assert node.replayer.batch_size == grown // 2, "a timed-out batch halves the next one"
+    proxy.restore()
+    node.sync_now()
+    assert node.sync_status()["outbox"]["depth"] == 0
