@@ -1,0 +1,208 @@
+"""Where a backup's records come from, as sections of record lines ready for `BodyWriter`.
+
+- ``local``: the node's SQLite (live records, which already hold the node's pending writes) overlaid with the
+  journal, read in one SQLite read transaction on a connection of its own (writers are not blocked), plus
+  the outbox and the journal verbatim as ``pending`` sections.
+- ``primary``: the primary's records from one consistent snapshot, overlaid with the node's pending rows and
+  journal (what the primary has not accepted yet), plus the same ``pending`` sections.
+
+Lines (see docs/backups.md): a record is ``[key, value, version, hlc, origin, updated_at]``; a pending op is
+``[op_id, collection, key, value or null, hlc, origin, created_at]``; one JSON array per line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+from collections.abc import Callable, Iterator
+from itertools import groupby
+from operator import itemgetter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import BackupError, LocalStoreError
+from ..model import Op
+
+if TYPE_CHECKING:
+    from ..tiers.primary import PrimaryTier
+
+Section = tuple[str, str]
+Lines = Iterator[tuple[Section, bytes]]
+BATCH = 5000
+_quote = json.JSONEncoder(ensure_ascii=False).encode
+_first = itemgetter(0)
+
+# SQLite builds each line itself: no per-row Python work on the fast path.
+_LOCAL_LINES = (
+    "SELECT CAST('[' || json_quote(key) || ',' || value || ',' || version || ',' || json_quote(hlc) || ',' "
+    "|| json_quote(origin) || ',' || json_quote(updated_at) || ']' || char(10) AS BLOB) "
+    "FROM records WHERE collection = ? AND value IS NOT NULL ORDER BY key"
+)
+_LOCAL_KEYED_LINES = _LOCAL_LINES.replace("SELECT CAST(", "SELECT key, CAST(")
+_OUTBOX_LINES = (
+    "SELECT CAST('[' || json_quote(op_id) || ',' || json_quote(collection) || ',' || json_quote(key) || ',' "
+    "|| coalesce(value, 'null') || ',' || json_quote(hlc) || ',' || json_quote(origin) || ',' "
+    "|| json_quote(created_at) || ']' || char(10) AS BLOB) FROM outbox ORDER BY seq"
+)
+_PENDING_ROWS = (
+    "SELECT collection, key, value, version, hlc, origin, updated_at FROM records WHERE pending_seq IS NOT NULL"
+)
+
+
+def record_line(key: str, value: str, version: int, hlc: str, origin: str, updated_at: float) -> bytes:
+    return f"[{_quote(key)},{value},{version},{_quote(hlc)},{_quote(origin)},{updated_at!r}]\n".encode()
+
+
+def op_line(op: Op) -> bytes:
+    value = "null" if op.value_json is None else op.value_json
+    return (
+        f"[{_quote(op.op_id)},{_quote(op.collection)},{_quote(op.key)},{value},{_quote(op.hlc)},"
+        f"{_quote(op.origin)},{op.created_at!r}]\n"
+    ).encode()
+
+
+def _journal_overlay(ops: list[Op]) -> dict[str, dict[str, bytes | None]]:
+    """collection -> key -> newest journaled line (``None`` for a delete)."""
+    latest: dict[tuple[str, str], Op] = {}
+    for op in ops:
+        prev = latest.get((op.collection, op.key))
+        if prev is None or op.hlc > prev.hlc:
+            latest[(op.collection, op.key)] = op
+    out: dict[str, dict[str, bytes | None]] = {}
+    for (c, k), op in latest.items():
+        out.setdefault(c, {})[k] = (
+            None if op.value_json is None else record_line(k, op.value_json, 0, op.hlc, op.origin, op.created_at)
+        )
+    return out
+
+
+def _merge(rows: Iterator[tuple[str, bytes]], overlay: dict[str, bytes | None]) -> Iterator[bytes]:
+    """Merge key-ordered (key, line) rows with an overlay that wins (``None`` = deleted), in key order."""
+    extra = sorted(overlay)
+    i = 0
+    for key, line in rows:
+        while i < len(extra) and extra[i] < key:
+            if overlay[extra[i]] is not None:
+                yield overlay[extra[i]]  # type: ignore[misc]
+            i += 1
+        if i < len(extra) and extra[i] == key:
+            if overlay[key] is not None:
+                yield overlay[key]  # type: ignore[misc]
+            i += 1
+        else:
+            yield line
+    for key in extra[i:]:
+        if overlay[key] is not None:
+            yield overlay[key]  # type: ignore[misc]
+
+
+def _batched(lines: Iterator[bytes], size: int = BATCH) -> Iterator[bytes]:
+    batch: list[bytes] = []
+    for line in lines:
+        batch.append(line)
+        if len(batch) >= size:
+            yield b"".join(batch)
+            batch = []
+    if batch:
+        yield b"".join(batch)
+
+
+@contextlib.contextmanager
+def _read_snapshot(db_path: Path) -> Iterator[sqlite3.Connection]:
+    """A connection of our own inside one read transaction: a consistent view, writers not blocked (WAL)."""
+    try:
+        conn = sqlite3.connect(db_path, isolation_level=None, timeout=10)
+        conn.execute("BEGIN")
+        conn.execute("SELECT count(*) FROM outbox").fetchone()  # starts the read snapshot now
+    except sqlite3.Error as exc:
+        raise LocalStoreError(f"cannot read the local database for a backup: {exc}") from exc
+    try:
+        yield conn
+    finally:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("COMMIT")
+        conn.close()
+
+
+def local_sections(db_path: Path | None, journal: list[Op]) -> Lines:
+    """Sections of a backup taken from the node itself: SQLite records overlaid with the journal, then the
+    outbox and the journal as pending sections."""
+    overlay = _journal_overlay(journal)
+    if db_path is None:  # SQLite unusable: the journal is all there is
+        for collection in sorted(overlay):
+            yield from ((("collection", collection), b) for b in _batched(_merge(iter(()), overlay[collection])))
+        yield from _journal_section(journal)
+        return
+    try:
+        with _read_snapshot(db_path) as conn:
+            names = {r[0] for r in conn.execute("SELECT DISTINCT collection FROM records")}
+            for collection in sorted(names | set(overlay)):
+                section = ("collection", collection)
+                if collection in overlay:
+                    keyed = conn.execute(_LOCAL_KEYED_LINES, (collection,))
+                    for batch in _batched(_merge(iter(keyed), overlay[collection])):
+                        yield section, batch
+                    continue
+                cur = conn.execute(_LOCAL_LINES, (collection,))
+                while rows := cur.fetchmany(BATCH):
+                    yield section, b"".join(map(_first, rows))
+            cur = conn.execute(_OUTBOX_LINES)
+            while rows := cur.fetchmany(BATCH):
+                yield ("pending", "outbox"), b"".join(map(_first, rows))
+    except sqlite3.Error as exc:
+        raise LocalStoreError(f"reading the local database for a backup failed: {exc}") from exc
+    yield from _journal_section(journal)
+
+
+def _journal_section(journal: list[Op]) -> Lines:
+    for start in range(0, len(journal), BATCH):
+        yield ("pending", "journal"), b"".join(op_line(op) for op in journal[start : start + BATCH])
+
+
+def primary_sections(primary: PrimaryTier, db_path: Path | None, journal: list[Op]) -> Lines:
+    """Sections of a backup taken from the primary's snapshot, overlaid with what this node has not pushed."""
+    overlay = _journal_overlay(journal)
+    if db_path is not None:
+        try:
+            with _read_snapshot(db_path) as conn:
+                pending = conn.execute(_PENDING_ROWS).fetchall()
+        except sqlite3.Error as exc:
+            raise LocalStoreError(f"reading the local database for a backup failed: {exc}") from exc
+        for c, k, v, ver, h, o, u in pending:
+            # the journal is newer than SQLite's pending rows
+            overlay.setdefault(c, {}).setdefault(k, None if v is None else record_line(k, v, ver, h, o, u))
+    seen: set[str] = set()
+
+    def lines(rows: Iterator[list[Any]]) -> Iterator[tuple[str, str, bytes]]:
+        for batch in rows:
+            for c, k, v, ver, h, o, u in batch:
+                yield c, k, record_line(k, v, ver, h, o, u)
+
+    for collection, group in groupby(lines(primary.iter_snapshot(BATCH)), key=itemgetter(0)):
+        # collections only the overlay knows, ordered before this one
+        for extra in sorted(c for c in overlay if c < collection and c not in seen):
+            seen.add(extra)
+            yield from ((("collection", extra), b) for b in _batched(_merge(iter(()), overlay[extra])))
+        seen.add(collection)
+        keyed = ((k, line) for _, k, line in group)
+        merged = _merge(keyed, overlay[collection]) if collection in overlay else (line for _, line in keyed)
+        yield from ((("collection", collection), b) for b in _batched(merged))
+    for extra in sorted(c for c in overlay if c not in seen):
+        yield from ((("collection", extra), b) for b in _batched(_merge(iter(()), overlay[extra])))
+    if db_path is not None:
+        with _read_snapshot(db_path) as conn:
+            cur = conn.execute(_OUTBOX_LINES)
+            while rows := cur.fetchmany(BATCH):
+                yield ("pending", "outbox"), b"".join(map(_first, rows))
+    yield from _journal_section(journal)
+
+
+def source_sections(
+    source: str, *, primary: PrimaryTier | None, db_path: Path | None, journal: list[Op]
+) -> tuple[str, Callable[[], Lines]]:
+    if source == "primary":
+        if primary is None:
+            raise BackupError("no primary configured: a backup from the primary is not possible")
+        return "primary", lambda: primary_sections(primary, db_path, journal)
+    return "local", lambda: local_sections(db_path, journal)
