@@ -143,10 +143,23 @@ class BodyWriter:
                 raise BackupError(f"section {section} written twice")
             self._section = section
             self._stats[section] = SectionStats()
-        self._parts.append(lines)
-        self._size += len(lines)
-        if self._size >= self._target:
+        start = 0
+        while len(lines) - start + self._size > self._target:
+            # split at a line end so that chunks stay near the target size whatever the caller's batches
+            cut = lines.rfind(b"\n", start, start + self._target - self._size) + 1
+            if cut <= start:
+                if self._parts:
+                    self._flush()
+                    continue
+                cut = lines.find(b"\n", start) + 1  # one line longer than the target: a chunk of its own
+            self._parts.append(lines[start:cut])
+            self._size += cut - start
             self._flush()
+            start = cut
+        if start < len(lines):
+            rest = lines[start:] if start else lines
+            self._parts.append(rest)
+            self._size += len(rest)
 
     def _flush(self) -> None:
         if self._section is not None and self._parts:
@@ -271,7 +284,9 @@ def _read_header(f: IO[bytes], path: Path) -> tuple[dict[str, Any], int]:
     """(header, offset of the body). Checks magic and the header's SHA-256, not its tag."""
     pre = f.read(PREAMBLE.size)
     if len(pre) < len(MAGIC) or pre[: len(MAGIC)] != MAGIC:
-        # One or two damaged bytes of our magic are a damaged backup; anything else is not a backup at all.
+        # A cut or one or two damaged bytes of our magic are a damaged backup; anything else is not a backup.
+        if pre and MAGIC.startswith(pre):
+            raise BackupTamperedError(f"{path.name}: backup file is truncated (magic)")
         if len(pre) >= len(MAGIC) and sum(a != b for a, b in zip(pre, MAGIC, strict=False)) <= 2:
             raise BackupTamperedError(f"{path.name}: the backup's magic bytes are damaged")
         raise NotABackupError(f"{path.name} is not a hybridstore backup (no HSBACKUP signature)")
@@ -437,7 +452,7 @@ class BackupReader:
                     self._check_section(current, stats)
                 if chunk.section == END_SECTION:
                     current = None
-                    break
+                    continue  # chunks() still checks that nothing follows the final chunk
                 pos += 1
                 if pos >= len(expected) or expected[pos] != chunk.section:
                     raise BackupTamperedError(f"unexpected section {chunk.section} in chunk {chunk.index}")

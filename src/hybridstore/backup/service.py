@@ -31,7 +31,7 @@ from ..errors import (
 )
 from ..model import new_op_id
 from . import crypto, policy, restore, settings
-from .format import BackupReader, BodyWriter, assemble, read_header, rewrite_header
+from .format import CHUNK_TARGET, BackupReader, BodyWriter, assemble, read_header, rewrite_header
 from .repository import BackupInfo, Repository
 from .snapshot import source_sections
 
@@ -78,6 +78,7 @@ class BackupService:
         self.clock = clock
         self.kdf = kdf or crypto.KdfParams()
         self.emergency_min_interval = 600.0  # seconds between two emergency backups (a flapping primary)
+        self.chunk_target = CHUNK_TARGET  # plaintext bytes per chunk
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -318,7 +319,11 @@ class BackupService:
         try:
             with open(body_tmp, "wb", buffering=1 << 20) as out:
                 writer = BodyWriter(
-                    out, backup_id=id_bytes, sealer=sealer, zstd_level=ZSTD_LEVEL if cfg.compress else None
+                    out,
+                    backup_id=id_bytes,
+                    sealer=sealer,
+                    zstd_level=ZSTD_LEVEL if cfg.compress else None,
+                    chunk_target=self.chunk_target,
                 )
                 done = 0
                 try:
@@ -372,6 +377,10 @@ class BackupService:
                 pass
             m = reader.manifest
             return int(m["chunks"]), int(m["records"]), int(m["pending_ops"])
+
+    def check_file(self, path: str | os.PathLike[str], *, progress: Progress | None = None) -> tuple[int, int, int]:
+        """Verify any backup file (in the repository or not) without registering it: (chunks, records, ops)."""
+        return self._verify_file(Path(path), passphrase=self.passphrase, progress=progress)
 
     def verify_backup(self, backup_id: str, *, progress: Progress | None = None) -> VerifyReport:
         """Check a backup completely (decrypt, decompress, checksums). Raises `BackupTamperedError` /
