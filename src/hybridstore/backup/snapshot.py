@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 Section = tuple[str, str]
 Lines = Iterator[tuple[Section, bytes]]
-BATCH = 5000
+BATCH = 1000  # rows per fetch: about a chunk of ordinary records, so a fetch never holds much
 _quote = json.JSONEncoder(ensure_ascii=False).encode
 _first = itemgetter(0)
 
