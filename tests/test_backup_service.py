@@ -16,7 +16,7 @@ import pytest
 
 import hybridstore
 
-from .backup_helpers import dump, service
+from .backup_helpers import service
 from .faults import wait_for
 from .fix_db import StoreFactory, primary_rows
 from .fix_proxy import Proxy
@@ -153,7 +153,8 @@ def test_sigkill_during_a_backup_registers_no_half_backup(tmp_path: Path) -> Non
                 assert registered == [], "killed while writing its first backup: nothing registered"
             for info in registered:
                 assert b.verify_backup(info.id).records == 60_000, "every registered backup is complete"
-            assert dump(store, ["orders"])["orders"]["k0000007"]["i"] == 7
+            record = store.get("orders", "k0000007")
+            assert record is not None and record.value["i"] == 7
 
 
 def test_memory_stays_flat(tmp_path: Path) -> None:
@@ -173,3 +174,18 @@ def test_memory_stays_flat(tmp_path: Path) -> None:
     cap = 32 * 1024 * 1024
     assert content > 4 * cap, "the data set is several times the cap"
     assert (peak_kb - before_kb) * 1024 < cap, f"backup grew RSS by {(peak_kb - before_kb) / 1024:.0f} MiB"
+
+
+def test_service_thread_takes_the_first_backup_and_stops_on_close(tmp_path: Path) -> None:
+    store = hybridstore.open(data_dir=tmp_path, background=True)
+    try:
+        store.set("c", "k", {"v": 1})
+        b = store.backups  # created on first use; the store runs background work, so its thread starts
+        assert b is store.backups
+        wait_for(lambda: [x.kind for x in b.list_backups()] == ["scheduled"], timeout=30)
+        assert b.stats()["running"] and b.stats()["next_scheduled_in_s"] > 23 * 3600
+    finally:
+        store.close()
+    assert b._thread is not None and not b._thread.is_alive()
+    with pytest.raises(hybridstore.ClosedError):
+        b.restore_backup(b.list_backups()[0].id)

@@ -12,6 +12,7 @@ import base64
 import hashlib
 import os
 import struct
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,8 @@ TAG_BYTES = 16
 KEY_BYTES = 32
 PASSPHRASE_ENV = "HYBRIDSTORE_BACKUP_PASSPHRASE"
 _WRAP_AAD = b"hybridstore-backup-key\x00"
+_kek_cache: dict[tuple[int, int, int, bytes, bytes], bytes] = {}
+_kek_lock = threading.Lock()
 
 
 def require_crypto() -> None:
@@ -57,6 +60,20 @@ class KdfParams:
     p: int = 1
 
     def derive(self, passphrase: str, salt: bytes) -> bytes:
+        """The KEK for ``salt``. The last few are remembered (keyed by a digest of the passphrase), so the
+        verification right after writing a backup does not pay for scrypt twice."""
+        cache_key = (self.n, self.r, self.p, salt, hashlib.sha256(passphrase.encode("utf-8")).digest())
+        with _kek_lock:
+            kek = _kek_cache.get(cache_key)
+        if kek is None:
+            kek = self._derive(passphrase, salt)
+            with _kek_lock:
+                _kek_cache[cache_key] = kek
+                while len(_kek_cache) > 8:
+                    del _kek_cache[next(iter(_kek_cache))]
+        return kek
+
+    def _derive(self, passphrase: str, salt: bytes) -> bytes:
         if not passphrase:
             raise ConfigError(f"an encrypted backup needs a passphrase: set {PASSPHRASE_ENV}")
         if not (2 <= self.n <= 2**22 and self.n & (self.n - 1) == 0 and 1 <= self.r <= 32 and 1 <= self.p <= 16):

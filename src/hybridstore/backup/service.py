@@ -316,6 +316,8 @@ class BackupService:
         body_tmp = self.repo.tmp_path(backup_id, ".body")
         final_tmp = self.repo.tmp_path(backup_id, ".hsb")
         total = max(1, self._estimate_records())
+        started = time.perf_counter()
+        timings: dict[str, float] = {}
         try:
             with open(body_tmp, "wb", buffering=1 << 20) as out:
                 writer = BodyWriter(
@@ -339,15 +341,19 @@ class BackupService:
             header["manifest"] = stats.manifest()
             assemble(final_tmp, header, sealer, body_tmp)
             body_tmp.unlink()
+            timings["write_s"] = time.perf_counter() - started
             self._verify_file(final_tmp, passphrase=self.passphrase)  # before it is published
             path = self.repo.publish(final_tmp, backup_id)
+            timings["verify_s"] = time.perf_counter() - started - timings["write_s"]
         except BaseException:
             for p in (body_tmp, final_tmp):
                 with contextlib.suppress(OSError):
                     p.unlink()
             raise
         self.repo.set_meta(backup_id, verified=True, verified_at=self.clock(), pinned=False)
-        return BackupInfo.from_header(header, path, self.repo.meta(backup_id))
+        info = BackupInfo.from_header(header, path, self.repo.meta(backup_id))
+        info.extra.update((k, round(v, 3)) for k, v in timings.items())
+        return info
 
     # -- reading ----------------------------------------------------------------------------------------------
 
