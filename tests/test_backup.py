@@ -74,7 +74,7 @@ def test_round_trip_into_a_fresh_store(
     with tempfile.TemporaryDirectory() as d:
         with hybridstore.open(data_dir=Path(d) / "a", background=False) as a:
             fill(a, data)
-            b = service(a, chunk_target=None) if False else service(a)
+            b = service(a)
             b.chunk_target = 512  # several chunks even for small data
             b.update_config(encrypt=encrypt, compress=compress)
             info = b.create_manual_backup("round trip")
@@ -218,6 +218,24 @@ def test_failed_restore_changes_nothing(tmp_path: Path, passphrase: str) -> None
         with pytest.raises(BackupTamperedError):
             b.verify_backup(backups[0])
         assert b.get_backup(backups[0]).verified is False
+    finally:
+        store.close()
+
+
+def test_tampered_file_is_not_imported(tmp_path: Path, passphrase: str) -> None:
+    store, _, path = _backup_file(tmp_path, encrypt=True)
+    try:
+        data = path.read_bytes()
+        fr = frames(path)
+        with hybridstore.open(data_dir=tmp_path / "other", background=False) as other:
+            ob = service(other)
+            for i in (20, fr[0][0] + 3, fr[2][0] + 10, len(data) - 1):
+                bad = tmp_path / "bad.hsb"
+                bad.write_bytes(flip(data, i))
+                with pytest.raises(BackupTamperedError):
+                    ob.import_backup(bad)
+            assert ob.list_backups() == [] and not list(ob.repo.dir.glob(".tmp-*"))
+            assert ob.import_backup(path).verified, "the intact file imports"
     finally:
         store.close()
 
