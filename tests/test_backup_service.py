@@ -4,6 +4,7 @@ flat memory measured in a child process."""
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import subprocess
 import sys
@@ -40,11 +41,18 @@ def test_backup_from_the_primary_with_local_pending_and_catalogue(
     other = make_store("b", background=False)  # another node's write: only the primary has it locally
     other.set("products", "from-b", "b")
     store.set_many("products", [("p00", "pending"), ("zz", "pending-new")])  # queued, not on the primary yet
+    store.set_many("aa.only-local", [("k", 1)])  # a collection the primary has never seen
+    store.config = dataclasses.replace(store.config, write_mode="local_first")
+    store.delete("products", "p05")  # a pending delete of a record the primary still has
     b = service(store)
     info = b.create_manual_backup("from primary", "nightly")
-    assert info.source == "primary" and info.records == 32 and info.pending_ops == 2
-    lines = {name: line for kind, name, line in b.read_records(info.id) if kind == "collection" for name in [line[0]]}
+    assert info.source == "primary" and info.pending_ops == 4
+    assert info.collections == {"aa.only-local": 1, "products": 31}
+    seen = [(name, line[0]) for kind, name, line in b.read_records(info.id) if kind == "collection"]
+    assert seen == sorted(seen), "collections and keys in order"
+    lines = {k: line for kind, _, line in b.read_records(info.id) if kind == "collection" for k in [line[0]]}
     assert lines["p00"][1] == "pending" and lines["zz"][1] == "pending-new" and lines["from-b"][1] == "b"
+    assert "p05" not in lines and lines["p06"][1] == {"i": 6}
     row = pg.execute(
         f'SELECT kind, label, description, verified, manifest FROM "{pg_schema}".system_backups WHERE id = %s',
         (info.id,),

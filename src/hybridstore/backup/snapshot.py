@@ -34,19 +34,21 @@ _quote = json.JSONEncoder(ensure_ascii=False).encode
 _first = itemgetter(0)
 
 # SQLite builds each line itself with one printf (one allocation a row): no per-row Python work on the fast path.
-_LOCAL_LINES = (
-    "SELECT CAST(printf('[%s,%s,%d,%s,%s,%!.15g]' || char(10), json_quote(key), value, version, json_quote(hlc), "
-    "json_quote(origin), updated_at) AS BLOB) "
-    "FROM records WHERE collection = ? AND value IS NOT NULL ORDER BY key"
+_LINE = (
+    "CAST(printf('[%s,%s,%d,%s,%s,%!.15g]' || char(10), json_quote(key), value, version, json_quote(hlc), "
+    "json_quote(origin), updated_at) AS BLOB)"
 )
-_LOCAL_KEYED_LINES = _LOCAL_LINES.replace("SELECT CAST(", "SELECT key, CAST(")
+_LOCAL_LINES = f"SELECT {_LINE} FROM records WHERE collection = ? AND value IS NOT NULL ORDER BY key"
+_LOCAL_KEYED_LINES = f"SELECT key, {_LINE} FROM records WHERE collection = ? AND value IS NOT NULL ORDER BY key"
 _OUTBOX_LINES = (
     "SELECT CAST(printf('[%s,%s,%s,%s,%s,%s,%!.15g]' || char(10), json_quote(op_id), json_quote(collection), "
     "json_quote(key), coalesce(value, 'null'), json_quote(hlc), json_quote(origin), created_at) AS BLOB) "
     "FROM outbox ORDER BY seq"
 )
-_PENDING_ROWS = (
-    "SELECT collection, key, value, version, hlc, origin, updated_at FROM records WHERE pending_seq IS NOT NULL"
+# The node's pending rows of a collection (its newest value, or NULL for a pending delete), in key order.
+_PENDING_KEYED_LINES = (
+    f"SELECT key, CASE WHEN value IS NULL THEN NULL ELSE {_LINE} END FROM records "
+    "WHERE collection = ? AND key IN (SELECT key FROM outbox WHERE collection = ?) ORDER BY key"
 )
 
 
@@ -77,24 +79,26 @@ def _journal_overlay(ops: list[Op]) -> dict[str, dict[str, bytes | None]]:
     return out
 
 
-def _merge(rows: Iterator[tuple[str, bytes]], overlay: dict[str, bytes | None]) -> Iterator[bytes]:
-    """Merge key-ordered (key, line) rows with an overlay that wins (``None`` = deleted), in key order."""
-    extra = sorted(overlay)
-    i = 0
-    for key, line in rows:
-        while i < len(extra) and extra[i] < key:
-            if overlay[extra[i]] is not None:
-                yield overlay[extra[i]]  # type: ignore[misc]
-            i += 1
-        if i < len(extra) and extra[i] == key:
-            if overlay[key] is not None:
-                yield overlay[key]  # type: ignore[misc]
-            i += 1
+def _merge(base: Iterator[Any], top: Iterator[Any]) -> Iterator[tuple[str, bytes | None]]:
+    """Merge two key-ordered streams of ``(key, line)``; ``top`` wins on equal keys (a ``None`` line is a
+    delete). Streams, so neither side is ever held in memory."""
+    t = next(top, None)
+    for key, line in base:
+        while t is not None and t[0] < key:
+            yield t
+            t = next(top, None)
+        if t is not None and t[0] == key:
+            yield t
+            t = next(top, None)
         else:
-            yield line
-    for key in extra[i:]:
-        if overlay[key] is not None:
-            yield overlay[key]  # type: ignore[misc]
+            yield key, line
+    while t is not None:
+        yield t
+        t = next(top, None)
+
+
+def _live(pairs: Iterator[tuple[str, bytes | None]]) -> Iterator[bytes]:
+    return (line for _, line in pairs if line is not None)
 
 
 def _batched(lines: Iterator[bytes], size: int = BATCH) -> Iterator[bytes]:
@@ -141,7 +145,8 @@ def local_sections(db_path: Path | None, journal: list[Op]) -> Lines:
     overlay = _journal_overlay(journal)
     if db_path is None:  # SQLite unusable: the journal is all there is
         for collection in sorted(overlay):
-            yield from ((("collection", collection), b) for b in _batched(_merge(iter(()), overlay[collection])))
+            pairs = _merge(iter(()), iter(sorted(overlay[collection].items())))
+            yield from ((("collection", collection), b) for b in _batched(_live(pairs)))
         yield from _journal_section(journal)
         return
     try:
@@ -151,7 +156,8 @@ def local_sections(db_path: Path | None, journal: list[Op]) -> Lines:
                 section = ("collection", collection)
                 if collection in overlay:
                     keyed = conn.execute(_LOCAL_KEYED_LINES, (collection,))
-                    for batch in _batched(_merge(iter(keyed), overlay[collection])):
+                    pairs = _merge(iter(keyed), iter(sorted(overlay[collection].items())))
+                    for batch in _batched(_live(pairs)):
                         yield section, batch
                     continue
                 cur = conn.execute(_LOCAL_LINES, (collection,))
@@ -171,40 +177,42 @@ def _journal_section(journal: list[Op]) -> Lines:
 
 
 def primary_sections(primary: PrimaryTier, db_path: Path | None, journal: list[Op]) -> Lines:
-    """Sections of a backup taken from the primary's snapshot, overlaid with what this node has not pushed."""
-    overlay = _journal_overlay(journal)
-    if db_path is not None:
+    """Sections of a backup taken from the primary's snapshot, overlaid with what this node has not pushed
+    (its pending rows, streamed from one SQLite read transaction, then the journal)."""
+    journal_overlay = _journal_overlay(journal)
+    with contextlib.ExitStack() as stack:
+        conn = stack.enter_context(_read_snapshot(db_path)) if db_path is not None else None
         try:
-            with _read_snapshot(db_path) as conn:
-                pending = conn.execute(_PENDING_ROWS).fetchall()
+            pending = {r[0] for r in conn.execute("SELECT DISTINCT collection FROM outbox")} if conn else set()
         except sqlite3.Error as exc:
             raise LocalStoreError(f"reading the local database for a backup failed: {exc}") from exc
-        for c, k, v, ver, h, o, u in pending:
-            # the journal is newer than SQLite's pending rows
-            overlay.setdefault(c, {}).setdefault(k, None if v is None else record_line(k, v, ver, h, o, u))
-    seen: set[str] = set()
+        extras = pending | set(journal_overlay)
 
-    def lines(rows: Iterator[list[Any]]) -> Iterator[tuple[str, str, bytes]]:
-        for batch in rows:
-            for c, k, v, ver, h, o, u in batch:
-                yield c, k, record_line(k, v, ver, h, o, u)
+        def section(collection: str, pairs: Iterator[Any]) -> Lines:
+            if conn is not None and collection in pending:
+                pairs = _merge(pairs, iter(conn.execute(_PENDING_KEYED_LINES, (collection, collection))))
+            if collection in journal_overlay:
+                pairs = _merge(pairs, iter(sorted(journal_overlay[collection].items())))
+            return ((("collection", collection), b) for b in _batched(_live(pairs)))
 
-    for collection, group in groupby(lines(primary.iter_snapshot(BATCH)), key=itemgetter(0)):
-        # collections only the overlay knows, ordered before this one
-        for extra in sorted(c for c in overlay if c < collection and c not in seen):
-            seen.add(extra)
-            yield from ((("collection", extra), b) for b in _batched(_merge(iter(()), overlay[extra])))
-        seen.add(collection)
-        keyed = ((k, line) for _, k, line in group)
-        merged = _merge(keyed, overlay[collection]) if collection in overlay else (line for _, line in keyed)
-        yield from ((("collection", collection), b) for b in _batched(merged))
-    for extra in sorted(c for c in overlay if c not in seen):
-        yield from ((("collection", extra), b) for b in _batched(_merge(iter(()), overlay[extra])))
-    if db_path is not None:
-        with _read_snapshot(db_path) as conn:
+        def rows(batches: Iterator[list[Any]]) -> Iterator[tuple[str, str, bytes]]:
+            for batch in batches:
+                for c, k, v, ver, h, o, u in batch:
+                    yield c, k, record_line(k, v, ver, h, o, u)
+
+        seen: set[str] = set()
+        for collection, group in groupby(rows(primary.iter_snapshot(BATCH)), key=itemgetter(0)):
+            for extra in sorted(c for c in extras if c < collection and c not in seen):
+                seen.add(extra)
+                yield from section(extra, iter(()))
+            seen.add(collection)
+            yield from section(collection, ((k, line) for _, k, line in group))
+        for extra in sorted(extras - seen):
+            yield from section(extra, iter(()))
+        if conn is not None:
             cur = conn.execute(_OUTBOX_LINES)
-            while rows := cur.fetchmany(BATCH):
-                yield ("pending", "outbox"), b"".join(map(_first, rows))
+            while batch := cur.fetchmany(BATCH):
+                yield ("pending", "outbox"), b"".join(map(_first, batch))
     yield from _journal_section(journal)
 
 
