@@ -112,6 +112,23 @@ def test_scheduled_backups_with_an_injected_clock(tmp_path: Path, monkeypatch: p
         assert b.tick() == []
 
 
+def test_a_failing_scheduled_backup_backs_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [1_000_000.0]
+    with hybridstore.open(data_dir=tmp_path, background=False) as store:
+        store.set("c", "k", 1)
+        b = service(store, clock=lambda: now[0])
+        monkeypatch.setenv("HYBRIDSTORE_BACKUP_PASSPHRASE", "p")
+        b.update_config(encrypt=True)
+        monkeypatch.delenv("HYBRIDSTORE_BACKUP_PASSPHRASE")  # every backup now fails
+        assert b.tick() == [] and b.counts["failed"] == 1
+        assert b.last_error is not None and "HYBRIDSTORE_BACKUP_PASSPHRASE" in b.last_error
+        assert b.seconds_until_due() == pytest.approx(300)
+        assert b.tick() == [] and b.counts["failed"] == 1, "no second attempt right away"
+        monkeypatch.setenv("HYBRIDSTORE_BACKUP_PASSPHRASE", "p")
+        now[0] += 301
+        assert [x.kind for x in b.tick()] == ["scheduled"] and b.last_error is None
+
+
 def test_emergency_backup_when_the_primary_is_cut_off(make_store: StoreFactory, proxy: Proxy, proxied_dsn: str) -> None:
     # No replayer: what is queued stays in the outbox, so the test knows exactly what the backup must hold.
     store = make_store(
@@ -197,3 +214,21 @@ def test_service_thread_takes_the_first_backup_and_stops_on_close(tmp_path: Path
     assert b._thread is not None and not b._thread.is_alive()
     with pytest.raises(hybridstore.ClosedError):
         b.restore_backup(b.list_backups()[0].id)
+
+
+def test_backup_falls_back_to_the_local_copy_when_the_primary_fails(
+    make_store: StoreFactory, proxy: Proxy, proxied_dsn: str
+) -> None:
+    store = make_store("a", primary=proxied_dsn, background=False, primary_timeout=1.0)
+    for i in range(3):
+        assert store.set("orders", f"o{i}", i).tier == "primary"
+    b = service(store)
+    proxy.cut()  # the circuit is still closed: the backup finds out by itself
+    info = b.create_manual_backup()
+    assert info.source == "local" and info.collections == {"orders": 3} and info.verified
+    assert not list(b.repo.dir.glob(".tmp-*"))
+    b.update_config(source="primary")
+    with pytest.raises(hybridstore.PrimaryUnavailableError):
+        b.create_manual_backup()  # asked for the primary explicitly: no silent fallback
+    assert len(b.list_backups()) == 1 and b.counts["failed"] == 1
+    proxy.restore()

@@ -44,6 +44,7 @@ KINDS = ("manual", "scheduled", "emergency", "pre_restore", "imported")
 DIR_ENV = "HYBRIDSTORE_BACKUP_DIR"
 ZSTD_LEVEL = 3
 IDLE_WAIT = 60.0
+RETRY_AFTER = 300.0  # seconds before a failed scheduled backup is tried again
 
 
 @dataclass
@@ -89,6 +90,7 @@ class BackupService:
         self.last_error: str | None = None
         self.counts = dict.fromkeys(("created", "failed", "restored", "pruned"), 0)
         self._catalogue_dirty = True  # system_backups on the primary may lag behind the repository
+        self._retry_at = 0.0  # after a failed scheduled backup: not again before this time (clock())
         self.repo.remove_stale_temporaries()
         store.circuit.subscribe(self._on_circuit)
         store.on_close(self.stop)
@@ -154,8 +156,11 @@ class BackupService:
             info = self._create(kind, label, description)
         except HybridStoreError as exc:
             self.last_error = f"{kind} backup failed: {exc}"
-            log.error("%s", self.last_error)
+            log.error("%s; trying again in %.0f s", self.last_error, RETRY_AFTER)
+            if kind == "scheduled":
+                self._retry_at = self.clock() + RETRY_AFTER  # a full disk must not become a busy loop
             return None
+        self.last_error = None
         if kind == "scheduled":
             self.prune()
         return info
@@ -165,7 +170,9 @@ class BackupService:
         if not (cfg.enabled and cfg.automatic):
             return IDLE_WAIT
         scheduled = [b.created_at for b in self.repo.list() if b.kind == "scheduled"]
-        return policy.seconds_until_due(max(scheduled, default=None), self.clock(), cfg.interval_hours * 3600)
+        now = self.clock()
+        due = policy.seconds_until_due(max(scheduled, default=None), now, cfg.interval_hours * 3600)
+        return max(due, self._retry_at - now)
 
     # -- settings ---------------------------------------------------------------------------------------------
 
@@ -242,9 +249,22 @@ class BackupService:
     def _create(
         self, kind: str, label: str, description: str, *, progress: Progress | None = None, source: str | None = None
     ) -> BackupInfo:
+        try:
+            info = self._create_checked(kind, label, description, progress, source)
+        except BaseException:
+            self.counts["failed"] += 1
+            raise
+        self.counts["created"] += 1
+        log.info("%s backup %s: %d records, %d bytes", kind, info.id, info.records, info.size_bytes)
+        self._mirror_catalogue()
+        return info
+
+    def _create_checked(
+        self, kind: str, label: str, description: str, progress: Progress | None, source: str | None
+    ) -> BackupInfo:
         cfg = self.get_config()
         if not cfg.enabled and kind != "pre_restore":
-            raise BackupError("backups are disabled (backup config --enabled true to turn them on)")
+            raise BackupError("backups are disabled (turn them on with `hybridstore backup config --enabled`)")
         if cfg.encrypt:
             crypto.require_crypto()
             if not self.passphrase:
@@ -256,20 +276,12 @@ class BackupService:
             wanted = "primary" if self._primary_ok() else "local"
         with self._lock:
             try:
-                info = self._write_backup(kind, label, description, wanted, cfg, progress)
+                return self._write_backup(kind, label, description, wanted, cfg, progress)
             except UnavailableError as exc:
                 if wanted != "primary" or cfg.source == "primary":
-                    self.counts["failed"] += 1
                     raise
                 log.warning("backup from the primary failed (%s); taking it from the local copy", exc)
-                info = self._write_backup(kind, label, description, "local", cfg, progress)
-            except BaseException:
-                self.counts["failed"] += 1
-                raise
-        self.counts["created"] += 1
-        log.info("%s backup %s: %d records, %d bytes", kind, info.id, info.records, info.size_bytes)
-        self._mirror_catalogue()
-        return info
+            return self._write_backup(kind, label, description, "local", cfg, progress)
 
     def _estimate_records(self) -> int:
         if self.store.local is None:
