@@ -232,3 +232,20 @@ def test_backup_falls_back_to_the_local_copy_when_the_primary_fails(
         b.create_manual_backup()  # asked for the primary explicitly: no silent fallback
     assert len(b.list_backups()) == 1 and b.counts["failed"] == 1
     proxy.restore()
+
+
+def test_started_during_an_outage_takes_an_emergency_backup(
+    make_store: StoreFactory, proxy: Proxy, proxied_dsn: str
+) -> None:
+    proxy.cut()
+    store = make_store("a", primary=proxied_dsn, background=False, primary_timeout=1.0)
+    store.replayer.probe_at_start()  # what the replayer thread does first: finds the primary down
+    assert store.circuit.state == "open"
+    store.set("orders", "o1", {"queued": True})
+    b = service(store)
+    b.update_config(interval_hours=1000)
+    b.start()
+    wait_for(lambda: any(x.kind == "emergency" for x in b.list_backups()), timeout=30)
+    (em,) = [x for x in b.list_backups() if x.kind == "emergency"]
+    assert em.records == 1 and em.pending_ops == 1 and em.source == "local"
+    proxy.restore()

@@ -241,9 +241,10 @@ def assemble(path: Path, header: dict[str, Any], sealer: ChunkSealer, body_path:
         out.flush()
         size = os.fstat(body.fileno()).st_size
         copied = 0
+        copy_range = getattr(os, "copy_file_range", None)  # Linux: the kernel copies, no bytes through Python
         try:
-            while copied < size:
-                n = os.copy_file_range(body.fileno(), out.fileno(), size - copied)
+            while copy_range is not None and copied < size:
+                n = copy_range(body.fileno(), out.fileno(), size - copied)
                 if n == 0:
                     break
                 copied += n

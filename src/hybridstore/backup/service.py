@@ -104,7 +104,11 @@ class BackupService:
         return self._passphrase or os.environ.get(crypto.PASSPHRASE_ENV) or None
 
     def start(self) -> None:
+        """Start the service's thread (scheduled and emergency backups). Started during an outage, it takes an
+        emergency backup at once: the outage began before it could see the circuit open."""
         if self._thread is None:
+            if self.store.primary is not None and self.store.circuit.state != "closed":
+                self._emergency_requested = True
             self._thread = threading.Thread(target=self._loop, name="hybridstore-backups", daemon=True)
             self._thread.start()
 
