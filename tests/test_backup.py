@@ -4,7 +4,6 @@ retention, settings."""
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -321,6 +320,12 @@ def test_prune_in_the_repository(tmp_path: Path) -> None:
         assert {x.id for x in b.list_backups()} == {pinned, made[2], made[4], emergency}
         assert b.delete_backup(pinned).id == pinned
         assert {x.id for x in b.list_backups()} == {made[2], made[4], emergency}
+        damaged = Path(b.get_backup(made[2]).path)
+        damaged.write_bytes(flip(damaged.read_bytes(), 20))
+        assert b.get_backup(made[4]).kind == "manual"
+        assert [x.kind for x in b.list_backups() if x.id == made[2]] == ["unknown"]
+        assert b.prune() == [], "an unreadable file is kept for inspection"
+        assert len(b.list_backups()) == 3
 
 
 def test_settings_validation_and_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -348,7 +353,14 @@ def test_settings_validation_and_env(tmp_path: Path, monkeypatch: pytest.MonkeyP
         assert (cfg.max_backups, cfg.interval_hours, cfg.compress) == (7, 2.0, False)
     with hybridstore.open(data_dir=tmp_path, background=False) as store:
         assert service(store).get_config().max_backups == 7, "persisted in the repository's config.json"
-    assert os.path.exists(tmp_path / "backups" / "config.json")
+    config = tmp_path / "backups" / "config.json"
+    saved = json.loads(config.read_text())
+    config.write_text(json.dumps(saved | {"future_option": 1}))
+    with hybridstore.open(data_dir=tmp_path, background=False) as store:
+        assert service(store).get_config().max_backups == 7, "names from a newer version are ignored"
+    config.write_text(json.dumps(saved | {"max_backups": -3}))
+    with hybridstore.open(data_dir=tmp_path, background=False) as store:
+        assert service(store).get_config().max_backups == 30, "a damaged copy is ignored, not fatal"
 
 
 def test_seconds_until_due() -> None:

@@ -190,14 +190,18 @@ class BackupService:
         if self._settings is None:
             base = settings.env_defaults()
             found = [base]
-            local = settings.load_local(self._config_path)
-            if local is not None:
-                found.append(settings.BackupSettings.from_dict(local, base))
-            remote = self._primary_config()
-            if remote is not None:
-                found.append(settings.BackupSettings.from_dict(remote, base))
+            for where, load in (("config.json", self._local_config), ("system_config", self._primary_config)):
+                try:
+                    stored = load()
+                    if stored is not None:
+                        found.append(settings.BackupSettings.from_dict(stored, base, strict=False))
+                except ConfigError as exc:  # a damaged or hand-edited copy must not stop backups
+                    log.error("ignoring the backup settings in %s: %s", where, exc)
             self._settings = max(found, key=lambda s: s.updated_at)
         return self._settings
+
+    def _local_config(self) -> dict[str, Any] | None:
+        return settings.load_local(self._config_path)
 
     def update_config(self, **changes: Any) -> settings.BackupSettings:
         """Validate and apply settings (``enabled``, ``automatic``, ``interval_hours``, ``max_backups``,
@@ -540,7 +544,9 @@ class BackupService:
         """Remove manual and scheduled backups beyond ``max_backups`` (never the newest verified backup, never
         emergency, pre-restore or pinned ones). Returns what was (or, with ``dry_run``, would be) removed."""
         with self._lock:
-            doomed = policy.choose_prunable(self.repo.list(), self.get_config().max_backups)
+            # a file whose header cannot be read is kept for inspection (delete it by hand)
+            readable = [b for b in self.repo.list() if b.kind != "unknown"]
+            doomed = policy.choose_prunable(readable, self.get_config().max_backups)
             gone = [b for b in doomed if isinstance(b, BackupInfo)]
             if not dry_run:
                 for b in gone:

@@ -52,13 +52,18 @@ class BackupSettings:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], base: BackupSettings | None = None) -> BackupSettings:
-        """``base`` with the fields of ``data`` applied (unknown names are a `ConfigError`)."""
+    def from_dict(
+        cls, data: Mapping[str, Any], base: BackupSettings | None = None, *, strict: bool = True
+    ) -> BackupSettings:
+        """``base`` with the fields of ``data`` applied. Unknown names are a `ConfigError`, or ignored with
+        ``strict=False`` (settings saved by a newer version)."""
         fields = {f.name for f in dataclasses.fields(cls)}
         changes: dict[str, Any] = {}
         for name, value in data.items():
             name = _ALIASES.get(name, name)
             if name not in fields:
+                if not strict:
+                    continue
                 raise ConfigError(f"unknown backup setting {name!r}; known: {', '.join(sorted(fields))}")
             changes[name] = value
         if isinstance(changes.get("interval_hours"), int) and not isinstance(changes["interval_hours"], bool):
