@@ -26,11 +26,11 @@ from ..errors import (
     ConfigError,
     HybridStoreError,
     LocalStoreError,
-    PrimaryUnavailableError,
     UnavailableError,
 )
 from ..model import new_op_id
 from . import crypto, policy, restore, settings
+from .catalogue import PrimaryCatalogue
 from .format import CHUNK_TARGET, BackupReader, BodyWriter, assemble, read_header, rewrite_header
 from .repository import BackupInfo, Repository
 from .snapshot import source_sections
@@ -89,6 +89,7 @@ class BackupService:
         self._thread: threading.Thread | None = None
         self.last_error: str | None = None
         self.counts = dict.fromkeys(("created", "failed", "restored", "pruned"), 0)
+        self.catalogue = PrimaryCatalogue(store.primary, store.circuit, store.node_id)
         self._catalogue_dirty = True  # system_backups on the primary may lag behind the repository
         self._retry_at = 0.0  # after a failed scheduled backup: not again before this time (clock())
         self.repo.remove_stale_temporaries()
@@ -190,7 +191,7 @@ class BackupService:
         if self._settings is None:
             base = settings.env_defaults()
             found = [base]
-            for where, load in (("config.json", self._local_config), ("system_config", self._primary_config)):
+            for where, load in (("config.json", self._local_config), ("system_config", self.catalogue.load_settings)):
                 try:
                     stored = load()
                     if stored is not None:
@@ -211,36 +212,9 @@ class BackupService:
             raise ConfigError(f"encrypt=True needs a passphrase: set {crypto.PASSPHRASE_ENV}")
         settings.save_local(self._config_path, new)
         self._settings = new
-        self._save_primary_config(new)
+        self.catalogue.save_settings(new.to_dict())
         self._wake.set()
         return new
-
-    def _primary_ok(self) -> bool:
-        return self.store.primary is not None and self.store.circuit.allow()
-
-    def _primary_config(self) -> dict[str, Any] | None:
-        if not self._primary_ok():
-            return None
-        assert self.store.primary is not None
-        try:
-            rows = self.store.primary.query("SELECT settings FROM {schema}.system_config WHERE key = 'backup'")
-        except (PrimaryUnavailableError, HybridStoreError) as exc:
-            log.debug("cannot read backup settings from the primary: %s", exc)
-            return None
-        return rows[0][0] if rows and isinstance(rows[0][0], dict) else None
-
-    def _save_primary_config(self, cfg: settings.BackupSettings) -> None:
-        if not self._primary_ok():
-            return
-        assert self.store.primary is not None
-        from psycopg.types.json import Jsonb
-
-        with contextlib.suppress(HybridStoreError):
-            self.store.primary.query(
-                "INSERT INTO {schema}.system_config (key, settings, updated_at) VALUES ('backup', %s, now()) "
-                "ON CONFLICT (key) DO UPDATE SET settings = excluded.settings, updated_at = now()",
-                (Jsonb(cfg.to_dict()),),
-            )
 
     # -- creating ---------------------------------------------------------------------------------------------
 
@@ -281,7 +255,7 @@ class BackupService:
         if kind == "emergency":
             wanted = "local"
         elif wanted == "auto":
-            wanted = "primary" if self._primary_ok() else "local"
+            wanted = "primary" if self.catalogue.available() else "local"
         with self._lock:
             try:
                 return self._write_backup(kind, label, description, wanted, cfg, progress)
@@ -530,7 +504,7 @@ class BackupService:
         with self._lock:
             info = self.get_backup(backup_id)
             self.repo.delete(info.id)
-        self._forget_on_primary([info.id])
+        self.catalogue.forget([info.id])
         return info
 
     def pin_backup(self, backup_id: str, pinned: bool = True) -> BackupInfo:
@@ -554,7 +528,7 @@ class BackupService:
                 self.counts["pruned"] += len(gone)
         if gone and not dry_run:
             log.info("pruned %d backup(s)", len(gone))
-            self._forget_on_primary([b.id for b in gone])
+            self.catalogue.forget([b.id for b in gone])
         return gone
 
     def rotate_passphrase(self, new_passphrase: str, *, old_passphrase: str | None = None) -> list[str]:
@@ -607,56 +581,7 @@ class BackupService:
     # -- the primary's catalogue (system_backups) -------------------------------------------------------------
 
     def _mirror_catalogue(self, *, changed: bool = True) -> None:
-        """Upsert this node's backups into ``system_backups`` (metadata only) and drop rows of backups it no
-        longer has; best effort, primary permitting (retried by the service's thread until it succeeds)."""
+        """Bring ``system_backups`` up to date, primary permitting (retried by the service's thread)."""
         self._catalogue_dirty = self._catalogue_dirty or changed
-        if not self._catalogue_dirty or not self._primary_ok():
-            return
-        assert self.store.primary is not None
-        from psycopg.types.json import Jsonb
-
-        try:
-            for b in self.repo.list():
-                if b.kind == "unknown":
-                    continue
-                manifest = {
-                    "node_id": b.node_id,
-                    "source": b.source,
-                    "records": b.records,
-                    "pending_ops": b.pending_ops,
-                    "collections": b.collections,
-                    "compressed": b.compressed,
-                    "encrypted": b.encrypted,
-                }
-                self.store.primary.query(
-                    "INSERT INTO {schema}.system_backups (id, kind, label, description, manifest, size_bytes, "
-                    "verified, pinned, created_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, to_timestamp(%s)) "
-                    "ON CONFLICT (id) DO UPDATE SET verified = excluded.verified, pinned = excluded.pinned, "
-                    "size_bytes = excluded.size_bytes",
-                    (
-                        b.id,
-                        b.kind,
-                        b.label,
-                        b.description,
-                        Jsonb(manifest),
-                        b.size_bytes,
-                        b.verified,
-                        b.pinned,
-                        b.created_at,
-                    ),
-                )
-            ids = self.repo.ids()
-            self.store.primary.query(
-                "DELETE FROM {schema}.system_backups WHERE manifest->>'node_id' = %s AND NOT (id = ANY(%s))",
-                (self.store.node_id, ids),
-            )
+        if self._catalogue_dirty and self.catalogue.sync(self.repo.list()):
             self._catalogue_dirty = False
-        except HybridStoreError as exc:
-            log.debug("backup catalogue not mirrored to the primary: %s", exc)
-
-    def _forget_on_primary(self, ids: list[str]) -> None:
-        if not self._primary_ok() or not ids:
-            return
-        assert self.store.primary is not None
-        with contextlib.suppress(HybridStoreError):
-            self.store.primary.query("DELETE FROM {schema}.system_backups WHERE id = ANY(%s)", (ids,))
