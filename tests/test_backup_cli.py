@@ -43,7 +43,7 @@ def test_every_backup_command_has_help_and_docs() -> None:
         assert f"backup {name}" in docs, f"docs/backups.md documents `backup {name}`"
 
 
-def test_backup_session(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_backup_commands_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HYBRIDSTORE_BACKUP_PASSPHRASE", "cli secret")
     d = str(tmp_path / "d")
     for i in range(5):
