@@ -73,3 +73,11 @@ class BackupTamperedError(BackupError):
 
 class WrongPassphraseError(BackupError):
     """The passphrase does not open this backup."""
+
+
+class NotABackupError(BackupError):
+    """The file is not a hybridstore backup at all (wrong magic bytes or far too short)."""
+
+
+class BackupNotFoundError(BackupError):
+    """No backup with this id in the repository."""

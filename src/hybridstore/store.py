@@ -16,7 +16,7 @@ import fcntl
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -44,6 +44,7 @@ from .tiers.local import LocalTier
 from .validation import check_collection, check_key, encode_value
 
 if TYPE_CHECKING:
+    from .backup.service import BackupService
     from .tiers.primary import PrimaryTier
 
 log = logging.getLogger("hybridstore")
@@ -80,6 +81,7 @@ class HybridStore:
         self.config = config
         self._closed = False
         self._on_close: builtins.list[Callable[[], None]] = []
+        self._backups: BackupService | None = None
         data_dir = Path(config.data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir = data_dir
@@ -623,3 +625,39 @@ class HybridStore:
                 "last_error": self.replayer.last_error,
             },
         }
+
+    # -- services ---------------------------------------------------------------------------------------------
+
+    @property
+    def backups(self) -> BackupService:
+        """The backup service of this store (created on first use; see `hybridstore.backup`)."""
+        if self._backups is None:
+            self._check_open()
+            from .backup.service import BackupService
+
+            self._backups = BackupService(self)
+        return self._backups
+
+    def set_many(self, collection: str, items: Iterable[tuple[str, Any]]) -> builtins.list[WriteResult]:
+        """Store many values of one collection as queued writes, for bulk work (restores, imports): every item
+        is validated first (a bad one raises `ValidationError` and nothing is written), then all are stored
+        with their outbox rows in one SQLite transaction (the journal if SQLite fails) and pushed to the
+        primary by the replayer in batches, like any queued write."""
+        self._check_open()
+        check_collection(collection)
+        ops: builtins.list[Op] = []
+        for key, value in items:
+            check_key(key)
+            value_json = encode_value(value, max_bytes=self.config.max_value_bytes)
+            ops.append(Op(new_op_id(), collection, key, value_json, self.clock.now(), self.node_id, 0, time.time()))
+        if not ops:
+            return []
+        if self._local_ok and self.local is not None and not len(self.journal):
+            try:
+                self.local.import_ops(ops)
+            except LocalStoreError as exc:
+                self._local_failed(exc)
+            else:
+                self._wake_pusher()
+                return [WriteResult("local", 0, True, op.op_id, op.hlc) for op in ops]
+        return [self._queue(op) for op in ops]

@@ -521,3 +521,12 @@ class LocalTier:
                 "INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
                 (name, value),
             )
+
+    def get_many(self, collection: str, keys: Sequence[str]) -> list[StoredRow]:
+        """Rows (tombstones included) for ``keys`` of one collection; keys never written are absent."""
+        out: list[StoredRow] = []
+        for start in range(0, len(keys), 500):
+            part = keys[start : start + 500]
+            sql = f"SELECT {_ROW_COLUMNS} FROM records WHERE collection = ? AND key IN ({','.join('?' * len(part))})"
+            out += [_row(r) for r in self._read(sql, [collection, *part])]
+        return out

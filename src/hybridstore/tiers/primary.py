@@ -587,3 +587,59 @@ class PrimaryTier:
         with suppress(Exception):
             self._pool.close(timeout=1.0)
         self._watchdog.close()
+
+    # -- bulk reads for services (backups, restores) ----------------------------------------------------------
+
+    def get_many(self, collection: str, keys: Sequence[str]) -> list[StoredRow]:
+        """The primary's rows (tombstones included) for ``keys`` of one collection, in one round trip."""
+        query = (
+            f"SELECT key, value::text, version, hlc, origin, extract(epoch FROM updated_at)::float8 "
+            f"FROM {self._q}.records WHERE collection = %s AND key = ANY(%s) AND version > 0"
+        )
+        rows = self._run(lambda conn: conn.execute(query.encode(), (collection, list(keys))).fetchall())
+        now = time.time()
+        return [StoredRow(collection, k, v, ver, h, o, u, now) for k, v, ver, h, o, u in rows]
+
+    def query(self, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run one statement of a service's own (``{schema}`` is replaced by the quoted schema) within the
+        tier's timeout; returns its rows (empty for a statement without a result)."""
+        text = statement.replace("{schema}", self._q)
+
+        def run(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
+            cur = conn.execute(text.encode(), params)
+            return cur.fetchall() if cur.description else []
+
+        return self._run(run)
+
+    def iter_snapshot(self, batch_size: int = 5000, *, fetch_timeout: float | None = None) -> Iterator[list[Any]]:
+        """Every live record as ``(collection, key, value_text, version, hlc, origin, updated_at)``, ordered by
+        (collection, key), in batches, all from one consistent snapshot (a repeatable-read, read-only
+        transaction on a connection of its own, outside the pool). Each fetch is bounded by ``fetch_timeout``
+        (default: 10 times the tier timeout); a failure raises `PrimaryUnavailableError`."""
+        if not self._ready:
+            self.migrate()
+        budget = fetch_timeout or self.timeout * 10
+        try:
+            conn = psycopg.connect(self._conninfo, autocommit=True)
+        except psycopg.Error as exc:
+            raise PrimaryUnavailableError(f"primary unavailable: {str(exc).strip()}") from exc
+        try:
+            with conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                with conn.cursor(name="hybridstore_snapshot") as cur:
+                    with self._watchdog.guard(conn.pgconn.socket, budget):
+                        cur.execute(
+                            f"SELECT collection, key, value::text, version, hlc, origin, "
+                            f"extract(epoch FROM updated_at)::float8 FROM {self._q}.records "
+                            f"WHERE value IS NOT NULL AND version > 0 ORDER BY collection, key".encode()
+                        )
+                    while True:
+                        with self._watchdog.guard(conn.pgconn.socket, budget):
+                            rows = cur.fetchmany(batch_size)
+                        if not rows:
+                            return
+                        yield rows
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            raise PrimaryUnavailableError(f"primary unavailable during a snapshot: {str(exc).strip()}") from exc
+        finally:
+            conn.close()

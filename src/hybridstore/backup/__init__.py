@@ -1,0 +1,16 @@
+"""Backups: compressed, encrypted, verified, restorable snapshots of a store (see docs/backups.md).
+
+``format`` (the file), ``crypto`` (keys and sealing), ``snapshot`` (where records come from), ``repository``
+(the directory of backups), ``catalogue`` (their rows and settings on the primary), ``policy`` (retention and
+schedule decisions), ``settings`` (runtime config), ``restore`` (validation and apply), ``service``
+(`BackupService`, reached as ``store.backups``).
+"""
+
+from __future__ import annotations
+
+from .repository import BackupInfo
+from .restore import RestoreReport
+from .service import BackupService, VerifyReport
+from .settings import BackupSettings
+
+__all__ = ["BackupInfo", "BackupService", "BackupSettings", "RestoreReport", "VerifyReport"]

@@ -1,0 +1,106 @@
+"""The primary's side of a node's backups: one row per backup in ``system_backups`` (metadata; the file stays
+on the node) and the backup settings in ``system_config`` under the key ``backup``.
+
+Best effort by design: backups work with the primary down, so every method does nothing while the primary's
+circuit is not closed, and a failing statement is logged, never raised. The service calls `sync` again until
+it succeeds.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..errors import HybridStoreError
+from .repository import BackupInfo
+
+if TYPE_CHECKING:
+    from ..circuit import CircuitBreaker
+    from ..tiers.primary import PrimaryTier
+
+log = logging.getLogger("hybridstore.backup")
+
+_UPSERT = (
+    "INSERT INTO {schema}.system_backups (id, kind, label, description, manifest, size_bytes, verified, pinned, "
+    "created_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, to_timestamp(%s)) "
+    "ON CONFLICT (id) DO UPDATE SET verified = excluded.verified, pinned = excluded.pinned, "
+    "size_bytes = excluded.size_bytes"
+)
+
+
+class PrimaryCatalogue:
+    def __init__(self, primary: PrimaryTier | None, circuit: CircuitBreaker, node_id: str) -> None:
+        self._primary = primary
+        self._circuit = circuit
+        self._node_id = node_id
+
+    def available(self) -> bool:
+        """Is the primary configured and its circuit closed (worth asking now)?"""
+        return self._primary is not None and self._circuit.allow()
+
+    def load_settings(self) -> dict[str, Any] | None:
+        if not self.available():
+            return None
+        assert self._primary is not None
+        try:
+            rows = self._primary.query("SELECT settings FROM {schema}.system_config WHERE key = 'backup'")
+        except HybridStoreError as exc:
+            log.debug("cannot read backup settings from the primary: %s", exc)
+            return None
+        return rows[0][0] if rows and isinstance(rows[0][0], dict) else None
+
+    def save_settings(self, data: dict[str, Any]) -> None:
+        if not self.available():
+            return
+        assert self._primary is not None
+        from psycopg.types.json import Jsonb
+
+        try:
+            self._primary.query(
+                "INSERT INTO {schema}.system_config (key, settings, updated_at) VALUES ('backup', %s, now()) "
+                "ON CONFLICT (key) DO UPDATE SET settings = excluded.settings, updated_at = now()",
+                (Jsonb(data),),
+            )
+        except HybridStoreError as exc:
+            log.warning("backup settings not saved on the primary (kept locally): %s", exc)
+
+    def sync(self, backups: Sequence[BackupInfo]) -> bool:
+        """Upsert a row for each of this node's backups and drop rows of its backups that are gone. True when
+        the primary is up to date."""
+        if not self.available():
+            return False
+        assert self._primary is not None
+        from psycopg.types.json import Jsonb
+
+        readable = [b for b in backups if b.kind != "unknown"]
+        try:
+            for b in readable:
+                manifest = {
+                    "node_id": b.node_id,
+                    "source": b.source,
+                    "records": b.records,
+                    "pending_ops": b.pending_ops,
+                    "collections": b.collections,
+                    "compressed": b.compressed,
+                    "encrypted": b.encrypted,
+                }
+                params = (b.id, b.kind, b.label, b.description, Jsonb(manifest), b.size_bytes, b.verified, b.pinned)
+                self._primary.query(_UPSERT, (*params, b.created_at))
+            self._primary.query(
+                "DELETE FROM {schema}.system_backups WHERE manifest->>'node_id' = %s AND NOT (id = ANY(%s))",
+                (self._node_id, [b.id for b in backups]),
+            )
+        except HybridStoreError as exc:
+            log.debug("backup catalogue not mirrored to the primary: %s", exc)
+            return False
+        return True
+
+    def forget(self, ids: Sequence[str]) -> None:
+        if not ids or not self.available():
+            return
+        assert self._primary is not None
+        try:
+            self._primary.query("DELETE FROM {schema}.system_backups WHERE id = ANY(%s)", (list(ids),))
+        except HybridStoreError as exc:
+            log.debug("deleted backups still listed on the primary: %s", exc)

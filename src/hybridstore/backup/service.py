@@ -1,0 +1,587 @@
+"""BackupService: manual, scheduled, emergency and pre-restore backups of one store; verify, restore, export,
+import, delete, prune; runtime settings. Reached as ``store.backups``.
+
+Scheduled and emergency backups run in the service's own thread (``hybridstore-backups``), started when the
+store runs background work. An emergency backup is requested by the circuit breaker's closed → open transition
+(the listener only sets a flag; the backup is taken in the service's thread) and is taken from the node's own
+state (SQLite + outbox + journal), so it holds what has not reached the primary. Only one backup or restore
+runs at a time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..circuit import CircuitState
+from ..errors import (
+    BackupError,
+    ConfigError,
+    HybridStoreError,
+    LocalStoreError,
+    UnavailableError,
+)
+from ..model import new_op_id
+from . import crypto, policy, restore, settings
+from .catalogue import PrimaryCatalogue
+from .format import CHUNK_TARGET, BackupReader, BodyWriter, assemble, read_header, rewrite_header
+from .repository import BackupInfo, Repository
+from .snapshot import source_sections
+
+if TYPE_CHECKING:
+    from ..store import HybridStore
+
+log = logging.getLogger("hybridstore.backup")
+Progress = Callable[[int, int], None]
+KINDS = ("manual", "scheduled", "emergency", "pre_restore", "imported")
+DIR_ENV = "HYBRIDSTORE_BACKUP_DIR"
+ZSTD_LEVEL = 3
+IDLE_WAIT = 60.0
+RETRY_AFTER = 300.0  # seconds before a failed scheduled backup is tried again
+
+
+@dataclass
+class VerifyReport:
+    """Result of `BackupService.verify_backup`: everything checked, nothing wrong (errors raise)."""
+
+    id: str
+    chunks: int
+    records: int
+    pending_ops: int
+    content_bytes: int
+    size_bytes: int
+    duration_s: float
+
+
+class BackupService:
+    """See the module docstring. ``clock`` (epoch seconds) is injectable so schedules are tested instantly."""
+
+    def __init__(
+        self,
+        store: HybridStore,
+        *,
+        directory: str | os.PathLike[str] | None = None,
+        passphrase: str | None = None,
+        clock: Callable[[], float] = time.time,
+        kdf: crypto.KdfParams | None = None,
+        start: bool | None = None,
+    ) -> None:
+        self.store = store
+        self.repo = Repository(Path(directory or os.environ.get(DIR_ENV) or store.data_dir / "backups"))
+        self._passphrase = passphrase
+        self.clock = clock
+        self.kdf = kdf or crypto.KdfParams()
+        self.emergency_min_interval = 600.0  # seconds between two emergency backups (a flapping primary)
+        self.chunk_target = CHUNK_TARGET  # plaintext bytes per chunk
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._emergency_requested = False
+        self._last_emergency: float | None = None
+        self._settings: settings.BackupSettings | None = None
+        self._thread: threading.Thread | None = None
+        self.last_error: str | None = None
+        self.counts = dict.fromkeys(("created", "failed", "restored", "pruned"), 0)
+        self.catalogue = PrimaryCatalogue(store.primary, store.circuit, store.node_id)
+        self._catalogue_dirty = True  # system_backups on the primary may lag behind the repository
+        self._retry_at = 0.0  # after a failed scheduled backup: not again before this time (clock())
+        self.repo.remove_stale_temporaries()
+        store.circuit.subscribe(self._on_circuit)
+        store.on_close(self.stop)
+        if start if start is not None else store.config.background:
+            self.start()
+
+    # -- lifecycle and background work ------------------------------------------------------------------------
+
+    @property
+    def passphrase(self) -> str | None:
+        return self._passphrase or os.environ.get(crypto.PASSPHRASE_ENV) or None
+
+    def start(self) -> None:
+        """Start the service's thread (scheduled and emergency backups). Started during an outage, it takes an
+        emergency backup at once: the outage began before it could see the circuit open."""
+        if self._thread is None:
+            if self.store.primary is not None and self.store.circuit.state != "closed":
+                self._emergency_requested = True
+            self._thread = threading.Thread(target=self._loop, name="hybridstore-backups", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+
+    def _on_circuit(self, old: CircuitState, new: CircuitState) -> None:
+        # Called in whatever thread saw the failure: only note the request, the work happens in our thread.
+        if old == "closed" and new == "open":
+            self._emergency_requested = True
+            self._wake.set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.clear()
+            try:
+                self.tick()
+                wait = min(IDLE_WAIT, self.seconds_until_due())
+            except Exception as exc:  # never die silently
+                log.exception("backup service round failed")
+                self.last_error = str(exc)
+                wait = IDLE_WAIT
+            self._wake.wait(max(wait, 0.05))
+
+    def tick(self) -> list[BackupInfo]:
+        """One round of background work, now: an emergency backup if one was requested, a scheduled backup
+        if one is due (at most one: a catch-up after downtime), the catalogue mirrored to the primary.
+        Returns the backups taken."""
+        taken: list[BackupInfo | None] = []
+        cfg = self.get_config()
+        if self._emergency_requested:
+            self._emergency_requested = False
+            now = self.clock()
+            recent = self._last_emergency is not None and now - self._last_emergency < self.emergency_min_interval
+            if cfg.enabled and cfg.automatic and not recent:
+                self._last_emergency = now
+                reason = "taken when the primary became unavailable"
+                taken.append(self._guarded("emergency", "Emergency backup", reason))
+        if cfg.enabled and cfg.automatic and self.seconds_until_due() == 0:
+            taken.append(self._guarded("scheduled", "Scheduled backup", ""))
+        self._mirror_catalogue(changed=False)
+        return [t for t in taken if t is not None]
+
+    def _guarded(self, kind: str, label: str, description: str) -> BackupInfo | None:
+        try:
+            info = self._create(kind, label, description)
+        except HybridStoreError as exc:
+            self.last_error = f"{kind} backup failed: {exc}"
+            log.error("%s; trying again in %.0f s", self.last_error, RETRY_AFTER)
+            if kind == "scheduled":
+                self._retry_at = self.clock() + RETRY_AFTER  # a full disk must not become a busy loop
+            return None
+        self.last_error = None
+        if kind == "scheduled":
+            self.prune()
+        return info
+
+    def seconds_until_due(self) -> float:
+        cfg = self.get_config()
+        if not (cfg.enabled and cfg.automatic):
+            return IDLE_WAIT
+        scheduled = [b.created_at for b in self.repo.list() if b.kind == "scheduled"]
+        now = self.clock()
+        due = policy.seconds_until_due(max(scheduled, default=None), now, cfg.interval_hours * 3600)
+        return max(due, self._retry_at - now)
+
+    # -- settings ---------------------------------------------------------------------------------------------
+
+    @property
+    def _config_path(self) -> Path:
+        return self.repo.dir / "config.json"
+
+    def get_config(self) -> settings.BackupSettings:
+        """The current settings: the newer of the local mirror and the primary's ``system_config`` row, else the
+        environment's defaults."""
+        if self._settings is None:
+            base = settings.env_defaults()
+            found = [base]
+            for where, load in (("config.json", self._local_config), ("system_config", self.catalogue.load_settings)):
+                try:
+                    stored = load()
+                    if stored is not None:
+                        found.append(settings.BackupSettings.from_dict(stored, base, strict=False))
+                except ConfigError as exc:  # a damaged or hand-edited copy must not stop backups
+                    log.error("ignoring the backup settings in %s: %s", where, exc)
+            self._settings = max(found, key=lambda s: s.updated_at)
+        return self._settings
+
+    def _local_config(self) -> dict[str, Any] | None:
+        return settings.load_local(self._config_path)
+
+    def update_config(self, **changes: Any) -> settings.BackupSettings:
+        """Validate and apply settings (``enabled``, ``automatic``, ``interval_hours``, ``max_backups``,
+        ``compress``, ``encrypt``, ``source``); persisted locally and on the primary when reachable."""
+        new = settings.BackupSettings.from_dict({**changes, "updated_at": self.clock()}, self.get_config())
+        if new.encrypt and not self.passphrase:
+            raise ConfigError(f"encrypt=True needs a passphrase: set {crypto.PASSPHRASE_ENV}")
+        settings.save_local(self._config_path, new)
+        self._settings = new
+        self.catalogue.save_settings(new.to_dict())
+        self._wake.set()
+        return new
+
+    # -- creating ---------------------------------------------------------------------------------------------
+
+    def create_manual_backup(
+        self, label: str = "Manual backup", description: str = "", *, progress: Progress | None = None
+    ) -> BackupInfo:
+        """Take a backup now (written, fsync'd and verified before it is registered)."""
+        if not isinstance(label, str) or not isinstance(description, str) or len(label) > 200:
+            raise ConfigError("label (at most 200 characters) and description must be text")
+        info = self._create("manual", label, description, progress=progress)
+        self.prune()
+        return info
+
+    def _create(
+        self, kind: str, label: str, description: str, *, progress: Progress | None = None, source: str | None = None
+    ) -> BackupInfo:
+        try:
+            info = self._create_checked(kind, label, description, progress, source)
+        except BaseException:
+            self.counts["failed"] += 1
+            raise
+        self.counts["created"] += 1
+        log.info("%s backup %s: %d records, %d bytes", kind, info.id, info.records, info.size_bytes)
+        self._mirror_catalogue()
+        return info
+
+    def _create_checked(
+        self, kind: str, label: str, description: str, progress: Progress | None, source: str | None
+    ) -> BackupInfo:
+        cfg = self.get_config()
+        if not cfg.enabled and kind != "pre_restore":
+            raise BackupError("backups are disabled (turn them on with `hybridstore backup config --enabled`)")
+        if cfg.encrypt:
+            crypto.require_crypto()
+            if not self.passphrase:
+                raise ConfigError(f"backups are set to be encrypted: set {crypto.PASSPHRASE_ENV}")
+        wanted = source or cfg.source
+        if kind == "emergency":
+            wanted = "local"
+        elif wanted == "auto":
+            wanted = "primary" if self.catalogue.available() else "local"
+        with self._lock:
+            try:
+                return self._write_backup(kind, label, description, wanted, cfg, progress)
+            except UnavailableError as exc:
+                if wanted != "primary" or cfg.source == "primary":
+                    raise
+                log.warning("backup from the primary failed (%s); taking it from the local copy", exc)
+            return self._write_backup(kind, label, description, "local", cfg, progress)
+
+    def _estimate_records(self) -> int:
+        if self.store.local is None:
+            return 0
+        try:
+            return int(self.store.local._read("SELECT count(*) FROM records WHERE value IS NOT NULL")[0][0])
+        except LocalStoreError:
+            return 0
+
+    def _write_backup(
+        self,
+        kind: str,
+        label: str,
+        description: str,
+        source: str,
+        cfg: settings.BackupSettings,
+        progress: Progress | None,
+    ) -> BackupInfo:
+        store = self.store
+        backup_id = new_op_id().replace("-", "")
+        id_bytes = bytes.fromhex(backup_id)
+        db_path = store.local.path if store.local is not None and store._local_ok else None
+        source, sections = source_sections(
+            source, primary=store.primary, db_path=db_path, journal=store.journal.entries()
+        )
+        header: dict[str, Any] = {
+            "format": 1,
+            "backup_id": backup_id,
+            "kind": kind,
+            "label": label,
+            "description": description,
+            "created_at": self.clock(),
+            "node_id": store.node_id,
+            "source": source,
+            "compression": {"name": "zstd", "level": ZSTD_LEVEL} if cfg.compress else {"name": "none"},
+        }
+        data_key = None
+        if cfg.encrypt:
+            data_key = crypto.new_data_key()
+            header["cipher"] = crypto.wrap_key(data_key, self.passphrase or "", id_bytes, self.kdf)
+        else:
+            header["cipher"] = {"name": "none"}
+        sealer = crypto.ChunkSealer(data_key)
+        body_tmp = self.repo.tmp_path(backup_id, ".body")
+        final_tmp = self.repo.tmp_path(backup_id, ".hsb")
+        total = max(1, self._estimate_records())
+        started = time.perf_counter()
+        timings: dict[str, float] = {}
+        try:
+            with open(body_tmp, "wb", buffering=1 << 20) as out:
+                writer = BodyWriter(
+                    out,
+                    backup_id=id_bytes,
+                    sealer=sealer,
+                    zstd_level=ZSTD_LEVEL if cfg.compress else None,
+                    chunk_target=self.chunk_target,
+                )
+                done = 0
+                try:
+                    for section, lines in sections():
+                        writer.add(section, lines)
+                        if progress is not None and section[0] == "collection":
+                            done += lines.count(b"\n")
+                            progress(min(done, total), max(total, done))
+                    stats = writer.finish()
+                except BaseException:
+                    writer.abort()
+                    raise
+            header["manifest"] = stats.manifest()
+            assemble(final_tmp, header, sealer, body_tmp)
+            body_tmp.unlink()
+            timings["write_s"] = time.perf_counter() - started
+            self._verify_file(final_tmp, passphrase=self.passphrase)  # before it is published
+            path = self.repo.publish(final_tmp, backup_id)
+            timings["verify_s"] = time.perf_counter() - started - timings["write_s"]
+        except BaseException:
+            for p in (body_tmp, final_tmp):
+                with contextlib.suppress(OSError):
+                    p.unlink()
+            raise
+        self.repo.set_meta(backup_id, verified=True, verified_at=self.clock(), pinned=False)
+        info = BackupInfo.from_header(header, path, self.repo.meta(backup_id))
+        info.extra.update((k, round(v, 3)) for k, v in timings.items())
+        return info
+
+    # -- reading ----------------------------------------------------------------------------------------------
+
+    def list_backups(self) -> list[BackupInfo]:
+        """Every backup in the repository, newest first."""
+        return self.repo.list()
+
+    def get_backup(self, backup_id: str) -> BackupInfo:
+        """One backup by id (or a unique prefix of at least 4 characters); `BackupNotFoundError` if absent."""
+        return self.repo.info(self.repo.resolve(backup_id))
+
+    def _verify_file(
+        self, path: Path, *, passphrase: str | None, progress: Progress | None = None
+    ) -> tuple[int, int, int]:
+        """Decrypt, decompress and check every chunk and section; returns (chunks, records, ops)."""
+        with BackupReader(path, passphrase) as reader:
+            total = reader.body_bytes
+            done = 0
+
+            def step(n: int) -> None:
+                nonlocal done
+                done += n
+                if progress is not None:
+                    progress(done, total)
+
+            for _ in reader.sections(step):
+                pass
+            m = reader.manifest
+            return int(m["chunks"]), int(m["records"]), int(m["pending_ops"])
+
+    def check_file(self, path: str | os.PathLike[str], *, progress: Progress | None = None) -> tuple[int, int, int]:
+        """Verify any backup file (in the repository or not) without registering it: (chunks, records, ops)."""
+        return self._verify_file(Path(path), passphrase=self.passphrase, progress=progress)
+
+    def verify_backup(self, backup_id: str, *, progress: Progress | None = None) -> VerifyReport:
+        """Check a backup completely (decrypt, decompress, checksums). Raises `BackupTamperedError` /
+        `WrongPassphraseError`; on success the backup is marked verified."""
+        start = time.monotonic()
+        bid = self.repo.resolve(backup_id)
+        path = self.repo.path(bid)
+        try:
+            chunks, records, ops = self._verify_file(path, passphrase=self.passphrase, progress=progress)
+        except BackupError:
+            self.repo.set_meta(bid, verified=False)
+            raise
+        self.repo.set_meta(bid, verified=True, verified_at=self.clock())
+        self._mirror_catalogue()
+        info = self.repo.info(bid)
+        return VerifyReport(bid, chunks, records, ops, info.content_bytes, info.size_bytes, time.monotonic() - start)
+
+    def read_records(self, backup_id: str) -> Iterator[tuple[str, str, Any]]:
+        """Every (section kind, section name, parsed line) of a verified-on-the-fly backup: for inspection."""
+        import json
+
+        with BackupReader(self.repo.path(self.repo.resolve(backup_id)), self.passphrase) as reader:
+            for (kind, name), body in reader.sections():
+                for line in body.split(b"\n")[:-1]:
+                    yield kind, name, json.loads(line)
+
+    # -- restoring --------------------------------------------------------------------------------------------
+
+    def restore_backup(
+        self,
+        backup_id: str,
+        *,
+        overwrite: bool = True,
+        validate_data: bool = True,
+        collections: Collection[str] | None = None,
+        keys: Collection[str] | None = None,
+        dry_run: bool = False,
+        progress: Progress | None = None,
+        diff_limit: int = 1000,
+    ) -> restore.RestoreReport:
+        """Restore a backup (all of it, or some ``collections`` / ``keys``) through the normal write path.
+        ``overwrite=False`` keeps records that exist; ``validate_data`` checks the whole backup before writing
+        anything; ``dry_run`` only reports what would change. A pre-restore backup is taken first."""
+        self.store._check_open()
+        bid = self.repo.resolve(backup_id)
+        selection = restore.Selection.of(collections, keys)
+        report = restore.RestoreReport(bid, dry_run, overwrite)
+        start = time.monotonic()
+        with self._lock:
+            path = self.repo.path(bid)
+            if validate_data:
+                with BackupReader(path, self.passphrase) as reader:
+                    restore.validate(reader, selection, self.store.config.max_value_bytes, None)
+            with BackupReader(path, self.passphrase) as reader:
+                if not dry_run:
+                    pre = self._create(
+                        "pre_restore", f"Before restoring {bid}", f"automatic safety backup before restoring {bid}"
+                    )
+                    report.pre_restore_backup = pre.id
+                restore.apply(self.store, reader, selection, report, diff_limit=diff_limit, progress=progress)
+        if not dry_run:
+            self.counts["restored"] += 1
+            self.store.replayer.wake()
+        report.duration_s = time.monotonic() - start
+        return report
+
+    # -- moving, deleting, pruning ----------------------------------------------------------------------------
+
+    def export_backup(self, backup_id: str, path: str | os.PathLike[str]) -> Path:
+        """Copy a backup file out of the repository (verified first, fsync'd, atomically renamed into place)."""
+        bid = self.repo.resolve(backup_id)
+        src = self.repo.path(bid)
+        target = Path(path)
+        if target.is_dir():
+            target = target / src.name
+        self._verify_file(src, passphrase=self.passphrase)
+        tmp = target.with_name(f".{target.name}.tmp")
+        try:
+            with open(src, "rb") as f, open(tmp, "wb") as out:
+                while block := f.read(1 << 20):
+                    out.write(block)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, target)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise BackupError(f"cannot export to {target}: {exc}") from exc
+        return target
+
+    def import_backup(self, path: str | os.PathLike[str], *, progress: Progress | None = None) -> BackupInfo:
+        """Copy a backup file into the repository; it is verified completely before it is registered."""
+        src = Path(path)
+        header = read_header(src)
+        bid = str(header.get("backup_id", ""))
+        if not bid or len(bid) != 32:
+            raise BackupError(f"{src} has no valid backup id")
+        if self.repo.path(bid).exists():
+            raise BackupError(f"backup {bid} is already in the repository")
+        tmp = self.repo.tmp_path(bid, ".hsb")
+        with self._lock:
+            try:
+                with open(src, "rb") as f, open(tmp, "wb") as out:
+                    while block := f.read(1 << 20):
+                        out.write(block)
+                    out.flush()
+                    os.fsync(out.fileno())
+                self._verify_file(tmp, passphrase=self.passphrase, progress=progress)
+                self.repo.publish(tmp, bid)
+            except OSError as exc:
+                raise BackupError(f"cannot import {src}: {exc}") from exc
+            finally:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+            self.repo.set_meta(bid, verified=True, verified_at=self.clock(), pinned=False, imported=True)
+        self._mirror_catalogue()
+        return self.repo.info(bid)
+
+    def delete_backup(self, backup_id: str) -> BackupInfo:
+        """Delete a backup (pinned and emergency ones too: this is an explicit request)."""
+        with self._lock:
+            info = self.get_backup(backup_id)
+            self.repo.delete(info.id)
+        self.catalogue.forget([info.id])
+        return info
+
+    def pin_backup(self, backup_id: str, pinned: bool = True) -> BackupInfo:
+        """Pin (or unpin) a backup: pinned backups are never pruned automatically."""
+        bid = self.repo.resolve(backup_id)
+        self.repo.set_meta(bid, pinned=pinned)
+        self._mirror_catalogue()
+        return self.repo.info(bid)
+
+    def prune(self, *, dry_run: bool = False) -> list[BackupInfo]:
+        """Remove manual and scheduled backups beyond ``max_backups`` (never the newest verified backup, never
+        emergency, pre-restore or pinned ones). Returns what was (or, with ``dry_run``, would be) removed."""
+        with self._lock:
+            # a file whose header cannot be read is kept for inspection (delete it by hand)
+            readable = [b for b in self.repo.list() if b.kind != "unknown"]
+            doomed = policy.choose_prunable(readable, self.get_config().max_backups)
+            gone = [b for b in doomed if isinstance(b, BackupInfo)]
+            if not dry_run:
+                for b in gone:
+                    self.repo.delete(b.id)
+                self.counts["pruned"] += len(gone)
+        if gone and not dry_run:
+            log.info("pruned %d backup(s)", len(gone))
+            self.catalogue.forget([b.id for b in gone])
+        return gone
+
+    def rotate_passphrase(self, new_passphrase: str, *, old_passphrase: str | None = None) -> list[str]:
+        """Re-wrap the data key of every encrypted backup under ``new_passphrase`` (bodies are not re-encrypted;
+        each file is rewritten, verified with the new passphrase, then replaces the old one). Set
+        HYBRIDSTORE_BACKUP_PASSPHRASE to the new one afterwards. Returns the ids re-wrapped."""
+        old = old_passphrase or self.passphrase
+        done: list[str] = []
+        with self._lock:
+            for info in self.repo.list():
+                if not info.encrypted:
+                    continue
+                src = self.repo.path(info.id)
+                with BackupReader(src, old) as reader:
+                    header = dict(reader.header)
+                    data_key = crypto.unwrap_key(header["cipher"], old, bytes.fromhex(info.id))
+                header["cipher"] = crypto.wrap_key(data_key, new_passphrase, bytes.fromhex(info.id), self.kdf)
+                tmp = self.repo.tmp_path(info.id, ".hsb")
+                try:
+                    rewrite_header(src, tmp, header, crypto.ChunkSealer(data_key))
+                    self._verify_file(tmp, passphrase=new_passphrase)
+                    os.replace(tmp, src)
+                finally:
+                    with contextlib.suppress(OSError):
+                        tmp.unlink()
+                done.append(info.id)
+        return done
+
+    def stats(self) -> dict[str, Any]:
+        """Plain data: counts and sizes by kind, newest backup, next scheduled backup, settings, errors."""
+        backups = self.repo.list()
+        by_kind: dict[str, int] = {}
+        for b in backups:
+            by_kind[b.kind] = by_kind.get(b.kind, 0) + 1
+        newest = backups[0] if backups else None
+        return {
+            "directory": str(self.repo.dir),
+            "count": len(backups),
+            "by_kind": by_kind,
+            "total_bytes": sum(b.size_bytes for b in backups),
+            "newest": None if newest is None else {"id": newest.id, "kind": newest.kind, "at": newest.created_at},
+            "verified": sum(1 for b in backups if b.verified),
+            "next_scheduled_in_s": round(self.seconds_until_due(), 1),
+            "config": self.get_config().to_dict(),
+            "counts": dict(self.counts),
+            "last_error": self.last_error,
+            "running": self._thread is not None and self._thread.is_alive(),
+        }
+
+    # -- the primary's catalogue (system_backups) -------------------------------------------------------------
+
+    def _mirror_catalogue(self, *, changed: bool = True) -> None:
+        """Bring ``system_backups`` up to date, primary permitting (retried by the service's thread)."""
+        self._catalogue_dirty = self._catalogue_dirty or changed
+        if self._catalogue_dirty and self.catalogue.sync(self.repo.list()):
+            self._catalogue_dirty = False

@@ -1,0 +1,226 @@
+"""Where a backup's records come from, as sections of record lines ready for `BodyWriter`.
+
+- ``local``: the node's SQLite (live records, which already hold the node's pending writes) overlaid with the
+  journal, read in one SQLite read transaction on a connection of its own (writers are not blocked), plus
+  the outbox and the journal verbatim as ``pending`` sections.
+- ``primary``: the primary's records from one consistent snapshot, overlaid with the node's pending rows and
+  journal (what the primary has not accepted yet), plus the same ``pending`` sections.
+
+Lines (see docs/backups.md): a record is ``[key, value, version, hlc, origin, updated_at]``; a pending op is
+``[op_id, collection, key, value or null, hlc, origin, created_at]``; one JSON array per line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+from collections.abc import Callable, Iterator
+from itertools import groupby
+from operator import itemgetter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import BackupError, LocalStoreError
+from ..model import Op
+
+if TYPE_CHECKING:
+    from ..tiers.primary import PrimaryTier
+
+Section = tuple[str, str]
+Lines = Iterator[tuple[Section, bytes]]
+BATCH = 1000  # rows per fetch: about a chunk of ordinary records, so a fetch never holds much
+_quote = json.JSONEncoder(ensure_ascii=False).encode
+_first = itemgetter(0)
+
+# SQLite builds each line itself with one printf (one allocation a row): no per-row Python work on the fast path.
+_LINE = (
+    "CAST(printf('[%s,%s,%d,%s,%s,%!.15g]' || char(10), json_quote(key), value, version, json_quote(hlc), "
+    "json_quote(origin), updated_at) AS BLOB)"
+)
+_LOCAL_LINES = f"SELECT {_LINE} FROM records WHERE collection = ? AND value IS NOT NULL ORDER BY key"
+_LOCAL_KEYED_LINES = f"SELECT key, {_LINE} FROM records WHERE collection = ? AND value IS NOT NULL ORDER BY key"
+_OUTBOX_LINES = (
+    "SELECT CAST(printf('[%s,%s,%s,%s,%s,%s,%!.15g]' || char(10), json_quote(op_id), json_quote(collection), "
+    "json_quote(key), coalesce(value, 'null'), json_quote(hlc), json_quote(origin), created_at) AS BLOB) "
+    "FROM outbox ORDER BY seq"
+)
+# The node's pending rows of a collection (its newest value, or NULL for a pending delete), in key order.
+_PENDING_KEYED_LINES = (
+    f"SELECT key, CASE WHEN value IS NULL THEN NULL ELSE {_LINE} END FROM records "
+    "WHERE collection = ? AND key IN (SELECT key FROM outbox WHERE collection = ?) ORDER BY key"
+)
+
+
+def record_line(key: str, value: str, version: int, hlc: str, origin: str, updated_at: float) -> bytes:
+    return f"[{_quote(key)},{value},{version},{_quote(hlc)},{_quote(origin)},{updated_at!r}]\n".encode()
+
+
+def op_line(op: Op) -> bytes:
+    value = "null" if op.value_json is None else op.value_json
+    return (
+        f"[{_quote(op.op_id)},{_quote(op.collection)},{_quote(op.key)},{value},{_quote(op.hlc)},"
+        f"{_quote(op.origin)},{op.created_at!r}]\n"
+    ).encode()
+
+
+def _journal_overlay(ops: list[Op]) -> dict[str, dict[str, bytes | None]]:
+    """collection -> key -> newest journaled line (``None`` for a delete)."""
+    latest: dict[tuple[str, str], Op] = {}
+    for op in ops:
+        prev = latest.get((op.collection, op.key))
+        if prev is None or op.hlc > prev.hlc:
+            latest[(op.collection, op.key)] = op
+    out: dict[str, dict[str, bytes | None]] = {}
+    for (c, k), op in latest.items():
+        out.setdefault(c, {})[k] = (
+            None if op.value_json is None else record_line(k, op.value_json, 0, op.hlc, op.origin, op.created_at)
+        )
+    return out
+
+
+def _merge(base: Iterator[Any], top: Iterator[Any]) -> Iterator[tuple[str, bytes | None]]:
+    """Merge two key-ordered streams of ``(key, line)``; ``top`` wins on equal keys (a ``None`` line is a
+    delete). Streams, so neither side is ever held in memory."""
+    t = next(top, None)
+    for key, line in base:
+        while t is not None and t[0] < key:
+            yield t
+            t = next(top, None)
+        if t is not None and t[0] == key:
+            yield t
+            t = next(top, None)
+        else:
+            yield key, line
+    while t is not None:
+        yield t
+        t = next(top, None)
+
+
+def _live(pairs: Iterator[tuple[str, bytes | None]]) -> Iterator[bytes]:
+    return (line for _, line in pairs if line is not None)
+
+
+def _batched(lines: Iterator[bytes], size: int = BATCH) -> Iterator[bytes]:
+    batch: list[bytes] = []
+    for line in lines:
+        batch.append(line)
+        if len(batch) >= size:
+            yield b"".join(batch)
+            batch = []
+    if batch:
+        yield b"".join(batch)
+
+
+@contextlib.contextmanager
+def _read_snapshot(db_path: Path) -> Iterator[sqlite3.Connection]:
+    """A connection of our own inside one read transaction: a consistent view, writers not blocked (WAL)."""
+    try:
+        conn = sqlite3.connect(db_path, isolation_level=None, timeout=10)
+        conn.execute("BEGIN")
+        conn.execute("SELECT count(*) FROM outbox").fetchone()  # starts the read snapshot now
+    except sqlite3.Error as exc:
+        raise LocalStoreError(f"cannot read the local database for a backup: {exc}") from exc
+    try:
+        yield conn
+    finally:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("COMMIT")
+        conn.close()
+
+
+def _collections(conn: sqlite3.Connection) -> set[str]:
+    """Collection names by skipping through the primary key (one index seek per collection, no full scan)."""
+    names: set[str] = set()
+    row = conn.execute("SELECT min(collection) FROM records").fetchone()
+    while row is not None and row[0] is not None:
+        names.add(row[0])
+        row = conn.execute("SELECT min(collection) FROM records WHERE collection > ?", (row[0],)).fetchone()
+    return names
+
+
+def local_sections(db_path: Path | None, journal: list[Op]) -> Lines:
+    """Sections of a backup taken from the node itself: SQLite records overlaid with the journal, then the
+    outbox and the journal as pending sections."""
+    overlay = _journal_overlay(journal)
+    if db_path is None:  # SQLite unusable: the journal is all there is
+        for collection in sorted(overlay):
+            pairs = _merge(iter(()), iter(sorted(overlay[collection].items())))
+            yield from ((("collection", collection), b) for b in _batched(_live(pairs)))
+        yield from _journal_section(journal)
+        return
+    try:
+        with _read_snapshot(db_path) as conn:
+            names = _collections(conn)
+            for collection in sorted(names | set(overlay)):
+                section = ("collection", collection)
+                if collection in overlay:
+                    keyed = conn.execute(_LOCAL_KEYED_LINES, (collection,))
+                    pairs = _merge(iter(keyed), iter(sorted(overlay[collection].items())))
+                    for batch in _batched(_live(pairs)):
+                        yield section, batch
+                    continue
+                cur = conn.execute(_LOCAL_LINES, (collection,))
+                while rows := cur.fetchmany(BATCH):
+                    yield section, b"".join(map(_first, rows))
+            cur = conn.execute(_OUTBOX_LINES)
+            while rows := cur.fetchmany(BATCH):
+                yield ("pending", "outbox"), b"".join(map(_first, rows))
+    except sqlite3.Error as exc:
+        raise LocalStoreError(f"reading the local database for a backup failed: {exc}") from exc
+    yield from _journal_section(journal)
+
+
+def _journal_section(journal: list[Op]) -> Lines:
+    for start in range(0, len(journal), BATCH):
+        yield ("pending", "journal"), b"".join(op_line(op) for op in journal[start : start + BATCH])
+
+
+def primary_sections(primary: PrimaryTier, db_path: Path | None, journal: list[Op]) -> Lines:
+    """Sections of a backup taken from the primary's snapshot, overlaid with what this node has not pushed
+    (its pending rows, streamed from one SQLite read transaction, then the journal)."""
+    journal_overlay = _journal_overlay(journal)
+    with contextlib.ExitStack() as stack:
+        conn = stack.enter_context(_read_snapshot(db_path)) if db_path is not None else None
+        try:
+            pending = {r[0] for r in conn.execute("SELECT DISTINCT collection FROM outbox")} if conn else set()
+        except sqlite3.Error as exc:
+            raise LocalStoreError(f"reading the local database for a backup failed: {exc}") from exc
+        extras = pending | set(journal_overlay)
+
+        def section(collection: str, pairs: Iterator[Any]) -> Lines:
+            if conn is not None and collection in pending:
+                pairs = _merge(pairs, iter(conn.execute(_PENDING_KEYED_LINES, (collection, collection))))
+            if collection in journal_overlay:
+                pairs = _merge(pairs, iter(sorted(journal_overlay[collection].items())))
+            return ((("collection", collection), b) for b in _batched(_live(pairs)))
+
+        def rows(batches: Iterator[list[Any]]) -> Iterator[tuple[str, str, bytes]]:
+            for batch in batches:
+                for c, k, v, ver, h, o, u in batch:
+                    yield c, k, record_line(k, v, ver, h, o, u)
+
+        seen: set[str] = set()
+        for collection, group in groupby(rows(primary.iter_snapshot(BATCH)), key=itemgetter(0)):
+            for extra in sorted(c for c in extras if c < collection and c not in seen):
+                seen.add(extra)
+                yield from section(extra, iter(()))
+            seen.add(collection)
+            yield from section(collection, ((k, line) for _, k, line in group))
+        for extra in sorted(extras - seen):
+            yield from section(extra, iter(()))
+        if conn is not None:
+            cur = conn.execute(_OUTBOX_LINES)
+            while batch := cur.fetchmany(BATCH):
+                yield ("pending", "outbox"), b"".join(map(_first, batch))
+    yield from _journal_section(journal)
+
+
+def source_sections(
+    source: str, *, primary: PrimaryTier | None, db_path: Path | None, journal: list[Op]
+) -> tuple[str, Callable[[], Lines]]:
+    if source == "primary":
+        if primary is None:
+            raise BackupError("no primary configured: a backup from the primary is not possible")
+        return "primary", lambda: primary_sections(primary, db_path, journal)
+    return "local", lambda: local_sections(db_path, journal)
