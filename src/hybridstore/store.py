@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING, Any
 
 from .circuit import CircuitBreaker
 from .clock import HybridClock
-from .config import StoreConfig, load_node_id, redact
+from .config import StoreConfig, apply_log_level, load_node_id, redact
 from .errors import (
     ClosedError,
+    HybridStoreError,
     JournalError,
     LocalStoreError,
     PrimaryTimeoutError,
@@ -34,7 +35,10 @@ from .errors import (
     StoreLockedError,
     ValidationError,
 )
+from .metrics import StoreMetrics
 from .model import Op, Page, Record, StoredRow, SyncReport, TierName, WriteResult, new_op_id
+from .recovery.probes import wal_deleted_after_crash
+from .recovery.service import RecoveryService
 from .sync.outbox import OutboxReplayer
 from .tiers.journal import JournalTier
 from .tiers.local import LocalTier
@@ -76,7 +80,9 @@ class HybridStore:
         self.data_dir = data_dir
         self._lock_file = self._take_dir_lock(data_dir)
         try:
+            wal_lost = wal_deleted_after_crash(data_dir / LOCAL_DB)  # must be seen before SQLite opens the file
             self._open_tiers(config, data_dir)
+            self._start_services(wal_lost)
         except BaseException:
             self._release_dir_lock()
             raise
@@ -188,17 +194,31 @@ class HybridStore:
 
     def set(self, collection: str, key: str, value: Any) -> WriteResult:
         """Store ``value`` (any JSON value) under ``collection``/``key``."""
-        self._check_open()
-        check_collection(collection)
-        check_key(key)
-        return self._write(collection, key, encode_value(value, max_bytes=self.config.max_value_bytes))
+        start = time.perf_counter()
+        try:
+            self._check_open()
+            check_collection(collection)
+            check_key(key)
+            result = self._write(collection, key, encode_value(value, max_bytes=self.config.max_value_bytes))
+        except HybridStoreError as exc:
+            self.metrics.failed("set", exc)
+            raise
+        self.metrics.observe("set", result.tier, start)
+        return result
 
     def delete(self, collection: str, key: str) -> WriteResult:
         """Delete (a tombstone, so the deletion reaches the primary and other nodes)."""
-        self._check_open()
-        check_collection(collection)
-        check_key(key)
-        return self._write(collection, key, None)
+        start = time.perf_counter()
+        try:
+            self._check_open()
+            check_collection(collection)
+            check_key(key)
+            result = self._write(collection, key, None)
+        except HybridStoreError as exc:
+            self.metrics.failed("delete", exc)
+            raise
+        self.metrics.observe("delete", result.tier, start)
+        return result
 
     def _write(self, collection: str, key: str, value_json: str | None) -> WriteResult:
         op = Op(new_op_id(), collection, key, value_json, self.clock.now(), self.node_id, 0, time.time())
@@ -277,6 +297,16 @@ class HybridStore:
 
     def get(self, collection: str, key: str) -> Record | None:
         """The current value, or ``None``. ``Record.source`` says which tier answered."""
+        start = time.perf_counter()
+        try:
+            record = self._get(collection, key)
+        except HybridStoreError as exc:
+            self.metrics.failed("get", exc)
+            raise
+        self.metrics.observe("get", record.source if record is not None else "none", start)
+        return record
+
+    def _get(self, collection: str, key: str) -> Record | None:
         self._check_open()
         check_collection(collection)
         check_key(key)
@@ -318,6 +348,16 @@ class HybridStore:
 
     def list(self, collection: str, *, prefix: str = "", limit: int = 100, after: str | None = None) -> Page:
         """Live records ordered by key; pass ``page.next_after`` as ``after`` for the next page."""
+        start = time.perf_counter()
+        try:
+            page = self._list(collection, prefix=prefix, limit=limit, after=after)
+        except HybridStoreError as exc:
+            self.metrics.failed("list", exc)
+            raise
+        self.metrics.observe("list", page.records[0].source if page.records else "none", start)
+        return page
+
+    def _list(self, collection: str, *, prefix: str, limit: int, after: str | None) -> Page:
         self._check_open()
         check_collection(collection)
         if not isinstance(prefix, str):
@@ -423,3 +463,13 @@ class HybridStore:
                 "last_error": self.replayer.last_error,
             },
         }
+
+    # -- services ---------------------------------------------------------------------------------------------
+
+    def _start_services(self, wal_lost: bool) -> None:
+        apply_log_level()
+        self.metrics = StoreMetrics(self)
+        self.recovery = RecoveryService(self, wal_lost_at_open=wal_lost)
+        self.on_close(self.recovery.stop)
+        if self.config.background:
+            self.recovery.start()
