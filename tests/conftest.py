@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-pytest_plugins = ["tests.fix_db", "tests.fix_proxy", "tests.fix_cluster"]
+pytest_plugins = ["tests.fix_db", "tests.fix_proxy", "tests.fix_cluster", "tests.fix_webhook"]
 
 _ENV = (
     "HYBRIDSTORE_PRIMARY_URL",
@@ -13,6 +13,8 @@ _ENV = (
     "HYBRIDSTORE_PRIMARY_SCHEMA",
     "STORAGE_SYNC_RETRY_ATTEMPTS",
     "VITE_STORAGE_SYNC_RETRY_ATTEMPTS",
+    "HYBRIDSTORE_ALERT_WEBHOOK_URL",
+    "HYBRIDSTORE_LOG_LEVEL",
 )
 
 

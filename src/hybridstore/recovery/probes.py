@@ -32,35 +32,35 @@ class ProbeResult:
 
 
 class PrimaryProber:
-    """Round trips to the primary from one worker thread, each cut off after ``timeout`` seconds whatever the
-    driver does. While the primary is healthy a probe is a ``SELECT 1`` on a pooled connection (cheap); once a
-    probe has failed, probes use a brand-new connection (a pooled one could be a stale leftover). A probe still
-    waiting from last time counts as another failure, so a black-holed primary is seen failing at every tick."""
+    """Round trips to the primary from worker threads, each cut off after ``timeout`` seconds whatever the driver
+    does. While the primary is healthy a probe is a ``SELECT 1`` on a pooled connection (cheap); once a probe
+    has failed, probes use a brand-new connection (the pool may hold stale connections or be backing off its
+    reconnects). A probe that outlives its deadline keeps running in its thread; while ``max_stuck`` of them are
+    still waiting, no new one is started and each tick counts as another failure (a black-holed primary)."""
 
-    def __init__(self, primary: PrimaryTier, *, timeout: float) -> None:
+    def __init__(self, primary: PrimaryTier, *, timeout: float, max_stuck: int = 2) -> None:
         self._primary = primary
         self.timeout = timeout
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hybridstore-health-probe")
-        self._inflight: Future[float] | None = None
-        self._inflight_started = 0.0
+        self._max_stuck = max_stuck
+        self._executor = ThreadPoolExecutor(max_workers=max_stuck + 1, thread_name_prefix="hybridstore-health-probe")
+        self._inflight: list[tuple[float, Future[float]]] = []
 
     def probe(self, *, fresh: bool, now: float) -> ProbeResult:
-        if self._inflight is not None and not self._inflight.done():
-            return ProbeResult(
-                False, self._inflight_started, error=f"no answer for {now - self._inflight_started:.1f}s"
-            )
-        fn = self._primary.probe if fresh else self._primary.ping
-        self._inflight_started = started = now
-        self._inflight = future = self._executor.submit(fn)
+        self._inflight = [(t, f) for t, f in self._inflight if not f.done()]
+        if len(self._inflight) >= self._max_stuck:
+            oldest = self._inflight[0][0]
+            return ProbeResult(False, oldest, error=f"no answer for {now - oldest:.1f}s")
+        future = self._executor.submit(self._primary.probe if fresh else self._primary.ping)
+        self._inflight.append((now, future))
         try:
             latency = future.result(timeout=self.timeout)
         except FutureTimeout:
-            return ProbeResult(False, started, error=f"no answer within {self.timeout:g}s")
+            return ProbeResult(False, now, error=f"no answer within {self.timeout:g}s")
         except HybridStoreError as exc:
-            return ProbeResult(False, started, error=str(exc))
+            return ProbeResult(False, now, error=str(exc))
         except Exception as exc:  # a probe must never kill the monitor
-            return ProbeResult(False, started, error=f"{type(exc).__name__}: {exc}")
-        return ProbeResult(True, started, latency)
+            return ProbeResult(False, now, error=f"{type(exc).__name__}: {exc}")
+        return ProbeResult(True, now, latency)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -164,8 +164,10 @@ def _fill(new: LocalTier, salvage: Salvage, rows: RowSource | None, report: Rebu
         {"seq": seq, "reason": "outbox entry on a damaged page and no readable record holds its value"}
         for seq in sorted(lost - set(pending))
     ]
-    if not salvage.records_complete and not report.unrecovered and salvage.errors and rows is None:
-        report.unrecovered.append({"seq": None, "reason": "records on damaged pages (no source to reload them)"})
+    if salvage.outbox_unknown:
+        report.unrecovered.append(
+            {"seq": None, "reason": "outbox unreadable: the queued writes it held (if any) cannot be listed"}
+        )
 
 
 def _move_aside(path: Path, broken_dir: Path, stamp: str) -> list[str]:

@@ -31,6 +31,7 @@ class Salvage:
     records: list[tuple[StoredRow, int | None]] = field(default_factory=list)  # (row, pending_seq)
     unreadable_seqs: list[int] = field(default_factory=list)  # outbox positions on damaged pages
     records_complete: bool = False
+    outbox_unknown: bool = False  # the outbox could not be read at all, and no bound on its seqs is known
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -58,8 +59,10 @@ def salvage_file(path: Path, *, scratch: Path, max_seq: int | None = None) -> Sa
         result.errors.append(f"cannot open a copy of the broken file: {exc}")
         return result
     try:
-        _salvage_outbox(conn, result, max_seq)
         _salvage_records(conn, result)
+        # Records name the seq of their newest pending op: a bound when the outbox's own bounds are unreadable.
+        hint = max(result.pending_records, default=None)
+        _salvage_outbox(conn, result, max(max_seq or 0, hint or 0) or None)
     finally:
         conn.close()
         for suffix in ("", "-wal", "-shm", "-journal"):
@@ -79,7 +82,9 @@ def _salvage_outbox(conn: sqlite3.Connection, result: Salvage, max_seq: int | No
     if max_seq is not None and (hi is None or max_seq > hi):
         hi = max_seq
     if hi is None:
-        return  # an empty outbox
+        if lo == 1:  # bounds unreadable and nothing else knows them
+            result.outbox_unknown = True
+        return  # else: an empty outbox
     lo = lo or 1
     budget = [MAX_SPLIT_QUERIES]
     rows: list[Any] = []

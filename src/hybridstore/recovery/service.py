@@ -85,11 +85,11 @@ class RecoveryService:
         self._prober = (
             probes.PrimaryProber(store.primary, timeout=min(1.0, cfg.primary_timeout)) if store.primary else None
         )
+        self._open: dict[str, StrategyEvent] = {}
         self._events: list[StrategyEvent] = self.history.load_events(MAX_EVENTS)
         for event in self._events:  # strategies cut short by the last stop
             if event.outcome == "running":
                 self._end(event, "failed", "interrupted: the store stopped while it ran")
-        self._open: dict[str, StrategyEvent] = {}
         self._backup_source: BackupSource | None = None
         self._sync_status: SyncStatusProvider | None = None
         self._lock = threading.Lock()  # one check at a time
@@ -103,7 +103,7 @@ class RecoveryService:
         self._seen_local_error: tuple[str | None, str | None] = (None, None)
         self._progress_at = clock()
         self._progress_mark: tuple[int, int] = (-1, -1)
-        self._fallback_depth = 0
+        self._fallback_mark = (0, 0)
         self.last_rebuild: RebuildReport | None = None
         store.circuit.subscribe(self._on_circuit)
 
@@ -234,6 +234,10 @@ class RecoveryService:
         d = self.detector
         fresh = d.failures > 0 or d.in_outage or store.circuit.state != "closed"
         result = self._prober.probe(fresh=fresh, now=now)
+        if act and result.ok and fresh and d.failures and not d.in_outage and store.circuit.state == "closed":
+            # A fresh connection works while the pooled one failed: the pool is stale (a blip reset its
+            # connections and it is backing off its reconnects). Replace it before a foreground call waits on it.
+            store.primary.reset_pool()
         transition = d.observe(result.ok, self._clock(), started=result.started) if act else None
         if transition == "outage":
             self._outage_started(result.error)
@@ -284,7 +288,9 @@ class RecoveryService:
         if not probe.ok:
             out.update(state="degraded", detail=probe.error, disk_full=probes.is_disk_full(probe.error))
         elif not store._local_ok:
-            out.update(state="degraded", detail=store.local_error or "recovering")
+            # A write that fits an existing page still works on a full disk: the store's own failures tell.
+            detail = store.local_error or "recovering"
+            out.update(state="degraded", detail=detail, disk_full=probes.is_disk_full(detail))
         else:
             out.update(state="healthy", detail="")
         return out
@@ -414,28 +420,31 @@ class RecoveryService:
         retry = self._open.get("sync_retry")
         if retry is not None:
             self._end(retry, "failed", "interrupted by a new outage")
-        self._fallback_depth = self._depth()
+        self._fallback_mark = (self._depth(), self._settled())
         self._begin("cache_fallback", f"primary unreachable ({error}); writes routed to the local store")
 
     def _outage_ended(self) -> None:
         store = self._store
         assert store.primary is not None
         fallback = self._open.get("cache_fallback")
-        depth = self._depth()
+        # The replayer may have started pushing already (its own probe can beat the confirmation): count from
+        # the start of the outage, when nothing could be pushed.
+        depth0, settled0 = self._fallback_mark
+        settled = self._settled()
+        waiting = self._depth() + settled - settled0
+        queued = max(0, waiting - depth0)
         if fallback is not None:
-            queued = max(0, depth - self._fallback_depth)
             self._end(fallback, "succeeded", f"primary back; {queued} write(s) queued meanwhile", queued=queued)
         # The primary answered fresh connections: close the circuit now rather than at the replayer's next probe
         # (its backoff may be seconds away), with a fresh pool, and push at once.
         store.primary.reset_pool()
         store.circuit.record_success()
         store.replayer.wake()
-        t = store.replayer.totals
         self._begin(
             "sync_retry",
-            f"primary back; pushing {depth} queued write(s)",
-            depth=depth,
-            pushed_before=t.pushed + t.superseded + t.duplicates,
+            f"primary back; pushing {waiting} queued write(s)",
+            depth=waiting,
+            pushed_before=settled0,
             started_mono=self._clock(),
         )
 
@@ -444,8 +453,7 @@ class RecoveryService:
         if retry is not None:
             sync = c["sync"]
             if sync["outbox_depth"] == 0:
-                t = self._store.replayer.totals
-                pushed = t.pushed + t.superseded + t.duplicates - retry.details["pushed_before"]
+                pushed = self._settled() - retry.details["pushed_before"]
                 secs = self._clock() - retry.details.pop("started_mono")
                 self._end(retry, "succeeded", f"outbox drained: {pushed} write(s) pushed in {secs:.2f}s", pushed=pushed)
         if self._rebuild_reason is not None:
@@ -527,6 +535,10 @@ class RecoveryService:
         except Exception as exc:
             log.warning("backup source failed: %s", exc)
             return None
+
+    def _settled(self) -> int:
+        t = self._store.replayer.totals
+        return t.pushed + t.superseded + t.duplicates
 
     def _depth(self) -> int:
         local = self._store.local

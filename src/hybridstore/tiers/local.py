@@ -173,8 +173,8 @@ class LocalTier:
         return err
 
     def _rollback(self) -> None:
-        if self._conn.in_transaction:
-            with contextlib.suppress(sqlite3.Error):
+        with contextlib.suppress(sqlite3.Error):  # in_transaction raises too once the connection is closed
+            if self._conn.in_transaction:
                 self._conn.execute("ROLLBACK")
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
