@@ -22,7 +22,7 @@ runner = CliRunner()
 
 
 def commands() -> list[str]:
-    from hybridstore.cli import admin, data, status  # noqa: F401
+    from hybridstore.cli import admin, data, health, status  # noqa: F401
     from hybridstore.cli import main as _main  # noqa: F401  (importing registers the commands)
 
     return sorted(c.name or c.callback.__name__ for c in typer_app.registered_commands if c.callback)

@@ -112,6 +112,6 @@ def print_json(data: Any) -> None:
 
 
 def main() -> None:
-    from . import admin, data, status  # noqa: F401  (registers the commands)
+    from . import admin, data, health, status  # noqa: F401  (registers the commands)
 
     app()
