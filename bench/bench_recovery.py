@@ -13,8 +13,9 @@ PostgreSQL: ``HYBRIDSTORE_BENCH_DSN`` (default postgresql://postgres@127.0.0.1:5
     overwritten on disk; measured: the rebuild (salvage, full scan of the primary into a fresh file, swap).
     Raw limit, same run: one ``COPY (SELECT …) TO STDOUT`` of the same rows from PostgreSQL plus one
     ``executemany`` of them into an empty SQLite table of the same shape, in one transaction.
-(c) metrics: cost of the per-operation histogram on the local write path (``store.set``, embedded store):
-    the same store with and without its ``metrics.observe`` call (replaced by a no-op), interleaved rounds.
+(c) metrics: cost of the per-operation histogram on the local paths (``store.set`` and ``store.get``,
+    embedded store): the same store with and without its ``metrics.observe`` call (replaced by a no-op),
+    alternating rounds; and the cost of one ``observe`` call alone.
 """
 
 from __future__ import annotations
@@ -109,10 +110,14 @@ def bench_detect(repeats: int) -> None:
 def _raw_rebuild(schema: str, tmp: Path, n: int) -> float:
     start = time.perf_counter()
     rows: list[tuple[Any, ...]] = []
-    with psycopg.connect(DSN, autocommit=True) as conn, conn.cursor() as cur, cur.copy(
-        f"COPY (SELECT collection, key, value::text, version, hlc, origin, extract(epoch FROM updated_at) "
-        f'FROM "{schema}".records ORDER BY collection, key) TO STDOUT'
-    ) as copy:
+    with (
+        psycopg.connect(DSN, autocommit=True) as conn,
+        conn.cursor() as cur,
+        cur.copy(
+            f"COPY (SELECT collection, key, value::text, version, hlc, origin, extract(epoch FROM updated_at) "
+            f'FROM "{schema}".records ORDER BY collection, key) TO STDOUT'
+        ) as copy,
+    ):
         rows = [(c, k, v, int(ver), h, o, float(u)) for c, k, v, ver, h, o, u in copy.rows()]
     db = sqlite3.connect(tmp / "raw.db", isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
@@ -176,32 +181,54 @@ def bench_rebuild(n: int) -> None:
 def bench_metrics(n: int, rounds: int) -> None:
     values = [small_value(i) for i in range(n)]
     with temp_dir() as tmp:
-        with_metrics = open_embedded(tmp / "a", background=False)
-        without = open_embedded(tmp / "b", background=False)
-        without.metrics.observe = lambda op, tier, start: None  # type: ignore[method-assign]
+        store = open_embedded(tmp / "a", background=False)
+        real = store.metrics.observe
+
+        def noop(op: str, tier: str, start: float) -> None:
+            return None
+
+        def with_metrics(i: int) -> None:
+            store.metrics.observe = real  # type: ignore[method-assign]
+            store.set("c", f"k{i:08d}", values[i])
+
+        def without(i: int) -> None:
+            store.metrics.observe = noop  # type: ignore[method-assign]
+            store.set("c", f"k{i:08d}", values[i])
+
+        def read_with(i: int) -> None:
+            store.metrics.observe = real  # type: ignore[method-assign]
+            store.get("c", f"k{i % n:08d}")
+
+        def read_without(i: int) -> None:
+            store.metrics.observe = noop  # type: ignore[method-assign]
+            store.get("c", f"k{i % n:08d}")
+
         try:
             for i in range(1000):
-                with_metrics.set("c", f"w{i}", values[i])
-                without.set("c", f"w{i}", values[i])
-            rates = interleaved_rates(
-                {
-                    "set with metrics": lambda i: with_metrics.set("c", f"k{i:08d}", values[i]),
-                    "set, observe() a no-op": lambda i: without.set("c", f"k{i:08d}", values[i]),
-                },
-                n,
-                rounds,
+                store.set("c", f"w{i}", values[i])
+            # the same store, the same file: rounds alternate between the two cases
+            rates = interleaved_rates({"set with metrics": with_metrics, "set, observe() a no-op": without}, n, rounds)
+            rates |= interleaved_rates(
+                {"get with metrics": read_with, "get, observe() a no-op": read_without}, 5 * n, rounds
             )
+            start = time.perf_counter()
+            for _ in range(100_000):
+                real("set", "local", start)
+            per_call = (time.perf_counter() - start) / 100_000
         finally:
-            with_metrics.close()
-            without.close()
-    a, b = rates["set with metrics"], rates["set, observe() a no-op"]
+            store.metrics.observe = real  # type: ignore[method-assign]
+            store.close()
+    rows = []
+    for op in ("set", "get"):
+        a, b = rates[f"{op} with metrics"], rates[f"{op}, observe() a no-op"]
+        rows.append([f"{op} with metrics", fmt_rate(a), f"{1e6 / a:.2f}", f"{(b / a - 1) * 100:+.1f} %"])
+        rows.append([f"{op}, observe() a no-op", fmt_rate(b), f"{1e6 / b:.2f}", ""])
+    rows.append(["metrics.observe() alone", "", f"{per_call * 1e6:.2f}", ""])
     print_table(
-        f"(c) cost of per-operation metrics on the local write path ({n:,} writes, median of {rounds} rounds)",
+        f"(c) cost of per-operation metrics, embedded store ({n:,} writes, {5 * n:,} reads, median of {rounds} "
+        "rounds; the same store alternates between the cases)",
         ["case", "ops/s", "us/op", "overhead"],
-        [
-            ["set with metrics", fmt_rate(a), f"{1e6 / a:.1f}", f"{(b / a - 1) * 100:+.1f} %"],
-            ["set, observe() a no-op", fmt_rate(b), f"{1e6 / b:.1f}", ""],
-        ],
+        rows,
     )
 
 
@@ -211,7 +238,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--writes", type=int, default=20_000)
-    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=10)
     args = parser.parse_args()
     header("bench_recovery")
     parts = set(args.only.split(","))

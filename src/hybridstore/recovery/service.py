@@ -502,14 +502,7 @@ class RecoveryService:
         self._last_quick_check = None  # check the new file at the next tick
         self._seen_local_error = (None, None)
         lost = len(report.unrecovered)
-        self._end(
-            event,
-            "succeeded" if lost == 0 else "failed",
-            f"rebuilt from {source} in {report.seconds:.2f}s: {report.records_from_source} record(s) loaded, "
-            f"{report.requeued} queued write(s) recovered, {report.journal_replayed} journaled write(s) replayed, "
-            f"{lost} acknowledged write(s) not recoverable; broken file kept in {', '.join(report.moved_aside)}",
-            report=report.to_dict(),
-        )
+        # Alerts first, then the event: whoever waits for the event sees the alerts it caused.
         self.book.update("local_corruption", False, resolution=f"rebuilt from {source}")
         if lost:
             self._manual(
@@ -519,6 +512,14 @@ class RecoveryService:
             )
         else:
             self._manual(False, "")
+        self._end(
+            event,
+            "succeeded" if lost == 0 else "failed",
+            f"rebuilt from {source} in {report.seconds:.2f}s: {report.records_from_source} record(s) loaded, "
+            f"{report.requeued} queued write(s) recovered, {report.journal_replayed} journaled write(s) replayed, "
+            f"{lost} acknowledged write(s) not recoverable; broken file kept in {', '.join(report.moved_aside)}",
+            report=report.to_dict(),
+        )
 
     def _manual(self, active: bool, message: str) -> None:
         if active and not self.book.is_active("manual_intervention"):
