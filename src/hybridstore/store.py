@@ -71,6 +71,10 @@ def merge_pending(
 class HybridStore:
     """See the module docstring. Use `hybridstore.open()` to make one; close it (or use ``with``)."""
 
+    # Set by the recovery service while the local file awaits a rebuild: SQLite must not be trusted again
+    # (writes stay on the journal) even if a write probe happens to work on an undamaged page.
+    _local_hold: str | None = None
+
     def __init__(self, config: StoreConfig) -> None:
         self.config = config
         self._closed = False
@@ -288,6 +292,8 @@ class HybridStore:
         self.local_error = str(exc)
 
     def _local_recovered(self) -> None:
+        if self._local_hold is not None:
+            return
         if not self._local_ok:
             log.info("local SQLite works again")
         self._local_ok = True

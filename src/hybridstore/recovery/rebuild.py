@@ -118,6 +118,7 @@ def rebuild_local(store: HybridStore, *, reason: str, source: str, rows: RowSour
     os.replace(building, path)
     _fsync_dir(path.parent)
     store.local = LocalTier(path, synchronous=store.config.synchronous)
+    store._local_hold = None
     store._local_recovered()
     report.journal_replayed = store.replayer.drain(max_batches=0).journal_replayed
     store.replayer.wake()

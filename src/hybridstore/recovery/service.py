@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..errors import HybridStoreError, LocalStoreError
+from ..errors import CorruptionError, HybridStoreError, LocalStoreError
 from ..model import StoredRow
 from . import probes
 from .alerts import Alert, AlertBook, AlertKind, LogSink, Severity
@@ -97,7 +97,7 @@ class RecoveryService:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._status: dict[str, Any] | None = None
-        self._rebuild_reason: str | None = "write-ahead log deleted after a crash" if wal_lost_at_open else None
+        self._rebuild_reason: str | None = None
         self._last_quick_check: float | None = None
         self._quick_check: dict[str, Any] = {"ok": None, "at": None, "detail": "not run yet"}
         self._seen_local_error: tuple[str | None, str | None] = (None, None)
@@ -106,6 +106,8 @@ class RecoveryService:
         self._fallback_mark = (0, 0)
         self.last_rebuild: RebuildReport | None = None
         store.circuit.subscribe(self._on_circuit)
+        if wal_lost_at_open:
+            self._need_rebuild("write-ahead log deleted after a crash")
 
     # -- hooks for other services -----------------------------------------------------------------------------
 
@@ -160,8 +162,9 @@ class RecoveryService:
     # -- public views -----------------------------------------------------------------------------------------
 
     def get_health_status(self, *, refresh: bool = False) -> dict[str, Any]:
-        """Plain data: overall state, each component, active alerts, recent strategy events. The latest result
-        of the monitor (``refresh=True``, or no monitor thread: probe now, without acting on the result)."""
+        """Plain data: overall state, each component, active alerts, recent strategy events — the monitor's
+        latest result, or a check made now with ``refresh=True``. Without a monitor thread (``background=False``)
+        every call checks now and only observes: no alert is raised and no strategy runs."""
         if refresh or self._status is None or self._thread is None:
             return self.check(act=self._thread is not None and refresh)
         return self._status
@@ -299,6 +302,9 @@ class RecoveryService:
         if self._rebuild_reason is None:
             log.error("local store needs a rebuild: %s", reason)
             self._rebuild_reason = reason
+            # New writes go to the journal (fsync'd) rather than into a file that is about to be moved aside.
+            self._store._local_hold = reason
+            self._store._local_failed(CorruptionError(f"local store awaits a rebuild: {reason}"))
 
     def _check_disk(self, local: Mapping[str, Any]) -> dict[str, Any]:
         space = probes.disk_space(self._store.data_dir)
