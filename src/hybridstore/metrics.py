@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import functools
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -35,6 +36,8 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 STATE_VALUE = {"healthy": 1.0, "degraded": 0.5, "down": 0.0}
 _perf = time.perf_counter
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class StoreMetrics:
@@ -101,6 +104,37 @@ class StoreMetrics:
             if s.name.endswith("_total")
         ]
         return {"ops": ops, "failures": failures, **store_figures(self._store)}
+
+
+def _tier(result: Any) -> str:
+    """The tier that served an operation's result (`WriteResult`, `Record`, `Page` or ``None``)."""
+    if result is None:
+        return "none"
+    tier = getattr(result, "tier", None) or getattr(result, "source", None)
+    if tier is not None:
+        return str(tier)
+    records = getattr(result, "records", None)
+    return str(records[0].source) if records else "none"
+
+
+def timed(op: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Decorate a store method: time it into ``self.metrics`` by serving tier, count our errors it raises."""
+
+    def wrap(fn: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(fn)
+        def inner(*args: P.args, **kwargs: P.kwargs) -> R:
+            start = _perf()
+            try:
+                result = fn(*args, **kwargs)
+            except HybridStoreError as exc:
+                args[0].metrics.failed(op, exc)  # type: ignore[attr-defined]
+                raise
+            args[0].metrics.observe(op, _tier(result), start)  # type: ignore[attr-defined]
+            return result
+
+        return inner
+
+    return wrap
 
 
 def _safe(fn: Callable[[], Any], default: Any = None) -> Any:

@@ -26,7 +26,6 @@ from .clock import HybridClock
 from .config import StoreConfig, apply_log_level, load_node_id, redact
 from .errors import (
     ClosedError,
-    HybridStoreError,
     JournalError,
     LocalStoreError,
     PrimaryTimeoutError,
@@ -35,7 +34,7 @@ from .errors import (
     StoreLockedError,
     ValidationError,
 )
-from .metrics import StoreMetrics
+from .metrics import StoreMetrics, timed
 from .model import Op, Page, Record, StoredRow, SyncReport, TierName, WriteResult, new_op_id
 from .recovery.probes import wal_deleted_after_crash
 from .recovery.service import RecoveryService
@@ -196,33 +195,21 @@ class HybridStore:
 
     # -- writes -----------------------------------------------------------------------------------------------
 
+    @timed("set")
     def set(self, collection: str, key: str, value: Any) -> WriteResult:
         """Store ``value`` (any JSON value) under ``collection``/``key``."""
-        start = time.perf_counter()
-        try:
-            self._check_open()
-            check_collection(collection)
-            check_key(key)
-            result = self._write(collection, key, encode_value(value, max_bytes=self.config.max_value_bytes))
-        except HybridStoreError as exc:
-            self.metrics.failed("set", exc)
-            raise
-        self.metrics.observe("set", result.tier, start)
-        return result
+        self._check_open()
+        check_collection(collection)
+        check_key(key)
+        return self._write(collection, key, encode_value(value, max_bytes=self.config.max_value_bytes))
 
+    @timed("delete")
     def delete(self, collection: str, key: str) -> WriteResult:
         """Delete (a tombstone, so the deletion reaches the primary and other nodes)."""
-        start = time.perf_counter()
-        try:
-            self._check_open()
-            check_collection(collection)
-            check_key(key)
-            result = self._write(collection, key, None)
-        except HybridStoreError as exc:
-            self.metrics.failed("delete", exc)
-            raise
-        self.metrics.observe("delete", result.tier, start)
-        return result
+        self._check_open()
+        check_collection(collection)
+        check_key(key)
+        return self._write(collection, key, None)
 
     def _write(self, collection: str, key: str, value_json: str | None) -> WriteResult:
         op = Op(new_op_id(), collection, key, value_json, self.clock.now(), self.node_id, 0, time.time())
@@ -301,18 +288,9 @@ class HybridStore:
 
     # -- reads ------------------------------------------------------------------------------------------------
 
+    @timed("get")
     def get(self, collection: str, key: str) -> Record | None:
         """The current value, or ``None``. ``Record.source`` says which tier answered."""
-        start = time.perf_counter()
-        try:
-            record = self._get(collection, key)
-        except HybridStoreError as exc:
-            self.metrics.failed("get", exc)
-            raise
-        self.metrics.observe("get", record.source if record is not None else "none", start)
-        return record
-
-    def _get(self, collection: str, key: str) -> Record | None:
         self._check_open()
         check_collection(collection)
         check_key(key)
@@ -352,18 +330,9 @@ class HybridStore:
             except LocalStoreError as exc:
                 self._local_failed(exc)
 
+    @timed("list")
     def list(self, collection: str, *, prefix: str = "", limit: int = 100, after: str | None = None) -> Page:
         """Live records ordered by key; pass ``page.next_after`` as ``after`` for the next page."""
-        start = time.perf_counter()
-        try:
-            page = self._list(collection, prefix=prefix, limit=limit, after=after)
-        except HybridStoreError as exc:
-            self.metrics.failed("list", exc)
-            raise
-        self.metrics.observe("list", page.records[0].source if page.records else "none", start)
-        return page
-
-    def _list(self, collection: str, *, prefix: str, limit: int, after: str | None) -> Page:
         self._check_open()
         check_collection(collection)
         if not isinstance(prefix, str):

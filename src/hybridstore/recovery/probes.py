@@ -8,8 +8,10 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +44,6 @@ class PrimaryProber:
         self._primary = primary
         self.timeout = timeout
         self._max_stuck = max_stuck
-        self._executor = ThreadPoolExecutor(max_workers=max_stuck + 1, thread_name_prefix="hybridstore-health-probe")
         self._inflight: list[tuple[float, Future[float]]] = []
 
     def probe(self, *, fresh: bool, now: float) -> ProbeResult:
@@ -50,7 +51,7 @@ class PrimaryProber:
         if len(self._inflight) >= self._max_stuck:
             oldest = self._inflight[0][0]
             return ProbeResult(False, oldest, error=f"no answer for {now - oldest:.1f}s")
-        future = self._executor.submit(self._primary.probe if fresh else self._primary.ping)
+        future = _in_thread(self._primary.probe if fresh else self._primary.ping)
         self._inflight.append((now, future))
         try:
             latency = future.result(timeout=self.timeout)
@@ -63,7 +64,24 @@ class PrimaryProber:
         return ProbeResult(True, now, latency)
 
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._inflight = []
+
+
+def _in_thread(fn: Callable[[], float]) -> Future[float]:
+    """Run ``fn`` in a daemon thread of its own: a probe stuck on a black-holed socket must never keep the
+    process from exiting (an executor's workers are joined at exit)."""
+    future: Future[float] = Future()
+
+    def run() -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(fn())
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name="hybridstore-health-probe", daemon=True).start()
+    return future
 
 
 def wal_path(db: Path) -> Path:
