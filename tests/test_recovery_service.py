@@ -3,6 +3,7 @@ down, the log level from the environment, the monitor thread stopping with the s
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import hybridstore
-from hybridstore import ConfigError
+from hybridstore import BackupTamperedError, ConfigError
 from hybridstore.model import StoredRow
 from hybridstore.store import LOCAL_DB
 
@@ -98,3 +99,43 @@ def test_options_are_validated(tmp_path: Path) -> None:
     with hybridstore.open(data_dir=tmp_path / "d", health_interval=10):
         pass
     assert time.monotonic() - start < 5, "close does not wait for the next tick"
+
+
+def test_failed_rebuild_keeps_the_broken_file_in_place_and_backs_off(
+    make_store: StoreFactory, tmp_path: Path, proxy: Proxy, proxied_dsn: str
+) -> None:
+    first = make_store(primary=proxied_dsn)
+    for i in range(200):
+        first.set("c", f"p{i:03d}", {"i": i})
+    first.close()
+    db = tmp_path / "node" / LOCAL_DB
+    garble_pages(db, table_pages(db, "records")[1:], seed=2)
+    broken = db.read_bytes()
+    proxy.cut()
+    calls = []
+
+    def tampered_backup() -> object:
+        calls.append(time.monotonic())
+
+        def rows() -> object:
+            yield StoredRow("c", "b1", "1", 1, "0", "n", 1.0)
+            raise BackupTamperedError("chunk 3 failed its authentication tag")
+
+        return rows()
+
+    store = make_store(primary=proxied_dsn, primary_timeout=1.0)
+    store.recovery.register_backup_source(tampered_backup)  # type: ignore[arg-type]
+    wait_for(lambda: any(e["strategy"] == "rebuild_local" for e in store.recovery.events()))
+    wait_for(lambda: store.recovery.events()[0]["outcome"] != "running")
+    event = next(e for e in store.recovery.events() if e["strategy"] == "rebuild_local")
+    assert event["outcome"] == "failed" and "authentication tag" in event["summary"]
+    assert "next attempt in" in event["summary"]
+    manual = [a for a in store.recovery.alerts(active=True) if a.kind == "manual_intervention"]
+    assert len(manual) == 1 and "failed" in manual[0].message
+    assert db.read_bytes() == broken, "the broken file stays where it was, untouched"
+    assert not list((tmp_path / "node").glob("broken/local-*")), "nothing moved aside"
+    assert not (tmp_path / "node" / "local.db.rebuild").exists(), "the half-built file is dropped"
+    assert store.set("c", "during", 1).tier == "journal"
+    time.sleep(1.5)
+    gaps = [b - a for a, b in itertools.pairwise(calls)]
+    assert all(gap >= 4.9 for gap in gaps), f"attempts back off (5 s, then 10 s, …): {gaps}"

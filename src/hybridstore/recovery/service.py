@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..errors import CorruptionError, HybridStoreError, LocalStoreError
+from ..errors import CorruptionError, LocalStoreError
 from ..model import StoredRow
 from . import probes
 from .alerts import Alert, AlertBook, AlertKind, LogSink, Severity
@@ -45,6 +45,8 @@ BackupSource = Callable[[], Iterable[StoredRow] | None]
 SyncStatusProvider = Callable[[], Mapping[str, Any]]
 SUSPECT_INTERVAL = 0.25  # seconds between probes while the primary is failing
 MAX_EVENTS = 200
+REBUILD_RETRY_BASE = 5.0  # seconds before retrying a failed rebuild, doubling
+REBUILD_RETRY_CAP = 300.0
 
 
 @dataclass
@@ -105,6 +107,8 @@ class RecoveryService:
         self._progress_mark: tuple[int, int] = (-1, -1)
         self._fallback_mark = (0, 0)
         self.last_rebuild: RebuildReport | None = None
+        self._rebuild_failures = 0
+        self._rebuild_retry_at = 0.0
         store.circuit.subscribe(self._on_circuit)
         if wal_lost_at_open:
             self._need_rebuild("write-ahead log deleted after a crash")
@@ -469,6 +473,8 @@ class RecoveryService:
         store = self._store
         reason = self._rebuild_reason
         assert reason is not None
+        if self._clock() < self._rebuild_retry_at:
+            return  # the last attempt failed: back off
         rows: RowSource | None
         if store.primary is not None and c["primary"]["state"] == "healthy":
             source, rows = "primary", primary_pages(store.primary)
@@ -495,8 +501,11 @@ class RecoveryService:
         event = self._begin("rebuild_local", f"rebuilding the local store from {source}: {reason}", source=source)
         try:
             report = rebuild_local(store, reason=reason, source=source, rows=rows)
-        except (HybridStoreError, OSError) as exc:
-            self._end(event, "failed", f"rebuild from {source} failed: {exc}")
+        except Exception as exc:  # whatever the source or the disk did, record it and retry later
+            self._rebuild_failures += 1
+            delay = min(REBUILD_RETRY_CAP, REBUILD_RETRY_BASE * 2 ** (self._rebuild_failures - 1))
+            self._rebuild_retry_at = self._clock() + delay
+            self._end(event, "failed", f"rebuild from {source} failed: {exc}; next attempt in {delay:g}s")
             self._manual(
                 True,
                 f"rebuilding the local store from {source} failed ({exc}); writes are kept in the journal. It "
@@ -504,6 +513,8 @@ class RecoveryService:
             )
             return
         self.last_rebuild = report
+        self._rebuild_failures = 0
+        self._rebuild_retry_at = 0.0
         self._rebuild_reason = None
         self._last_quick_check = None  # check the new file at the next tick
         self._seen_local_error = (None, None)
