@@ -139,3 +139,18 @@ def test_failed_rebuild_keeps_the_broken_file_in_place_and_backs_off(
     time.sleep(1.5)
     gaps = [b - a for a, b in itertools.pairwise(calls)]
     assert all(gap >= 4.9 for gap in gaps), f"attempts back off (5 s, then 10 s, …): {gaps}"
+
+
+def test_async_store_exposes_recovery_and_metrics(tmp_path: Path) -> None:
+    import asyncio
+
+    async def main() -> None:
+        astore = await hybridstore.open_async(data_dir=tmp_path / "d", background=False)
+        try:
+            await astore.set("c", "k", 1)
+            assert astore.recovery.get_health_status()["overall"] == "healthy"
+            assert b'hybridstore_op_seconds_count{op="set",tier="local"} 1.0' in astore.metrics.prometheus_text()
+        finally:
+            await astore.close()
+
+    asyncio.run(main())

@@ -462,8 +462,9 @@ class RecoveryService:
         retry = self._open.get("sync_retry")
         if retry is not None:
             sync = c["sync"]
-            if sync["outbox_depth"] == 0:
-                pushed = self._settled() - retry.details["pushed_before"]
+            pushed = self._settled() - retry.details["pushed_before"]
+            # Done when the backlog of the outage is pushed (new writes may keep the outbox non-empty).
+            if sync["outbox_depth"] == 0 or pushed >= retry.details["depth"]:
                 secs = self._clock() - retry.details.pop("started_mono")
                 self._end(retry, "succeeded", f"outbox drained: {pushed} write(s) pushed in {secs:.2f}s", pushed=pushed)
         if self._rebuild_reason is not None:
