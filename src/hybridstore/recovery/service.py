@@ -45,6 +45,7 @@ BackupSource = Callable[[], Iterable[StoredRow] | None]
 SyncStatusProvider = Callable[[], Mapping[str, Any]]
 SUSPECT_INTERVAL = 0.25  # seconds between probes while the primary is failing
 MAX_EVENTS = 200
+WRITE_PROBE_INTERVAL = 5.0  # seconds between write probes of SQLite while it works
 REBUILD_RETRY_BASE = 5.0  # seconds before retrying a failed rebuild, doubling
 REBUILD_RETRY_CAP = 300.0
 
@@ -107,6 +108,7 @@ class RecoveryService:
         self._progress_mark: tuple[int, int] = (-1, -1)
         self._fallback_mark = (0, 0)
         self.last_rebuild: RebuildReport | None = None
+        self._write_probe: tuple[float, probes.ProbeResult] | None = None
         self._rebuild_failures = 0
         self._rebuild_retry_at = 0.0
         store.circuit.subscribe(self._on_circuit)
@@ -288,7 +290,12 @@ class RecoveryService:
         if self._rebuild_reason is not None:
             out.update(state="down", detail=self._rebuild_reason)
             return out
-        probe = probes.write_probe(local)
+        # A real write, but not at every tick: a node that only reads should not write all day (flash wear).
+        if store._local_ok and self._write_probe is not None and now - self._write_probe[0] < WRITE_PROBE_INTERVAL:
+            probe = self._write_probe[1]
+        else:
+            probe = probes.write_probe(local)
+            self._write_probe = (now, probe)
         out["write_probe_ok"] = probe.ok
         if probe.latency_ms is not None:
             out["write_probe_ms"] = round(probe.latency_ms, 3)
