@@ -109,3 +109,15 @@ def test_alert_raised_once_resolved_once_and_history_survives(tmp_path: Path) ->
 def test_overall_state(states: dict[str, str], outage: bool, recovering: bool, expected: str) -> None:
     components = {k: {"state": v} for k, v in states.items()}
     assert overall_state(components, outage=outage, recovering=recovering) == expected
+
+
+def test_sync_counts_from_either_shape() -> None:
+    from hybridstore.recovery.service import sync_counts_from
+
+    engine = {"dead_letters": 2, "conflicts": {"manual": {"open": 4, "resolved": 3}, "merge": {"open": 1}}}
+    assert sync_counts_from(engine) == {"dead_letters": 2, "unresolved_conflicts": 5}
+    assert sync_counts_from({"dead_letters": 0, "unresolved_conflicts": 7}) == {
+        "dead_letters": 0,
+        "unresolved_conflicts": 7,
+    }
+    assert sync_counts_from({"conflicts": None}) == {"dead_letters": None, "unresolved_conflicts": None}

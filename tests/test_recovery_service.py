@@ -33,10 +33,12 @@ def test_rebuild_from_backup_while_primary_is_down(
     db = tmp_path / "node" / LOCAL_DB
     garble_pages(db, table_pages(db, "records")[1:], seed=1)
     proxy.cut()
+    backup: list[StoredRow | tuple[str, str, object]]
     backup = [StoredRow("c", f"b{i:03d}", f'{{"i": {i}}}', 3, f"{i:012x}.0000.old", "old", 1.0) for i in range(50)]
+    backup += [("c", f"t{i:03d}", {"t": i}) for i in range(10)]  # rows with no version or clock of their own
     asked = threading.Event()
 
-    def newest_verified_backup() -> list[StoredRow] | None:
+    def newest_verified_backup() -> list[StoredRow | tuple[str, str, object]] | None:
         asked.set()
         return backup
 
@@ -53,7 +55,9 @@ def test_rebuild_from_backup_while_primary_is_down(
 
     wait_for(rebuilt)
     assert asked.is_set() and event is not None and event["outcome"] == "succeeded"
-    assert event["details"]["source"] == "backup" and event["details"]["report"]["records_from_source"] == 50
+    assert event["details"]["source"] == "backup" and event["details"]["report"]["records_from_source"] == 60
+    rec = store.get("c", "t004")
+    assert rec is not None and rec.value == {"t": 4} and rec.source == "local"
     assert store.local is not None
     rec = store.get("c", "b007")
     assert rec is not None and rec.value == {"i": 7} and rec.source == "local" and rec.version == 3

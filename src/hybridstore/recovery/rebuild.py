@@ -17,6 +17,7 @@ that no readable record accounts for.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import time
@@ -74,10 +75,18 @@ def primary_pages(primary: PrimaryTier, page: int = LOAD_CHUNK) -> RowSource:
     return pages
 
 
-def backup_pages(rows: Iterable[StoredRow], page: int = LOAD_CHUNK) -> RowSource:
+def backup_pages(rows: Iterable[StoredRow | tuple[str, str, Any]], page: int = LOAD_CHUNK) -> RowSource:
+    """Pages of a backup's rows: `StoredRow` rows, or ``(collection, key, value)`` tuples (a value with no version
+    or clock of its own: any newer write, salvaged or from the primary, wins over it)."""
+
     def pages() -> Iterator[list[StoredRow]]:
         chunk: list[StoredRow] = []
+        now = time.time()
         for row in rows:
+            if not isinstance(row, StoredRow):
+                collection, key, value = row
+                text = None if value is None else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+                row = StoredRow(collection, key, text, 0, "", "backup", now, now)
             chunk.append(row)
             if len(chunk) >= page:
                 yield chunk

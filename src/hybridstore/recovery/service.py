@@ -41,10 +41,11 @@ if TYPE_CHECKING:
     from ..store import HybridStore
 
 log = logging.getLogger("hybridstore.recovery")
-BackupSource = Callable[[], Iterable[StoredRow] | None]
+BackupSource = Callable[[], Iterable[StoredRow | tuple[str, str, Any]] | None]
 SyncStatusProvider = Callable[[], Mapping[str, Any]]
 SUSPECT_INTERVAL = 0.25  # seconds between probes while the primary is failing
 MAX_EVENTS = 200
+SYNC_STATUS_INTERVAL = 2.0  # seconds between questions to the sync engine
 WRITE_PROBE_INTERVAL = 5.0  # seconds between write probes of SQLite while it works
 REBUILD_RETRY_BASE = 5.0  # seconds before retrying a failed rebuild, doubling
 REBUILD_RETRY_CAP = 300.0
@@ -95,6 +96,7 @@ class RecoveryService:
                 self._end(event, "failed", "interrupted: the store stopped while it ran")
         self._backup_source: BackupSource | None = None
         self._sync_status: SyncStatusProvider | None = None
+        self._sync_cache: tuple[float, dict[str, int | None]] | None = None
         self._lock = threading.Lock()  # one check at a time
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -123,10 +125,11 @@ class RecoveryService:
         self._backup_source = source
 
     def register_sync_status(self, provider: SyncStatusProvider) -> None:
-        """``provider()`` returns ``{"dead_letters": int, "unresolved_conflicts": int}`` (the sync engine).
-        Without one, the service uses ``store.sync_status()`` if the store has it, else reports them as not
-        available."""
+        """``provider()`` returns ``{"dead_letters": int, "unresolved_conflicts": int}`` (or the sync engine's
+        ``{"dead_letters": int, "conflicts": {strategy: {"open": int, …}}}``). Without one, the service uses
+        ``store.sync_status()`` if the store has it, else reports them as not available."""
         self._sync_status = provider
+        self._sync_cache = None
 
     # -- lifecycle --------------------------------------------------------------------------------------------
 
@@ -187,18 +190,20 @@ class RecoveryService:
         return [e.to_dict() for e in reversed(self._events[-limit:])]
 
     def sync_counts(self) -> dict[str, int | None]:
+        """Dead letters and unresolved conflicts from the sync engine (``None``: not reported). Asked at most
+        every few seconds: the engine may have to ask the primary."""
+        now = self._clock()
+        if self._sync_cache is not None and now - self._sync_cache[0] < SYNC_STATUS_INTERVAL:
+            return self._sync_cache[1]
+        counts: dict[str, int | None] = {"dead_letters": None, "unresolved_conflicts": None}
         provider = self._sync_status or getattr(self._store, "sync_status", None)
-        if provider is None:
-            return {"dead_letters": None, "unresolved_conflicts": None}
-        try:
-            data = provider()
-        except Exception as exc:
-            log.warning("sync status provider failed: %s", exc)
-            return {"dead_letters": None, "unresolved_conflicts": None}
-        return {
-            "dead_letters": _int_or_none(data.get("dead_letters")),
-            "unresolved_conflicts": _int_or_none(data.get("unresolved_conflicts")),
-        }
+        if provider is not None:
+            try:
+                counts = sync_counts_from(provider())
+            except Exception as exc:
+                log.warning("sync status provider failed: %s", exc)
+        self._sync_cache = (now, counts)
+        return counts
 
     # -- the check --------------------------------------------------------------------------------------------
 
@@ -554,7 +559,7 @@ class RecoveryService:
             "manual_intervention", active, message=message, severity="critical", resolution="recovered automatically"
         )
 
-    def _safe_backup(self) -> Iterable[StoredRow] | None:
+    def _safe_backup(self) -> Iterable[StoredRow | tuple[str, str, Any]] | None:
         assert self._backup_source is not None
         try:
             return self._backup_source()
@@ -579,6 +584,14 @@ class RecoveryService:
 
 def _int_or_none(value: Any) -> int | None:
     return None if value is None else int(value)
+
+
+def sync_counts_from(data: Mapping[str, Any]) -> dict[str, int | None]:
+    conflicts = data.get("unresolved_conflicts")
+    by_strategy = data.get("conflicts")
+    if conflicts is None and isinstance(by_strategy, Mapping):
+        conflicts = sum(int(statuses.get("open", 0)) for statuses in by_strategy.values())
+    return {"dead_letters": _int_or_none(data.get("dead_letters")), "unresolved_conflicts": _int_or_none(conflicts)}
 
 
 def _count_component(what: str, count: int | None, threshold: int) -> dict[str, Any]:
