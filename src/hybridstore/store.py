@@ -181,6 +181,16 @@ class HybridStore:
         """Register a service's stop function; `close()` calls them, newest first, before closing the tiers."""
         self._on_close.append(stop)
 
+    def _start_services(self, wal_lost: bool) -> None:
+        """The store's own services: metrics, and the recovery service (its monitor thread runs with
+        ``background``)."""
+        apply_log_level()
+        self.metrics = StoreMetrics(self)
+        self.recovery = RecoveryService(self, wal_lost_at_open=wal_lost)
+        self.on_close(self.recovery.stop)
+        if self.config.background:
+            self.recovery.start()
+
     def __enter__(self) -> HybridStore:
         return self
 
@@ -438,13 +448,3 @@ class HybridStore:
                 "last_error": self.replayer.last_error,
             },
         }
-
-    # -- services ---------------------------------------------------------------------------------------------
-
-    def _start_services(self, wal_lost: bool) -> None:
-        apply_log_level()
-        self.metrics = StoreMetrics(self)
-        self.recovery = RecoveryService(self, wal_lost_at_open=wal_lost)
-        self.on_close(self.recovery.stop)
-        if self.config.background:
-            self.recovery.start()
