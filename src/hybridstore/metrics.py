@@ -36,6 +36,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 STATE_VALUE = {"healthy": 1.0, "degraded": 0.5, "down": 0.0}
 _perf = time.perf_counter
+_bucket = bisect.bisect_left
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -60,14 +61,19 @@ class StoreMetrics:
 
     def observe(self, op: str, tier: str, start: float) -> None:
         """Record one operation that began at ``start`` (``time.perf_counter()``) and was served by ``tier``."""
-        elapsed = _perf() - start
-        i = bisect.bisect_left(LATENCY_BUCKETS, elapsed)
+        self.record(op, tier, _perf() - start)
+
+    def record(self, op: str, tier: str, elapsed: float) -> None:
+        """Record one operation of ``elapsed`` seconds served by ``tier``."""
+        i = _bucket(LATENCY_BUCKETS, elapsed)
+        stats = self._ops.get((op, tier)) or self._new_op(op, tier)
         with self._lock:
-            stats = self._ops.get((op, tier))
-            if stats is None:
-                stats = self._ops[(op, tier)] = [0.0] * (len(LATENCY_BUCKETS) + 2)
             stats[i] += 1
             stats[-1] += elapsed
+
+    def _new_op(self, op: str, tier: str) -> list[float]:
+        with self._lock:
+            return self._ops.setdefault((op, tier), [0.0] * (len(LATENCY_BUCKETS) + 2))
 
     def op_stats(self) -> dict[tuple[str, str], tuple[list[int], float]]:
         """(op, tier) -> (cumulative count per bucket, +Inf last; sum of seconds)."""
@@ -107,14 +113,16 @@ class StoreMetrics:
 
 
 def _tier(result: Any) -> str:
-    """The tier that served an operation's result (`WriteResult`, `Record`, `Page` or ``None``)."""
+    """The tier that served an operation's result: a `WriteResult`'s tier, a `Record`'s source, the first
+    record's source for a `Page`, ``"none"`` for no record."""
     if result is None:
         return "none"
-    tier = getattr(result, "tier", None) or getattr(result, "source", None)
-    if tier is not None:
-        return str(tier)
-    records = getattr(result, "records", None)
-    return str(records[0].source) if records else "none"
+    cls = type(result).__name__
+    if cls == "WriteResult":
+        return str(result.tier)
+    if cls == "Record":
+        return str(result.source)
+    return str(result.records[0].source) if result.records else "none"
 
 
 def timed(op: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
@@ -129,7 +137,7 @@ def timed(op: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
             except HybridStoreError as exc:
                 args[0].metrics.failed(op, exc)  # type: ignore[attr-defined]
                 raise
-            args[0].metrics.observe(op, _tier(result), start)  # type: ignore[attr-defined]
+            args[0].metrics.record(op, _tier(result), _perf() - start)  # type: ignore[attr-defined]
             return result
 
         return inner
