@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-pytest_plugins = ["tests.fix_db", "tests.fix_proxy", "tests.fix_cluster"]
+pytest_plugins = ["tests.fix_db", "tests.fix_proxy", "tests.fix_cluster", "tests.fix_webhook"]
 
 _ENV = (
     "HYBRIDSTORE_PRIMARY_URL",
@@ -19,6 +19,8 @@ _ENV = (
     "VITE_STORAGE_MAX_BACKUPS",
     "HYBRIDSTORE_BACKUP_PASSPHRASE",
     "HYBRIDSTORE_BACKUP_DIR",
+    "HYBRIDSTORE_ALERT_WEBHOOK_URL",
+    "HYBRIDSTORE_LOG_LEVEL",
 )
 
 

@@ -45,3 +45,29 @@ def wait_for(predicate: Any, timeout: float = 20.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(0.02)
+
+
+def table_pages(path: Path, *names: str) -> list[int]:
+    """Page numbers (1-based) of the given tables and their indexes in a SQLite file (via ``dbstat``)."""
+    import sqlite3
+
+    conn = sqlite3.connect(path)
+    try:
+        marks = ",".join("?" * len(names))
+        rows = conn.execute(
+            f"SELECT pageno FROM dbstat WHERE name IN ({marks}) OR name IN "
+            f"(SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name IN ({marks}))",
+            names + names,
+        ).fetchall()
+    finally:
+        conn.close()
+    return sorted(r[0] for r in rows)
+
+
+def garble_pages(path: Path, pages: list[int], seed: int, page_size: int = 4096) -> None:
+    """Overwrite the given pages (1-based numbers) with random bytes."""
+    rng = random.Random(seed)
+    with open(path, "r+b") as f:
+        for page in pages:
+            f.seek((page - 1) * page_size)
+            f.write(rng.randbytes(page_size))

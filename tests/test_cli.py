@@ -25,7 +25,7 @@ runner = CliRunner()
 
 
 def commands() -> list[str]:
-    from hybridstore.cli import admin, backup, conflicts, data, status  # noqa: F401  (importing registers them)
+    from hybridstore.cli import admin, backup, conflicts, data, health, status  # noqa: F401  (importing registers them)
 
     names = [c.name or c.callback.__name__ for c in typer_app.registered_commands if c.callback]
     for group in typer_app.registered_groups:

@@ -90,7 +90,7 @@ def test_corrupt_sqlite_at_open_runs_on_journal(tmp_path: Path) -> None:
     (data / LOCAL_DB).write_bytes(b"this is not a database" * 500)
     for suffix in ("-wal", "-shm"):
         (data / (LOCAL_DB + suffix)).unlink(missing_ok=True)
-    with hybridstore.open(data_dir=data) as store:
+    with hybridstore.open(data_dir=data, auto_recover=False) as store:  # the manual procedure
         assert store.local is None
         assert store.health()["local"]["state"] == "down"
         r = store.set("c", "new", 2)
@@ -149,7 +149,9 @@ def test_journal_reaches_primary_while_sqlite_is_broken(
     proxy = Proxy("127.0.0.1", 5432)
     try:
         proxy.cut()
-        with hybridstore.open(proxy.url(pg_dsn), data_dir=data, primary_schema=pg_schema, primary_timeout=1.0) as store:
+        with hybridstore.open(
+            proxy.url(pg_dsn), data_dir=data, primary_schema=pg_schema, primary_timeout=1.0, auto_recover=False
+        ) as store:
             assert store.local is None
             tiers = [store.set("c", f"k{i}", i).tier for i in range(10)]
             assert set(tiers) == {"journal"}, "primary down and SQLite corrupt: the journal takes the writes"
@@ -208,7 +210,9 @@ def test_sqlite_corrupted_mid_run(tmp_path: Path, pg_dsn: str, pg_schema: str, p
                 acked[key] = 10_000 + n
                 updates[key] += 1
             assert tiers.count("journal") >= 90, "once SQLite reports corruption, writes go to the journal"
-            assert store.health()["local"]["state"] != "healthy"
+            # the recovery service sees the damage (its rebuild waits for the primary)
+            recovery = store.recovery
+            wait_for(lambda: recovery.last_rebuild is not None or recovery.book.is_active("local_corruption"))
             last_key = key
             rec = store.get("c", last_key)
             assert rec is not None and rec.value["i"] == acked[last_key] and rec.source == "journal"

@@ -8,11 +8,15 @@ import builtins
 import os
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import resolve
 from .model import Conflict, Page, Record, SyncReport, WriteResult
 from .store import HybridStore
+
+if TYPE_CHECKING:
+    from .metrics import StoreMetrics
+    from .recovery import RecoveryService
 
 
 class AsyncHybridStore:
@@ -34,6 +38,15 @@ class AsyncHybridStore:
     @property
     def node_id(self) -> str:
         return self.sync_store.node_id
+
+    @property
+    def recovery(self) -> RecoveryService:
+        """The store's recovery service (its views are plain data, no I/O unless asked to refresh)."""
+        return self.sync_store.recovery
+
+    @property
+    def metrics(self) -> StoreMetrics:
+        return self.sync_store.metrics
 
     async def set(self, collection: str, key: str, value: Any) -> WriteResult:
         return await asyncio.to_thread(self.sync_store.set, collection, key, value)

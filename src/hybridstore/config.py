@@ -2,11 +2,13 @@
 
 Environment: ``HYBRIDSTORE_PRIMARY_URL`` (else ``SUPABASE_DB_URL``, else ``DATABASE_URL``),
 ``HYBRIDSTORE_DATA_DIR``, ``HYBRIDSTORE_NODE_ID``, ``HYBRIDSTORE_PRIMARY_SCHEMA``,
-``STORAGE_SYNC_RETRY_ATTEMPTS`` (also ``VITE_STORAGE_SYNC_RETRY_ATTEMPTS``).
+``STORAGE_SYNC_RETRY_ATTEMPTS`` (also ``VITE_STORAGE_SYNC_RETRY_ATTEMPTS``), ``HYBRIDSTORE_ALERT_WEBHOOK_URL``,
+``HYBRIDSTORE_LOG_LEVEL`` (see `apply_log_level`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import uuid
@@ -50,6 +52,14 @@ class StoreConfig:
     pull_interval: float = 2.0  # seconds between polls of the change feed (notifications wake it sooner)
     listen: bool = True  # LISTEN for change notifications (off behind a transaction-mode pooler)
     extra: Mapping[str, str] = field(default_factory=dict)
+    # recovery service (health monitor, alerts, strategies): see hybridstore.recovery
+    auto_recover: bool = True
+    health_interval: float = 0.5
+    alert_webhook_url: str | None = None
+    low_storage_bytes: int = 100 * 1024 * 1024
+    sync_failure_after: float = 300.0
+    conflicts_alert_at: int = 100
+    quick_check_interval: float = 300.0
 
     def __post_init__(self) -> None:
         if self.write_mode not in ("write_through", "local_first"):
@@ -74,6 +84,15 @@ class StoreConfig:
         for name in ("max_value_bytes", "batch_size", "circuit_failures", "sync_retry_attempts"):
             if not getattr(self, name) >= 1:
                 raise ConfigError(f"{name} must be at least 1")
+        for name in ("health_interval", "sync_failure_after", "quick_check_interval"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be positive")
+        if self.low_storage_bytes < 0 or self.conflicts_alert_at < 1:
+            raise ConfigError("low_storage_bytes must be >= 0 and conflicts_alert_at >= 1")
+        if self.alert_webhook_url is not None:
+            from .recovery.webhook import check_webhook_url
+
+            check_webhook_url(self.alert_webhook_url)
         if self.node_id is not None and not NODE_ID_RE.fullmatch(self.node_id):
             raise ConfigError(f"invalid node id {self.node_id!r}: 1-64 letters, digits, '_' or '-'")
 
@@ -101,6 +120,8 @@ def resolve(
     url = primary_url or env.get("HYBRIDSTORE_PRIMARY_URL") or env.get("SUPABASE_DB_URL") or env.get("DATABASE_URL")
     directory = Path(data_dir or env.get("HYBRIDSTORE_DATA_DIR") or DEFAULT_DATA_DIR)
     options.setdefault("sync_retry_attempts", _env_int(env, "STORAGE_SYNC_RETRY_ATTEMPTS", 3))
+    if "alert_webhook_url" not in options and env.get("HYBRIDSTORE_ALERT_WEBHOOK_URL"):
+        options["alert_webhook_url"] = env["HYBRIDSTORE_ALERT_WEBHOOK_URL"]
     if "primary_schema" not in options and env.get("HYBRIDSTORE_PRIMARY_SCHEMA"):
         options["primary_schema"] = env["HYBRIDSTORE_PRIMARY_SCHEMA"]
     try:
@@ -135,3 +156,17 @@ def load_node_id(data_dir: Path) -> str:
 def redact(url: str) -> str:
     """The URL without its password, for logs and status output."""
     return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", re.sub(r"password=\S+", "password=***", url))
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def apply_log_level(level: str | None = None, env: Mapping[str, str] | None = None) -> None:
+    """Set the ``hybridstore`` logger's level from ``level`` or ``HYBRIDSTORE_LOG_LEVEL`` (nothing if neither)."""
+    env = os.environ if env is None else env
+    raw = level or env.get("HYBRIDSTORE_LOG_LEVEL")
+    if not raw:
+        return
+    if raw.upper() not in LOG_LEVELS:
+        raise ConfigError(f"unknown log level {raw!r}: use debug, info, warning, error or critical")
+    logging.getLogger("hybridstore").setLevel(raw.upper())

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from .circuit import CircuitBreaker
 from .clock import HybridClock
-from .config import StoreConfig, load_node_id, redact
+from .config import StoreConfig, apply_log_level, load_node_id, redact
 from .errors import (
     ClosedError,
     ConflictError,
@@ -35,7 +35,10 @@ from .errors import (
     StoreLockedError,
     ValidationError,
 )
+from .metrics import StoreMetrics, timed
 from .model import Conflict, Op, Page, Record, StoredRow, SyncReport, TierName, WriteResult, new_op_id
+from .recovery.probes import wal_deleted_after_crash
+from .recovery.service import RecoveryService
 from .sync.merge import StrategyTable
 from .sync.outbox import OutboxReplayer
 from .sync.puller import ChangePuller
@@ -77,6 +80,10 @@ def _conflict_id(value: object) -> int:
 class HybridStore:
     """See the module docstring. Use `hybridstore.open()` to make one; close it (or use ``with``)."""
 
+    # Set by the recovery service while the local file awaits a rebuild: SQLite must not be trusted again
+    # (writes stay on the journal) even if a write probe happens to work on an undamaged page.
+    _local_hold: str | None = None
+
     def __init__(self, config: StoreConfig) -> None:
         self.config = config
         self._closed = False
@@ -87,7 +94,9 @@ class HybridStore:
         self.data_dir = data_dir
         self._lock_file = self._take_dir_lock(data_dir)
         try:
+            wal_lost = wal_deleted_after_crash(data_dir / LOCAL_DB)  # must be seen before SQLite opens the file
             self._open_tiers(config, data_dir)
+            self._start_services(wal_lost)
         except BaseException:
             self._release_dir_lock()
             raise
@@ -202,6 +211,16 @@ class HybridStore:
         """Register a service's stop function; `close()` calls them, newest first, before closing the tiers."""
         self._on_close.append(stop)
 
+    def _start_services(self, wal_lost: bool) -> None:
+        """The store's own services: metrics, and the recovery service (its monitor thread runs with
+        ``background``)."""
+        apply_log_level()
+        self.metrics = StoreMetrics(self)
+        self.recovery = RecoveryService(self, wal_lost_at_open=wal_lost)
+        self.on_close(self.recovery.stop)
+        if self.config.background:
+            self.recovery.start()
+
     def __enter__(self) -> HybridStore:
         return self
 
@@ -216,6 +235,7 @@ class HybridStore:
 
     # -- writes -----------------------------------------------------------------------------------------------
 
+    @timed("set")
     def set(self, collection: str, key: str, value: Any) -> WriteResult:
         """Store ``value`` (any JSON value) under ``collection``/``key``."""
         self._check_open()
@@ -223,6 +243,7 @@ class HybridStore:
         check_key(key)
         return self._write(collection, key, encode_value(value, max_bytes=self.config.max_value_bytes))
 
+    @timed("delete")
     def delete(self, collection: str, key: str) -> WriteResult:
         """Delete (a tombstone, so the deletion reaches the primary and other nodes)."""
         self._check_open()
@@ -309,6 +330,8 @@ class HybridStore:
         self.local_error = str(exc)
 
     def _local_recovered(self) -> None:
+        if self._local_hold is not None:
+            return
         if not self._local_ok:
             log.info("local SQLite works again")
         self._local_ok = True
@@ -316,6 +339,7 @@ class HybridStore:
 
     # -- reads ------------------------------------------------------------------------------------------------
 
+    @timed("get")
     def get(self, collection: str, key: str) -> Record | None:
         """The current value, or ``None``. ``Record.source`` says which tier answered."""
         self._check_open()
@@ -357,6 +381,7 @@ class HybridStore:
             except LocalStoreError as exc:
                 self._local_failed(exc)
 
+    @timed("list")
     def list(self, collection: str, *, prefix: str = "", limit: int = 100, after: str | None = None) -> Page:
         """Live records ordered by key; pass ``page.next_after`` as ``after`` for the next page."""
         self._check_open()

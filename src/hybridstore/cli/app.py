@@ -112,6 +112,6 @@ def print_json(data: Any) -> None:
 
 
 def main() -> None:
-    from . import admin, backup, conflicts, data, status  # noqa: F401  (registers the commands)
+    from . import admin, backup, conflicts, data, health, status  # noqa: F401  (registers the commands)
 
     app()

@@ -28,6 +28,9 @@ def status(
     """Show each tier's health, the circuit breaker and the outbox."""
     with open_store(ctx) as store:
         health = store.health()
+        recovery = store.recovery.get_health_status(refresh=True)
+        health["overall"] = recovery["overall"]
+        health["alerts"] = recovery["alerts"]
     if as_json:
         print_json(health)
         return
@@ -58,6 +61,11 @@ def status(
         f"pushed {sync['pushed']}, superseded {sync['superseded']}, duplicates {sync['duplicates']}, "
         f"failed {sync['failed']} since this process started"
         + (f"   [red]last error:[/] {escape(sync['last_error'])}" if sync["last_error"] else "")
+    )
+    alerts = health["alerts"]
+    out.print(
+        f"overall: [bold]{health['overall']}[/]   active alerts: {len(alerts)}"
+        + (f" ({escape(', '.join(a['kind'] for a in alerts))}; see `hybridstore alerts`)" if alerts else "")
     )
 
 

@@ -190,8 +190,8 @@ class LocalTier:
         return err
 
     def _rollback(self) -> None:
-        if self._conn.in_transaction:
-            with contextlib.suppress(sqlite3.Error):
+        with contextlib.suppress(sqlite3.Error):  # in_transaction raises too once the connection is closed
+            if self._conn.in_transaction:
                 self._conn.execute("ROLLBACK")
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
@@ -377,6 +377,26 @@ class LocalTier:
                 )
             except sqlite3.Error as exc:
                 raise self._error(exc) from exc
+
+    def store_synced_many(self, rows: Sequence[StoredRow]) -> None:
+        """`store_synced` for many rows in one transaction (rebuilding the local copy from the primary or a
+        backup); tombstones included."""
+        now = self._clock()
+        with self._transaction() as conn:
+            conn.executemany(
+                "INSERT INTO records (collection, key, value, version, hlc, origin, updated_at, synced_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (collection, key) DO UPDATE SET value = excluded.value, version = excluded.version, "
+                "hlc = excluded.hlc, origin = excluded.origin, updated_at = excluded.updated_at, "
+                "synced_at = excluded.synced_at "
+                "WHERE records.pending_seq IS NULL AND excluded.version >= records.version",
+                [(*r[:7], r.synced_at or now) for r in rows],
+            )
+
+    def collection_counts(self) -> dict[str, int]:
+        """Live records per collection."""
+        rows = self._read("SELECT collection, count(*) FROM records WHERE value IS NOT NULL GROUP BY collection")
+        return {c: int(n) for c, n in rows}
 
     def record_failure(self, seqs: Sequence[int], error: str) -> None:
         with self._transaction() as conn:

@@ -376,6 +376,20 @@ class PrimaryTier:
         now = time.time()
         return [StoredRow(collection, k, v, ver, h, o, u, now) for k, v, ver, h, o, u in rows]
 
+    def dump(self, after: tuple[str, str] | None = None, limit: int = 5000) -> list[StoredRow]:
+        """Every row (tombstones included) in (collection, key) order after ``after``, at most ``limit``: a full
+        scan, page by page, for rebuilding a node's local copy."""
+        query = (
+            f"SELECT collection, key, value::text, version, hlc, origin, extract(epoch FROM updated_at)::float8 "
+            f"FROM {self._q}.records WHERE version > 0 "
+            + ("AND (collection, key) > (%s, %s) " if after is not None else "")
+            + "ORDER BY collection, key LIMIT %s"
+        )
+        params = [*(after or ()), limit]
+        rows = self._run(lambda conn: conn.execute(query.encode(), params).fetchall())
+        now = time.time()
+        return [StoredRow(c, k, v, ver, h, o, u, now) for c, k, v, ver, h, o, u in rows]
+
     def changes(self, after: Any = 0, limit: int = 1000) -> list[Change]:
         """The change feed: rows changed after cursor ``after`` (``0`` = from the start), oldest first, never
         past the oldest transaction still running — a transaction that commits late, after rows with higher

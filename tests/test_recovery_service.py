@@ -1,0 +1,160 @@
+"""The recovery service's lifecycle and hooks: rebuild from a registered backup source while the primary is
+down, the log level from the environment, the monitor thread stopping with the store, events kept."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import hybridstore
+from hybridstore import BackupTamperedError, ConfigError
+from hybridstore.model import StoredRow
+from hybridstore.store import LOCAL_DB
+
+from .faults import garble_pages, table_pages, wait_for
+from .fix_db import StoreFactory
+from .fix_proxy import Proxy
+
+pytestmark = pytest.mark.resilience
+
+
+def test_rebuild_from_backup_while_primary_is_down(
+    make_store: StoreFactory, tmp_path: Path, proxy: Proxy, proxied_dsn: str
+) -> None:
+    first = make_store(primary=proxied_dsn)
+    for i in range(300):
+        assert first.set("c", f"p{i:03d}", {"i": i}).tier == "primary"
+    first.close()
+    db = tmp_path / "node" / LOCAL_DB
+    garble_pages(db, table_pages(db, "records")[1:], seed=1)
+    proxy.cut()
+    backup: list[StoredRow | tuple[str, str, object]]
+    backup = [StoredRow("c", f"b{i:03d}", f'{{"i": {i}}}', 3, f"{i:012x}.0000.old", "old", 1.0) for i in range(50)]
+    backup += [("c", f"t{i:03d}", {"t": i}) for i in range(10)]  # rows with no version or clock of their own
+    asked = threading.Event()
+
+    def newest_verified_backup() -> list[StoredRow | tuple[str, str, object]] | None:
+        asked.set()
+        return backup
+
+    store = make_store(primary=proxied_dsn, primary_timeout=1.0)
+    wait_for(lambda: store.recovery.book.is_active("manual_intervention"))  # no primary, no backup yet
+    assert store.set("c", "during", {"x": 1}).tier == "journal"
+    store.recovery.register_backup_source(newest_verified_backup)
+    event = None
+
+    def rebuilt() -> bool:
+        nonlocal event
+        event = next((e for e in store.recovery.events() if e["strategy"] == "rebuild_local"), None)
+        return event is not None and event["outcome"] != "running"
+
+    wait_for(rebuilt)
+    assert asked.is_set() and event is not None and event["outcome"] == "succeeded"
+    assert event["details"]["source"] == "backup" and event["details"]["report"]["records_from_source"] == 60
+    rec = store.get("c", "t004")
+    assert rec is not None and rec.value == {"t": 4} and rec.source == "local"
+    assert store.local is not None
+    rec = store.get("c", "b007")
+    assert rec is not None and rec.value == {"i": 7} and rec.source == "local" and rec.version == 3
+    rec = store.get("c", "during")
+    assert rec is not None and rec.value == {"x": 1}
+    assert not store.recovery.book.is_active("manual_intervention")
+    assert not store.recovery.book.is_active("local_corruption")
+
+
+def test_monitor_thread_stops_with_the_store_and_events_survive(tmp_path: Path) -> None:
+    store = hybridstore.open(data_dir=tmp_path / "d", health_interval=0.05)
+    wait_for(lambda: store.recovery.last_status() is not None)
+    thread = store.recovery._thread
+    assert thread is not None and thread.is_alive() and thread.name == "hybridstore-health"
+    event = store.recovery._begin("sync_retry", "a drain cut short by close")
+    store.close()
+    assert not thread.is_alive()
+    assert not [t for t in threading.enumerate() if t.name == "hybridstore-health"]
+    with hybridstore.open(data_dir=tmp_path / "d", background=False) as again:
+        kept = [e for e in again.recovery.events() if e["id"] == event.id]
+        assert kept and kept[0]["outcome"] == "failed" and "interrupted" in kept[0]["summary"]
+
+
+def test_log_level_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    logger = logging.getLogger("hybridstore")
+    saved = logger.level
+    try:
+        monkeypatch.setenv("HYBRIDSTORE_LOG_LEVEL", "debug")
+        with hybridstore.open(data_dir=tmp_path / "d", background=False):
+            assert logger.level == logging.DEBUG
+        monkeypatch.setenv("HYBRIDSTORE_LOG_LEVEL", "chatty")
+        with pytest.raises(ConfigError, match="log level"):
+            hybridstore.open(data_dir=tmp_path / "d", background=False)
+    finally:
+        logger.setLevel(saved)
+
+
+def test_options_are_validated(tmp_path: Path) -> None:
+    for bad in ({"health_interval": 0}, {"sync_failure_after": -1}, {"conflicts_alert_at": 0}):
+        with pytest.raises(ConfigError):
+            hybridstore.open(data_dir=tmp_path / "d", **bad)
+    start = time.monotonic()
+    with hybridstore.open(data_dir=tmp_path / "d", health_interval=10):
+        pass
+    assert time.monotonic() - start < 5, "close does not wait for the next tick"
+
+
+def test_failed_rebuild_keeps_the_broken_file_in_place_and_backs_off(
+    make_store: StoreFactory, tmp_path: Path, proxy: Proxy, proxied_dsn: str
+) -> None:
+    first = make_store(primary=proxied_dsn)
+    for i in range(200):
+        first.set("c", f"p{i:03d}", {"i": i})
+    first.close()
+    db = tmp_path / "node" / LOCAL_DB
+    garble_pages(db, table_pages(db, "records")[1:], seed=2)
+    broken = db.read_bytes()
+    proxy.cut()
+    calls = []
+
+    def tampered_backup() -> object:
+        calls.append(time.monotonic())
+
+        def rows() -> object:
+            yield StoredRow("c", "b1", "1", 1, "0", "n", 1.0)
+            raise BackupTamperedError("chunk 3 failed its authentication tag")
+
+        return rows()
+
+    store = make_store(primary=proxied_dsn, primary_timeout=1.0)
+    store.recovery.register_backup_source(tampered_backup)  # type: ignore[arg-type]
+    wait_for(lambda: any(e["strategy"] == "rebuild_local" for e in store.recovery.events()))
+    wait_for(lambda: store.recovery.events()[0]["outcome"] != "running")
+    event = next(e for e in store.recovery.events() if e["strategy"] == "rebuild_local")
+    assert event["outcome"] == "failed" and "authentication tag" in event["summary"]
+    assert "next attempt in" in event["summary"]
+    manual = [a for a in store.recovery.alerts(active=True) if a.kind == "manual_intervention"]
+    assert len(manual) == 1 and "failed" in manual[0].message
+    assert db.read_bytes() == broken, "the broken file stays where it was, untouched"
+    assert not list((tmp_path / "node").glob("broken/local-*")), "nothing moved aside"
+    assert not (tmp_path / "node" / "local.db.rebuild").exists(), "the half-built file is dropped"
+    assert store.set("c", "during", 1).tier == "journal"
+    time.sleep(1.5)
+    gaps = [b - a for a, b in itertools.pairwise(calls)]
+    assert all(gap >= 4.9 for gap in gaps), f"attempts back off (5 s, then 10 s, …): {gaps}"
+
+
+def test_async_store_exposes_recovery_and_metrics(tmp_path: Path) -> None:
+    import asyncio
+
+    async def main() -> None:
+        astore = await hybridstore.open_async(data_dir=tmp_path / "d", background=False)
+        try:
+            await astore.set("c", "k", 1)
+            assert astore.recovery.get_health_status()["overall"] == "healthy"
+            assert b'hybridstore_op_seconds_count{op="set",tier="local"} 1.0' in astore.metrics.prometheus_text()
+        finally:
+            await astore.close()
+
+    asyncio.run(main())
