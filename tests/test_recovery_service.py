@@ -158,3 +158,33 @@ def test_async_store_exposes_recovery_and_metrics(tmp_path: Path) -> None:
             await astore.close()
 
     asyncio.run(main())
+
+
+def test_rebuild_from_the_newest_verified_backup_of_the_backup_service(
+    make_store: StoreFactory, tmp_path: Path, proxy: Proxy, proxied_dsn: str
+) -> None:
+    """End to end: no hook registered by hand — the store hands its own backup service to the recovery service."""
+    first = make_store(primary=proxied_dsn)
+    for i in range(200):
+        assert first.set("c", f"p{i:03d}", {"i": i}).tier == "primary"
+    info = first.backups.create_manual_backup("before trouble")
+    assert info.verified
+    first.close()
+    db = tmp_path / "node" / LOCAL_DB
+    garble_pages(db, table_pages(db, "records")[1:], seed=3)
+    proxy.cut()
+    store = make_store(primary=proxied_dsn, primary_timeout=1.0)
+    event = None
+
+    def rebuilt() -> bool:
+        nonlocal event
+        event = next((e for e in store.recovery.events() if e["strategy"] == "rebuild_local"), None)
+        return event is not None and event["outcome"] != "running"
+
+    wait_for(rebuilt, timeout=30)
+    assert event is not None and event["outcome"] == "succeeded", event
+    assert event["details"]["source"] == "backup" and event["details"]["report"]["records_from_source"] == 200
+    for i in (0, 77, 199):
+        rec = store.get("c", f"p{i:03d}")
+        assert rec is not None and rec.value == {"i": i} and rec.source == "local" and rec.version == 1
+    assert list((tmp_path / "node" / "broken").iterdir()), "the broken file is kept aside"

@@ -16,7 +16,7 @@ import fcntl
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -27,6 +27,7 @@ from .config import StoreConfig, apply_log_level, load_node_id, redact
 from .errors import (
     ClosedError,
     ConflictError,
+    HybridStoreError,
     JournalError,
     LocalStoreError,
     PrimaryTimeoutError,
@@ -217,6 +218,7 @@ class HybridStore:
         apply_log_level()
         self.metrics = StoreMetrics(self)
         self.recovery = RecoveryService(self, wal_lost_at_open=wal_lost)
+        self.recovery.register_backup_source(self._newest_backup_rows)
         self.on_close(self.recovery.stop)
         if self.config.background:
             self.recovery.start()
@@ -662,6 +664,28 @@ class HybridStore:
 
             self._backups = BackupService(self)
         return self._backups
+
+    def _newest_backup_rows(self) -> Iterator[StoredRow] | None:
+        """The records of the newest verified backup, for the recovery service's rebuild while the primary is
+        unreachable (``None`` when there is none, or backups are not installed)."""
+        try:
+            service = self.backups
+            newest = next((b for b in service.list_backups() if b.verified), None)
+        except (ImportError, HybridStoreError) as exc:
+            log.warning("no backup to rebuild from: %s", exc)
+            return None
+        if newest is None:
+            return None
+        log.info("rebuilding from backup %s (%s, taken at %s)", newest.id, newest.kind, newest.created_at)
+
+        def rows() -> Iterator[StoredRow]:
+            for kind, collection, line in service.read_records(newest.id):
+                if kind == "collection":
+                    key, value, version, hlc, origin, updated_at = line
+                    value_json = encode_value(value, max_bytes=self.config.max_value_bytes)
+                    yield StoredRow(collection, key, value_json, version, hlc, origin, updated_at)
+
+        return rows()
 
     def set_many(self, collection: str, items: Iterable[tuple[str, Any]]) -> builtins.list[WriteResult]:
         """Store many values of one collection as queued writes, for bulk work (restores, imports): every item
