@@ -658,18 +658,24 @@ class HybridStore:
     @property
     def backups(self) -> BackupService:
         """The backup service of this store (created on first use; see `hybridstore.backup`)."""
+        self._check_open()
         if self._backups is None:
-            self._check_open()
             from .backup.service import BackupService
 
             self._backups = BackupService(self)
+        elif self.config.background:
+            self._backups.start()  # idempotent; the recovery service may have created it without its thread
         return self._backups
 
     def _newest_backup_rows(self) -> Iterator[StoredRow] | None:
         """The records of the newest verified backup, for the recovery service's rebuild while the primary is
         unreachable (``None`` when there is none, or backups are not installed)."""
         try:
-            service = self.backups
+            service = self._backups
+            if service is None:  # read the repository only: no backup thread, no emergency backup of a broken store
+                from .backup.service import BackupService
+
+                service = self._backups = BackupService(self, start=False)
             newest = next((b for b in service.list_backups() if b.verified), None)
         except (ImportError, HybridStoreError) as exc:
             log.warning("no backup to rebuild from: %s", exc)
