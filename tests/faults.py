@@ -71,3 +71,16 @@ def garble_pages(path: Path, pages: list[int], seed: int, page_size: int = 4096)
         for page in pages:
             f.seek((page - 1) * page_size)
             f.write(rng.randbytes(page_size))
+
+
+def refuse_poison(pg: Any, schema: str) -> None:
+    """Make the primary refuse any record whose value has a ``poison`` field (a trigger raising an error, as a
+    user's own validation would): a permanent failure of exactly those writes."""
+    pg.execute(
+        f'CREATE FUNCTION "{schema}".no_poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN '
+        "IF NEW.value ? 'poison' THEN RAISE EXCEPTION 'poison value refused'; END IF; RETURN NEW; END $$"
+    )
+    pg.execute(
+        f'CREATE TRIGGER no_poison BEFORE INSERT OR UPDATE ON "{schema}".records '
+        f'FOR EACH ROW EXECUTE FUNCTION "{schema}".no_poison()'
+    )

@@ -18,6 +18,7 @@ from hybridstore.cli import app
 from hybridstore.cli.app import app as typer_app
 from hybridstore.migrations import primary_migrations
 
+from .faults import refuse_poison
 from .fix_db import primary_rows
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -168,14 +169,7 @@ def test_conflicts_and_dead_letters(tmp_path: Path, pg_dsn: str, pg_schema: str,
             other.set("orders", "o1", {"status": "theirs"})  # meanwhile on the primary
             assert node.sync_now().conflicts == 1
             node.set("c", "bad", {"poison": True})
-            pg.execute(
-                f'CREATE FUNCTION "{pg_schema}".no_poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN '
-                "IF NEW.value ? 'poison' THEN RAISE EXCEPTION 'poison value refused'; END IF; RETURN NEW; END $$"
-            )
-            pg.execute(
-                f'CREATE TRIGGER no_poison BEFORE INSERT OR UPDATE ON "{pg_schema}".records '
-                f'FOR EACH ROW EXECUTE FUNCTION "{pg_schema}".no_poison()'
-            )
+            refuse_poison(pg, pg_schema)
             for _ in range(3):
                 node.sync_now()
     base = ["-d", d, "--primary-url", pg_dsn, "--schema", pg_schema]

@@ -15,7 +15,7 @@ import pytest
 import hybridstore
 from hybridstore import ConflictError, HybridStore, ValidationError
 
-from .faults import wait_for
+from .faults import refuse_poison, wait_for
 from .fix_db import StoreFactory, primary_rows
 from .fix_proxy import Proxy
 
@@ -323,14 +323,7 @@ def test_poison_op_goes_to_dead_letters_without_blocking(
     node = make_store("n", write_mode="local_first", background=False, sync_retry_attempts=3)
     node.set("c", "before", 0)
     node.sync_now()
-    pg.execute(
-        f'CREATE FUNCTION "{pg_schema}".no_poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN '
-        "IF NEW.value ? 'poison' THEN RAISE EXCEPTION 'poison value refused'; END IF; RETURN NEW; END $$"
-    )
-    pg.execute(
-        f'CREATE TRIGGER no_poison BEFORE INSERT OR UPDATE ON "{pg_schema}".records '
-        f'FOR EACH ROW EXECUTE FUNCTION "{pg_schema}".no_poison()'
-    )
+    refuse_poison(pg, pg_schema)
     node.set("c", "p", {"poison": True})
     for i in range(30):
         node.set("c", f"k{i}", i)
