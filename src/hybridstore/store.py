@@ -72,7 +72,7 @@ def merge_pending(
     return live, upper
 
 
-def _conflict_id(value: object) -> int:
+def _positive_id(value: object) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValidationError("an id must be a positive integer")
     return value
@@ -533,7 +533,7 @@ class HybridStore:
 
     def get_conflict(self, conflict_id: int) -> Conflict | None:
         self._check_open()
-        row = self._need_primary("conflicts").get_conflict(_conflict_id(conflict_id))
+        row = self._need_primary("conflicts").get_conflict(_positive_id(conflict_id))
         return None if row is None else Conflict.from_row(row)
 
     def resolve_conflict(
@@ -549,7 +549,7 @@ class HybridStore:
         if not isinstance(actor, str) or not actor.strip() or len(actor) > 200:
             raise ValidationError("actor must be a non-empty name")
         primary = self._need_primary("resolving a conflict")
-        row = primary.get_conflict(_conflict_id(conflict_id))
+        row = primary.get_conflict(_positive_id(conflict_id))
         if row is None:
             raise ConflictError(f"no conflict with id {conflict_id}")
         conflict = Conflict.from_row(row)
@@ -574,7 +574,7 @@ class HybridStore:
     def retry_dead_letter(self, letter_id: int) -> WriteResult:
         """Write a dead letter's value again, as a new write (newest HLC), through the normal write path."""
         self._check_open()
-        letter = self._need_local().take_dead_letter(_conflict_id(letter_id))
+        letter = self._need_local().take_dead_letter(_positive_id(letter_id))
         if letter is None:
             raise ValidationError(f"no dead letter with id {letter_id}")
         log.info("retrying dead letter %s (%s/%s)", letter_id, letter["collection"], letter["key"])
@@ -583,7 +583,7 @@ class HybridStore:
     def discard_dead_letter(self, letter_id: int, *, actor: str = "admin") -> dict[str, Any]:
         """Drop a dead letter for good (audited on the primary when it is reachable)."""
         self._check_open()
-        letter = self._need_local().take_dead_letter(_conflict_id(letter_id))
+        letter = self._need_local().take_dead_letter(_positive_id(letter_id))
         if letter is None:
             raise ValidationError(f"no dead letter with id {letter_id}")
         log.warning("dead letter %s discarded by %s: %s/%s", letter_id, actor, letter["collection"], letter["key"])
