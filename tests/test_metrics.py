@@ -92,3 +92,12 @@ def test_two_stores_keep_separate_metrics(make_store: StoreFactory) -> None:
     b.set("c", "k", 1)
     assert value(samples(a), "hybridstore_op_seconds_count", op="set", tier="local") == 3
     assert value(samples(b), "hybridstore_op_seconds_count", op="set", tier="local") == 1
+
+
+def test_bulk_writes_are_timed_once_per_call(make_store: StoreFactory) -> None:
+    store = make_store("bulk", primary=False, background=False)
+    store.set_many("c", [(f"k{i}", i) for i in range(50)])
+    store.set_many("c", [])
+    m = samples(store)
+    assert value(m, "hybridstore_op_seconds_count", op="set_many", tier="local") == 1
+    assert value(m, "hybridstore_op_seconds_count", op="set_many", tier="none") == 1

@@ -113,8 +113,8 @@ class StoreMetrics:
 
 
 def _tier(result: Any) -> str:
-    """The tier that served an operation's result: a `WriteResult`'s tier, a `Record`'s source, the first
-    record's source for a `Page`, ``"none"`` for no record."""
+    """The tier that served an operation's result: a `WriteResult`'s tier (the first one's for a list), a
+    `Record`'s source, the first record's source for a `Page`, ``"none"`` for no record."""
     if result is None:
         return "none"
     cls = type(result).__name__
@@ -122,6 +122,8 @@ def _tier(result: Any) -> str:
         return str(result.tier)
     if cls == "Record":
         return str(result.source)
+    if isinstance(result, list):  # set_many: its writes share a tier
+        return _tier(result[0]) if result else "none"
     return str(result.records[0].source) if result.records else "none"
 
 

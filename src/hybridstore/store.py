@@ -693,6 +693,7 @@ class HybridStore:
 
         return rows()
 
+    @timed("set_many")
     def set_many(self, collection: str, items: Iterable[tuple[str, Any]]) -> builtins.list[WriteResult]:
         """Store many values of one collection as queued writes, for bulk work (restores, imports): every item
         is validated first (a bad one raises `ValidationError` and nothing is written), then all are stored
