@@ -8,6 +8,7 @@ import logging
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -129,9 +130,13 @@ def test_failed_rebuild_keeps_the_broken_file_in_place_and_backs_off(
 
     store = make_store(primary=proxied_dsn, primary_timeout=1.0)
     store.recovery.register_backup_source(tampered_backup)  # type: ignore[arg-type]
-    wait_for(lambda: any(e["strategy"] == "rebuild_local" for e in store.recovery.events()))
-    wait_for(lambda: store.recovery.events()[0]["outcome"] != "running")
-    event = next(e for e in store.recovery.events() if e["strategy"] == "rebuild_local")
+
+    def rebuild_event() -> dict[str, Any] | None:
+        return next((e for e in store.recovery.events() if e["strategy"] == "rebuild_local"), None)
+
+    wait_for(lambda: (e := rebuild_event()) is not None and e["outcome"] != "running")
+    event = rebuild_event()
+    assert event is not None
     assert event["outcome"] == "failed" and "authentication tag" in event["summary"]
     assert "next attempt in" in event["summary"]
     manual = [a for a in store.recovery.alerts(active=True) if a.kind == "manual_intervention"]

@@ -131,7 +131,7 @@ def test_read_your_writes_and_policies(make_store: StoreFactory, pg: psycopg.Con
     page = b.list("c")
     assert [(r.key, r.value, r.source) for r in page] == [("k", "b-pending", "local")]
     assert primary_rows(pg, pg_schema)["k"] == ("from-a", 1)
-    c = make_store("c", read_policy="local_first")
+    c = make_store("c", read_policy="local_first", pull=False)  # no change feed: only its own writes are local
     assert c.get("c", "k") is None, "local_first reads never ask the primary"
     c.set("c", "k2", 1)
     rec = c.get("c", "k2")

@@ -454,3 +454,25 @@ def test_batch_size_grows_while_pushes_succeed_and_shrinks_on_timeouts(
     proxy.restore()
     node.sync_now()
     assert node.sync_status()["outbox"]["depth"] == 0
+
+
+def test_write_through_logs_the_conflict_it_settles(
+    make_store: StoreFactory, pg: psycopg.Connection[Any], pg_schema: str
+) -> None:
+    a = make_store("a", pull=False)  # a does not learn about b's write: its next write is based on version 1
+    b = make_store("b", pull=False)
+    assert a.set("c", "k", "a1").version == 1
+    rec = b.get("c", "k")  # b reads version 1 from the primary: its write is based on it
+    assert rec is not None and rec.version == 1
+    assert b.set("c", "k", "b2").version == 2
+    time.sleep(0.002)
+    r = a.set("c", "k", "a3")  # based on version 1, newer HLC: wins, and the conflict is logged
+    assert r.tier == "primary" and r.version == 3
+    assert a.set("c", "k", "a4").version == 4, "a follow-up write is no conflict"
+    rows = pg.execute(
+        f'SELECT strategy, status, local, remote, resolution, resolved_by FROM "{pg_schema}".conflicts'
+    ).fetchall()
+    assert rows == [("last_wins", "resolved", "a3", "b2", {"winner": "local"}, "system:last_wins")]
+    audit = pg.execute(f'SELECT actor, action, target FROM "{pg_schema}".audit_log').fetchall()
+    assert audit == [("system:last_wins", "conflict.resolved", "c/k")]
+    assert a.sync_status()["conflicts"] == {"last_wins": {"resolved": 1}}

@@ -83,6 +83,23 @@ WITH ins AS (
         hlc = EXCLUDED.hlc, origin = EXCLUDED.origin, updated_at = now(), stamp = pg_current_xact_id()
     WHERE r.version = EXCLUDED.base_version OR EXCLUDED.hlc > r.hlc
     RETURNING r.version, extract(epoch FROM r.updated_at)::float8 AS updated_at
+), cur AS (
+    SELECT value, version, hlc FROM {schema}.records WHERE collection = %(c)s AND key = %(k)s
+), logged AS (
+    -- A write based on an older version than the primary's is a conflict, settled above by HLC: logged as in
+    -- hs_push (conflicts + audit_log). ``cur`` is the row as it was before this statement.
+    INSERT INTO {schema}.conflicts AS k
+        (collection, key, strategy, local, remote, local_hlc, remote_hlc, status, resolution, resolved_at, resolved_by)
+    SELECT %(c)s, %(k)s, 'last_wins', %(v)s::jsonb, cur.value, %(h)s, cur.hlc, 'resolved',
+           jsonb_build_object('winner', CASE WHEN EXISTS (SELECT 1 FROM up) THEN 'local' ELSE 'remote' END),
+           now(), 'system:last_wins'
+    FROM cur, ins WHERE cur.version <> %(b)s
+    RETURNING k.id, k.resolution
+), audited AS (
+    INSERT INTO {schema}.audit_log (actor, action, target, details)
+    SELECT 'system:last_wins', 'conflict.resolved', %(c)s || '/' || %(k)s,
+           jsonb_build_object('conflict_id', l.id, 'strategy', 'last_wins', 'resolution', l.resolution)
+    FROM logged l
 )
 SELECT (SELECT count(*) FROM ins), up.* FROM (SELECT 1) AS one LEFT JOIN up ON true
 """
