@@ -37,14 +37,14 @@ class PrimaryProber:
     """Round trips to the primary from worker threads, each cut off after ``timeout`` seconds whatever the driver
     does. While the primary is healthy a probe is a ``SELECT 1`` on a pooled connection (cheap); once a probe
     has failed, probes use a brand-new connection (the pool may hold stale connections or be backing off its
-    reconnects). A probe that outlives its deadline keeps running in its thread; while ``max_stuck`` of them are
-    still waiting, no new one is started and each tick counts as another failure (a black-holed primary)."""
+    reconnects). A probe that outlives its deadline keeps running in its thread; while ``max_stuck`` fresh ones
+    are still waiting, no new one is started and each tick counts as another failure (a black-holed primary)."""
 
     def __init__(self, primary: PrimaryTier, *, timeout: float, max_stuck: int = 2) -> None:
         self._primary = primary
         self.timeout = timeout
         self._max_stuck = max_stuck
-        self._inflight: list[tuple[float, Future[float]]] = []
+        self._inflight: list[tuple[float, Future[float]]] = []  # fresh-connection probes still waiting
 
     def probe(self, *, fresh: bool, now: float) -> ProbeResult:
         self._inflight = [(t, f) for t, f in self._inflight if not f.done()]
@@ -52,7 +52,10 @@ class PrimaryProber:
             oldest = self._inflight[0][0]
             return ProbeResult(False, oldest, error=f"no answer for {now - oldest:.1f}s")
         future = _in_thread(self._primary.probe if fresh else self._primary.ping)
-        self._inflight.append((now, future))
+        if fresh:
+            # Only fresh probes count as stuck: a pooled one may just wait behind the pool's reconnect backoff
+            # after a blip, which says nothing about the primary now.
+            self._inflight.append((now, future))
         try:
             latency = future.result(timeout=self.timeout)
         except FutureTimeout:
