@@ -412,13 +412,8 @@ class PrimaryTier:
         past the oldest transaction still running — a transaction that commits late, after rows with higher
         stamps were read, is therefore never skipped. The cursor is ``(stamp, collection, key)``, so a page may
         end inside one transaction's rows."""
-        return self.changes_page(after, limit)[0]
-
-    def changes_page(self, after: Any = 0, limit: int = 1000) -> tuple[list[Change], bool]:
-        """`changes` plus whether committed changes are held back behind a transaction still running (so the
-        caller should look again soon rather than wait for the next notification)."""
-        rows, held = self.feed_page(after, limit)
-        return [Change((r[7], r[0], r[1]), StoredRow(*r[:7])) for r in rows], held
+        rows, _held = self.feed_page(after, limit)
+        return [Change((r[7], r[0], r[1]), StoredRow(*r[:7])) for r in rows]
 
     def feed_page(self, after: Any = 0, limit: int = 1000) -> tuple[list[tuple[Any, ...]], bool]:
         """The change feed as plain rows ``(collection, key, value, version, hlc, origin, updated_at, stamp)``
