@@ -134,8 +134,8 @@ def bench_drain(n: int) -> None:
             DSN, data_dir=tmp / "drain", primary_schema=schema, write_mode="local_first", background=False
         )
         try:
-            assert store.primary is not None
-            store.primary.migrate()  # schema creation is not part of the drain
+            assert store.node.gateway.tier is not None
+            store.node.gateway.tier.migrate()  # schema creation is not part of the drain
             store.health()  # opens a pool connection
             start = time.perf_counter()
             for i in range(n):
@@ -234,7 +234,7 @@ def bench_outage(n: int, rounds: int) -> None:
             for r in range(rounds):
                 for name in list(cases) if r % 2 == 0 else reversed(list(cases)):
                     samples[name] += latencies(cases[name], per_round, offset=r * per_round)
-            circuit = dead.circuit.snapshot()
+            circuit = dead.node.gateway.circuit.snapshot()
             depth = dead.health()["outbox"]["depth"]
         finally:
             dead.close()

@@ -156,7 +156,7 @@ def bench_rebuild(n: int) -> None:
             took = time.perf_counter() - start
             rebuild = store.recovery.last_rebuild
             assert rebuild is not None and rebuild.records_from_source == n and not rebuild.unrecovered, rebuild
-            assert store.local is not None and store.local.collection_counts() == {"orders": n}
+            assert store.node.slot.tier is not None and store.node.slot.tier.collection_counts() == {"orders": n}
         finally:
             store.close()
     print_table(

@@ -55,7 +55,7 @@ class Visibility:
     def __init__(self, store: Any) -> None:
         self.lags: list[float] = []
         self.seen = 0
-        local = store.local
+        local = store.node.slot.tier
         inner = local.apply_pulled
 
         def apply_pulled(rows: Any, cursor: Any, *, force: bool = False) -> int:
@@ -81,7 +81,7 @@ def bench_visibility(light: int, heavy_seconds: float) -> None:
         try:
             a.set("warm", "k", 1)
             deadline = time.monotonic() + 10
-            while not (b.puller and b.puller.listening) and time.monotonic() < deadline:
+            while not (b.node.puller and b.node.puller.listening) and time.monotonic() < deadline:
                 time.sleep(0.01)
             vis = Visibility(b)
             for i in range(light):
@@ -112,7 +112,7 @@ def bench_visibility(light: int, heavy_seconds: float) -> None:
             a.set("warm", "k", 1)
             a.sync_now()
             deadline = time.monotonic() + 10
-            while not (b.puller and b.puller.listening) and time.monotonic() < deadline:
+            while not (b.node.puller and b.node.puller.listening) and time.monotonic() < deadline:
                 time.sleep(0.01)
             vis = Visibility(b)
             rate, n = 5000.0, int(5000 * heavy_seconds)
@@ -153,8 +153,8 @@ def bench_visibility(light: int, heavy_seconds: float) -> None:
 def bench_pull(n: int) -> None:
     with pg_schema() as schema, temp_dir() as tmp, psycopg.connect(DSN, autocommit=True) as conn:
         seeder = hybridstore.open(DSN, data_dir=tmp / "seed", primary_schema=schema, background=False, pull=False)
-        assert seeder.primary is not None
-        seeder.primary.migrate()
+        assert seeder.node.gateway.tier is not None
+        seeder.node.gateway.tier.migrate()
         seeder.close()
         with conn.cursor().copy(
             f'COPY "{schema}".records (collection, key, value, version, hlc, origin) FROM STDIN'
@@ -187,7 +187,7 @@ def bench_pull(n: int) -> None:
                 report = node.sync_now(full=True)
                 ours.append(time.perf_counter() - start)
                 assert report.pulled == n, report
-                assert node.local is not None and node.local.get("items", f"k{n - 1:08d}") is not None
+                assert node.node.slot.tier is not None and node.node.slot.tier.get("items", f"k{n - 1:08d}") is not None
             finally:
                 node.close()
     base, mine = n / min(raw_times), n / min(ours)

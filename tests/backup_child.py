@@ -24,7 +24,7 @@ def _status(field: str) -> int:
 def main() -> None:
     mode, data_dir = sys.argv[1:3]
     store = hybridstore.open(data_dir=data_dir, background=False)
-    backups = BackupService(store, start=False, kdf=KdfParams(n=2**10))
+    backups = BackupService(store.node, writer=store.node.router, start=False, kdf=KdfParams(n=2**10))
     if mode == "backup":
         print("ready", flush=True)
         while True:

@@ -17,7 +17,7 @@ FAST_KDF = KdfParams(n=2**4, r=8, p=1)  # tests only: the real default costs ~0.
 def service(store: hybridstore.HybridStore, **options: Any) -> BackupService:
     options.setdefault("kdf", FAST_KDF)
     options.setdefault("start", False)
-    return BackupService(store, **options)
+    return BackupService(store.node, writer=store.node.router, **options)
 
 
 def dump(store: hybridstore.HybridStore, collections: list[str]) -> dict[str, dict[str, Any]]:

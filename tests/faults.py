@@ -11,15 +11,15 @@ from typing import Any
 
 def fill_sqlite(store: Any) -> None:
     """Make SQLite report 'database or disk is full' from now on (a real SQLITE_FULL, not a fake)."""
-    local = store.local
+    local = store.node.slot.tier
     with local._lock:
         (pages,) = local._conn.execute("PRAGMA page_count").fetchone()
         local._conn.execute(f"PRAGMA max_page_count = {pages}")
 
 
 def free_sqlite(store: Any) -> None:
-    with store.local._lock:
-        store.local._conn.execute("PRAGMA max_page_count = 4294967294")
+    with store.node.slot.tier._lock:
+        store.node.slot.tier._conn.execute("PRAGMA max_page_count = 4294967294")
 
 
 def corrupt_pages(path: Path, fraction: float, seed: int) -> None:

@@ -32,8 +32,8 @@ def test_each_alert_once_to_the_webhook_with_retries(
         write_mode="local_first", alert_webhook_url=webhook.url, sync_failure_after=1.0, conflicts_alert_at=3
     )
     recovery = store.recovery
-    assert store.primary is not None
-    store.primary.migrate()
+    assert store.node.gateway.tier is not None
+    store.node.gateway.tier.migrate()
     wait_for(lambda: recovery.last_status() is not None)
     assert recovery.get_health_status()["overall"] == "healthy"
     assert recovery.get_health_status()["components"]["conflicts"]["available"] is True  # from the sync engine
@@ -117,7 +117,7 @@ def test_disk_full_goes_to_journal_never_lost_and_low_storage_fires(tmp_path: Pa
             assert rec is not None and rec.value["i"] == int(key[1:]), "every acknowledged write readable"
         free_sqlite(store)
         wait_for(lambda: "low_storage" in kinds(store, False))
-        wait_for(lambda: len(store.journal) == 0)
+        wait_for(lambda: len(store.node.journal) == 0)
     with hybridstore.open(data_dir=tmp_path / "d", background=False) as store:
         assert all(store.get("c", key) is not None for key in acked)
         assert store.health()["outbox"]["depth"] == len(acked)

@@ -42,7 +42,7 @@ def test_backup_from_the_primary_with_local_pending_and_catalogue(
     other.set("products", "from-b", "b")
     store.set_many("products", [("p00", "pending"), ("zz", "pending-new")])  # queued, not on the primary yet
     store.set_many("aa.only-local", [("k", 1)])  # a collection the primary has never seen
-    store.config = dataclasses.replace(store.config, write_mode="local_first")
+    store.node.config = dataclasses.replace(store.config, write_mode="local_first")
     store.delete("products", "p05")  # a pending delete of a record the primary still has
     b = service(store)
     info = b.create_manual_backup("from primary", "nightly")
@@ -142,7 +142,7 @@ def test_emergency_backup_when_the_primary_is_cut_off(make_store: StoreFactory, 
     try:
         proxy.cut()
         assert store.get("orders", "absent") is None  # this read meets the outage: circuit closed -> open
-        assert store.circuit.state != "closed"
+        assert store.node.gateway.circuit.state != "closed"
         wait_for(lambda: any(x.kind == "emergency" for x in b.list_backups()), timeout=30)
         (em,) = [x for x in b.list_backups() if x.kind == "emergency"]
         assert em.kind == "emergency" and em.source == "local" and em.verified
@@ -211,7 +211,7 @@ def test_service_thread_takes_the_first_backup_and_stops_on_close(tmp_path: Path
         assert b.stats()["running"] and b.stats()["next_scheduled_in_s"] > 23 * 3600
     finally:
         store.close()
-    assert b._thread is not None and not b._thread.is_alive()
+    assert b.worker.rounds >= 1 and not b.worker.running
     with pytest.raises(hybridstore.ClosedError):
         b.restore_backup(b.list_backups()[0].id)
 
@@ -239,8 +239,8 @@ def test_started_during_an_outage_takes_an_emergency_backup(
 ) -> None:
     proxy.cut()
     store = make_store("a", primary=proxied_dsn, background=False, primary_timeout=1.0)
-    store.replayer.probe_at_start()  # what the replayer thread does first: finds the primary down
-    assert store.circuit.state == "open"
+    store.node.gateway.probe_now()  # what the replayer thread does first: finds the primary down
+    assert store.node.gateway.circuit.state == "open"
     store.set("orders", "o1", {"queued": True})
     b = service(store)
     b.update_config(interval_hours=1000)

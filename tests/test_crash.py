@@ -61,8 +61,8 @@ def test_sigkill_loses_no_acknowledged_write(
         with hybridstore.open(
             pg_dsn, data_dir=data_dir, primary_schema=pg_schema, read_policy="local_first", background=False
         ) as store:
-            assert store.local is not None
-            assert store.local.integrity_check() == ["ok"]
+            assert store.node.slot.tier is not None
+            assert store.node.slot.tier.integrity_check() == ["ok"]
             missing = [k for k in keys if store.get("orders", k) is None]
             assert missing == [], f"round {r}: acknowledged writes lost locally: {missing[:5]}"
     assert len(acked) > rounds * 5, "the writer had time to write"
@@ -90,6 +90,6 @@ def test_sigkill_embedded(tmp_path: Path) -> None:
     for r in range(8):
         acked += run_and_kill(data_dir, "", "hybridstore", f"e{r}", "write_through", rng.uniform(0.05, 0.5))
     with hybridstore.open(data_dir=data_dir) as store:
-        assert store.local is not None and store.local.integrity_check() == ["ok"]
+        assert store.node.slot.tier is not None and store.node.slot.tier.integrity_check() == ["ok"]
         assert all(store.get("orders", k) is not None for k in acked)
         assert store.health()["outbox"]["depth"] >= len(acked)

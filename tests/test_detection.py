@@ -46,7 +46,7 @@ def test_refused_connections_declared_within_2s_then_recovery_drains_the_outbox(
     assert took < 2.0, f"refused primary declared down after {took:.2f}s"
     status = store.recovery.get_health_status(refresh=True)
     assert status["overall"] == "outage" and status["components"]["primary"]["state"] == "down"
-    assert store.circuit.state != "closed", "declared down: no foreground call waits on the primary"
+    assert store.node.gateway.circuit.state != "closed", "declared down: no foreground call waits on the primary"
     start = time.monotonic()
     tiers = [store.set("orders", f"o{i}", i).tier for i in range(50)]
     assert set(tiers) == {"local"} and time.monotonic() - start < 1.0, "writes go straight to SQLite"

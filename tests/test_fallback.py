@@ -101,7 +101,7 @@ def test_writer_survives_cut_blackhole_restore(
     writer.assert_all_on_primary_once(primary_rows(pg, pg_schema, "orders"))
     (ledger,) = pg.execute(f'SELECT count(*) FROM "{pg_schema}".applied_ops').fetchone()
     assert ledger == len(writer.acked)
-    assert store.circuit.opened_count >= 2
+    assert store.node.gateway.circuit.opened_count >= 2
 
 
 def test_reads_fall_back_to_local(make_store: StoreFactory, proxy: Proxy, proxied_dsn: str) -> None:
@@ -156,7 +156,9 @@ def test_unreachable_primary_url_is_not_an_error(make_store: StoreFactory) -> No
 def test_first_write_is_fast_when_opened_offline(make_store: StoreFactory, proxy: Proxy, proxied_dsn: str) -> None:
     proxy.cut()
     store = make_store(primary=proxied_dsn, primary_timeout=TIMEOUT)
-    wait_for(lambda: store.circuit.state != "closed", timeout=5)  # the start-up probe found the primary down
+    wait_for(
+        lambda: store.node.gateway.circuit.state != "closed", timeout=5
+    )  # the start-up probe found the primary down
     start = time.monotonic()
     r = store.set("c", "k", 1)
     assert r.tier == "local" and time.monotonic() - start < 0.5

@@ -12,7 +12,7 @@ import pytest
 
 import hybridstore
 from hybridstore import StorageExhaustedError
-from hybridstore.store import JOURNAL_FILE, LOCAL_DB
+from hybridstore.compose import JOURNAL_FILE, LOCAL_DB
 
 from .faults import corrupt_pages, fill_sqlite, free_sqlite, garbage_file, wait_for
 from .fix_db import StoreFactory, primary_rows
@@ -46,7 +46,7 @@ def test_full_sqlite_mid_run_goes_to_journal_and_replays(
     free_sqlite(store)
     report = store.sync_now()
     assert report.journal_replayed > 200 and report.remaining == 0
-    assert len(store.journal) == 0 and (store.data_dir / JOURNAL_FILE).read_bytes() == b""
+    assert len(store.node.journal) == 0 and (store.data_dir / JOURNAL_FILE).read_bytes() == b""
     rows = primary_rows(pg, pg_schema)
     assert set(rows) == set(keys) - {"k0001"}
     assert all(rows[k] == (values[k], 1) for k in rows)
@@ -61,10 +61,10 @@ def test_journal_is_replayed_at_open(tmp_path: Path) -> None:
     fill_sqlite(store)
     for i in range(20):
         assert store.set("c", f"k{i}", "x" * 3000).tier in ("local", "journal")
-    assert len(store.journal) > 0
+    assert len(store.node.journal) > 0
     store.close()
     with hybridstore.open(data_dir=tmp_path / "d") as again:
-        assert len(again.journal) == 0
+        assert len(again.node.journal) == 0
         for i in range(20):
             rec = again.get("c", f"k{i}")
             assert rec is not None and rec.source == "local" and rec.value == "x" * 3000
@@ -77,9 +77,9 @@ def test_background_replay_when_sqlite_recovers(tmp_path: Path) -> None:
         fill_sqlite(store)
         for i in range(1, 30):
             store.set("c", f"k{i}", "y" * 3000)
-        assert len(store.journal) > 0
+        assert len(store.node.journal) > 0
         free_sqlite(store)
-        wait_for(lambda: len(store.journal) == 0)
+        wait_for(lambda: len(store.node.journal) == 0)
         assert all(store.get("c", f"k{i}") is not None for i in range(30))
 
 
@@ -91,7 +91,7 @@ def test_corrupt_sqlite_at_open_runs_on_journal(tmp_path: Path) -> None:
     for suffix in ("-wal", "-shm"):
         (data / (LOCAL_DB + suffix)).unlink(missing_ok=True)
     with hybridstore.open(data_dir=data, auto_recover=False) as store:  # the manual procedure
-        assert store.local is None
+        assert store.node.slot.tier is None
         assert store.health()["local"]["state"] == "down"
         r = store.set("c", "new", 2)
         assert r.tier == "journal" and r.queued
@@ -102,7 +102,7 @@ def test_corrupt_sqlite_at_open_runs_on_journal(tmp_path: Path) -> None:
     with hybridstore.open(data_dir=data) as store:
         rec = store.get("c", "new")
         assert rec is not None and rec.value == 2 and rec.source == "local"
-        assert len(store.journal) == 0
+        assert len(store.node.journal) == 0
 
 
 def test_every_tier_failing_acknowledges_nothing(tmp_path: Path) -> None:
@@ -124,7 +124,7 @@ def test_torn_and_damaged_journal_lines(tmp_path: Path) -> None:
         fill_sqlite(store)
         for i in range(10):
             store.set("c", f"k{i}", "w" * 3000)
-        journaled = len(store.journal)
+        journaled = len(store.node.journal)
     assert journaled > 3
     path = data / JOURNAL_FILE
     lines = path.read_bytes().splitlines(keepends=True)
@@ -152,7 +152,7 @@ def test_journal_reaches_primary_while_sqlite_is_broken(
         with hybridstore.open(
             proxy.url(pg_dsn), data_dir=data, primary_schema=pg_schema, primary_timeout=1.0, auto_recover=False
         ) as store:
-            assert store.local is None
+            assert store.node.slot.tier is None
             tiers = [store.set("c", f"k{i}", i).tier for i in range(10)]
             assert set(tiers) == {"journal"}, "primary down and SQLite corrupt: the journal takes the writes"
             proxy.restore()
@@ -165,7 +165,7 @@ def test_journal_reaches_primary_while_sqlite_is_broken(
 
             wait_for(all_on_primary)
             assert primary_rows(pg, pg_schema)["k7"] == (7, 1)
-            assert len(store.journal) == 10, "kept until SQLite can take them"
+            assert len(store.node.journal) == 10, "kept until SQLite can take them"
             rec = store.get("c", "k3")
             assert rec is not None and rec.value == 3
     finally:
@@ -195,9 +195,9 @@ def test_sqlite_corrupted_mid_run(tmp_path: Path, pg_dsn: str, pg_schema: str, p
             acked = {f"before{i:04d}": i for i in range(1500)}
             for key, i in acked.items():
                 assert store.set("c", key, {"i": i, "pad": "p" * 1000}).tier == "primary"
-            assert store.local is not None
-            with store.local._lock:
-                store.local._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            assert store.node.slot.tier is not None
+            with store.node.slot.tier._lock:
+                store.node.slot.tier._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
             corrupt_pages(store.data_dir / LOCAL_DB, 0.2, seed=5)  # while the store is open
             proxy.cut()
             # Update existing keys: their pages are spread over the file, so SQLite soon reads a damaged one.

@@ -31,7 +31,7 @@ def test_prometheus_text_matches_operations(make_store: StoreFactory) -> None:
     for i in range(10):
         assert store.set("c", f"p{i}", {"i": i}).tier == "primary"
     assert store.get("c", "p1") is not None
-    store.circuit.trip()  # the primary is now avoided: writes are queued
+    store.node.gateway.circuit.trip()  # the primary is now avoided: writes are queued
     for i in range(5):
         assert store.set("c", f"q{i}", i).tier == "local"
     store.delete("c", "p0")
@@ -60,7 +60,7 @@ def test_prometheus_text_matches_operations(make_store: StoreFactory) -> None:
     assert value(m, "hybridstore_sync_ops_total", outcome="pushed") == 0
     assert value(m, "hybridstore_component_health", component="local") == 1.0
     assert value(m, "hybridstore_alert_active", kind="primary_outage") == 0
-    assert ("hybridstore_conflicts_unresolved", ()) not in m, "not reported until the sync engine provides it"
+    assert ("hybridstore_conflicts_unresolved", ()) not in m, "unknown while the primary is avoided"
 
     report = store.sync_now()
     assert report.pushed == 7

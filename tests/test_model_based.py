@@ -89,13 +89,13 @@ class StoreMachine(RuleBasedStateMachine):
 
     @invariant()
     def nothing_in_journal(self) -> None:
-        assert len(self.store.journal) == 0
+        assert len(self.store.node.journal) == 0
 
     def teardown(self) -> None:
         try:
             assert self.store.sync_now().remaining == 0
-            assert self.store.primary is not None
-            self.store.primary.migrate()  # the schema exists even if nothing was ever written
+            assert self.store.node.gateway.tier is not None
+            self.store.node.gateway.tier.migrate()  # the schema exists even if nothing was ever written
             with psycopg.connect(DSN, autocommit=True) as conn:
                 rows = {
                     (c, k): v

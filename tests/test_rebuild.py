@@ -13,8 +13,8 @@ import psycopg
 import pytest
 
 import hybridstore
+from hybridstore.compose import LOCAL_DB
 from hybridstore.recovery.probes import quick_check
-from hybridstore.store import LOCAL_DB
 
 from .faults import fill_sqlite, garble_pages, table_pages, wait_for
 from .fix_db import StoreFactory, primary_rows
@@ -25,8 +25,8 @@ pytestmark = pytest.mark.resilience
 
 
 def checkpoint(store: Any) -> None:
-    with store.local._lock:
-        store.local._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    with store.node.slot.tier._lock:
+        store.node.slot.tier._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
 
 def rebuilt(store: Any, timeout: float = 30.0, outcome: str = "succeeded") -> dict[str, Any]:
@@ -75,7 +75,9 @@ def test_garbage_in_pages_while_closed(
     with hybridstore.open(proxied_dsn, **opts) as store:
         assert set(writes(store, range(400), "p", acked)) == {"primary"}
         proxy.cut()
-        wait_for(lambda: store.circuit.state != "closed" or store.set("c", "probe", {"i": -1}).tier == "local")
+        wait_for(
+            lambda: store.node.gateway.circuit.state != "closed" or store.set("c", "probe", {"i": -1}).tier == "local"
+        )
         acked.pop("probe", None)
         assert set(writes(store, range(300), "q", acked)) == {"local"}  # queued: only in this node's outbox
         assert store.health()["outbox"]["depth"] >= 300
@@ -113,7 +115,7 @@ def test_truncated_file_with_journaled_writes(
     store = make_store("n", quick_check_interval=3600)
     writes(store, range(300), "p", acked)
     fill_sqlite(store)  # SQLite full, primary cut off by the circuit: writes too big for a free page are journaled
-    store.circuit.trip()
+    store.node.gateway.circuit.trip()
     journaled = {f"j{i:04d}": {"i": i, "pad": "x" * 5000} for i in range(100)}
     assert {store.set("c", k, v).tier for k, v in journaled.items()} == {"journal"}
     store.close()

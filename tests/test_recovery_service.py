@@ -14,8 +14,9 @@ import pytest
 
 import hybridstore
 from hybridstore import BackupTamperedError, ConfigError
+from hybridstore.compose import LOCAL_DB
+from hybridstore.config import apply_log_level
 from hybridstore.model import StoredRow
-from hybridstore.store import LOCAL_DB
 
 from .faults import garble_pages, table_pages, wait_for
 from .fix_db import StoreFactory
@@ -59,7 +60,7 @@ def test_rebuild_from_backup_while_primary_is_down(
     assert event["details"]["source"] == "backup" and event["details"]["report"]["records_from_source"] == 60
     rec = store.get("c", "t004")
     assert rec is not None and rec.value == {"t": 4} and rec.source == "local"
-    assert store.local is not None
+    assert store.node.slot.tier is not None
     rec = store.get("c", "b007")
     assert rec is not None and rec.value == {"i": 7} and rec.source == "local" and rec.version == 3
     rec = store.get("c", "during")
@@ -71,27 +72,32 @@ def test_rebuild_from_backup_while_primary_is_down(
 def test_monitor_thread_stops_with_the_store_and_events_survive(tmp_path: Path) -> None:
     store = hybridstore.open(data_dir=tmp_path / "d", health_interval=0.05)
     wait_for(lambda: store.recovery.last_status() is not None)
-    thread = store.recovery._thread
-    assert thread is not None and thread.is_alive() and thread.name == "hybridstore-health"
+    assert store.recovery.worker.running
+    assert [t for t in threading.enumerate() if t.name == "hybridstore-health"]
     event = store.recovery._begin("sync_retry", "a drain cut short by close")
     store.close()
-    assert not thread.is_alive()
-    assert not [t for t in threading.enumerate() if t.name == "hybridstore-health"]
+    assert not store.recovery.worker.running
+    assert not [t for t in threading.enumerate() if t.name.startswith("hybridstore-")], "every worker stopped"
     with hybridstore.open(data_dir=tmp_path / "d", background=False) as again:
         kept = [e for e in again.recovery.events() if e["id"] == event.id]
         assert kept and kept[0]["outcome"] == "failed" and "interrupted" in kept[0]["summary"]
 
 
-def test_log_level_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_opening_a_store_leaves_the_process_logging_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A library must not change the application's log levels: ``HYBRIDSTORE_LOG_LEVEL`` is the CLI's and the
+    server's (see `apply_log_level`), and a bad value there does not stop a store from opening."""
     logger = logging.getLogger("hybridstore")
     saved = logger.level
     try:
-        monkeypatch.setenv("HYBRIDSTORE_LOG_LEVEL", "debug")
-        with hybridstore.open(data_dir=tmp_path / "d", background=False):
-            assert logger.level == logging.DEBUG
-        monkeypatch.setenv("HYBRIDSTORE_LOG_LEVEL", "chatty")
+        logger.setLevel(logging.WARNING)
+        for value in ("debug", "chatty"):
+            monkeypatch.setenv("HYBRIDSTORE_LOG_LEVEL", value)
+            with hybridstore.open(data_dir=tmp_path / "d", background=False):
+                assert logger.level == logging.WARNING
+        apply_log_level("debug")
+        assert logger.level == logging.DEBUG
         with pytest.raises(ConfigError, match="log level"):
-            hybridstore.open(data_dir=tmp_path / "d", background=False)
+            apply_log_level("chatty")
     finally:
         logger.setLevel(saved)
 

@@ -86,7 +86,7 @@ def test_embedded_writes_reach_primary_later(
         assert len(rows) == 299 and rows["o5"] == ({"n": 5}, 1)
         rec = store.get("orders", "o7")
         assert rec is not None and rec.version == 1 and not rec.pending
-        local = store.local
+        local = store.node.slot.tier
         assert local is not None
         local_row = local.get("orders", "o7")
         assert local_row is not None and local_row.synced_at is not None and local_row.version == 1
@@ -96,12 +96,12 @@ def test_replay_is_idempotent(make_store: StoreFactory, pg: psycopg.Connection[A
     store = make_store(write_mode="local_first", background=False)
     for i in range(50):
         store.set("c", f"k{i}", i)
-    assert store.local is not None and store.primary is not None
-    ops: list[Op] = [op for _, op, _ in store.local.pending_ops(1000)]
+    assert store.node.slot.tier is not None and store.node.gateway.tier is not None
+    ops: list[Op] = [op for _, op, _ in store.node.slot.tier.pending_ops(1000)]
     assert store.sync_now().pushed == 50
-    again = store.primary.put_many(ops)
+    again = store.node.gateway.tier.put_many(ops)
     assert {o.outcome for o in again} == {"duplicate"}
-    assert store.primary.put_one(ops[3]).outcome == "duplicate"
+    assert store.node.gateway.tier.put_one(ops[3]).outcome == "duplicate"
     rows = primary_rows(pg, pg_schema)
     assert len(rows) == 50 and all(version == 1 for _, version in rows.values()), "each op applied exactly once"
     (ledger,) = pg.execute(f'SELECT count(*) FROM "{pg_schema}".applied_ops').fetchone()
@@ -190,8 +190,8 @@ def test_pooler_mode_works_end_to_end(make_store: StoreFactory, pg: psycopg.Conn
         assert store.set("c", f"k{i}", i).tier == "primary"
     assert store.get("c", "k3") is not None
     assert primary_rows(pg, pg_schema)["k11"] == (11, 1)
-    assert store.primary is not None
-    with store.primary._pool.connection() as conn:  # the store's own session, which ran the writes above
+    assert store.node.gateway.tier is not None
+    with store.node.gateway.tier._pool.connection() as conn:  # the store's own session, which ran the writes above
         assert conn.prepare_threshold is None
         assert conn.execute("SELECT count(*) FROM pg_prepared_statements").fetchone() == (0,)
         assert conn.execute("SHOW statement_timeout").fetchone() == ("0",)

@@ -21,8 +21,8 @@ from .fix_proxy import Proxy
 
 
 def local_value(store: HybridStore, collection: str, key: str) -> Any:
-    assert store.local is not None
-    row = store.local.get(collection, key)
+    assert store.node.slot.tier is not None
+    row = store.node.slot.tier.get(collection, key)
     return None if row is None or row.value_json is None else row.to_record("local").value
 
 
@@ -121,8 +121,10 @@ def test_feed_never_misses_late_commits(make_store: StoreFactory, pg_dsn: str, p
     assert len(final) == 80
 
     def node_has_all() -> bool:
-        assert node.local is not None
-        return all((row := node.local.get("feed", k)) is not None and row.version == v for k, v in final.items())
+        assert node.node.slot.tier is not None
+        return all(
+            (row := node.node.slot.tier.get("feed", k)) is not None and row.version == v for k, v in final.items()
+        )
 
     wait_for(node_has_all, timeout=30)
     missed = {k for k, v in final.items() if naive_seen.get(k, 0) < v}
@@ -133,7 +135,7 @@ def test_notification_wakes_other_nodes(make_store: StoreFactory) -> None:
     a = make_store("a")
     b = make_store("b", pull_interval=60.0)  # polls only every minute: only a notification can be this fast
     a.set("c", "warm", 1)
-    wait_for(lambda: b.puller is not None and b.puller.listening, timeout=10)
+    wait_for(lambda: b.node.puller is not None and b.node.puller.listening, timeout=10)
     lags = []
     for i in range(20):
         start = time.perf_counter()
@@ -155,8 +157,8 @@ def test_pulled_change_does_not_override_pending_local_write(make_store: StoreFa
     assert b.set("c", "k", "b-offline").queued
     time.sleep(0.005)  # a later millisecond: a2's HLC is the newer one
     a.set("c", "k", "a2")
-    assert b.puller is not None
-    assert b.puller.pull() == 0
+    assert b.node.puller is not None
+    assert b.node.puller.pull() == 0
     assert local_value(b, "c", "k") == "b-offline", "a pending local write is never overwritten by a pull"
     settle(b, a)
     assert local_value(b, "c", "k") == local_value(a, "c", "k") == "a2"  # written last: the newer HLC wins
@@ -173,12 +175,12 @@ def test_full_resync_rebuilds_local_and_keeps_pending(
     pg.execute(f"UPDATE \"{pg_schema}\".records SET value = '\"admin\"', version = version + 1 WHERE key = 'k02'")
     node.set("c", "k03", "pending")  # queued, not pushed yet (no background thread)
     node.set("c", "k00", "pending-too")
-    assert node.local is not None
+    assert node.node.slot.tier is not None
     calls: list[tuple[int, int | None]] = []
-    report = node.replayer.drain(max_batches=0)  # nothing pushed: the resync must keep the pending ops
+    report = node.node.replayer.drain(max_batches=0)  # nothing pushed: the resync must keep the pending ops
     assert report.remaining == 2
-    assert node.puller is not None
-    node.puller.pull(full=True, progress=lambda done, total: calls.append((done, total)))
+    assert node.node.puller is not None
+    node.node.puller.pull(full=True, progress=lambda done, total: calls.append((done, total)))
     assert local_value(node, "c", "k01") is None, "a row gone from the primary is dropped locally"
     assert local_value(node, "c", "k02") == "admin"
     assert local_value(node, "c", "k03") == "pending" and local_value(node, "c", "k00") == "pending-too"
@@ -286,7 +288,7 @@ def test_three_nodes_converge_under_every_strategy(
     assert ("alice", "conflict.resolved", "orders/o1") in audit and ("bob", "conflict.resolved", "orders/o1") in audit
     assert ("system:merge", "conflict.resolved", "carts/cart1") in audit
     assert ("system:last_wins", "conflict.resolved", "lw/k") in audit
-    status = a.sync_status()
+    status = a.sync_status(refresh=True)
     assert status["conflicts"]["manual"] == {"resolved": 2}
     assert status["conflicts"]["last_wins"]["resolved"] == 2
     assert status["conflicts"]["merge"]["resolved"] == 2
@@ -405,7 +407,7 @@ def test_outage_in_the_middle_of_a_push_batch(
     # Each key's ops were applied once: batched ops of one key count as one version each... exactly once.
     ledger = pg.execute(f'SELECT count(*) FROM "{pg_schema}".applied_ops').fetchone()
     assert ledger is not None and ledger[0] == 12_001, "no op applied twice, none missing"
-    assert node.replayer.totals.failed > 0, "the outage really hit a batch in flight"
+    assert node.node.replayer.totals.failed > 0, "the outage really hit a batch in flight"
 
 
 def test_sync_status_is_plain_data(make_store: StoreFactory) -> None:
@@ -441,7 +443,7 @@ def test_batch_size_grows_while_pushes_succeed_and_shrinks_on_timeouts(
     for i in range(3000):
         node.set("c", f"k{i}", i)
     node.sync_now()
-    grown = node.replayer.batch_size
+    grown = node.node.replayer.batch_size
     assert grown >= 400, f"full batches kept succeeding; batch size is still {grown}"
     sizes = [b["ops"] for b in node.sync_status()["batch_durations_ms"]]
     assert sizes[0] == 50 and sizes == sorted(sizes[:-1]) + sizes[-1:] and max(sizes) >= 400
@@ -450,7 +452,7 @@ def test_batch_size_grows_while_pushes_succeed_and_shrinks_on_timeouts(
     proxy.blackhole()
     report = node.sync_now()
     assert report.failed > 0 and report.remaining == 3000
-    assert node.replayer.batch_size == grown // 2, "a timed-out batch halves the next one"
+    assert node.node.replayer.batch_size == grown // 2, "a timed-out batch halves the next one"
     proxy.restore()
     node.sync_now()
     assert node.sync_status()["outbox"]["depth"] == 0
@@ -475,4 +477,4 @@ def test_write_through_logs_the_conflict_it_settles(
     assert rows == [("last_wins", "resolved", "a3", "b2", {"winner": "local"}, "system:last_wins")]
     audit = pg.execute(f'SELECT actor, action, target FROM "{pg_schema}".audit_log').fetchall()
     assert audit == [("system:last_wins", "conflict.resolved", "c/k")]
-    assert a.sync_status()["conflicts"] == {"last_wins": {"resolved": 1}}
+    assert a.sync_status(refresh=True)["conflicts"] == {"last_wins": {"resolved": 1}}

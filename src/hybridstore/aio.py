@@ -61,7 +61,7 @@ class AsyncHybridStore:
         return await asyncio.to_thread(self.sync_store.list, collection, prefix=prefix, limit=limit, after=after)
 
     async def sync_now(
-        self, *, full: bool = False, progress: Callable[[int, int | None], None] | None = None
+        self, *, full: bool = False, progress: Callable[[str, int, int | None], None] | None = None
     ) -> SyncReport:
         return await asyncio.to_thread(self.sync_store.sync_now, full=full, progress=progress)
 

@@ -23,6 +23,11 @@ class PrimaryTimeoutError(PrimaryUnavailableError):
     """The primary did not answer within the configured timeout (slow or black-holed)."""
 
 
+class PrimaryMisconfiguredError(PrimaryUnavailableError):
+    """The primary answers but refuses this node: authentication, database, role or a privilege is wrong. Writes
+    are queued locally; fix the URL or the grants (the message names what was refused)."""
+
+
 class PrimaryRejectedError(HybridStoreError):
     """The primary refused the operation itself (not a connectivity problem); retrying will not help."""
 

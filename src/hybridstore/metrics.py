@@ -4,9 +4,10 @@ process do not mix), plus the same figures as plain data.
 Recorded on the operation paths (cheap: a bisect and two list increments under a lock, well under a
 microsecond — prometheus-client's own histogram costs several times that):
 ``hybridstore_op_seconds{op, tier}`` (latency per operation and serving tier; its ``_count`` is the op count)
-and ``hybridstore_op_failures_total{op, error}``. Read when scraped, from the store itself: outbox depth and
-oldest pending age, sync counters and success rate, conflicts and dead letters (when the sync engine reports
-them), data size on disk, records per collection, each tier's health, the overall state and active alerts.
+and ``hybridstore_op_failures_total{op, error}``. Read when scraped, from the node's status snapshot (no probe
+of the primary: the monitor refreshes that on its own schedule): outbox depth and oldest pending age, sync
+counters and success rate, conflicts and dead letters, data size on disk, records per collection, each
+component's health, the overall state and active alerts.
 `prometheus_text()` is what a ``/metrics`` endpoint serves; `data()` is the plain-data view.
 """
 
@@ -29,7 +30,7 @@ from prometheus_client.registry import Collector
 from .errors import HybridStoreError
 
 if TYPE_CHECKING:
-    from .store import HybridStore
+    from .node.core import NodeCore
 
 log = logging.getLogger("hybridstore.metrics")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -42,8 +43,8 @@ R = TypeVar("R")
 
 
 class StoreMetrics:
-    def __init__(self, store: HybridStore) -> None:
-        self._store = store
+    def __init__(self, node: NodeCore) -> None:
+        self._node = node
         self.registry = CollectorRegistry(auto_describe=True)
         self._lock = threading.Lock()
         # (op, tier) -> [count per bucket (the last one is +Inf)..., sum of seconds]
@@ -55,7 +56,7 @@ class StoreMetrics:
             registry=self.registry,
         )
         self.registry.register(_OpCollector(self))
-        self.registry.register(_StoreCollector(store))
+        self.registry.register(_StoreCollector(node))
 
     # -- the operation paths ------------------------------------------------------------------------------------
 
@@ -109,7 +110,7 @@ class StoreMetrics:
             for s in family.samples
             if s.name.endswith("_total")
         ]
-        return {"ops": ops, "failures": failures, **store_figures(self._store)}
+        return {"ops": ops, "failures": failures, **store_figures(self._node)}
 
 
 def _tier(result: Any) -> str:
@@ -162,41 +163,39 @@ def _file_size(path: Path) -> int:
     return total
 
 
-def store_figures(store: HybridStore) -> dict[str, Any]:
-    """Figures read from the store now (no probing of the primary: that is the health monitor's job)."""
-    local = store.local
-    depth, oldest = _safe(local.outbox_stats, (0, None)) if local is not None else (0, None)
-    depth += len(store.journal)
-    totals = store.replayer.totals
-    settled = totals.pushed + totals.superseded + totals.duplicates
-    attempts = settled + totals.failed
-    recovery = getattr(store, "recovery", None)
-    status = recovery.last_status() if recovery is not None else None
-    sync_extra = recovery.sync_counts() if recovery is not None else {}
+def store_figures(node: NodeCore) -> dict[str, Any]:
+    """Figures from the node's status snapshot (no probing of the primary: that is the health monitor's job)."""
+    snap = node.status.snapshot()
+    sync = snap.sync
+    health = snap.sections.get("health") or {}
     files = {
-        "local": _file_size(store.data_dir / "local.db"),
-        "journal": _file_size(store.data_dir / "journal.log"),
-        "recovery": _file_size(store.data_dir / "recovery.db"),
+        "local": _file_size(node.data_dir / "local.db"),
+        "journal": _file_size(node.data_dir / "journal.log"),
+        "recovery": _file_size(node.data_dir / "recovery.db"),
     }
+    # The health monitor's counts when it has them (its sync engine hook may say more), else the snapshot's.
+    components = health.get("components") or {}
+    conflicts = (components.get("conflicts") or {}).get("count")
+    if conflicts is None and snap.conflicts is not None:
+        conflicts = sum(int(c.get("open", 0)) for c in snap.conflicts.values())
+    dead = (components.get("dead_letters") or {}).get("count", snap.dead_letters)
+    local = node.slot.tier
     return {
-        "outbox": {
-            "depth": depth,
-            "oldest_pending_age_s": None if oldest is None else max(0.0, time.time() - oldest),
-        },
+        "outbox": {"depth": snap.outbox["depth"], "oldest_pending_age_s": snap.outbox["oldest_pending_age_s"]},
         "sync": {
-            "pushed": totals.pushed,
-            "superseded": totals.superseded,
-            "duplicates": totals.duplicates,
-            "failed": totals.failed,
-            "success_rate": None if attempts == 0 else settled / attempts,
-            "conflicts": sync_extra.get("unresolved_conflicts"),
-            "dead_letters": sync_extra.get("dead_letters"),
+            "pushed": sync["pushed"],
+            "superseded": sync["superseded"],
+            "duplicates": sync["duplicates"],
+            "failed": sync["failed"],
+            "success_rate": sync["success_rate"],
+            "conflicts": conflicts,
+            "dead_letters": dead,
         },
         "data_bytes": files,
         "records": _safe(local.collection_counts, {}) if local is not None else {},
-        "tiers": {} if status is None else {k: v["state"] for k, v in status["components"].items()},
-        "overall": None if status is None else status["overall"],
-        "alerts_active": [] if recovery is None else [a.kind for a in recovery.alerts(active=True)],
+        "tiers": {k: v["state"] for k, v in (health.get("components") or {}).items()},
+        "overall": snap.overall,
+        "alerts_active": [a["kind"] for a in health.get("alerts", [])],
     }
 
 
@@ -220,15 +219,15 @@ class _OpCollector(Collector):
 
 
 class _StoreCollector(Collector):
-    def __init__(self, store: HybridStore) -> None:
-        self._store = store
+    def __init__(self, node: NodeCore) -> None:
+        self._node = node
 
     def describe(self) -> list[Metric]:
         return []  # collected at scrape time only: nothing to check at registration
 
     def collect(self) -> Iterator[Metric]:
         try:
-            f = store_figures(self._store)
+            f = store_figures(self._node)
         except Exception:  # a scrape must not break the caller; the log says why
             log.exception("collecting store metrics failed")
             return

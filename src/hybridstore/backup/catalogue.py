@@ -16,8 +16,7 @@ from ..errors import HybridStoreError
 from .repository import BackupInfo
 
 if TYPE_CHECKING:
-    from ..circuit import CircuitBreaker
-    from ..tiers.primary import PrimaryTier
+    from ..node.gateway import PrimaryGateway
 
 log = logging.getLogger("hybridstore.backup")
 
@@ -30,21 +29,23 @@ _UPSERT = (
 
 
 class PrimaryCatalogue:
-    def __init__(self, primary: PrimaryTier | None, circuit: CircuitBreaker, node_id: str) -> None:
-        self._primary = primary
-        self._circuit = circuit
+    def __init__(self, gateway: PrimaryGateway, node_id: str) -> None:
+        self._gateway = gateway
         self._node_id = node_id
 
     def available(self) -> bool:
         """Is the primary configured and its circuit closed (worth asking now)?"""
-        return self._primary is not None and self._circuit.allow()
+        return self._gateway.allow()
+
+    def _query(self, sql: str, params: Sequence[Any] | None = None) -> list[Any]:
+        """One statement through the gateway (its outcome counts in the circuit like any primary call)."""
+        return self._gateway.call(lambda p: p.query(sql, params or ()))
 
     def load_settings(self) -> dict[str, Any] | None:
         if not self.available():
             return None
-        assert self._primary is not None
         try:
-            rows = self._primary.query("SELECT settings FROM {schema}.system_config WHERE key = 'backup'")
+            rows = self._query("SELECT settings FROM {schema}.system_config WHERE key = 'backup'")
         except HybridStoreError as exc:
             log.debug("cannot read backup settings from the primary: %s", exc)
             return None
@@ -53,11 +54,10 @@ class PrimaryCatalogue:
     def save_settings(self, data: dict[str, Any]) -> None:
         if not self.available():
             return
-        assert self._primary is not None
         from psycopg.types.json import Jsonb
 
         try:
-            self._primary.query(
+            self._query(
                 "INSERT INTO {schema}.system_config (key, settings, updated_at) VALUES ('backup', %s, now()) "
                 "ON CONFLICT (key) DO UPDATE SET settings = excluded.settings, updated_at = now()",
                 (Jsonb(data),),
@@ -70,7 +70,6 @@ class PrimaryCatalogue:
         the primary is up to date."""
         if not self.available():
             return False
-        assert self._primary is not None
         from psycopg.types.json import Jsonb
 
         readable = [b for b in backups if b.kind != "unknown"]
@@ -86,8 +85,8 @@ class PrimaryCatalogue:
                     "encrypted": b.encrypted,
                 }
                 params = (b.id, b.kind, b.label, b.description, Jsonb(manifest), b.size_bytes, b.verified, b.pinned)
-                self._primary.query(_UPSERT, (*params, b.created_at))
-            self._primary.query(
+                self._query(_UPSERT, (*params, b.created_at))
+            self._query(
                 "DELETE FROM {schema}.system_backups WHERE manifest->>'node_id' = %s AND NOT (id = ANY(%s))",
                 (self._node_id, [b.id for b in backups]),
             )
@@ -99,8 +98,7 @@ class PrimaryCatalogue:
     def forget(self, ids: Sequence[str]) -> None:
         if not ids or not self.available():
             return
-        assert self._primary is not None
         try:
-            self._primary.query("DELETE FROM {schema}.system_backups WHERE id = ANY(%s)", (list(ids),))
+            self._query("DELETE FROM {schema}.system_backups WHERE id = ANY(%s)", (list(ids),))
         except HybridStoreError as exc:
             log.debug("deleted backups still listed on the primary: %s", exc)

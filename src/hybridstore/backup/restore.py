@@ -14,13 +14,13 @@ from collections.abc import Callable, Collection, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..errors import BackupTamperedError, LocalStoreError, PrimaryTimeoutError, PrimaryUnavailableError
+from ..errors import BackupTamperedError, LocalStoreError, PrimaryUnavailableError
 from ..errors import ValidationError as StoreValidationError
 from ..validation import check_collection, check_key, encode_value
 from .format import BackupReader
 
 if TYPE_CHECKING:
-    from ..store import HybridStore
+    from ..node.core import BulkWriter, NodeCore
 
 Progress = Callable[[int, int], None]
 BATCH = 1000
@@ -108,37 +108,41 @@ def validate(reader: BackupReader, selection: Selection, max_value_bytes: int, p
     return done
 
 
-def current_values(store: HybridStore, collection: str, keys: list[str]) -> dict[str, Any]:
-    """The store's live values for ``keys`` as a read would see them: journal, then the node's pending writes,
-    then the primary (when its circuit is closed), then the local copy."""
+def current_values(node: NodeCore, collection: str, keys: list[str]) -> dict[str, Any]:
+    """The node's live values for ``keys`` as a read would see them: journal, then the node's pending writes,
+    then the primary (when its circuit is closed), then the local copy. Raises `LocalStoreError` when the local
+    copy cannot be read: guessing "absent" would let a restore with ``overwrite=False`` overwrite."""
     texts: dict[str, str | None] = {}
     from_primary = False
-    if store.primary is not None and store.config.read_policy == "primary_first" and store.circuit.allow():
+    gateway = node.gateway
+    if node.config.read_policy == "primary_first" and gateway.allow():
         try:
-            rows = store.primary.get_many(collection, keys)
-        except PrimaryUnavailableError as exc:
-            store.circuit.record_failure(timeout=isinstance(exc, PrimaryTimeoutError))
+            rows = gateway.call(lambda p: p.get_many(collection, keys))
+        except PrimaryUnavailableError:
+            pass
         else:
-            store.circuit.record_success()
             from_primary = True
             texts.update((r.key, r.value_json) for r in rows)
-    if store.local is not None:
-        try:
-            for r in store.local.get_many(collection, keys):
-                if not from_primary or r.synced_at is None:
-                    texts[r.key] = r.value_json
-        except LocalStoreError:
-            pass
-    if len(store.journal):
+    local = node.slot.tier
+    if local is None and not from_primary:
+        raise LocalStoreError(
+            f"cannot compare with the current values: the local store is not usable ({node.slot.error})"
+        )
+    if local is not None:
+        for r in local.get_many(collection, keys):
+            if not from_primary or r.synced_at is None:
+                texts[r.key] = r.value_json
+    if len(node.journal):
         for k in keys:
-            j = store.journal.get(collection, k)
+            j = node.journal.get(collection, k)
             if j is not None:
                 texts[k] = j.value_json
     return {k: json.loads(v) for k, v in texts.items() if v is not None}
 
 
 def apply(
-    store: HybridStore,
+    node: NodeCore,
+    writer: BulkWriter,
     reader: BackupReader,
     selection: Selection,
     report: RestoreReport,
@@ -147,7 +151,7 @@ def apply(
     progress: Progress | None,
 ) -> None:
     """The apply pass: classify every selected record against the current state and, unless ``dry_run``,
-    write the added and overwritten ones with `HybridStore.set_many`."""
+    write the added and overwritten ones through the node's write path (``writer.set_many``)."""
     started = time.monotonic()
     total = selection.total(reader.manifest)
     done = 0
@@ -158,7 +162,7 @@ def apply(
         records = list(_records(body, name, selection))
         for start in range(0, len(records), BATCH):
             batch = records[start : start + BATCH]
-            current = current_values(store, name, [k for k, _ in batch])
+            current = current_values(node, name, [k for k, _ in batch])
             writes: list[tuple[str, Any]] = []
             for key, value in batch:
                 if key not in current:
@@ -178,7 +182,7 @@ def apply(
                     else:
                         report.diff_truncated = True
             if writes and not report.dry_run:
-                store.set_many(name, writes)
+                writer.set_many(name, writes)
                 report.written += len(writes)
             done += len(batch)
             if progress is not None:

@@ -1,9 +1,9 @@
 """BackupService: manual, scheduled, emergency and pre-restore backups of one store; verify, restore, export,
 import, delete, prune; runtime settings. Reached as ``store.backups``.
 
-Scheduled and emergency backups run in the service's own thread (``hybridstore-backups``), started when the
-store runs background work. An emergency backup is requested by the circuit breaker's closed → open transition
-(the listener only sets a flag; the backup is taken in the service's thread) and is taken from the node's own
+Scheduled and emergency backups run in the service's own worker (``hybridstore-backups``), started when the
+store runs background work. An emergency backup is requested by the gateway's ``circuit_open`` event (the
+listener only sets a flag; the backup is taken in the service's thread) and is taken from the node's own
 state (SQLite + outbox + journal), so it holds what has not reached the primary. Only one backup or restore
 runs at a time.
 """
@@ -20,15 +20,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..circuit import CircuitState
 from ..errors import (
     BackupError,
     ConfigError,
     HybridStoreError,
     LocalStoreError,
+    PrimaryUnavailableError,
     UnavailableError,
 )
-from ..model import new_op_id
+from ..events import Event
+from ..model import StoredRow, new_op_id
+from ..validation import encode_value
+from ..worker import Worker
 from . import crypto, policy, restore, settings
 from .catalogue import PrimaryCatalogue
 from .format import CHUNK_TARGET, BackupReader, BodyWriter, assemble, read_header, rewrite_header
@@ -36,7 +39,7 @@ from .repository import BackupInfo, Repository
 from .snapshot import source_sections
 
 if TYPE_CHECKING:
-    from ..store import HybridStore
+    from ..node.core import BulkWriter, NodeCore
 
 log = logging.getLogger("hybridstore.backup")
 Progress = Callable[[int, int], None]
@@ -65,37 +68,39 @@ class BackupService:
 
     def __init__(
         self,
-        store: HybridStore,
+        node: NodeCore,
         *,
+        writer: BulkWriter,
         directory: str | os.PathLike[str] | None = None,
         passphrase: str | None = None,
         clock: Callable[[], float] = time.time,
         kdf: crypto.KdfParams | None = None,
         start: bool | None = None,
     ) -> None:
-        self.store = store
-        self.repo = Repository(Path(directory or os.environ.get(DIR_ENV) or store.data_dir / "backups"))
+        self._node = node
+        self._writer = writer
+        self.repo = Repository(Path(directory or os.environ.get(DIR_ENV) or node.data_dir / "backups"))
         self._passphrase = passphrase
         self.clock = clock
         self.kdf = kdf or crypto.KdfParams()
         self.emergency_min_interval = 600.0  # seconds between two emergency backups (a flapping primary)
         self.chunk_target = CHUNK_TARGET  # plaintext bytes per chunk
         self._lock = threading.RLock()
-        self._stop = threading.Event()
-        self._wake = threading.Event()
+        self.worker = Worker("hybridstore-backups", self._run_once, error_delay=IDLE_WAIT)
         self._emergency_requested = False
         self._last_emergency: float | None = None
         self._settings: settings.BackupSettings | None = None
-        self._thread: threading.Thread | None = None
         self.last_error: str | None = None
         self.counts = dict.fromkeys(("created", "failed", "restored", "pruned"), 0)
-        self.catalogue = PrimaryCatalogue(store.primary, store.circuit, store.node_id)
+        self.catalogue = PrimaryCatalogue(node.gateway, node.node_id)
         self._catalogue_dirty = True  # system_backups on the primary may lag behind the repository
         self._retry_at = 0.0  # after a failed scheduled backup: not again before this time (clock())
         self.repo.remove_stale_temporaries()
-        store.circuit.subscribe(self._on_circuit)
-        store.on_close(self.stop)
-        if start if start is not None else store.config.background:
+        self._section: dict[str, Any] | None = None
+        node.events.subscribe(self._on_circuit_open, "circuit_open")
+        node.on_close(self.stop)
+        node.status.provide("backups", self.status_section)
+        if start if start is not None else node.config.background:
             self.start()
 
     # -- lifecycle and background work ------------------------------------------------------------------------
@@ -107,35 +112,30 @@ class BackupService:
     def start(self) -> None:
         """Start the service's thread (scheduled and emergency backups). Started during an outage, it takes an
         emergency backup at once: the outage began before it could see the circuit open."""
-        if self._thread is None:
-            if self.store.primary is not None and self.store.circuit.state != "closed":
+        if not self.worker.running and not self.worker.stopping:
+            gateway = self._node.gateway
+            if gateway.configured and not gateway.allow():
                 self._emergency_requested = True
-            self._thread = threading.Thread(target=self._loop, name="hybridstore-backups", daemon=True)
-            self._thread.start()
+            self.worker.start()
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=60)
+    def stop(self) -> bool:
+        return self.worker.stop(timeout=60)
 
-    def _on_circuit(self, old: CircuitState, new: CircuitState) -> None:
+    def _on_circuit_open(self, event: Event) -> None:
         # Called in whatever thread saw the failure: only note the request, the work happens in our thread.
-        if old == "closed" and new == "open":
-            self._emergency_requested = True
-            self._wake.set()
+        self._emergency_requested = True
+        self.worker.wake()
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self._wake.clear()
-            try:
-                self.tick()
-                wait = min(IDLE_WAIT, self.seconds_until_due())
-            except Exception as exc:  # never die silently
-                log.exception("backup service round failed")
-                self.last_error = str(exc)
-                wait = IDLE_WAIT
-            self._wake.wait(max(wait, 0.05))
+    def _run_once(self) -> float:
+        try:
+            self.tick()
+            self._refresh_section()
+            wait = min(IDLE_WAIT, self.seconds_until_due())
+        except Exception as exc:  # never die silently
+            log.exception("backup service round failed")
+            self.last_error = str(exc)
+            wait = IDLE_WAIT
+        return max(wait, 0.05)
 
     def tick(self) -> list[BackupInfo]:
         """One round of background work, now: an emergency backup if one was requested, a scheduled backup
@@ -159,7 +159,7 @@ class BackupService:
     def _guarded(self, kind: str, label: str, description: str) -> BackupInfo | None:
         try:
             info = self._create(kind, label, description)
-        except HybridStoreError as exc:
+        except (HybridStoreError, OSError) as exc:  # OSError: ENOSPC and friends from our own file writes
             self.last_error = f"{kind} backup failed: {exc}"
             log.error("%s; trying again in %.0f s", self.last_error, RETRY_AFTER)
             if kind == "scheduled":
@@ -213,7 +213,7 @@ class BackupService:
         settings.save_local(self._config_path, new)
         self._settings = new
         self.catalogue.save_settings(new.to_dict())
-        self._wake.set()
+        self.worker.wake()
         return new
 
     # -- creating ---------------------------------------------------------------------------------------------
@@ -260,16 +260,18 @@ class BackupService:
             try:
                 return self._write_backup(kind, label, description, wanted, cfg, progress)
             except UnavailableError as exc:
+                self._node.gateway.record_failure(exc)  # the snapshot streamed outside gateway.call
                 if wanted != "primary" or cfg.source == "primary":
                     raise
                 log.warning("backup from the primary failed (%s); taking it from the local copy", exc)
             return self._write_backup(kind, label, description, "local", cfg, progress)
 
     def _estimate_records(self) -> int:
-        if self.store.local is None:
+        local = self._node.slot.tier
+        if local is None:
             return 0
         try:
-            return int(self.store.local._read("SELECT count(*) FROM records WHERE value IS NOT NULL")[0][0])
+            return sum(local.collection_counts().values())
         except LocalStoreError:
             return 0
 
@@ -282,13 +284,17 @@ class BackupService:
         cfg: settings.BackupSettings,
         progress: Progress | None,
     ) -> BackupInfo:
-        store = self.store
+        node = self._node
         backup_id = new_op_id().replace("-", "")
         id_bytes = bytes.fromhex(backup_id)
-        db_path = store.local.path if store.local is not None and store._local_ok else None
-        source, sections = source_sections(
-            source, primary=store.primary, db_path=db_path, journal=store.journal.entries()
-        )
+        local = node.slot.writable()
+        db_path = local.path if local is not None else None
+        primary = node.gateway.tier if source == "primary" and node.gateway.allow() else None
+        if source == "primary" and primary is None:
+            raise PrimaryUnavailableError(
+                f"a backup from the primary needs the primary; {node.gateway.snapshot()['detail']}"
+            )
+        source, sections = source_sections(source, primary=primary, db_path=db_path, journal=node.journal.entries())
         header: dict[str, Any] = {
             "format": 1,
             "backup_id": backup_id,
@@ -296,7 +302,7 @@ class BackupService:
             "label": label,
             "description": description,
             "created_at": self.clock(),
-            "node_id": store.node_id,
+            "node_id": node.node_id,
             "source": source,
             "compression": {"name": "zstd", "level": ZSTD_LEVEL} if cfg.compress else {"name": "none"},
         }
@@ -424,7 +430,7 @@ class BackupService:
         """Restore a backup (all of it, or some ``collections`` / ``keys``) through the normal write path.
         ``overwrite=False`` keeps records that exist; ``validate_data`` checks the whole backup before writing
         anything; ``dry_run`` only reports what would change. A pre-restore backup is taken first."""
-        self.store._check_open()
+        self._node.check_open()
         bid = self.repo.resolve(backup_id)
         selection = restore.Selection.of(collections, keys)
         report = restore.RestoreReport(bid, dry_run, overwrite)
@@ -433,17 +439,19 @@ class BackupService:
             path = self.repo.path(bid)
             if validate_data:
                 with BackupReader(path, self.passphrase) as reader:
-                    restore.validate(reader, selection, self.store.config.max_value_bytes, None)
+                    restore.validate(reader, selection, self._node.config.max_value_bytes, None)
             with BackupReader(path, self.passphrase) as reader:
                 if not dry_run:
                     pre = self._create(
                         "pre_restore", f"Before restoring {bid}", f"automatic safety backup before restoring {bid}"
                     )
                     report.pre_restore_backup = pre.id
-                restore.apply(self.store, reader, selection, report, diff_limit=diff_limit, progress=progress)
+                restore.apply(
+                    self._node, self._writer, reader, selection, report, diff_limit=diff_limit, progress=progress
+                )
         if not dry_run:
             self.counts["restored"] += 1
-            self.store.replayer.wake()
+            self._node.sync.wake()
         report.duration_s = time.monotonic() - start
         return report
 
@@ -575,7 +583,23 @@ class BackupService:
             "config": self.get_config().to_dict(),
             "counts": dict(self.counts),
             "last_error": self.last_error,
-            "running": self._thread is not None and self._thread.is_alive(),
+            "running": self.worker.running,
+        }
+
+    def status_section(self) -> dict[str, Any] | None:
+        """The ``backups`` section of the node's status snapshot: what the last round saw (no I/O)."""
+        return self._section
+
+    def _refresh_section(self) -> None:
+        backups = self.repo.list()
+        scheduled = [b for b in backups if b.kind == "scheduled"]
+        self._section = {
+            "count": len(backups),
+            "last_at": backups[0].created_at if backups else None,
+            "last_scheduled_at": scheduled[0].created_at if scheduled else None,
+            "next_scheduled_in_s": round(self.seconds_until_due(), 1),
+            "last_error": self.last_error,
+            "running": self.worker.running,
         }
 
     # -- the primary's catalogue (system_backups) -------------------------------------------------------------
@@ -585,3 +609,21 @@ class BackupService:
         self._catalogue_dirty = self._catalogue_dirty or changed
         if self._catalogue_dirty and self.catalogue.sync(self.repo.list()):
             self._catalogue_dirty = False
+
+
+def newest_backup_rows(service: BackupService, *, max_value_bytes: int) -> Iterator[StoredRow] | None:
+    """The records of the newest verified backup (for a rebuild while the primary is unreachable), or ``None``
+    when there is none."""
+    newest = next((b for b in service.list_backups() if b.verified), None)
+    if newest is None:
+        return None
+    log.info("rebuilding from backup %s (%s, taken at %s)", newest.id, newest.kind, newest.created_at)
+
+    def rows() -> Iterator[StoredRow]:
+        for kind, collection, line in service.read_records(newest.id):
+            if kind == "collection":
+                key, value, version, hlc, origin, updated_at = line
+                value_json = encode_value(value, max_bytes=max_value_bytes)
+                yield StoredRow(collection, key, value_json, version, hlc, origin, updated_at)
+
+    return rows()

@@ -17,10 +17,11 @@ def migrate(
 ) -> None:
     """Create or upgrade hybridstore's tables on the primary (safe to run from many nodes at once)."""
     with open_store(ctx) as store:
-        if store.primary is None:
+        gateway = store.node.gateway
+        if not gateway.configured:
             fail("no primary configured: pass --primary-url or set HYBRIDSTORE_PRIMARY_URL", code=2)
-        applied = store.primary.migrate()
-        schema = store.primary.schema
+        applied = gateway.call(lambda p: p.migrate())
+        schema = gateway.tier.schema
     latest = primary_migrations()[-1].version
     if as_json:
         print_json({"schema": schema, "applied": applied, "version": latest})

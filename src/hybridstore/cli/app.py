@@ -96,7 +96,7 @@ def open_store(ctx: typer.Context) -> Iterator[HybridStore]:
         store = HybridStore(resolve(primary_url=settings.primary_url, data_dir=settings.data_dir, **options))
     except HybridStoreError as exc:
         fail(str(exc), code=2 if isinstance(exc, ConfigError) else 1)
-    store.replayer.probe_at_start()  # offline: the command works locally at once instead of waiting the timeout
+    store.node.gateway.probe_now()  # offline: the command works locally at once instead of waiting the timeout
     try:
         yield store
     except (ValidationError, ConfigError) as exc:

@@ -10,7 +10,6 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..errors import HybridStoreError
 from .app import app, open_store, out, print_json
 
 _STYLE = {"healthy": "green", "degraded": "yellow", "down": "red", "disabled": "dim", "unknown": "dim"}
@@ -80,54 +79,25 @@ def sync(
 ) -> None:
     """Push every queued write to the primary, then pull the primary's changes — now, with progress bars."""
     with open_store(ctx) as store:
-        total = store.health()["outbox"]["depth"]
-        report = None
         with Progress(
-            TextColumn("pushing outbox"),
+            TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
             console=out,
-            disable=as_json or total == 0,
+            disable=as_json,
             transient=False,
         ) as progress:
-            task = progress.add_task("push", total=total)
-            while True:
-                step = store.replayer.drain(max_batches=5)
-                if report is None:
-                    report = step
-                else:
-                    for field in ("pushed", "failed", "superseded", "duplicates", "journal_replayed"):
-                        setattr(report, field, getattr(report, field) + getattr(step, field))
-                    report.errors += step.errors
-                report.remaining = step.remaining
-                progress.update(task, completed=total - step.remaining)
-                moved = step.pushed + step.superseded + step.duplicates + step.journal_replayed + step.conflicts
-                if step.remaining == 0 or moved == 0:
-                    break
-        assert report is not None
-        if store.puller is not None and store.circuit.allow() and report.remaining == 0:
-            with Progress(
-                TextColumn("full resync" if full else "pulling changes"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                console=out,
-                disable=as_json,
-                transient=False,
-            ) as progress:
-                task = progress.add_task("pull", total=None)
+            tasks: dict[str, Any] = {}
 
-                def advance(done: int, total: int | None) -> None:
-                    progress.update(task, completed=done, total=total)
+            def advance(phase: str, done: int, total: int | None) -> None:
+                if phase not in tasks:
+                    label = "pushing outbox" if phase == "push" else ("full resync" if full else "pulling changes")
+                    tasks[phase] = progress.add_task(label, total=total)
+                progress.update(tasks[phase], completed=done, total=total)
 
-                try:
-                    report.pulled = store.puller.pull(full=full, progress=advance)
-                except HybridStoreError as exc:
-                    report.errors.append(str(exc))
-        elif full:
-            report.errors.append("full resync needs the primary and an empty outbox (push failed)")
-    assert report is not None
+            report = store.sync_now(full=full, progress=advance)
+        configured = store.node.gateway.configured
     if as_json:
         print_json(dataclasses.asdict(report))
         return
@@ -135,9 +105,9 @@ def sync(
         f"pushed {report.pushed}, superseded {report.superseded}, duplicates {report.duplicates}, "
         f"conflicts {report.conflicts}, failed {report.failed}, remaining {report.remaining}, pulled {report.pulled}"
     )
-    if report.remaining and store.primary is None:
+    if report.remaining and not configured:
         out.print("no primary configured: writes stay queued until one is (--primary-url or $HYBRIDSTORE_PRIMARY_URL)")
     elif report.errors:
         out.print(f"[red]last error:[/] {escape(report.errors[-1])}")
-    if (report.remaining or (full and report.errors)) and store.primary is not None:
+    if (report.remaining or (full and report.errors)) and configured:
         raise typer.Exit(1)

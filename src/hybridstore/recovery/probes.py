@@ -1,90 +1,24 @@
-"""Probes the health monitor runs: the primary's round trip (bounded by a deadline of our own), SQLite's
-integrity (``PRAGMA quick_check`` on a separate connection) and a write probe, the write-ahead log's presence,
-and the data directory's free space. Each returns plain data and never raises.
+"""Probes of the node's own files that the health monitor runs (the primary's liveness is the gateway's job:
+`hybridstore.node.prober`): SQLite's integrity (``PRAGMA quick_check`` on a separate connection) and a write
+probe, the write-ahead log's presence, and the data directory's free space. Each returns plain data and never
+raises.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import sqlite3
-import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from ..errors import HybridStoreError
+from ..node.prober import ProbeResult
 
 if TYPE_CHECKING:
     from ..tiers.local import LocalTier
-    from ..tiers.primary import PrimaryTier
-
-
-@dataclass(frozen=True)
-class ProbeResult:
-    ok: bool
-    started: float  # monotonic time the probe began (a still-running probe keeps its start)
-    latency_ms: float | None = None
-    error: str = ""
-
-
-class PrimaryProber:
-    """Round trips to the primary from worker threads, each cut off after ``timeout`` seconds whatever the driver
-    does. While the primary is healthy a probe is a ``SELECT 1`` on a pooled connection (cheap); once a probe
-    has failed, probes use a brand-new connection (the pool may hold stale connections or be backing off its
-    reconnects). A probe that outlives its deadline keeps running in its thread; while ``max_stuck`` fresh ones
-    are still waiting, no new one is started and each tick counts as another failure (a black-holed primary)."""
-
-    def __init__(self, primary: PrimaryTier, *, timeout: float, max_stuck: int = 2) -> None:
-        self._primary = primary
-        self.timeout = timeout
-        self._max_stuck = max_stuck
-        self._inflight: list[tuple[float, Future[float]]] = []  # fresh-connection probes still waiting
-
-    def probe(self, *, fresh: bool, now: float) -> ProbeResult:
-        self._inflight = [(t, f) for t, f in self._inflight if not f.done()]
-        if len(self._inflight) >= self._max_stuck:
-            oldest = self._inflight[0][0]
-            return ProbeResult(False, oldest, error=f"no answer for {now - oldest:.1f}s")
-        future = _in_thread(self._primary.probe if fresh else self._primary.ping)
-        if fresh:
-            # Only fresh probes count as stuck: a pooled one may just wait behind the pool's reconnect backoff
-            # after a blip, which says nothing about the primary now.
-            self._inflight.append((now, future))
-        try:
-            latency = future.result(timeout=self.timeout)
-        except FutureTimeout:
-            return ProbeResult(False, now, error=f"no answer within {self.timeout:g}s")
-        except HybridStoreError as exc:
-            return ProbeResult(False, now, error=str(exc))
-        except Exception as exc:  # a probe must never kill the monitor
-            return ProbeResult(False, now, error=f"{type(exc).__name__}: {exc}")
-        return ProbeResult(True, now, latency)
-
-    def close(self) -> None:
-        self._inflight = []
-
-
-def _in_thread(fn: Callable[[], float]) -> Future[float]:
-    """Run ``fn`` in a daemon thread of its own: a probe stuck on a black-holed socket must never keep the
-    process from exiting (an executor's workers are joined at exit)."""
-    future: Future[float] = Future()
-
-    def run() -> None:
-        if not future.set_running_or_notify_cancel():
-            return
-        try:
-            future.set_result(fn())
-        except BaseException as exc:
-            future.set_exception(exc)
-
-    threading.Thread(target=run, name="hybridstore-health-probe", daemon=True).start()
-    return future
 
 
 def wal_path(db: Path) -> Path:
@@ -147,14 +81,3 @@ def disk_space(path: Path) -> DiskSpace | None:
     except OSError:
         return None
     return DiskSpace(usage.free, usage.total)
-
-
-def data_dir_bytes(path: Path) -> int:
-    total = 0
-    try:
-        for entry in os.scandir(path):
-            if entry.is_file(follow_symlinks=False):
-                total += entry.stat(follow_symlinks=False).st_size
-    except OSError:
-        pass
-    return total

@@ -1,14 +1,15 @@
 """Rebuild a corrupt or unreadable local SQLite file.
 
-1. Writes go to the journal from now on (the local tier is marked failed) and the old file is closed (a
-   write-ahead log that was deleted while the store ran is checkpointed into the file by that close).
+1. Writes go to the journal from now on (the slot holds the tier for a rebuild) and the old tier is taken out of
+   the slot and closed (a write-ahead log that was deleted while the store ran is checkpointed into the file by
+   that close).
 2. Salvage: the outbox and records still readable in a copy of the broken file (`salvage.py`).
 3. A new file is built beside it (``local.db.rebuild``): the salvaged synced records, then every row of the
    source — the primary (a full scan in key order) or the newest verified backup — where newer versions win,
    then the salvaged outbox entries and, for outbox entries on damaged pages, the pending value their record
    still holds. If the source fails half-way, the new file is dropped and nothing else has changed.
-4. The broken file is moved aside into ``data_dir/broken/`` (never deleted), the new file takes its place,
-   the journal is replayed into it, and the store uses it.
+4. The broken file is moved aside into ``data_dir/broken/`` (never deleted), the new file takes its place
+   through the slot's `swap` (refused once the node has closed), and the journal is replayed into it.
 
 The report says exactly which acknowledged writes could not be recovered: outbox positions on damaged pages
 that no readable record accounts for.
@@ -26,14 +27,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import CorruptionError
 from ..model import Op, StoredRow, new_op_id
 from ..tiers.local import LocalTier
 from .salvage import Salvage, salvage_file
 
 if TYPE_CHECKING:
-    from ..store import HybridStore
-    from ..tiers.primary import PrimaryTier
+    from ..node.core import NodeCore
+    from ..node.gateway import PrimaryGateway
 
 log = logging.getLogger("hybridstore.recovery")
 BROKEN_DIR = "broken"
@@ -61,11 +61,11 @@ class RebuildReport:
         return asdict(self)
 
 
-def primary_pages(primary: PrimaryTier, page: int = LOAD_CHUNK) -> RowSource:
+def primary_pages(gateway: PrimaryGateway, page: int = LOAD_CHUNK) -> RowSource:
     def pages() -> Iterator[list[StoredRow]]:
         after: tuple[str, str] | None = None
         while True:
-            rows = primary.dump(after, page)
+            rows = _dump(gateway, after, page)
             if rows:
                 yield rows
             if len(rows) < page:
@@ -73,6 +73,10 @@ def primary_pages(primary: PrimaryTier, page: int = LOAD_CHUNK) -> RowSource:
             after = (rows[-1].collection, rows[-1].key)
 
     return pages
+
+
+def _dump(gateway: PrimaryGateway, after: tuple[str, str] | None, page: int) -> list[StoredRow]:
+    return gateway.call(lambda p: p.dump(after, page))
 
 
 def backup_pages(rows: Iterable[StoredRow | tuple[str, str, Any]], page: int = LOAD_CHUNK) -> RowSource:
@@ -97,25 +101,25 @@ def backup_pages(rows: Iterable[StoredRow | tuple[str, str, Any]], page: int = L
     return pages
 
 
-def rebuild_local(store: HybridStore, *, reason: str, source: str, rows: RowSource | None) -> RebuildReport:
-    """Rebuild ``store``'s local file (see the module docstring). Raises whatever the source raises, leaving the
-    broken file where it was and the store on the journal."""
+def rebuild_local(node: NodeCore, *, reason: str, source: str, rows: RowSource | None) -> RebuildReport:
+    """Rebuild the node's local file (see the module docstring). Raises whatever the source raises, leaving the
+    broken file where it was and the node on the journal; raises `ClosedError` if the node closed meanwhile."""
     start = time.perf_counter()
     report = RebuildReport(reason, source)
-    path = store.data_dir / "local.db"
-    old = store.local
+    path = node.data_dir / "local.db"
+    node.slot.hold(reason)
+    old = node.slot.take()
     # The largest outbox seq the running tier handed out (helps find a damaged tail of the outbox).
-    max_seq = getattr(old, "_next_seq", 1) - 1 if old is not None else None
-    store._local_failed(CorruptionError(f"local store is being rebuilt: {reason}"))
+    max_seq = old.last_seq if old is not None else None
     if old is not None:
         old.close()
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    broken_dir = store.data_dir / BROKEN_DIR
+    broken_dir = node.data_dir / BROKEN_DIR
     salvage = salvage_file(path, scratch=broken_dir / f".salvage-{stamp}", max_seq=max_seq or None)
     report.salvage_errors = salvage.errors
     building = path.with_name(path.name + ".rebuild")
     _remove_db(building)  # a leftover of an interrupted rebuild (ours, never the broken file)
-    new = LocalTier(building, synchronous=store.config.synchronous)
+    new = LocalTier(building, synchronous=node.config.synchronous)
     try:
         _fill(new, salvage, rows, report)
     except BaseException:
@@ -126,11 +130,9 @@ def rebuild_local(store: HybridStore, *, reason: str, source: str, rows: RowSour
     report.moved_aside = _move_aside(path, broken_dir, stamp)
     os.replace(building, path)
     _fsync_dir(path.parent)
-    store.local = LocalTier(path, synchronous=store.config.synchronous)
-    store._local_hold = None
-    store._local_recovered()
-    report.journal_replayed = store.replayer.drain(max_batches=0).journal_replayed
-    store.replayer.wake()
+    node.slot.swap(LocalTier(path, synchronous=node.config.synchronous))
+    report.journal_replayed = node.sync.drain(max_batches=0).journal_replayed
+    node.sync.wake()
     report.seconds = round(time.perf_counter() - start, 3)
     log.warning(
         "local store rebuilt from %s in %.2fs (%s): %d record(s) loaded, %d queued write(s) recovered, "

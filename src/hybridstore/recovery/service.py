@@ -1,13 +1,14 @@
 """RecoveryService: the store's health monitor, failure detector, recovery strategies and alerts.
 
-One named background thread runs `check()` every ``health_interval`` seconds (faster while the primary is
-suspected down) and stops on ``store.close()``. Each check probes every component, feeds the primary's result
-to the `OutageDetector`, raises or resolves alerts, and runs the strategies:
+One named background worker runs `check()` every ``health_interval`` seconds (faster while the primary is
+suspected down) and stops when the node closes. Each check reads the primary's state from the gateway (which
+runs the node's single liveness prober; the service never probes the primary itself), probes the node's own
+files, raises or resolves alerts, and runs the strategies:
 
-- ``cache_fallback``: while an outage lasts, writes are routed to SQLite (the store does it; the service opens
-  the circuit at once so no call waits on the primary, and records the event with how many writes queued);
-- ``sync_retry``: when the primary is declared back, the circuit is closed and the outbox push triggered at
-  once; the event ends when the outbox has drained, with the count pushed;
+- ``cache_fallback``: while an outage lasts, writes are routed to SQLite (the router and the gateway's circuit
+  do it; the service records the event, from the gateway's ``primary_down``, with how many writes queued);
+- ``sync_retry``: when the gateway reports the primary back (``primary_up``: it has closed the circuit with a
+  fresh pool, and the replayer is pushing); the event ends when the outbox has drained, with the count pushed;
 - ``rebuild_local``: a corrupt or unreadable ``local.db`` (quick_check, a corruption error, a deleted
   write-ahead log) is rebuilt from the primary, else from the newest verified backup (a registered source),
   else — with no primary configured — from what can be salvaged; see `rebuild.py`;
@@ -15,35 +16,36 @@ to the `OutageDetector`, raises or resolves alerts, and runs the strategies:
   backup; or a rebuild failed), an alert says what state the node is in and what to do. The service keeps
   checking and rebuilds by itself as soon as it can.
 
-Time comes from injected clocks (``clock`` monotonic, ``wall`` epoch) so tests can drive `check()` directly.
+Time comes from the node's `TimeSource` (``monotonic``, ``wall``), so tests drive `check()` with a fake clock.
+Primary-side counts (conflicts) are refreshed here, on the monitor's schedule, into the node's status board.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..errors import CorruptionError, LocalStoreError
+from ..events import Event
 from ..model import StoredRow
+from ..node.prober import ProbeResult
+from ..worker import Worker
 from . import probes
 from .alerts import Alert, AlertBook, AlertKind, LogSink, Severity
-from .detector import OutageDetector
 from .health import not_available, overall_state
 from .history import HISTORY_FILE, RecoveryHistory, StrategyEvent
 from .rebuild import RebuildReport, RowSource, backup_pages, primary_pages, rebuild_local
 from .webhook import WebhookSink
 
 if TYPE_CHECKING:
-    from ..store import HybridStore
+    from ..node.core import NodeCore
 
 log = logging.getLogger("hybridstore.recovery")
 BackupSource = Callable[[], Iterable[StoredRow | tuple[str, str, Any]] | None]
 SyncStatusProvider = Callable[[], Mapping[str, Any]]
-SUSPECT_INTERVAL = 0.25  # seconds between probes while the primary is failing
+SUSPECT_INTERVAL = 0.25  # seconds between checks while the primary is failing
 MAX_EVENTS = 200
 SYNC_STATUS_INTERVAL = 2.0  # seconds between questions to the sync engine
 WRITE_PROBE_INTERVAL = 5.0  # seconds between write probes of SQLite while it works
@@ -64,31 +66,30 @@ class Thresholds:
 class RecoveryService:
     def __init__(
         self,
-        store: HybridStore,
+        node: NodeCore,
         *,
         interval: float | None = None,
-        clock: Callable[[], float] = time.monotonic,
-        wall: Callable[[], float] = time.time,
-        detector: OutageDetector | None = None,
         wal_lost_at_open: bool = False,
     ) -> None:
-        cfg = store.config
-        self._store = store
-        self._clock = clock
-        self._wall = wall
+        cfg = node.config
+        self._node = node
+        self._gateway = node.gateway
+        self._slot = node.slot
+        self._clock: Callable[[], float] = node.time.monotonic
+        self._wall: Callable[[], float] = node.time.wall
+        clock = self._clock
         self.interval = interval if interval is not None else cfg.health_interval
         self.auto_recover = cfg.auto_recover
         self.thresholds = Thresholds(
             cfg.low_storage_bytes, cfg.sync_failure_after, cfg.conflicts_alert_at, cfg.quick_check_interval
         )
-        self.history = RecoveryHistory(store.data_dir / HISTORY_FILE)
+        self.history = RecoveryHistory(node.data_dir / HISTORY_FILE)
         self.webhook = WebhookSink(cfg.alert_webhook_url) if cfg.alert_webhook_url else None
         sinks: list[Any] = [LogSink()] + ([self.webhook] if self.webhook else [])
-        self.book = AlertBook(store=self.history, sinks=sinks, node_id=store.node_id, clock=wall)
-        self.detector = detector or OutageDetector()
-        self._prober = (
-            probes.PrimaryProber(store.primary, timeout=min(1.0, cfg.primary_timeout)) if store.primary else None
-        )
+        self.book = AlertBook(store=self.history, sinks=sinks, node_id=node.node_id, clock=self._wall)
+        self.detector = node.gateway.detector
+        self._transitions: list[Event] = []
+        self._events_lock = threading.Lock()  # the gateway's primary_down / primary_up, handled by the next check
         self._open: dict[str, StrategyEvent] = {}
         self._events: list[StrategyEvent] = self.history.load_events(MAX_EVENTS)
         for event in self._events:  # strategies cut short by the last stop
@@ -98,9 +99,8 @@ class RecoveryService:
         self._sync_status: SyncStatusProvider | None = None
         self._sync_cache: tuple[float, dict[str, int | None]] | None = None
         self._lock = threading.Lock()  # one check at a time
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.worker = Worker("hybridstore-health", self._run_once, error_delay=self.interval)
+        self.checks = 0
         self._status: dict[str, Any] | None = None
         self._rebuild_reason: str | None = None
         self._last_quick_check: float | None = None
@@ -110,10 +110,12 @@ class RecoveryService:
         self._progress_mark: tuple[int, int] = (-1, -1)
         self._fallback_mark = (0, 0)
         self.last_rebuild: RebuildReport | None = None
-        self._write_probe: tuple[float, probes.ProbeResult] | None = None
+        self._write_probe: tuple[float, ProbeResult] | None = None
         self._rebuild_failures = 0
         self._rebuild_retry_at = 0.0
-        store.circuit.subscribe(self._on_circuit)
+        node.events.subscribe(self._on_primary, "primary_down", "primary_up")
+        node.events.subscribe(self._on_circuit_open, "circuit_open")
+        node.status.provide("health", self.last_status)
         if wal_lost_at_open:
             self._need_rebuild("write-ahead log deleted after a crash")
 
@@ -126,47 +128,45 @@ class RecoveryService:
 
     def register_sync_status(self, provider: SyncStatusProvider) -> None:
         """``provider()`` returns ``{"dead_letters": int, "unresolved_conflicts": int}`` (or the sync engine's
-        ``{"dead_letters": int, "conflicts": {strategy: {"open": int, …}}}``). Without one, the service uses
-        ``store.sync_status()`` if the store has it, else reports them as not available."""
+        ``{"dead_letters": int, "conflicts": {strategy: {"open": int, …}}}``). Without one, the service reads
+        the node's status board (dead letters from SQLite, conflicts refreshed from the primary on its
+        schedule)."""
         self._sync_status = provider
         self._sync_cache = None
 
     # -- lifecycle --------------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="hybridstore-health", daemon=True)
-        self._thread.start()
+        self.worker.start()
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-        if self._prober is not None:
-            self._prober.close()
+    def stop(self) -> bool:
+        """Stop the monitor; True when its thread ended (its files are closed only then)."""
+        if not self.worker.stop(timeout=30):
+            return False
         if self.webhook is not None:
             self.webhook.close()
         self.history.close()
+        return True
 
     def wake(self) -> None:
         """Check now instead of at the next tick."""
-        self._wake.set()
+        self.worker.wake()
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self._wake.clear()
-            try:
-                self.check()
-            except Exception:  # never die silently: log and go on
-                log.exception("health check failed")
-            delay = self.interval
-            if self.detector.suspect or self.detector.in_outage:
-                delay = min(delay, SUSPECT_INTERVAL)
-            self._wake.wait(delay)
+    def _run_once(self) -> float:
+        self.check()
+        delay = self.interval
+        if self.detector.suspect or self.detector.in_outage:
+            delay = min(delay, SUSPECT_INTERVAL)
+        return delay
 
-    def _on_circuit(self, old: str, new: str) -> None:
-        if old == "closed" and new == "open":
-            self._wake.set()  # a foreground call just failed: probe now
+    def _on_primary(self, event: Event) -> None:
+        # Runs in the gateway's prober thread: only note it; the strategies run in the monitor's check.
+        with self._events_lock:
+            self._transitions.append(event)
+        self.worker.wake()
+
+    def _on_circuit_open(self, event: Event) -> None:
+        self.worker.wake()  # a call just failed: look now
 
     # -- public views -----------------------------------------------------------------------------------------
 
@@ -174,8 +174,11 @@ class RecoveryService:
         """Plain data: overall state, each component, active alerts, recent strategy events — the monitor's
         latest result, or a check made now with ``refresh=True``. Without a monitor thread (``background=False``)
         every call checks now and only observes: no alert is raised and no strategy runs."""
-        if refresh or self._status is None or self._thread is None:
-            return self.check(act=self._thread is not None and refresh)
+        running = self.worker.running
+        if refresh or self._status is None or not running:
+            if not refresh and self._status is not None and self._lock.locked():
+                return self._status  # a check (maybe a rebuild) is running: do not wait for it to observe
+            return self.check(act=running and refresh)
         return self._status
 
     def last_status(self) -> dict[str, Any] | None:
@@ -190,31 +193,42 @@ class RecoveryService:
         return [e.to_dict() for e in reversed(self._events[-limit:])]
 
     def sync_counts(self) -> dict[str, int | None]:
-        """Dead letters and unresolved conflicts from the sync engine (``None``: not reported). Asked at most
-        every few seconds: the engine may have to ask the primary."""
+        """Dead letters and unresolved conflicts (``None``: not known). Conflicts come from the primary, asked
+        through the gateway at most every few seconds, by the monitor only."""
         now = self._clock()
         if self._sync_cache is not None and now - self._sync_cache[0] < SYNC_STATUS_INTERVAL:
             return self._sync_cache[1]
         counts: dict[str, int | None] = {"dead_letters": None, "unresolved_conflicts": None}
-        provider = self._sync_status or getattr(self._store, "sync_status", None)
-        if provider is not None:
-            try:
-                counts = sync_counts_from(provider())
-            except Exception as exc:
-                log.warning("sync status provider failed: %s", exc)
+        try:
+            if self._sync_status is not None:
+                counts = sync_counts_from(self._sync_status())
+            else:
+                board = self._node.status
+                conflicts = board.refresh_primary_counts()
+                snap = board.snapshot()
+                counts = sync_counts_from({"dead_letters": snap.dead_letters, "conflicts": conflicts})
+        except Exception as exc:
+            log.warning("sync status provider failed: %s", exc)
         self._sync_cache = (now, counts)
         return counts
 
     # -- the check --------------------------------------------------------------------------------------------
 
     def check(self, *, act: bool = True) -> dict[str, Any]:
-        """Probe everything once; with ``act``, also raise/resolve alerts and run strategies."""
+        """Probe everything once; with ``act``, also raise/resolve alerts and run strategies. Without a running
+        prober (no background work), ``act`` drives one round of the gateway's prober first."""
         with self._lock:
+            if act and not self._gateway.worker.running:
+                self._gateway.tick()
+            self._node.status.sample_local()
             now = self._clock()
+            self.checks += 1
             components: dict[str, dict[str, Any]] = {}
-            components["primary"] = self._check_primary(now, act)
+            if act:
+                self._handle_transitions()
+            components["primary"] = self._check_primary()
             components["local"] = self._check_local(now)
-            components["journal"] = self._store.journal.health().to_dict()
+            components["journal"] = self._node.journal.health().to_dict()
             components["disk"] = self._check_disk(components["local"])
             components["sync"] = self._check_sync(now, components["primary"])
             counts = self.sync_counts()
@@ -231,7 +245,7 @@ class RecoveryService:
             status = {
                 "overall": overall_state(components, outage=self.detector.in_outage, recovering=recovering),
                 "checked_at": self._wall(),
-                "node_id": self._store.node_id,
+                "node_id": self._node.node_id,
                 "components": components,
                 "alerts": [a.to_dict() for a in self.book.list(active=True)],
                 "strategies": self.events(10),
@@ -241,46 +255,49 @@ class RecoveryService:
             self._status = status
             return status
 
-    def _check_primary(self, now: float, act: bool) -> dict[str, Any]:
-        store = self._store
-        if store.primary is None or self._prober is None:
-            return {"state": "disabled", "detail": "no primary configured (embedded mode)"}
-        d = self.detector
-        fresh = d.failures > 0 or d.in_outage or store.circuit.state != "closed"
-        result = self._prober.probe(fresh=fresh, now=now)
-        if act and result.ok and fresh and d.failures and not d.in_outage and store.circuit.state == "closed":
-            # A fresh connection works while the pooled one failed: the pool is stale (a blip reset its
-            # connections and it is backing off its reconnects). Replace it before a foreground call waits on it.
-            store.primary.reset_pool()
-        transition = d.observe(result.ok, self._clock(), started=result.started) if act else None
-        if transition == "outage":
-            self._outage_started(result.error)
-        elif transition == "recovered":
-            self._outage_ended()
-        if d.in_outage:
-            state, detail = "down", result.error or "answering again; confirming the recovery"
-        elif result.ok:
-            state, detail = "healthy", ""
+    def _handle_transitions(self) -> None:
+        with self._events_lock:
+            transitions, self._transitions = self._transitions, []
+        for event in transitions:
+            if event.kind == "primary_down":
+                self._outage_started(event.detail)
+            else:
+                self._outage_ended()
+
+    def _check_primary(self) -> dict[str, Any]:
+        snap = self._gateway.snapshot()
+        if not snap["configured"]:
+            return {"state": "disabled", "detail": snap["detail"]}
+        # Liveness, not routing: a circuit opened by a timed-out push says nothing about whether the primary
+        # answers (a stalled outbox is judged against a primary that answers).
+        if snap["state"] == "misconfigured" or snap["outage"]:
+            state = "down"
+        elif snap["live"] is False:
+            state = "degraded"
+        elif snap["live"] is None and snap["state"] == "down":
+            state = "down"
         else:
-            state, detail = "degraded", result.error
-        out: dict[str, Any] = {"state": state, "detail": detail, "schema": store.primary.schema}
-        if result.latency_ms is not None:
-            out["latency_ms"] = round(result.latency_ms, 3)
-        out["outage"] = d.in_outage
-        out["consecutive_failures"] = d.failures
+            state = "healthy"
+        out: dict[str, Any] = {"state": state, "detail": snap["detail"], "schema": snap["schema"]}
+        if "latency_ms" in snap:
+            out["latency_ms"] = snap["latency_ms"]
+        out["outage"] = snap["outage"]
+        out["misconfigured"] = snap["state"] == "misconfigured"
+        out["consecutive_failures"] = snap["consecutive_failures"]
         return out
 
     def _check_local(self, now: float) -> dict[str, Any]:
-        store = self._store
-        local = store.local
-        path = store.data_dir / "local.db"
+        slot = self._slot
+        local = slot.tier
+        path = self._node.data_dir / "local.db"
         if local is None:
-            self._need_rebuild(f"local store could not be opened: {store.local_error}")
-            return {"state": "down", "detail": store.local_error or "not open", "path": str(path)}
+            if self._rebuild_reason is None:
+                self._need_rebuild(f"local store could not be opened: {slot.error}")
+            return {"state": "down", "detail": slot.error or "not open", "path": str(path)}
         if self._rebuild_reason is None and probes.wal_missing(local):
             self._need_rebuild("write-ahead log deleted while the store was running")
         # Any new SQLite failure (even one the replayer has since seen work again) triggers an integrity check.
-        failure = (store.local_error, local.last_error)
+        failure = (slot.error, local.last_error)
         due = self._last_quick_check is None or now - self._last_quick_check >= self.thresholds.quick_check_interval
         if self._rebuild_reason is None and (due or (any(failure) and failure != self._seen_local_error)):
             self._seen_local_error = failure
@@ -296,7 +313,7 @@ class RecoveryService:
             out.update(state="down", detail=self._rebuild_reason)
             return out
         # A real write, but not at every tick: a node that only reads should not write all day (flash wear).
-        if store._local_ok and self._write_probe is not None and now - self._write_probe[0] < WRITE_PROBE_INTERVAL:
+        if slot.usable and self._write_probe is not None and now - self._write_probe[0] < WRITE_PROBE_INTERVAL:
             probe = self._write_probe[1]
         else:
             probe = probes.write_probe(local)
@@ -306,9 +323,9 @@ class RecoveryService:
             out["write_probe_ms"] = round(probe.latency_ms, 3)
         if not probe.ok:
             out.update(state="degraded", detail=probe.error, disk_full=probes.is_disk_full(probe.error))
-        elif not store._local_ok:
+        elif not slot.usable:
             # A write that fits an existing page still works on a full disk: the store's own failures tell.
-            detail = store.local_error or "recovering"
+            detail = slot.error or "recovering"
             out.update(state="degraded", detail=detail, disk_full=probes.is_disk_full(detail))
         else:
             out.update(state="healthy", detail="")
@@ -319,13 +336,12 @@ class RecoveryService:
             log.error("local store needs a rebuild: %s", reason)
             self._rebuild_reason = reason
             # New writes go to the journal (fsync'd) rather than into a file that is about to be moved aside.
-            self._store._local_hold = reason
-            self._store._local_failed(CorruptionError(f"local store awaits a rebuild: {reason}"))
+            self._slot.hold(reason)
 
     def _check_disk(self, local: Mapping[str, Any]) -> dict[str, Any]:
-        space = probes.disk_space(self._store.data_dir)
+        space = probes.disk_space(self._node.data_dir)
         threshold = self.thresholds.low_storage_bytes
-        out: dict[str, Any] = {"path": str(self._store.data_dir), "threshold_bytes": threshold}
+        out: dict[str, Any] = {"path": str(self._node.data_dir), "threshold_bytes": threshold}
         full = bool(local.get("disk_full"))
         if space is None:
             out.update(state="unknown", detail="free space unknown")
@@ -338,15 +354,10 @@ class RecoveryService:
         return out
 
     def _check_sync(self, now: float, primary: Mapping[str, Any]) -> dict[str, Any]:
-        store = self._store
-        depth, oldest = 0, None
-        if store.local is not None:
-            try:
-                depth, oldest = store.local.outbox_stats()
-            except LocalStoreError:
-                pass
-        depth += len(store.journal)
-        totals = store.replayer.totals
+        snap = self._node.status.snapshot()  # sampled at the start of this check
+        depth, lag = snap.outbox["depth"], snap.outbox["oldest_pending_age_s"]
+        sync = self._node.sync
+        totals = sync.totals
         settled = totals.pushed + totals.superseded + totals.duplicates
         mark = (depth, settled)
         if depth == 0 or settled != self._progress_mark[1] or depth < self._progress_mark[0]:
@@ -357,13 +368,14 @@ class RecoveryService:
         stalled = depth > 0 and primary.get("state") == "healthy" and stalled_for >= self.thresholds.sync_failure_after
         return {
             "state": "degraded" if stalled else "healthy",
-            "detail": f"outbox has not moved for {stalled_for:.0f}s: {store.replayer.last_error}" if stalled else "",
+            "detail": f"outbox has not moved for {stalled_for:.0f}s: {sync.last_error}" if stalled else "",
             "outbox_depth": depth,
-            "lag_s": None if oldest is None else round(max(0.0, self._wall() - oldest), 3),
+            "outbox_error": snap.outbox["error"],
+            "lag_s": lag,
             "pushed": totals.pushed,
             "failed": totals.failed,
             "success_rate": None if attempts == 0 else round(settled / attempts, 4),
-            "last_error": store.replayer.last_error,
+            "last_error": sync.last_error,
             "stalled": stalled,
         }
 
@@ -437,8 +449,6 @@ class RecoveryService:
         log.info("recovery strategy %s %s: %s", event.strategy, outcome, summary)
 
     def _outage_started(self, error: str) -> None:
-        store = self._store
-        store.circuit.trip()  # no foreground call waits on the primary from now on
         retry = self._open.get("sync_retry")
         if retry is not None:
             self._end(retry, "failed", "interrupted by a new outage")
@@ -446,8 +456,6 @@ class RecoveryService:
         self._begin("cache_fallback", f"primary unreachable ({error}); writes routed to the local store")
 
     def _outage_ended(self) -> None:
-        store = self._store
-        assert store.primary is not None
         fallback = self._open.get("cache_fallback")
         # The replayer may have started pushing already (its own probe can beat the confirmation): count from
         # the start of the outage, when nothing could be pushed.
@@ -457,11 +465,7 @@ class RecoveryService:
         queued = max(0, waiting - depth0)
         if fallback is not None:
             self._end(fallback, "succeeded", f"primary back; {queued} write(s) queued meanwhile", queued=queued)
-        # The primary answered fresh connections: close the circuit now rather than at the replayer's next probe
-        # (its backoff may be seconds away), with a fresh pool, and push at once.
-        store.primary.reset_pool()
-        store.circuit.record_success()
-        store.replayer.wake()
+        self._node.sync.wake()  # the gateway closed the circuit (its event woke the replayer too): push now
         self._begin(
             "sync_retry",
             f"primary back; pushing {waiting} queued write(s)",
@@ -483,17 +487,16 @@ class RecoveryService:
             self._try_rebuild(c)
 
     def _try_rebuild(self, c: Mapping[str, Mapping[str, Any]]) -> None:
-        store = self._store
         reason = self._rebuild_reason
         assert reason is not None
         if self._clock() < self._rebuild_retry_at:
             return  # the last attempt failed: back off
         rows: RowSource | None
-        if store.primary is not None and c["primary"]["state"] == "healthy":
-            source, rows = "primary", primary_pages(store.primary)
+        if self._gateway.configured and c["primary"]["state"] == "healthy":
+            source, rows = "primary", primary_pages(self._gateway)
         elif self._backup_source is not None and (backup := self._safe_backup()) is not None:
             source, rows = "backup", backup_pages(backup)
-        elif store.primary is None:
+        elif not self._gateway.configured:
             source, rows = "salvage only", None  # embedded: every write lives in this node's files
         else:
             self._manual(
@@ -513,7 +516,7 @@ class RecoveryService:
             return
         event = self._begin("rebuild_local", f"rebuilding the local store from {source}: {reason}", source=source)
         try:
-            report = rebuild_local(store, reason=reason, source=source, rows=rows)
+            report = rebuild_local(self._node, reason=reason, source=source, rows=rows)
         except Exception as exc:  # whatever the source or the disk did, record it and retry later
             self._rebuild_failures += 1
             delay = min(REBUILD_RETRY_CAP, REBUILD_RETRY_BASE * 2 ** (self._rebuild_failures - 1))
@@ -568,17 +571,11 @@ class RecoveryService:
             return None
 
     def _settled(self) -> int:
-        t = self._store.replayer.totals
+        t = self._node.sync.totals
         return t.pushed + t.superseded + t.duplicates
 
     def _depth(self) -> int:
-        local = self._store.local
-        depth = len(self._store.journal)
-        if local is not None:
-            try:
-                depth += local.outbox_stats()[0]
-            except LocalStoreError:
-                pass
+        depth: int = self._node.status.snapshot(fresh=True).outbox["depth"]
         return depth
 
 

@@ -1,11 +1,11 @@
 """Outbox replay: pushes queued ops to the primary, replays the journal into SQLite.
 
-`OutboxReplayer` owns one named background thread. Each round it (1) replays the journal into SQLite if the
-journal holds anything and SQLite works, (2) probes the primary when the circuit allows a probe, (3) pushes
-one batch of the outbox. Failures back off exponentially with full jitter; the thread resumes by itself when the
-primary returns, without any new write. ``drain()`` does the same work in the caller's thread (``sync_now``).
-Pushes are idempotent by op id, so an ambiguous failure (the primary committed, the answer was lost) is
-simply pushed again and reported as a duplicate.
+`OutboxReplayer` owns one named background worker. Each round it (1) replays the journal into SQLite if the
+journal holds anything and SQLite works, (2) pushes batches of the outbox while the gateway lets calls through.
+Failures back off exponentially with full jitter. It never probes the primary: the gateway does, and its
+``circuit_closed`` event wakes the replayer, which then resumes by itself, without any new write. ``drain()``
+does the same work in the caller's thread (``sync_now``). Pushes are idempotent by op id, so an ambiguous
+failure (the primary committed, the answer was lost) is simply pushed again and reported as a duplicate.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from ..backoff import full_jitter
-from ..circuit import CircuitBreaker
 from ..errors import (
     HybridStoreError,
     LocalStoreError,
@@ -31,13 +30,16 @@ from ..errors import (
     PrimaryTimeoutError,
     PrimaryUnavailableError,
 )
+from ..events import Event, EventBus
 from ..model import ApplyOutcome, Op, StoredRow, SyncReport
+from ..worker import Worker
 from .merge import MISSING, StrategyTable, merge3
 
 if TYPE_CHECKING:
+    from ..node.gateway import PrimaryGateway
+    from ..node.slot import LocalSlot
     from ..tiers.journal import JournalTier
     from ..tiers.local import LocalTier
-    from ..tiers.primary import PrimaryTier
 
 log = logging.getLogger("hybridstore.sync")
 Pending = tuple[int, Op, "str | None"]  # outbox seq, op, merge base (last value agreed with the primary)
@@ -50,13 +52,11 @@ class OutboxReplayer:
     def __init__(
         self,
         *,
-        local: Callable[[], LocalTier | None],
+        slot: LocalSlot,
         journal: JournalTier,
-        primary: PrimaryTier | None,
-        circuit: CircuitBreaker,
+        gateway: PrimaryGateway,
+        events: EventBus,
         observe: Callable[[str], None],
-        on_local_recovered: Callable[[], None],
-        local_ok: Callable[[], bool] = lambda: True,
         batch_size: int = 1000,
         strategies: StrategyTable | None = None,
         max_rejections: int = 3,
@@ -64,14 +64,13 @@ class OutboxReplayer:
         retry_base: float = 0.05,
         retry_cap: float = 5.0,
         rng: random.Random | None = None,
+        wall: Callable[[], float] = time.time,
     ) -> None:
-        self._local = local
+        self._slot = slot
         self._journal = journal
-        self._primary = primary
-        self._circuit = circuit
+        self._gateway = gateway
         self._observe = observe
-        self._on_local_recovered = on_local_recovered
-        self._local_ok = local_ok
+        self._wall = wall
         self._journal_pushed = 0  # journal entries already pushed straight to the primary
         self.batch_size = batch_size
         self.batch_min = min(batch_size, 16)
@@ -89,58 +88,52 @@ class OutboxReplayer:
         self._rng = rng or random.Random()
         self._push_lock = threading.Lock()
         self._replay_lock = threading.Lock()
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self.worker = Worker("hybridstore-replayer", self.run_once, error_delay=IDLE_POLL)
+        events.subscribe(self._on_event, "circuit_closed", "local_swapped")
         self._attempt = 0
         self.totals = SyncReport()
         self.last_push_at: float | None = None
         self.last_error: str | None = None
 
-    # -- thread -----------------------------------------------------------------------------------------------
+    # -- worker -----------------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="hybridstore-replayer", daemon=True)
-        self._thread.start()
+        self.worker.start()
 
     def wake(self) -> None:
-        self._wake.set()
+        self.worker.wake()
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        if self._executor is not None:
+    def stop(self) -> bool:
+        """Stop the worker; True when it ended (the push pool is shut down only then)."""
+        stopped = self.worker.stop(timeout=30)
+        if stopped and self._executor is not None:
             self._executor.shutdown(wait=True)
+        return stopped
 
-    def _loop(self) -> None:
-        self.probe_at_start()
-        while not self._stop.is_set():
-            self._wake.clear()  # before the round, so a wake() during it is not lost
-            try:
-                delay = self._round()
-            except Exception:  # never die silently: log, count, go on
-                log.exception("outbox replayer round failed")
-                self.totals.errors.append("replayer round crashed; see log")
-                del self.totals.errors[:-20]
-                delay = IDLE_POLL
-            if delay > 0:
-                self._wake.wait(delay)
+    def _on_event(self, event: Event) -> None:
+        self.worker.wake()  # the primary is back, or a rebuilt SQLite file is in place: push now
+
+    def run_once(self) -> float:
+        """One round of background work; returns how long to wait before the next."""
+        try:
+            return self._round()
+        except Exception:  # never die silently: log, count, go on
+            log.exception("outbox replayer round failed")
+            self.totals.errors.append("replayer round crashed; see log")
+            del self.totals.errors[:-20]
+            return IDLE_POLL
 
     def _round(self) -> float:
         """One unit of background work; returns how long to wait before the next."""
         report = SyncReport()
         journal_stuck = bool(len(self._journal)) and not self._replay_journal(report)
-        if not journal_stuck and not self._local_ok():
+        if not journal_stuck and not self._slot.usable:
             self._probe_local()
-        if self._primary is None:
+        if not self._gateway.configured:
             return IDLE_POLL * 5
-        if self._circuit.state != "closed":
-            if not self._circuit.probe_due():
-                return max(0.01, min(IDLE_POLL, self._circuit.seconds_until_probe()))
-            return 0.0 if self._probe() else self._circuit.seconds_until_probe()
+        if not self._gateway.allow():
+            return IDLE_POLL  # the gateway's circuit_closed event wakes us sooner
         if journal_stuck:
             # SQLite still fails: at least get the journaled writes onto the primary (idempotent; they are pushed
             # again, as duplicates, once the journal is replayed into SQLite) — after whatever of the outbox can
@@ -161,37 +154,10 @@ class OutboxReplayer:
         self._attempt = 0
         return 0.0 if pushed else IDLE_POLL
 
-    def probe_at_start(self) -> None:
-        """Find out at start-up whether the primary answers, so that when it does not (a terminal opened
-        offline), the first write goes straight to SQLite instead of waiting out the timeout."""
-        if self._primary is None or self._circuit.state != "closed":
-            return
-        try:
-            self._primary.probe()
-        except PrimaryUnavailableError as exc:
-            log.warning("primary unreachable at start-up, working locally: %s", exc)
-            self._circuit.trip()
-
-    def _probe(self) -> bool:
-        """Probe the primary; True when it answered (the circuit is then closed)."""
-        assert self._primary is not None
-        try:
-            self._primary.probe()
-        except PrimaryUnavailableError as exc:
-            self._circuit.record_failure()
-            log.debug("primary probe failed: %s", exc)
-            return False
-        # Fresh pool: connections from before the outage are dead, and the pool's own reconnect backoff may
-        # have grown to minutes.
-        self._primary.reset_pool()
-        self._circuit.record_success()
-        log.info("primary is reachable again; circuit closed")
-        return True
-
     # -- work -------------------------------------------------------------------------------------------------
 
     def _replay_journal(self, report: SyncReport) -> bool:
-        local = self._local()
+        local = self._slot.tier if self._slot.held is None else None  # never into a file awaiting its rebuild
         if local is None:
             return False
         # One replay at a time: two overlapping replays would each clear the other's snapshot length and could
@@ -210,32 +176,26 @@ class OutboxReplayer:
         report.journal_replayed += len(ops)
         self.totals.journal_replayed += len(ops)
         log.info("replayed %d journaled op(s) into SQLite", len(ops))
-        self._on_local_recovered()
+        self._slot.mark_recovered(tier=local)
         return True
 
     def _probe_local(self) -> None:
         """SQLite failed earlier and nothing waits in the journal: try a real write to see if it works again."""
-        local = self._local()
+        local = self._slot.tier if self._slot.held is None else None
         if local is None:
             return
         try:
-            local.meta_set("write_probe", str(time.time()))
+            local.meta_set("write_probe", str(self._wall()))
         except LocalStoreError:
             return
-        self._on_local_recovered()
+        self._slot.mark_recovered(tier=local)
 
     def _push_journal(self, report: SyncReport) -> None:
-        assert self._primary is not None
         with self._replay_lock:
             ops = self._journal.entries()[self._journal_pushed :]
             for start in range(0, len(ops), self.batch_size):
                 chunk = ops[start : start + self.batch_size]
-                try:
-                    outcomes = self._primary.put_many(chunk)
-                except PrimaryUnavailableError as exc:
-                    self._circuit.record_failure(timeout=isinstance(exc, PrimaryTimeoutError))
-                    raise
-                self._circuit.record_success()
+                outcomes = self._put(chunk)
                 for out in outcomes:
                     if out.current is not None:
                         self._observe(out.current.hlc)
@@ -244,7 +204,7 @@ class OutboxReplayer:
             if ops:
                 log.info("pushed %d journaled op(s) straight to the primary", len(ops))
 
-    def _push_batches(self, report: SyncReport, max_batches: int) -> int:
+    def _push_batches(self, report: SyncReport, max_batches: int, on_batch: Callable[[], None] | None = None) -> int:
         """Push up to ``max_batches`` batches of the outbox; returns how many ops were settled.
 
         Pipelined: while the primary works on one batch, this thread settles the previous batch in SQLite and
@@ -253,8 +213,8 @@ class OutboxReplayer:
         the current batch's results before it is sent. On a failure the batch in flight stays in the outbox
         (pushing it again is harmless) and the error is raised; a batch the primary rejects is pushed op by op so
         that only the poison ops stay behind (`_isolate`)."""
-        local = self._local()
-        if local is None or self._primary is None:
+        local = self._slot.tier
+        if local is None or not self._gateway.configured:
             return 0
         settled = 0
         with self._push_lock:
@@ -273,6 +233,8 @@ class OutboxReplayer:
                         if previous:
                             done, previous = previous, []
                             settled += self._settle(local, done, report)
+                            if on_batch is not None:
+                                on_batch()
                         if batches < max_batches:
                             following = local.pending_ops(self.batch_size, after=entries[-1][0])
                     finally:
@@ -296,18 +258,29 @@ class OutboxReplayer:
                 if previous:
                     done, previous = previous, []
                     settled += self._settle(local, done, report)
+                    if on_batch is not None:
+                        on_batch()
                 self.state = "idle"
         return settled
 
+    def _put(self, ops: Sequence[Op]) -> list[ApplyOutcome]:
+        return self._gateway.call(lambda p: p.put_many(ops))
+
+    def _push_resolution(
+        self, op: Op, strategy: str, base: str | None, local: str | None, remote: StoredRow | None
+    ) -> ApplyOutcome:
+        return self._gateway.call(
+            lambda p: p.push_resolution(op, strategy, base=base, local=local, remote=remote, actor=f"system:{strategy}")
+        )
+
     def _send(self, entries: Sequence[Pending]) -> list[ApplyOutcome]:
         """Push one batch and settle its conflicts (merges are pushed from here too); runs in the push thread."""
-        assert self._primary is not None
         ops = [op for _, op, _ in entries]
         if self._strategies.all_last_wins:
-            return self._primary.put_many(ops)
+            return self._put(ops)
         names = [self._strategies.wire_name(op.collection) for op in ops]
         bases = [base if name == "manual" else None for (_, _, base), name in zip(entries, names, strict=True)]
-        outcomes = self._primary.put_many(ops, strategies=names, base_values=bases)
+        outcomes = self._gateway.call(lambda p: p.put_many(ops, strategies=names, base_values=bases))
         if any(o.outcome == "conflict" for o in outcomes):
             outcomes = self._resolve(entries, outcomes)
         return outcomes
@@ -315,7 +288,6 @@ class OutboxReplayer:
     def _resolve(self, entries: Sequence[Pending], outcomes: list[ApplyOutcome]) -> list[ApplyOutcome]:
         """Merge each conflicting key (``merge`` or a callable) and push the result; the ops of that key then
         settle with the merged row. A key that keeps conflicting stays queued (raised as unavailable)."""
-        assert self._primary is not None
         last: dict[tuple[str, str], int] = {}
         for i, ((_, op, _), out) in enumerate(zip(entries, outcomes, strict=True)):
             if out.outcome == "conflict":
@@ -334,12 +306,10 @@ class OutboxReplayer:
                     max(op.hlc, remote.hlc) if remote else op.hlc,
                     op.origin,
                     remote.version if remote else 0,
-                    time.time(),
+                    self._wall(),
                 )
                 strategy = self._strategies.wire_name(op.collection)
-                out = self._primary.push_resolution(
-                    res_op, strategy, base=base, local=op.value_json, remote=remote, actor=f"system:{strategy}"
-                )
+                out = self._push_resolution(res_op, strategy, base, op.value_json, remote)
                 if out.outcome in ("applied", "duplicate"):
                     self.conflicts_resolved[strategy] = self.conflicts_resolved.get(strategy, 0) + 1
                     resolved[key] = out
@@ -392,9 +362,6 @@ class OutboxReplayer:
                         self._event("dead_letter", 1, 0.0, "error", f"{op.collection}/{op.key}: {exc}")
                         log.error("op %s on %s/%s moved to dead letters: %s", op.op_id, op.collection, op.key, exc)
                     continue
-                except PrimaryUnavailableError as exc:
-                    self._circuit.record_failure(timeout=isinstance(exc, PrimaryTimeoutError))
-                    raise
                 if out.current is not None:
                     versions[key] = out.current.version
                     self._observe(out.current.hlc)
@@ -414,7 +381,7 @@ class OutboxReplayer:
     def _event(self, kind: str, count: int, seconds: float, outcome: str, error: str | None = None) -> None:
         self.history.append(
             {
-                "at": time.time(),
+                "at": self._wall(),
                 "kind": kind,
                 "count": count,
                 "duration_ms": round(seconds * 1000, 2),
@@ -435,13 +402,11 @@ class OutboxReplayer:
         try:
             outcomes = future.result()
         except PrimaryUnavailableError as exc:
-            timeout = isinstance(exc, PrimaryTimeoutError)
-            self._circuit.record_failure(timeout=timeout)
-            if timeout:  # maybe the batch is too big for the link: send less next time
+            # The gateway has recorded the failure (the push ran through it in the push thread).
+            if isinstance(exc, PrimaryTimeoutError):  # maybe the batch is too big for the link: send less next time
                 self.batch_size = max(self.batch_min, self.batch_size // 2)
             self._failed(local, entries, exc, report)
             raise
-        self._circuit.record_success()
         for outcome in outcomes:
             if outcome.current is not None:
                 self._observe(outcome.current.hlc)
@@ -467,7 +432,7 @@ class OutboxReplayer:
             else:
                 report.duplicates += 1
                 self.totals.duplicates += 1
-        self.last_push_at = time.time()
+        self.last_push_at = self._wall()
 
     def _failed(self, local: LocalTier, entries: Sequence[Pending], exc: HybridStoreError, report: SyncReport) -> None:
         self.last_error = str(exc)
@@ -478,18 +443,18 @@ class OutboxReplayer:
         self._event("push", len(entries), 0.0, "error", str(exc))
         try:
             local.record_failure([seq for seq, _, _ in entries], str(exc))
-        except LocalStoreError:
-            pass
+        except LocalStoreError as failure:  # the attempt count is advisory; the op itself stays queued
+            log.warning("could not record a failed push attempt in SQLite: %s", failure)
 
-    def drain(self, *, max_batches: int | None = None) -> SyncReport:
-        """Push everything now, in the caller's thread; stops at the first failure. For ``sync_now()``."""
+    def drain(self, *, max_batches: int | None = None, on_batch: Callable[[], None] | None = None) -> SyncReport:
+        """Push everything now, in the caller's thread; stops at the first failure. For ``sync_now()``. With
+        ``max_batches=0`` it only replays the journal into SQLite (no primary call at all). ``on_batch`` is called
+        after each batch is settled (progress)."""
         report = SyncReport()
         replayed = not len(self._journal) or self._replay_journal(report)
-        if self._primary is not None:
-            ok = self._circuit.state == "closed"
-            if not ok:
-                self._circuit.begin_probe()
-                ok = self._probe()
+        if self._gateway.configured and max_batches != 0:
+            # An explicit request probes at once rather than waiting for the prober's next round.
+            ok = self._gateway.allow() or self._gateway.probe_now()
             if ok and not replayed:
                 try:
                     self._push_journal(report)
@@ -497,15 +462,17 @@ class OutboxReplayer:
                     report.errors.append(str(exc))
             if ok:
                 try:
-                    self._push_batches(report, max_batches if max_batches is not None else 1 << 62)
-                except HybridStoreError:
-                    pass  # counted in the report; what was not pushed stays queued
-        local = self._local()
+                    self._push_batches(report, max_batches if max_batches is not None else 1 << 62, on_batch)
+                except HybridStoreError as exc:
+                    # What was not pushed stays queued; a push failure is already counted in the report, an
+                    # error reading the outbox is not: say it.
+                    if not report.errors or report.errors[-1] != str(exc):
+                        report.errors.append(str(exc))
+        local = self._slot.tier
+        report.remaining = len(self._journal)
         if local is not None:
             try:
-                report.remaining = local.outbox_stats()[0] + len(self._journal)
-            except LocalStoreError:
-                report.remaining = len(self._journal)
-        else:
-            report.remaining = len(self._journal)
+                report.remaining += local.outbox_stats()[0]
+            except LocalStoreError as exc:
+                report.errors.append(f"outbox not readable: {exc}")
         return report

@@ -1,12 +1,12 @@
 """Change puller: keeps the local copy up to date with the primary's change feed.
 
-`ChangePuller` owns one background thread. It pages through the primary's change feed (`PrimaryTier.changes`)
+`ChangePuller` owns one background worker. It pages through the primary's change feed (`PrimaryTier.changes`)
 from a cursor kept in SQLite — saved in the same transaction as the rows it covers, so a crash never skips or
 half-applies a page — and adopts each row unless the key has pending local ops (those reach the primary first
 and settle the key when they do). It wakes on the primary's change notifications (LISTEN, real time) and polls
 every ``poll_interval`` seconds anyway (batch mode: covers a missed notification, a dropped LISTEN connection,
-or a transaction-mode pooler where LISTEN does not work). While the primary's circuit is open it waits; the
-outbox replayer probes and closes the circuit.
+or a transaction-mode pooler where LISTEN does not work). Every primary call goes through the gateway; while
+its circuit is open the puller waits (the gateway probes and closes the circuit).
 """
 
 from __future__ import annotations
@@ -23,14 +23,15 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from ..circuit import CircuitBreaker
-from ..errors import LocalStoreError, PrimaryTimeoutError, PrimaryUnavailableError
+from ..errors import LocalStoreError, PrimaryRejectedError, PrimaryUnavailableError
+from ..worker import Worker
 
 if TYPE_CHECKING:
     import psycopg
 
+    from ..node.gateway import PrimaryGateway
+    from ..node.slot import LocalSlot
     from ..tiers.local import LocalTier
-    from ..tiers.primary import PrimaryTier
 
 log = logging.getLogger("hybridstore.sync")
 CURSOR_META = "pull_cursor"
@@ -41,28 +42,33 @@ class ChangePuller:
     def __init__(
         self,
         *,
-        local: Callable[[], LocalTier | None],
-        primary: PrimaryTier,
-        circuit: CircuitBreaker,
+        slot: LocalSlot,
+        gateway: PrimaryGateway,
         observe: Callable[[str], None],
         poll_interval: float = 5.0,
         page_size: int = 5000,
         listen: bool = True,
+        wall: Callable[[], float] = time.time,
     ) -> None:
-        self._local = local
-        self._primary = primary
-        self._circuit = circuit
+        self._slot = slot
+        self._gateway = gateway
+        self._primary = gateway.tier  # for facts only (pooled, application name); calls go through the gateway
         self._observe = observe
+        self._wall = wall
         self.poll_interval = poll_interval
         self.page_size = page_size
-        self._listen_enabled = listen and not primary.pooled
+        self._listen_enabled = listen and not self._primary.pooled
         self._listen: psycopg.Connection[Any] | None = None
         self._pull_lock = threading.Lock()
-        self._stop = threading.Event()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
-        self._thread: threading.Thread | None = None
+        self._retry = 0.0
+        self._wait_on_listen = False
+        self._reported: str | None = None  # the last error logged, so a lasting one is logged once
+        self.worker = Worker(
+            "hybridstore-puller", self.run_once, wait=self._worker_wait, wake=self._write_wake, error_delay=1.0
+        )
         self._fetcher: ThreadPoolExecutor | None = None
         self.state = "idle"
         self.pulled = 0
@@ -72,58 +78,69 @@ class ChangePuller:
         self.listening = False
         self.held_back = False  # committed changes wait behind a running transaction: look again soon
 
-    # -- thread -----------------------------------------------------------------------------------------------
+    # -- worker -----------------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="hybridstore-puller", daemon=True)
-        self._thread.start()
+        self.worker.start()
 
     def wake(self) -> None:
+        self.worker.wake()
+
+    def _write_wake(self) -> None:
         with contextlib.suppress(BlockingIOError, OSError):
             os.write(self._wake_w, b"x")
 
-    def stop(self) -> None:
-        self._stop.set()
-        self.wake()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+    def stop(self) -> bool:
+        """Stop the worker; True when it ended. The LISTEN connection, fetch pool and wake-up pipe are closed
+        only then: never under a thread that may still read them."""
+        if not self.worker.stop(timeout=15):
+            return False
         self._close_listen()
         if self._fetcher is not None:
             self._fetcher.shutdown(wait=True)
         for fd in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
+        return True
 
-    def _loop(self) -> None:
-        retry = 0.0
-        while not self._stop.is_set():
-            if self._circuit.state != "closed" or self._local() is None:
-                self._close_listen()
-                self._wait(None, 0.25)
-                continue
-            if self._listen_enabled and self._listen is None:
-                self._open_listen()
-            try:
-                self.pull()
-            except PrimaryUnavailableError as exc:
-                self._circuit.record_failure(timeout=isinstance(exc, PrimaryTimeoutError))
-                self._close_listen()
-                self.last_error = str(exc)
-                continue
-            except LocalStoreError as exc:
-                self.last_error = str(exc)
-                self._wait(None, 1.0)
-                continue
-            except Exception:  # never die silently
-                log.exception("change puller round failed")
-                self._wait(None, 1.0)
-                continue
-            if self.held_back:  # visible in a moment: poll fast, backing off, until they are
-                retry = min(0.25, retry * 2) if retry else 0.002
-                self._wait(None, retry)
-                continue
-            retry = 0.0
-            self._wait(self._listen, self.poll_interval if self._listen is not None else min(self.poll_interval, 1.0))
+    def _worker_wait(self, delay: float) -> None:
+        self._wait(self._listen if self._wait_on_listen else None, delay)
+
+    def run_once(self) -> float:
+        """One round: pull what is new; returns how long to wait (a notification or `wake()` ends it sooner)."""
+        self._wait_on_listen = False
+        if not self._gateway.allow() or self._slot.writable() is None:
+            self._close_listen()
+            return 0.25
+        if self._listen_enabled and self._listen is None:
+            self._open_listen()
+        try:
+            self.pull()
+        except PrimaryUnavailableError as exc:
+            self._close_listen()
+            self._failed(exc, "primary unavailable")
+            return 0.05
+        except PrimaryRejectedError as exc:  # the primary refuses the feed query itself: retrying at once won't help
+            self._failed(exc, "the primary refused the change feed query")
+            return self.poll_interval
+        except LocalStoreError as exc:
+            self._failed(exc, "could not apply pulled changes to SQLite")
+            return 1.0
+        if self._reported is not None:
+            log.info("change feed works again")
+            self._reported = None
+        if self.held_back:  # visible in a moment: poll fast, backing off, until they are
+            self._retry = min(0.25, self._retry * 2) if self._retry else 0.002
+            return self._retry
+        self._retry = 0.0
+        self._wait_on_listen = self._listen is not None
+        return self.poll_interval if self._listen is not None else min(self.poll_interval, 1.0)
+
+    def _failed(self, exc: Exception, what: str) -> None:
+        self.last_error = str(exc)
+        if self._reported != self.last_error:  # a lasting failure is logged once, not every round
+            log.warning("change puller: %s: %s", what, exc)
+            self._reported = self.last_error
 
     def _wait(self, conn: psycopg.Connection[Any] | None, timeout: float) -> None:
         """Sleep until another node's change notification, a wake-up, or ``timeout``. Notifications of this
@@ -149,7 +166,7 @@ class ChangePuller:
                 while (note := conn.pgconn.notifies()) is not None:
                     foreign = foreign or note.extra.decode(errors="replace") != self._primary.application_name
             except Exception as exc:  # the LISTEN connection dropped: poll until it is back
-                log.debug("change notifications lost: %s", exc)
+                log.warning("change notifications lost, polling until LISTEN is back: %s", exc)
                 self._close_listen()
                 return
             if foreign:
@@ -160,7 +177,9 @@ class ChangePuller:
             self._listen = self._primary.listen_connection()
             self.listening = True
         except Exception as exc:
-            log.debug("cannot listen for change notifications, polling: %s", exc)
+            if self._reported != f"listen: {exc}":
+                log.warning("cannot listen for change notifications, polling every %gs: %s", self.poll_interval, exc)
+                self._reported = f"listen: {exc}"
             self._listen = None
 
     def _close_listen(self) -> None:
@@ -175,7 +194,7 @@ class ChangePuller:
     def pull(self, *, full: bool = False, progress: Progress | None = None) -> int:
         """Pull every change after the saved cursor (``full``: the whole primary, rebuilding the local copy and
         keeping pending local ops); returns how many rows were applied. Raises `PrimaryUnavailableError`."""
-        local = self._local()
+        local = self._slot.writable()
         if local is None:
             return 0
         with self._pull_lock:
@@ -184,7 +203,7 @@ class ChangePuller:
             total: int | None = None
             try:
                 if full:
-                    total = self._primary.count_records()
+                    total = self._gateway.call(lambda p: p.count_records())
                     local.begin_resync()
                     cursor: Any = 0
                 else:
@@ -209,9 +228,8 @@ class ChangePuller:
                     log.info("full resync: %d row(s) from the primary, %d local row(s) dropped", seen, removed)
             finally:
                 self.state = "idle"
-            self._circuit.record_success()
             self.pulled += applied
-            self.last_pull_at = time.time()
+            self.last_pull_at = self._wall()
             if seen:
                 self.history.append(
                     {
@@ -229,7 +247,10 @@ class ChangePuller:
     def _fetch(self, cursor: Any) -> Future[tuple[list[tuple[Any, ...]], bool]]:
         if self._fetcher is None:
             self._fetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hybridstore-pull")
-        return self._fetcher.submit(self._primary.feed_page, cursor, self.page_size)
+        return self._fetcher.submit(self._feed_page, cursor)
+
+    def _feed_page(self, cursor: Any) -> tuple[list[tuple[Any, ...]], bool]:
+        return self._gateway.call(lambda p: p.feed_page(cursor, self.page_size))
 
     def _apply(self, local: LocalTier, rows: list[tuple[Any, ...]], full: bool) -> int:
         self._observe(max(r[4] for r in rows))

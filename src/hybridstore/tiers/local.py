@@ -550,3 +550,8 @@ class LocalTier:
             sql = f"SELECT {_ROW_COLUMNS} FROM records WHERE collection = ? AND key IN ({','.join('?' * len(part))})"
             out += [_row(r) for r in self._read(sql, [collection, *part])]
         return out
+
+    @property
+    def last_seq(self) -> int:
+        """The largest outbox seq this tier handed out."""
+        return self._next_seq - 1

@@ -1,0 +1,269 @@
+"""The composition root: `Node` builds every part of a node and wires them together, in one place.
+
+Order of construction (and, reversed, of shutdown): directory lock → journal, SQLite tier (in its `LocalSlot`) →
+hybrid clock → circuit + `PrimaryGateway` → sync (replayer, puller) → `StatusBoard` → services (recovery
+monitor, metrics; backups on first use). Time and randomness come from one `TimeSource`. If anything fails half
+way, whatever was already opened or started is stopped and closed again before the error propagates: a failed
+open leaks no thread, pool, file or lock.
+
+Services receive the node as a `NodeCore` (see `node.core`): they never see the `HybridStore` façade.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .circuit import CircuitBreaker
+from .clock import HybridClock
+from .config import StoreConfig, load_node_id
+from .errors import ClosedError, HybridStoreError, LocalStoreError, StoreLockedError
+from .events import EventBus
+from .metrics import StoreMetrics
+from .node.core import Pusher
+from .node.gateway import PrimaryGateway
+from .node.router import Router
+from .node.slot import LocalSlot
+from .node.status import PullerView, StatusBoard
+from .node.timing import TimeSource
+from .recovery.probes import wal_deleted_after_crash
+from .recovery.service import RecoveryService
+from .sync.merge import StrategyTable
+from .sync.outbox import OutboxReplayer
+from .sync.puller import ChangePuller
+from .tiers.journal import JournalTier
+from .tiers.local import LocalTier
+from .validation import encode_value
+
+if TYPE_CHECKING:
+    from .backup.service import BackupService
+
+log = logging.getLogger("hybridstore")
+LOCAL_DB = "local.db"
+JOURNAL_FILE = "journal.log"
+
+
+class Node:
+    """One running node (see the module docstring). Implements `NodeCore`."""
+
+    def __init__(self, config: StoreConfig, *, time: TimeSource | None = None) -> None:
+        self.config = config
+        self.time = time or TimeSource()
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self._on_close: list[Callable[[], object]] = []
+        self._backups: BackupService | None = None
+        self._backups_lock = threading.Lock()
+        self.data_dir = Path(config.data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = _take_dir_lock(self.data_dir)
+        # Undo steps, for a failed open and for close(): threads to stop (each says whether it stopped), then
+        # resources to close — only when every thread has stopped, so nothing is closed under a running thread.
+        self._workers: list[Callable[[], object]] = []
+        self._resources: list[Callable[[], object]] = []
+        try:
+            self._build(config)
+        except BaseException:
+            self._teardown()
+            raise
+
+    # -- building -------------------------------------------------------------------------------------------------
+
+    def _build(self, config: StoreConfig) -> None:
+        t = self.time
+        self.events = EventBus(wall=t.wall)
+        wal_lost = wal_deleted_after_crash(self.data_dir / LOCAL_DB)  # must be seen before SQLite opens the file
+        self.node_id = config.node_id or load_node_id(self.data_dir)
+        self.journal = JournalTier(self.data_dir / JOURNAL_FILE)
+        self._resources.append(self.journal.close)
+        local: LocalTier | None = None
+        error: str | None = None
+        try:
+            local = LocalTier(self.data_dir / LOCAL_DB, synchronous=config.synchronous)
+        except LocalStoreError as exc:
+            # Keep running on the journal; the recovery service can rebuild the file.
+            error = str(exc)
+            log.error("local SQLite unusable, writes go to the journal: %s", exc)
+        self.slot = LocalSlot(local, self.events, error=error)
+        self._resources.append(self.slot.close)
+        last = [h for h in (_max_hlc(local), *(op.hlc for op in self.journal.entries())) if h]
+        self.clock = HybridClock(self.node_id, last=max(last) if last else None)
+        circuit = CircuitBreaker(
+            failure_threshold=config.circuit_failures,
+            reset_timeout=config.circuit_reset,
+            max_reset_timeout=config.circuit_reset_max,
+            clock=t.monotonic,
+        )
+        primary = None
+        if config.primary_url:
+            from .tiers.primary import PrimaryTier
+
+            primary = PrimaryTier(
+                config.primary_url,
+                schema=config.primary_schema,
+                timeout=config.primary_timeout,
+                pooled=config.primary_pooled,
+                node_id=self.node_id,
+            )
+            self._resources.append(primary.close)
+        self.gateway = PrimaryGateway(
+            primary,
+            circuit,
+            self.events,
+            interval=config.health_interval,
+            probe_timeout=min(1.0, config.primary_timeout),
+            clock=t.monotonic,
+        )
+        self._workers.append(self.gateway.stop)
+        self.strategies = StrategyTable(config.conflict_strategy, config.conflict_strategies)
+        self.replayer = OutboxReplayer(
+            slot=self.slot,
+            journal=self.journal,
+            gateway=self.gateway,
+            events=self.events,
+            observe=self.clock.observe,
+            batch_size=config.batch_size,
+            strategies=self.strategies,
+            max_rejections=config.sync_retry_attempts,
+            encode=lambda value: encode_value(value, max_bytes=config.max_value_bytes),
+            retry_base=config.retry_base,
+            retry_cap=config.retry_cap,
+            rng=t.rng,
+            wall=t.wall,
+        )
+        self._workers.append(self.replayer.stop)
+        self.sync: Pusher = self.replayer
+        self.puller: ChangePuller | None = None
+        if primary is not None and config.pull:
+            self.puller = ChangePuller(
+                slot=self.slot,
+                gateway=self.gateway,
+                observe=self.clock.observe,
+                poll_interval=config.pull_interval,
+                listen=config.listen,
+                wall=t.wall,
+            )
+            self._workers.append(self.puller.stop)
+        self.status = StatusBoard(self, puller=self._puller_view)
+        self.router = Router(self, self.strategies)
+        if len(self.journal) and local is not None:
+            self.replayer.drain(max_batches=0)
+        self.metrics = StoreMetrics(self)
+        self.recovery = RecoveryService(self, wal_lost_at_open=wal_lost)
+        self.recovery.register_backup_source(self._newest_backup_rows)
+        self._workers.append(self.recovery.stop)
+        if config.background:
+            self.gateway.start()
+            self.replayer.start()
+            if self.puller is not None:
+                self.puller.start()
+            self.recovery.start()
+
+    def _puller_view(self) -> PullerView | None:
+        p = self.puller
+        if p is None:
+            return None
+        return PullerView(p.state, p.pulled, p.last_pull_at, p.last_error, p.listening)
+
+    # -- NodeCore -------------------------------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def check_open(self) -> None:
+        if self._closed:
+            raise ClosedError("the store is closed; open a new one")
+
+    def on_close(self, stop: Callable[[], object]) -> None:
+        self._on_close.append(stop)
+
+    def backups(self, *, start: bool | None = None) -> BackupService:
+        """The node's backup service, created once (thread-safe). ``start=False`` reads the repository without
+        starting the backup thread (the recovery monitor uses it to find a backup to rebuild from)."""
+        with self._backups_lock:
+            self.check_open()
+            if self._backups is None:
+                from .backup.service import BackupService
+
+                self._backups = BackupService(self, writer=self.router, start=False)
+            if start if start is not None else self.config.background:
+                self._backups.start()
+            return self._backups
+
+    # -- closing --------------------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop background work and close every tier. Queued ops stay queued for the next open."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._teardown()
+
+    def _teardown(self) -> None:
+        stopped = True
+        # Services first (they may still use the tiers), newest first; then the node's own threads, in reverse.
+        for stop in [*reversed(self._on_close), *reversed(self._workers)]:
+            try:
+                if stop() is False:
+                    stopped = False
+            except Exception:
+                log.exception("a part of the node failed to stop cleanly")
+        self._on_close.clear()
+        self._workers.clear()
+        if not stopped:
+            log.error("a background thread did not stop: files and lock are left open rather than closed under it")
+            return
+        for close in reversed(self._resources):
+            try:
+                close()
+            except Exception:
+                log.exception("closing a tier failed")
+        self._resources.clear()
+        _release_dir_lock(self._lock_fd)
+
+    # -- recovery's backup source ---------------------------------------------------------------------------------
+
+    def _newest_backup_rows(self):  # type: ignore[no-untyped-def]
+        """The records of the newest verified backup, for a rebuild while the primary is unreachable (``None``
+        when there is none, or backups are not installed)."""
+        from .backup.service import newest_backup_rows
+
+        try:
+            service = self.backups(start=False)
+        except (ImportError, HybridStoreError) as exc:
+            log.warning("no backup to rebuild from: %s", exc)
+            return None
+        return newest_backup_rows(service, max_value_bytes=self.config.max_value_bytes)
+
+
+def _max_hlc(local: LocalTier | None) -> str | None:
+    try:
+        return local.max_hlc() if local is not None else None
+    except LocalStoreError:
+        return None
+
+
+def _take_dir_lock(data_dir: Path) -> int:
+    fd = os.open(data_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StoreLockedError(
+            f"data directory {data_dir} is in use by another process; one store per data directory"
+        ) from None
+    return fd
+
+
+def _release_dir_lock(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
