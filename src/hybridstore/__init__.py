@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .aio import AsyncHybridStore
+from .aio import AsyncHybridStore, OpeningStore
 from .config import StoreConfig, resolve
 from .errors import (
     BackupError,
@@ -50,15 +50,19 @@ def open(
     return HybridStore(resolve(primary_url=primary_url, data_dir=data_dir, node_id=node_id, **options))
 
 
-async def open_async(
+def open_async(
     primary_url: str | None = None,
     *,
     data_dir: str | os.PathLike[str] | None = None,
     node_id: str | None = None,
+    max_workers: int | None = None,
     **options: Any,
-) -> AsyncHybridStore:
-    """`open` for asyncio code: the same store behind awaitable methods."""
-    return await AsyncHybridStore.open(primary_url, data_dir=data_dir, node_id=node_id, **options)
+) -> OpeningStore:
+    """`open` for asyncio code: the same store behind awaitable methods, run in a pool of ``max_workers`` threads
+    of its own (default ``min(32, cpu + 4)``). Use ``async with hybridstore.open_async(...) as store:`` (closed on
+    exit) or ``store = await hybridstore.open_async(...)`` (then ``await store.aclose()``). Cancelling an
+    ``await`` does not cancel the operation underneath: see `hybridstore.aio`."""
+    return AsyncHybridStore.open(primary_url, data_dir=data_dir, node_id=node_id, max_workers=max_workers, **options)
 
 
 __all__ = [
