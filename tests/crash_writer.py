@@ -1,4 +1,5 @@
-"""Child process for the crash tests: writes records and prints each acknowledged key, until killed.
+"""Child process for the crash tests: writes records and prints each acknowledged key and the tier that
+acknowledged it, until killed.
 
 ``mode`` is a write mode, or ``journal``: SQLite reports "disk full" from the start (a real SQLITE_FULL through
 ``max_page_count``), so every write is acknowledged by the journal.
@@ -29,8 +30,8 @@ def main() -> None:
     while True:
         key = f"{prefix}-{n:06d}"
         pad = "x" * (5000 if full_sqlite else n % 200)
-        store.set("orders", key, {"prefix": prefix, "n": n, "pad": pad})
-        print(key, flush=True)
+        result = store.set("orders", key, {"prefix": prefix, "n": n, "pad": pad})
+        print(key, result.tier, flush=True)
         n += 1
 
 

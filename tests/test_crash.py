@@ -23,8 +23,9 @@ WRITER = Path(__file__).with_name("crash_writer.py")
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_and_kill(data_dir: Path, url: str, schema: str, prefix: str, mode: str, delay: float) -> list[str]:
-    """Start a writer, SIGKILL it ``delay`` seconds after it is ready; return the keys it acknowledged."""
+def run_and_kill(data_dir: Path, url: str, schema: str, prefix: str, mode: str, delay: float) -> list[tuple[str, str]]:
+    """Start a writer, SIGKILL it ``delay`` seconds after it is ready; return the keys it acknowledged, each with
+    the tier that acknowledged it."""
     proc = subprocess.Popen(
         [sys.executable, str(WRITER), str(data_dir), url, schema, prefix, mode],
         stdout=subprocess.PIPE,
@@ -41,7 +42,8 @@ def run_and_kill(data_dir: Path, url: str, schema: str, prefix: str, mode: str, 
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     reader.join()
-    return [k for k in lines if k.startswith(prefix + "-")]
+    acked = [line.split() for line in lines if line.startswith(prefix + "-")]
+    return [(parts[0], parts[1]) for parts in acked if len(parts) == 2]  # a line cut by the kill was not seen
 
 
 def test_sigkill_loses_no_acknowledged_write(
@@ -53,10 +55,13 @@ def test_sigkill_loses_no_acknowledged_write(
     rounds = 15
     for r in range(rounds):
         mode = ("write_through", "local_first", "journal")[r % 3]
-        keys = run_and_kill(data_dir, pg_dsn, pg_schema, f"r{r:02d}", mode, rng.uniform(0.05, 0.8))
+        acks = run_and_kill(data_dir, pg_dsn, pg_schema, f"r{r:02d}", mode, rng.uniform(0.05, 0.8))
+        keys = [k for k, _ in acks]
         acked += keys
-        if mode == "journal" and keys:
-            assert (data_dir / "journal.log").stat().st_size > 0, "the journal took the writes"
+        if mode == "journal" and len(acks) > 2:
+            # SQLite is full: after the free pages it still had, writes are acknowledged by the journal (which the
+            # replayer may since have pushed or replayed: the file's size says nothing).
+            assert "journal" in {tier for _, tier in acks}, "the journal took the writes"
         # after every crash the store opens cleanly and has everything acknowledged so far
         with hybridstore.open(
             pg_dsn, data_dir=data_dir, primary_schema=pg_schema, read_policy="local_first", background=False
@@ -88,7 +93,9 @@ def test_sigkill_embedded(tmp_path: Path) -> None:
     data_dir = tmp_path / "node"
     acked: list[str] = []
     for r in range(8):
-        acked += run_and_kill(data_dir, "", "hybridstore", f"e{r}", "write_through", rng.uniform(0.05, 0.5))
+        acked += [
+            k for k, _ in run_and_kill(data_dir, "", "hybridstore", f"e{r}", "write_through", rng.uniform(0.05, 0.5))
+        ]
     with hybridstore.open(data_dir=data_dir) as store:
         assert store.node.slot.tier is not None and store.node.slot.tier.integrity_check() == ["ok"]
         assert all(store.get("orders", k) is not None for k in acked)

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from hybridstore.merge import MISSING, merge3
 from hybridstore.model import Op, new_op_id
-from hybridstore.sync.merge import MISSING, merge3
 from hybridstore.tiers.primary import PrimaryTier
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-3, 3), st.sampled_from(["a", "b", ""]), st.just(1.0))

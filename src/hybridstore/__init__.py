@@ -46,8 +46,10 @@ def open(
 ) -> HybridStore:
     """Open a store. ``primary_url`` (else ``HYBRIDSTORE_PRIMARY_URL`` / ``SUPABASE_DB_URL`` / ``DATABASE_URL``)
     names the PostgreSQL primary; without one the store runs embedded (SQLite + journal) and queues every
-    write for the day a primary is configured. Options: see `StoreConfig`."""
-    return HybridStore(resolve(primary_url=primary_url, data_dir=data_dir, node_id=node_id, **options))
+    write for the day a primary is configured. Options: see `StoreConfig`; ``time=`` takes a
+    `hybridstore.node.timing.TimeSource` (clocks and randomness of every service: a fake clock in tests)."""
+    time = options.pop("time", None)  # a `hybridstore.node.timing.TimeSource` (tests: a fake clock)
+    return HybridStore(resolve(primary_url=primary_url, data_dir=data_dir, node_id=node_id, **options), time=time)
 
 
 def open_async(

@@ -25,6 +25,7 @@ from .clock import HybridClock
 from .config import StoreConfig, load_node_id
 from .errors import ClosedError, HybridStoreError, LocalStoreError, StoreLockedError
 from .events import EventBus
+from .merge import StrategyTable
 from .metrics import StoreMetrics
 from .node.core import Pusher
 from .node.gateway import PrimaryGateway
@@ -34,7 +35,6 @@ from .node.status import PullerView, StatusBoard
 from .node.timing import TimeSource
 from .recovery.probes import wal_deleted_after_crash
 from .recovery.service import RecoveryService
-from .sync.merge import StrategyTable
 from .sync.outbox import OutboxReplayer
 from .sync.puller import ChangePuller
 from .tiers.journal import JournalTier

@@ -16,8 +16,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from .errors import ConfigError
+from .merge import StrategyTable
 from .validation import DEFAULT_MAX_VALUE_BYTES
 
 WriteMode = Literal["write_through", "local_first"]
@@ -68,8 +70,6 @@ class StoreConfig:
             raise ConfigError(f"read_policy must be 'primary_first' or 'local_first', not {self.read_policy!r}")
         if self.synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ConfigError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {self.synchronous!r}")
-        from .sync.merge import StrategyTable
-
         StrategyTable(self.conflict_strategy, self.conflict_strategies)  # validates
         for name in (
             "primary_timeout",
@@ -90,11 +90,16 @@ class StoreConfig:
         if self.low_storage_bytes < 0 or self.conflicts_alert_at < 1:
             raise ConfigError("low_storage_bytes must be >= 0 and conflicts_alert_at >= 1")
         if self.alert_webhook_url is not None:
-            from .recovery.webhook import check_webhook_url
-
             check_webhook_url(self.alert_webhook_url)
         if self.node_id is not None and not NODE_ID_RE.fullmatch(self.node_id):
             raise ConfigError(f"invalid node id {self.node_id!r}: 1-64 letters, digits, '_' or '-'")
+
+
+def check_webhook_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"alert webhook URL must be an http:// or https:// URL, not {url!r}")
+    return url
 
 
 def _env_int(env: Mapping[str, str], name: str, default: int) -> int:

@@ -14,8 +14,8 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from ..errors import JournalError, LocalStoreError, PrimaryUnavailableError, StorageExhaustedError
+from ..merge import StrategyTable
 from ..model import Op, Record, StoredRow, TierName, WriteResult, new_op_id
-from ..sync.merge import StrategyTable
 from ..validation import encode_value
 
 if TYPE_CHECKING:

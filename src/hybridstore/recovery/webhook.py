@@ -14,20 +14,12 @@ import random
 import threading
 import time
 from typing import Any
-from urllib.parse import urlsplit
 
 from ..backoff import full_jitter
-from ..errors import ConfigError
+from ..config import check_webhook_url
 from .alerts import Alert, AlertEvent
 
 log = logging.getLogger("hybridstore.recovery")
-
-
-def check_webhook_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigError(f"alert webhook URL must be an http:// or https:// URL, not {url!r}")
-    return url
 
 
 class WebhookSink:

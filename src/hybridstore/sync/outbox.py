@@ -31,9 +31,9 @@ from ..errors import (
     PrimaryUnavailableError,
 )
 from ..events import Event, EventBus
+from ..merge import MISSING, StrategyTable, merge3
 from ..model import ApplyOutcome, Op, StoredRow, SyncReport
 from ..worker import Worker
-from .merge import MISSING, StrategyTable, merge3
 
 if TYPE_CHECKING:
     from ..node.gateway import PrimaryGateway

@@ -69,7 +69,7 @@ def merge3(base: Any, local: Any, remote: Any, *, local_newer: bool) -> Any:
 
 
 def check_strategy(strategy: object) -> None:
-    from ..errors import ConfigError
+    from .errors import ConfigError
 
     if not callable(strategy) and strategy not in STRATEGIES:
         raise ConfigError(f"conflict strategy must be one of {', '.join(STRATEGIES)} or a callable, not {strategy!r}")
