@@ -25,7 +25,6 @@ from ..errors import (
     ConfigError,
     HybridStoreError,
     LocalStoreError,
-    PrimaryUnavailableError,
     UnavailableError,
 )
 from ..events import Event
@@ -40,6 +39,7 @@ from .snapshot import source_sections
 
 if TYPE_CHECKING:
     from ..node.core import BulkWriter, NodeCore
+    from ..tiers.primary import PrimaryTier
 
 log = logging.getLogger("hybridstore.backup")
 Progress = Callable[[int, int], None]
@@ -260,7 +260,6 @@ class BackupService:
             try:
                 return self._write_backup(kind, label, description, wanted, cfg, progress)
             except UnavailableError as exc:
-                self._node.gateway.record_failure(exc)  # the snapshot streamed outside gateway.call
                 if wanted != "primary" or cfg.source == "primary":
                     raise
                 log.warning("backup from the primary failed (%s); taking it from the local copy", exc)
@@ -284,17 +283,31 @@ class BackupService:
         cfg: settings.BackupSettings,
         progress: Progress | None,
     ) -> BackupInfo:
+        if source != "primary":
+            return self._write_backup_from(None, kind, label, description, cfg, progress)
+        with self._node.gateway.session() as primary:  # admitted by the circuit, its outcome recorded
+            return self._write_backup_from(primary, kind, label, description, cfg, progress)
+
+    def _write_backup_from(
+        self,
+        primary: PrimaryTier | None,
+        kind: str,
+        label: str,
+        description: str,
+        cfg: settings.BackupSettings,
+        progress: Progress | None,
+    ) -> BackupInfo:
         node = self._node
         backup_id = new_op_id().replace("-", "")
         id_bytes = bytes.fromhex(backup_id)
         local = node.slot.writable()
         db_path = local.path if local is not None else None
-        primary = node.gateway.tier if source == "primary" and node.gateway.allow() else None
-        if source == "primary" and primary is None:
-            raise PrimaryUnavailableError(
-                f"a backup from the primary needs the primary; {node.gateway.snapshot()['detail']}"
-            )
-        source, sections = source_sections(source, primary=primary, db_path=db_path, journal=node.journal.entries())
+        source, sections = source_sections(
+            "primary" if primary is not None else "local",
+            primary=primary,
+            db_path=db_path,
+            journal=node.journal.entries(),
+        )
         header: dict[str, Any] = {
             "format": 1,
             "backup_id": backup_id,

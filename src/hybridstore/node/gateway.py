@@ -20,7 +20,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from ..circuit import CircuitBreaker, CircuitState
@@ -138,6 +139,21 @@ class PrimaryGateway:
             raise self.record_failure(exc) from exc.__cause__
         self.circuit.record_success()
         return result
+
+    @contextmanager
+    def session(self) -> Iterator[PrimaryTier]:
+        """For work that streams or holds a connection (a backup's snapshot of the primary): admitted like
+        `call()` and its failure recorded the same way, when it ends."""
+        primary = self._primary
+        if primary is None:
+            raise PrimaryUnavailableError("no primary is configured (embedded mode)")
+        if not self.circuit.allow():
+            raise PrimaryUnavailableError(f"primary unavailable (circuit {self.circuit.state}): {self.last_error}")
+        try:
+            yield primary
+        except (PrimaryUnavailableError, PrimaryRejectedError) as exc:
+            raise self.record_failure(exc) from exc.__cause__
+        self.circuit.record_success()
 
     def record_failure(self, exc: BaseException) -> BaseException:
         """Record a failed call made outside `call()` (e.g. in a worker pool); returns the error to raise."""

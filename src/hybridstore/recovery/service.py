@@ -143,8 +143,8 @@ class RecoveryService:
         """Stop the monitor; True when its thread ended (its files are closed only then)."""
         if not self.worker.stop(timeout=30):
             return False
-        if self.webhook is not None:
-            self.webhook.close()
+        if self.webhook is not None and not self.webhook.close():
+            return False
         self.history.close()
         return True
 

@@ -174,7 +174,7 @@ class ChangePuller:
 
     def _open_listen(self) -> None:
         try:
-            self._listen = self._primary.listen_connection()
+            self._listen = self._gateway.call(lambda p: p.listen_connection())
             self.listening = True
         except Exception as exc:
             if self._reported != f"listen: {exc}":
