@@ -148,7 +148,7 @@ def open_embedded(data_dir: Path, **options: Any) -> Any:
     for var in PRIMARY_ENV_VARS:
         os.environ.pop(var, None)
     store = hybridstore.open(None, data_dir=data_dir, **options)
-    if store.node.gateway.tier is not None:
+    if store.node.gateway.configured:
         store.close()
         raise RuntimeError("expected an embedded store")
     return store

@@ -134,7 +134,7 @@ def bench_drain(n: int) -> None:
             DSN, data_dir=tmp / "drain", primary_schema=schema, write_mode="local_first", background=False
         )
         try:
-            assert store.node.gateway.tier is not None
+            assert store.node.gateway.configured
             store.node.gateway.tier.migrate()  # schema creation is not part of the drain
             store.health()  # opens a pool connection
             start = time.perf_counter()

@@ -153,7 +153,7 @@ def bench_visibility(light: int, heavy_seconds: float) -> None:
 def bench_pull(n: int) -> None:
     with pg_schema() as schema, temp_dir() as tmp, psycopg.connect(DSN, autocommit=True) as conn:
         seeder = hybridstore.open(DSN, data_dir=tmp / "seed", primary_schema=schema, background=False, pull=False)
-        assert seeder.node.gateway.tier is not None
+        assert seeder.node.gateway.configured
         seeder.node.gateway.tier.migrate()
         seeder.close()
         with conn.cursor().copy(

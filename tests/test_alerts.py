@@ -32,7 +32,7 @@ def test_each_alert_once_to_the_webhook_with_retries(
         write_mode="local_first", alert_webhook_url=webhook.url, sync_failure_after=1.0, conflicts_alert_at=3
     )
     recovery = store.recovery
-    assert store.node.gateway.tier is not None
+    assert store.node.gateway.configured
     store.node.gateway.tier.migrate()
     wait_for(lambda: recovery.last_status() is not None)
     assert recovery.get_health_status()["overall"] == "healthy"

@@ -94,7 +94,7 @@ class StoreMachine(RuleBasedStateMachine):
     def teardown(self) -> None:
         try:
             assert self.store.sync_now().remaining == 0
-            assert self.store.node.gateway.tier is not None
+            assert self.store.node.gateway.configured
             self.store.node.gateway.tier.migrate()  # the schema exists even if nothing was ever written
             with psycopg.connect(DSN, autocommit=True) as conn:
                 rows = {

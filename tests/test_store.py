@@ -96,7 +96,7 @@ def test_replay_is_idempotent(make_store: StoreFactory, pg: psycopg.Connection[A
     store = make_store(write_mode="local_first", background=False)
     for i in range(50):
         store.set("c", f"k{i}", i)
-    assert store.node.slot.tier is not None and store.node.gateway.tier is not None
+    assert store.node.slot.tier is not None and store.node.gateway.configured
     ops: list[Op] = [op for _, op, _ in store.node.slot.tier.pending_ops(1000)]
     assert store.sync_now().pushed == 50
     again = store.node.gateway.tier.put_many(ops)
@@ -190,7 +190,7 @@ def test_pooler_mode_works_end_to_end(make_store: StoreFactory, pg: psycopg.Conn
         assert store.set("c", f"k{i}", i).tier == "primary"
     assert store.get("c", "k3") is not None
     assert primary_rows(pg, pg_schema)["k11"] == (11, 1)
-    assert store.node.gateway.tier is not None
+    assert store.node.gateway.configured
     with store.node.gateway.tier._pool.connection() as conn:  # the store's own session, which ran the writes above
         assert conn.prepare_threshold is None
         assert conn.execute("SELECT count(*) FROM pg_prepared_statements").fetchone() == (0,)

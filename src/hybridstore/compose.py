@@ -16,7 +16,7 @@ import fcntl
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,6 +27,7 @@ from .errors import ClosedError, HybridStoreError, LocalStoreError, StoreLockedE
 from .events import EventBus
 from .merge import StrategyTable
 from .metrics import StoreMetrics
+from .model import StoredRow
 from .node.core import Pusher
 from .node.gateway import PrimaryGateway
 from .node.router import Router
@@ -231,7 +232,7 @@ class Node:
 
     # -- recovery's backup source ---------------------------------------------------------------------------------
 
-    def _newest_backup_rows(self):  # type: ignore[no-untyped-def]
+    def _newest_backup_rows(self) -> Iterator[StoredRow] | None:
         """The records of the newest verified backup, for a rebuild while the primary is unreachable (``None``
         when there is none, or backups are not installed)."""
         from .backup.service import newest_backup_rows

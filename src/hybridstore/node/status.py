@@ -12,7 +12,6 @@ service) with `provide`.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -197,6 +196,3 @@ class StatusBoard:
             view.update(state="healthy", detail="")
         return view
 
-
-def age(since: float | None, now: float | None = None) -> float | None:
-    return None if since is None else max(0.0, (now or time.time()) - since)
