@@ -22,6 +22,7 @@ from .config import StoreConfig
 from .errors import (
     ConflictError,
     LocalStoreError,
+    PrimaryRejectedError,
     PrimaryUnavailableError,
     ValidationError,
 )
@@ -316,14 +317,23 @@ class HybridStore:
         self._node.check_open()
         return self._need_local().dead_letters(limit=limit, after_id=after_id)
 
-    def retry_dead_letter(self, letter_id: int) -> WriteResult:
-        """Write a dead letter's value again, as a new write (newest HLC), through the normal write path."""
+    def retry_dead_letter(self, letter_id: int, *, actor: str = "admin") -> WriteResult:
+        """Write a dead letter's value again, as a new write (newest HLC), through the normal write path. The
+        letter is removed only once that write is stored (on the primary, or queued); if the primary still
+        refuses the value, `PrimaryRejectedError` is raised and the letter stays where it was."""
         self._node.check_open()
-        letter = self._need_local().take_dead_letter(_positive_id(letter_id))
-        if letter is None:
+        lid = _positive_id(letter_id)
+        local = self._need_local()
+        found = local.dead_letters(limit=1, after_id=lid - 1)
+        if not found or found[0]["id"] != lid:
             raise ValidationError(f"no dead letter with id {letter_id}")
-        log.info("retrying dead letter %s (%s/%s)", letter_id, letter["collection"], letter["key"])
-        return self._router.write(letter["collection"], letter["key"], letter["value"])
+        letter = found[0]
+        target = f"{letter['collection']}/{letter['key']}"
+        log.info("retrying dead letter %s (%s)", lid, target)
+        result = self._router.write(letter["collection"], letter["key"], letter["value"])
+        local.take_dead_letter(lid)  # the value lives on in the write just stored
+        self._audit(actor, "deadletter.retried", target, {"id": lid, "op_id": result.op_id, "tier": result.tier})
+        return result
 
     def discard_dead_letter(self, letter_id: int, *, actor: str = "admin") -> dict[str, Any]:
         """Drop a dead letter for good (audited on the primary when it is reachable)."""
@@ -332,12 +342,16 @@ class HybridStore:
         if letter is None:
             raise ValidationError(f"no dead letter with id {letter_id}")
         log.warning("dead letter %s discarded by %s: %s/%s", letter_id, actor, letter["collection"], letter["key"])
+        self._audit(actor, "deadletter.discarded", f"{letter['collection']}/{letter['key']}", letter)
+        return letter
+
+    def _audit(self, actor: str, action: str, target: str, details: dict[str, Any]) -> None:
+        """Record an admin action in the primary's audit log when it is reachable (best effort: the action
+        itself is already done and logged)."""
         gateway = self._node.gateway
         if gateway.allow():
-            target = f"{letter['collection']}/{letter['key']}"
-            with contextlib.suppress(PrimaryUnavailableError):
-                gateway.call(lambda p: p.audit(actor, "deadletter.discarded", target, letter))
-        return letter
+            with contextlib.suppress(PrimaryUnavailableError, PrimaryRejectedError):
+                gateway.call(lambda p: p.audit(actor, action, target, details))
 
     def _primary_call(self, what: str, fn: Callable[[Any], Any]) -> Any:
         gateway = self._node.gateway

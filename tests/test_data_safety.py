@@ -1,0 +1,51 @@
+"""Data safety: nothing acknowledged or kept aside is lost, and nothing is silently overwritten."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pytest
+
+import hybridstore
+from hybridstore import PrimaryRejectedError
+
+from .faults import refuse_poison
+from .fix_db import StoreFactory, primary_rows
+
+
+def test_a_retried_dead_letter_that_is_refused_again_is_kept(
+    make_store: StoreFactory, pg: psycopg.Connection[Any], pg_schema: str
+) -> None:
+    """`deadletters retry` while the primary still refuses the value: the letter stays (the value exists nowhere
+    else), the error says so; once the primary accepts it, the retry stores it and only then drops the letter."""
+    offline = make_store("n", write_mode="local_first", background=False, sync_retry_attempts=1)
+    offline.set("c", "warm", 0)
+    offline.sync_now()
+    refuse_poison(pg, pg_schema)
+    offline.set("products", "p1", {"poison": True, "price": -1})
+    offline.sync_now()
+    (letter,) = offline.dead_letters()
+    offline.close()
+
+    node = make_store("n", background=False)  # write-through: the retry goes straight to the primary
+    with pytest.raises(PrimaryRejectedError, match="poison value refused"):
+        node.retry_dead_letter(letter["id"])
+    assert [d["id"] for d in node.dead_letters()] == [letter["id"]], "still there: nothing was stored"
+    assert node.get("products", "p1") is None
+    pg.execute(f'DROP TRIGGER no_poison ON "{pg_schema}".records')
+    result = node.retry_dead_letter(letter["id"], actor="alice")
+    assert result.tier == "primary" and not result.queued
+    assert node.dead_letters() == []
+    assert primary_rows(pg, pg_schema, "products")["p1"][0] == {"poison": True, "price": -1}
+    audit = pg.execute(f'SELECT actor, action, target FROM "{pg_schema}".audit_log ORDER BY id').fetchall()
+    assert ("alice", "deadletter.retried", "products/p1") in audit
+
+
+def test_embedded_dead_letter_ids_are_validated(tmp_path: Any) -> None:
+    with hybridstore.open(data_dir=tmp_path / "e", background=False) as store:
+        for bad in (0, -1, True, "1"):
+            with pytest.raises(hybridstore.ValidationError):
+                store.retry_dead_letter(bad)  # type: ignore[arg-type]
+        with pytest.raises(hybridstore.ValidationError, match="no dead letter"):
+            store.retry_dead_letter(7)
