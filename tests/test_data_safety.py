@@ -8,8 +8,9 @@ import psycopg
 import pytest
 
 import hybridstore
-from hybridstore import PrimaryRejectedError
+from hybridstore import PrimaryRejectedError, WrongPassphraseError
 
+from .backup_helpers import service
 from .faults import refuse_poison
 from .fix_db import StoreFactory, primary_rows
 
@@ -49,3 +50,26 @@ def test_embedded_dead_letter_ids_are_validated(tmp_path: Any) -> None:
                 store.retry_dead_letter(bad)  # type: ignore[arg-type]
         with pytest.raises(hybridstore.ValidationError, match="no dead letter"):
             store.retry_dead_letter(7)
+
+
+def test_a_wrong_passphrase_does_not_mark_a_good_backup_unverified(
+    make_store: StoreFactory, pg: psycopg.Connection[Any], pg_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HYBRIDSTORE_BACKUP_PASSPHRASE", "right one")
+    store = make_store("n", background=False)
+    for i in range(5):
+        store.set("orders", f"o{i}", {"i": i})
+    b = service(store)
+    b.update_config(encrypt=True)
+    info = b.create_manual_backup("before the typo")
+    assert info.verified and info.encrypted
+    monkeypatch.setenv("HYBRIDSTORE_BACKUP_PASSPHRASE", "rigth one")
+    with pytest.raises(WrongPassphraseError):
+        b.verify_backup(info.id)
+    assert b.get_backup(info.id).verified, "a typo is the user's mistake, not the file's"
+    (on_primary,) = pg.execute(
+        f'SELECT verified FROM "{pg_schema}".system_backups WHERE id = %s', (info.id,)
+    ).fetchone()
+    assert on_primary is True, "the node and the primary agree"
+    monkeypatch.setenv("HYBRIDSTORE_BACKUP_PASSPHRASE", "right one")
+    assert b.verify_backup(info.id).records == 5

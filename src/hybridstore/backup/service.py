@@ -26,6 +26,7 @@ from ..errors import (
     HybridStoreError,
     LocalStoreError,
     UnavailableError,
+    WrongPassphraseError,
 )
 from ..events import Event
 from ..model import StoredRow, new_op_id
@@ -409,8 +410,11 @@ class BackupService:
         path = self.repo.path(bid)
         try:
             chunks, records, ops = self._verify_file(path, passphrase=self.passphrase, progress=progress)
+        except WrongPassphraseError:
+            raise  # the caller's mistake, not the file's: what is known about the backup stays as it was
         except BackupError:
             self.repo.set_meta(bid, verified=False)
+            self._mirror_catalogue()
             raise
         self.repo.set_meta(bid, verified=True, verified_at=self.clock())
         self._mirror_catalogue()
