@@ -11,7 +11,7 @@ import hybridstore
 from hybridstore import PrimaryRejectedError, WrongPassphraseError
 
 from .backup_helpers import service
-from .faults import refuse_poison
+from .faults import refuse_poison, wait_for
 from .fix_db import StoreFactory, primary_rows
 
 
@@ -73,3 +73,29 @@ def test_a_wrong_passphrase_does_not_mark_a_good_backup_unverified(
     assert on_primary is True, "the node and the primary agree"
     monkeypatch.setenv("HYBRIDSTORE_BACKUP_PASSPHRASE", "right one")
     assert b.verify_backup(info.id).records == 5
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_a_restore_reaches_the_primary_without_a_sync(
+    make_store: StoreFactory, pg: psycopg.Connection[Any], pg_schema: str, background: bool
+) -> None:
+    store = make_store("a", background=background)
+    for i in range(20):
+        store.set("orders", f"o{i:02d}", {"i": i})
+    b = service(store)
+    info = b.create_manual_backup()
+    for i in range(10):
+        store.delete("orders", f"o{i:02d}")
+    store.set("orders", "o10", "damaged")
+    report = b.restore_backup(info.id)
+    assert report.written == 11
+    expected = {f"o{i:02d}": {"i": i} for i in range(20)}
+
+    def on_primary() -> dict[str, Any]:
+        return {k: v for k, (v, _) in primary_rows(pg, pg_schema, "orders").items()}
+
+    if background:
+        wait_for(lambda: on_primary() == expected)  # the replayer's worker pushes them, as any queued write
+    else:
+        assert (report.pushed, report.still_queued) == (11, 0)
+        assert on_primary() == expected, "pushed by the restore itself: no `sync` needed"

@@ -40,6 +40,8 @@ class RestoreReport:
     diff: list[dict[str, str]] = field(default_factory=list)
     diff_truncated: bool = False
     written: int = 0
+    pushed: int = 0  # written records the restore itself pushed to the primary (a node without background work)
+    still_queued: int | None = None  # writes waiting for the primary after the restore's own push (if it made one)
     pre_restore_backup: str | None = None
     duration_s: float = 0.0
 

@@ -468,9 +468,22 @@ class BackupService:
                 )
         if not dry_run:
             self.counts["restored"] += 1
-            self._node.sync.wake()
+            self._push_restored(report)
         report.duration_s = time.monotonic() - start
         return report
+
+    def _push_restored(self, report: restore.RestoreReport) -> None:
+        """Restored records reach the primary (and so the other nodes) promptly, as any write does: the
+        replayer's worker pushes them; without one (a CLI command, ``background=False``) they are pushed now."""
+        node = self._node
+        if node.config.background or not report.written or not node.gateway.configured:
+            node.sync.wake()
+            return
+        pushed = node.sync.drain()
+        report.pushed = pushed.pushed + pushed.duplicates + pushed.superseded
+        report.still_queued = pushed.remaining
+        if pushed.errors:
+            log.warning("restored records stay queued until the primary takes them: %s", pushed.errors[-1])
 
     # -- moving, deleting, pruning ----------------------------------------------------------------------------
 
