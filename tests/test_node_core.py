@@ -294,3 +294,32 @@ def test_a_failed_open_leaks_no_thread_file_or_lock(tmp_path: Path, monkeypatch:
         with pytest.raises(StoreLockedError):
             hybridstore.open(data_dir=data)
     assert (data / LOCAL_DB).exists()
+
+
+def test_misconfigured_is_not_an_outage_and_the_cli_names_what_to_fix(
+    tmp_path: Path, pg_dsn: str, pg_schema: str
+) -> None:
+    import subprocess
+    import sys
+
+    bad = psycopg.conninfo.make_conninfo(pg_dsn, user="no_such_role_hs")
+    clock = FakeClock()
+    with hybridstore.open(
+        bad, data_dir=tmp_path / "n", primary_schema=pg_schema, background=False, time=clock.source()
+    ) as store:
+        for _ in range(6):
+            status = store.recovery.check()
+            clock.advance(0.25)
+        assert status["overall"] == "misconfigured"
+        active = {a.kind for a in store.recovery.alerts(active=True)}
+        assert "primary_misconfigured" in active and "primary_outage" not in active
+        (alert,) = [a for a in store.recovery.alerts(active=True) if a.kind == "primary_misconfigured"]
+        assert "no_such_role_hs" in alert.message
+    cli = subprocess.run(
+        [sys.executable, "-m", "hybridstore", "-d", str(tmp_path / "c"), "--primary-url", bad, "set", "c", "k", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert cli.returncode == 2, cli.stderr
+    assert "refuses this node" in cli.stderr and "no_such_role_hs" in cli.stderr

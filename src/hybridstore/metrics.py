@@ -267,7 +267,7 @@ class _StoreCollector(Collector):
                 tiers.add_metric([name], STATE_VALUE[state])
         yield tiers
         overall = GaugeMetricFamily("hybridstore_state", "Overall state of the node (1 = current).", labels=["state"])
-        for state in ("healthy", "degraded", "outage", "recovering"):
+        for state in ("healthy", "degraded", "outage", "misconfigured", "recovering"):
             overall.add_metric([state], 1.0 if f["overall"] == state else 0.0)
         yield overall
         alerts = GaugeMetricFamily("hybridstore_alert_active", "Active alerts by kind.", labels=["kind"])

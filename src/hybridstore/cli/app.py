@@ -96,7 +96,15 @@ def open_store(ctx: typer.Context) -> Iterator[HybridStore]:
         store = HybridStore(resolve(primary_url=settings.primary_url, data_dir=settings.data_dir, **options))
     except HybridStoreError as exc:
         fail(str(exc), code=2 if isinstance(exc, ConfigError) else 1)
-    store.node.gateway.probe_now()  # offline: the command works locally at once instead of waiting the timeout
+    gateway = store.node.gateway
+    gateway.probe_now()  # offline: the command works locally at once instead of waiting the timeout
+    if gateway.misconfigured is not None:
+        store.close()
+        fail(
+            f"the primary refuses this node: {gateway.misconfigured.strip()}. Fix the primary URL (database name), "
+            "the credentials (role, password) or the role's privileges; nothing was done",
+            code=2,
+        )
     try:
         yield store
     except (ValidationError, ConfigError) as exc:

@@ -17,16 +17,16 @@ from typing import Any, Literal, Protocol
 log = logging.getLogger("hybridstore.recovery")
 
 AlertKind = Literal[
-    "primary_outage", "local_corruption", "sync_failure", "low_storage", "conflicts_backlog", "manual_intervention"
-]
-ALERT_KINDS: tuple[AlertKind, ...] = (
     "primary_outage",
+    "primary_misconfigured",
     "local_corruption",
     "sync_failure",
     "low_storage",
     "conflicts_backlog",
+    "backup_failed",
     "manual_intervention",
-)
+]
+ALERT_KINDS: tuple[AlertKind, ...] = AlertKind.__args__  # type: ignore[attr-defined]
 Severity = Literal["info", "warning", "critical"]
 AlertEvent = Literal["raised", "resolved"]
 

@@ -390,9 +390,16 @@ class RecoveryService:
         primary = c["primary"]
         self._alert(
             "primary_outage",
-            self.detector.in_outage,
+            self.detector.in_outage and not primary.get("misconfigured"),
             f"primary PostgreSQL unreachable ({primary.get('detail')}); writes are queued locally and will be "
             "pushed when it returns",
+            "critical",
+        )
+        self._alert(
+            "primary_misconfigured",
+            bool(primary.get("misconfigured")),
+            f"the primary refuses this node ({primary.get('detail')}); writes are queued locally. Fix the URL "
+            "(database name), the credentials (role, password) or the role's privileges",
             "critical",
         )
         self._alert(
