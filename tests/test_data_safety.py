@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -13,6 +15,7 @@ from hybridstore import PrimaryRejectedError, WrongPassphraseError
 from .backup_helpers import service
 from .faults import refuse_poison, wait_for
 from .fix_db import StoreFactory, primary_rows
+from .fix_proxy import Proxy
 
 
 def test_a_retried_dead_letter_that_is_refused_again_is_kept(
@@ -99,3 +102,80 @@ def test_a_restore_reaches_the_primary_without_a_sync(
     else:
         assert (report.pushed, report.still_queued) == (11, 0)
         assert on_primary() == expected, "pushed by the restore itself: no `sync` needed"
+
+
+# -- backups by default, the same settings everywhere, failures alerted ------------------------------------------
+
+
+def test_backups_run_by_default_with_background_work_and_not_for_an_empty_node(tmp_path: Path) -> None:
+    with hybridstore.open(data_dir=tmp_path / "empty") as store:
+        b = store.node.backups(start=False)
+        wait_for(lambda: b.worker.rounds >= 1)
+        assert b.list_backups() == [], "a new, empty node has nothing to back up"
+    with hybridstore.open(data_dir=tmp_path / "full", background=False) as store:
+        store.set("orders", "o1", {"n": 1})
+    with hybridstore.open(data_dir=tmp_path / "full") as store:  # nobody touches store.backups
+        wait_for(lambda: [x.kind for x in store.node.backups(start=False).list_backups()] == ["scheduled"])
+        assert "hybridstore-backups" in [t.name for t in threading.enumerate()]
+    with hybridstore.open(data_dir=tmp_path / "off", backups=False) as store:
+        store.set("orders", "o1", {"n": 1})
+        assert "hybridstore-backups" not in [t.name for t in threading.enumerate()]
+
+
+def test_an_offline_node_uses_the_shared_backup_settings(
+    make_store: StoreFactory, proxy: Proxy, proxied_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HYBRIDSTORE_BACKUP_PASSPHRASE", "shared secret")
+    now = [1_800_000_000.0]
+    a = make_store("a", background=False)
+    b_store = make_store("b", primary=proxied_dsn, background=False, primary_timeout=1.0)
+    b_store.set("orders", "o1", {"n": 1})
+    a_backups = service(a, clock=lambda: now[0])
+    b_backups = service(b_store, clock=lambda: now[0])
+    assert not b_backups.get_config().encrypt
+    now[0] += 1
+    a_backups.update_config(encrypt=True)  # another node changes the shared setting
+    now[0] += 61  # b reads the shared settings again within a minute, and keeps a local copy
+    assert b_backups.get_config().encrypt
+    proxy.cut()
+    b_store.node.gateway.probe_now()  # b is offline now: the circuit opens, an emergency backup is requested
+    assert not b_store.node.gateway.allow()
+    taken = b_backups.tick()
+    assert "emergency" in [x.kind for x in taken]
+    assert all(x.encrypted and x.source == "local" for x in taken)
+    fresh = service(b_store, clock=lambda: now[0])  # e.g. after a restart: only the local copy is reachable
+    assert fresh.get_config().encrypt
+    assert fresh.create_manual_backup("offline").encrypted
+    proxy.restore()
+
+
+def test_a_failing_automatic_backup_raises_an_alert_until_one_succeeds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HYBRIDSTORE_BACKUP_PASSPHRASE", "pw")
+    now = [1_800_000_000.0]
+    with hybridstore.open(data_dir=tmp_path / "n", background=False) as store:
+        store.set("orders", "o1", {"n": 1})
+        b = service(store, clock=lambda: now[0])
+        b.update_config(encrypt=True)
+        monkeypatch.delenv("HYBRIDSTORE_BACKUP_PASSPHRASE")
+        assert b.tick() == []  # the scheduled backup cannot be encrypted: no passphrase
+        (alert,) = [a for a in store.recovery.alerts(active=True) if a.kind == "backup_failed"]
+        assert "passphrase" in alert.message.lower() and alert.severity == "critical"
+        assert b.tick() == [], "backs off: not retried at every round"
+        monkeypatch.setenv("HYBRIDSTORE_BACKUP_PASSPHRASE", "pw")
+        now[0] += 301
+        assert [x.kind for x in b.tick()] == ["scheduled"]
+        assert not store.recovery.book.is_active("backup_failed")
+        kinds = [e.kind for e in store.node.events.since(0)]
+        assert kinds.count("backup_failed") == 1 and kinds.count("backup_taken") == 1
+
+
+def test_no_backup_is_taken_from_a_local_store_awaiting_its_rebuild(tmp_path: Path) -> None:
+    with hybridstore.open(data_dir=tmp_path / "n", background=False) as store:
+        store.set("orders", "o1", {"n": 1})
+        b = service(store)
+        store.node.slot.hold("integrity check failed (test)")
+        with pytest.raises(hybridstore.BackupError, match="awaits a rebuild"):
+            b.create_manual_backup()
+        assert b.list_backups() == []

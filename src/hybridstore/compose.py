@@ -165,6 +165,21 @@ class Node:
             if self.puller is not None:
                 self.puller.start()
             self.recovery.start()
+            if config.backups:
+                self._start_backups()
+
+    def _start_backups(self) -> None:
+        """Scheduled and emergency backups run whenever the node runs its services, unless ``backups=False``."""
+        from .backup import missing_dependencies
+
+        missing = missing_dependencies()
+        if missing:
+            log.warning(
+                "scheduled and emergency backups are off: %s missing (pip install 'hybridstore[backup]')",
+                ", ".join(missing),
+            )
+            return
+        self.backups(start=True)
 
     def _puller_view(self) -> PullerView | None:
         p = self.puller

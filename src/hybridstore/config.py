@@ -53,6 +53,7 @@ class StoreConfig:
     pull: bool = True  # keep the local copy up to date from the primary's change feed
     pull_interval: float = 2.0  # seconds between polls of the change feed (notifications wake it sooner)
     listen: bool = True  # LISTEN for change notifications (off behind a transaction-mode pooler)
+    backups: bool = True  # with background work: scheduled and emergency backups (needs the [backup] extra)
     extra: Mapping[str, str] = field(default_factory=dict)
     # recovery service (health monitor, alerts, strategies): see hybridstore.recovery
     auto_recover: bool = True

@@ -30,6 +30,8 @@ EventKind = Literal[
     "local_recovered",  # SQLite works again
     "local_held",  # SQLite awaits a rebuild: not trusted even if a probe works
     "local_swapped",  # a rebuilt SQLite file took the old one's place
+    "backup_failed",  # a scheduled or emergency backup could not be taken
+    "backup_taken",  # a scheduled or emergency backup was taken
 ]
 EVENT_KINDS: tuple[str, ...] = EventKind.__args__  # type: ignore[attr-defined]
 Listener = Callable[["Event"], None]

@@ -13,4 +13,12 @@ from .restore import RestoreReport
 from .service import BackupService, VerifyReport
 from .settings import BackupSettings
 
-__all__ = ["BackupInfo", "BackupService", "BackupSettings", "RestoreReport", "VerifyReport"]
+
+def missing_dependencies() -> list[str]:
+    """The packages of the ``[backup]`` extra that are not installed (empty when backups can run)."""
+    import importlib.util
+
+    return [name for name in ("cryptography", "zstandard") if importlib.util.find_spec(name) is None]
+
+
+__all__ = ["BackupInfo", "BackupService", "BackupSettings", "RestoreReport", "VerifyReport", "missing_dependencies"]

@@ -49,6 +49,7 @@ DIR_ENV = "HYBRIDSTORE_BACKUP_DIR"
 ZSTD_LEVEL = 3
 IDLE_WAIT = 60.0
 RETRY_AFTER = 300.0  # seconds before a failed scheduled backup is tried again
+SETTINGS_REFRESH = 60.0  # seconds between reads of the shared settings (another node may have changed them)
 
 
 @dataclass
@@ -91,6 +92,7 @@ class BackupService:
         self._emergency_requested = False
         self._last_emergency: float | None = None
         self._settings: settings.BackupSettings | None = None
+        self._settings_read_at = float("-inf")
         self.last_error: str | None = None
         self.counts = dict.fromkeys(("created", "failed", "restored", "pruned"), 0)
         self.catalogue = PrimaryCatalogue(node.gateway, node.node_id)
@@ -153,7 +155,11 @@ class BackupService:
                 reason = "taken when the primary became unavailable"
                 taken.append(self._guarded("emergency", "Emergency backup", reason))
         if cfg.enabled and cfg.automatic and self.seconds_until_due() == 0:
-            taken.append(self._guarded("scheduled", "Scheduled backup", ""))
+            if self._node_is_empty():
+                # Nothing to keep yet (a new node): a backup of nothing would only fill the repository.
+                self._retry_at = self.clock() + IDLE_WAIT
+            else:
+                taken.append(self._guarded("scheduled", "Scheduled backup", ""))
         self._mirror_catalogue(changed=False)
         return [t for t in taken if t is not None]
 
@@ -165,11 +171,22 @@ class BackupService:
             log.error("%s; trying again in %.0f s", self.last_error, RETRY_AFTER)
             if kind == "scheduled":
                 self._retry_at = self.clock() + RETRY_AFTER  # a full disk must not become a busy loop
+            self._node.events.publish("backup_failed", self.last_error, backup_kind=kind)
             return None
         self.last_error = None
+        self._node.events.publish("backup_taken", f"{kind} backup {info.id}", backup_kind=kind, id=info.id)
         if kind == "scheduled":
             self.prune()
         return info
+
+    def _node_is_empty(self) -> bool:
+        local = self._node.slot.tier
+        if local is None or len(self._node.journal):
+            return False
+        try:
+            return not any(local.collection_counts().values()) and local.outbox_stats()[0] == 0
+        except LocalStoreError:
+            return False
 
     def seconds_until_due(self) -> float:
         cfg = self.get_config()
@@ -189,18 +206,39 @@ class BackupService:
     def get_config(self) -> settings.BackupSettings:
         """The current settings: the newer of the local mirror and the primary's ``system_config`` row, else the
         environment's defaults."""
-        if self._settings is None:
+        now = self.clock()
+        stale = now - self._settings_read_at >= SETTINGS_REFRESH and self.catalogue.available()
+        if self._settings is None or stale:
+            self._settings_read_at = now
             base = settings.env_defaults()
-            found = [base]
-            for where, load in (("config.json", self._local_config), ("system_config", self.catalogue.load_settings)):
-                try:
-                    stored = load()
-                    if stored is not None:
-                        found.append(settings.BackupSettings.from_dict(stored, base, strict=False))
-                except ConfigError as exc:  # a damaged or hand-edited copy must not stop backups
-                    log.error("ignoring the backup settings in %s: %s", where, exc)
-            self._settings = max(found, key=lambda s: s.updated_at)
+            local_copy = self._read_settings("config.json", self._local_config, base)
+            shared = self._read_settings("system_config", self.catalogue.load_settings, base)
+            newest = max((base, local_copy, shared), key=lambda s: -1.0 if s is None else s.updated_at)
+            assert newest is not None
+            if (
+                shared is not None
+                and newest is shared
+                and (local_copy is None or local_copy.updated_at < newest.updated_at)
+            ):
+                self._save_local_copy(shared)  # an offline node then uses the same settings as the others
+            self._settings = newest
         return self._settings
+
+    def _read_settings(
+        self, where: str, load: Callable[[], dict[str, Any] | None], base: settings.BackupSettings
+    ) -> settings.BackupSettings | None:
+        try:
+            stored = load()
+            return None if stored is None else settings.BackupSettings.from_dict(stored, base, strict=False)
+        except ConfigError as exc:  # a damaged or hand-edited copy must not stop backups
+            log.error("ignoring the backup settings in %s: %s", where, exc)
+            return None
+
+    def _save_local_copy(self, new: settings.BackupSettings) -> None:
+        try:
+            settings.save_local(self._config_path, new)
+        except OSError as exc:
+            log.warning("backup settings not mirrored locally (%s): an offline node may use older ones", exc)
 
     def _local_config(self) -> dict[str, Any] | None:
         return settings.load_local(self._config_path)
@@ -301,8 +339,14 @@ class BackupService:
         node = self._node
         backup_id = new_op_id().replace("-", "")
         id_bytes = bytes.fromhex(backup_id)
-        local = node.slot.writable()
-        db_path = local.path if local is not None else None
+        local = node.slot.tier
+        if primary is None and (local is None or node.slot.held is not None):
+            # A copy of a file flagged broken (or of none) must never be what a later rebuild starts from.
+            raise BackupError(
+                f"no backup taken from the local store: it awaits a rebuild ({node.slot.held or node.slot.error}); "
+                "the journal keeps new writes meanwhile"
+            )
+        db_path = local.path if local is not None and node.slot.held is None else None
         source, sections = source_sections(
             "primary" if primary is not None else "local",
             primary=primary,

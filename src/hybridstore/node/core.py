@@ -46,6 +46,10 @@ class Pusher(Protocol):
     def wake(self) -> None:
         """Push soon (a write was queued, or the primary is back)."""
 
+    def replay_journal_into(self, local: LocalTier) -> int:
+        """Move the journal's ops into ``local`` and clear them from the journal; returns how many."""
+        ...
+
     def drain(self, *, max_batches: int | None = None, on_batch: Callable[[], None] | None = None) -> SyncReport:
         """Replay the journal and push the outbox now, in the caller's thread; ``max_batches=0`` replays only."""
         ...

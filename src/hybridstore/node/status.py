@@ -195,4 +195,3 @@ class StatusBoard:
         else:
             view.update(state="healthy", detail="")
         return view
-

@@ -8,8 +8,8 @@
    source — the primary (a full scan in key order) or the newest verified backup — where newer versions win,
    then the salvaged outbox entries and, for outbox entries on damaged pages, the pending value their record
    still holds. If the source fails half-way, the new file is dropped and nothing else has changed.
-4. The broken file is moved aside into ``data_dir/broken/`` (never deleted), the new file takes its place
-   through the slot's `swap` (refused once the node has closed), and the journal is replayed into it.
+4. The broken file is moved aside into ``data_dir/broken/`` (never deleted), the new file takes its place on
+   disk, the journal is replayed into it, and the slot's `swap` (refused once the node has closed) puts it in use.
 
 The report says exactly which acknowledged writes could not be recovered: outbox positions on damaged pages
 that no readable record accounts for.
@@ -130,8 +130,14 @@ def rebuild_local(node: NodeCore, *, reason: str, source: str, rows: RowSource |
     report.moved_aside = _move_aside(path, broken_dir, stamp)
     os.replace(building, path)
     _fsync_dir(path.parent)
-    node.slot.swap(LocalTier(path, synchronous=node.config.synchronous))
-    report.journal_replayed = node.sync.drain(max_batches=0).journal_replayed
+    rebuilt = LocalTier(path, synchronous=node.config.synchronous)
+    try:
+        # Before it is put in place (no one else can replay into it yet): the count in the report is exact.
+        report.journal_replayed = node.sync.replay_journal_into(rebuilt)
+    except BaseException:
+        rebuilt.close()
+        raise
+    node.slot.swap(rebuilt)
     node.sync.wake()
     report.seconds = round(time.perf_counter() - start, 3)
     log.warning(

@@ -115,6 +115,7 @@ class RecoveryService:
         self._rebuild_retry_at = 0.0
         node.events.subscribe(self._on_primary, "primary_down", "primary_up")
         node.events.subscribe(self._on_circuit_open, "circuit_open")
+        node.events.subscribe(self._on_backup, "backup_failed", "backup_taken")
         node.status.provide("health", self.last_status)
         if wal_lost_at_open:
             self._need_rebuild("write-ahead log deleted after a crash")
@@ -164,6 +165,21 @@ class RecoveryService:
         with self._events_lock:
             self._transitions.append(event)
         self.worker.wake()
+
+    def _on_backup(self, event: Event) -> None:
+        # Raised by the backup service's worker; the alert book is thread-safe and the work is a row in recovery.db.
+        failed = event.kind == "backup_failed"
+        self.book.update(
+            "backup_failed",
+            failed,
+            message=f"{event.detail}; backups are retried automatically. Check free space in the backup "
+            "directory and, for encrypted backups, HYBRIDSTORE_BACKUP_PASSPHRASE"
+            if failed
+            else "",
+            severity="critical",
+            details=event.data,
+            resolution=event.detail,
+        )
 
     def _on_circuit_open(self, event: Event) -> None:
         self.worker.wake()  # a call just failed: look now

@@ -160,24 +160,30 @@ class OutboxReplayer:
         local = self._slot.tier if self._slot.held is None else None  # never into a file awaiting its rebuild
         if local is None:
             return False
+        try:
+            replayed = self.replay_journal_into(local)
+        except LocalStoreError as exc:
+            log.debug("journal replay into SQLite failed: %s", exc)
+            return False
+        report.journal_replayed += replayed
+        self._slot.mark_recovered(tier=local)
+        return True
+
+    def replay_journal_into(self, local: LocalTier) -> int:
+        """Move every journaled op into ``local`` (one transaction) and clear them from the journal; returns how
+        many. The rebuild calls it on the new file before that file is put in place. Raises `LocalStoreError`."""
         # One replay at a time: two overlapping replays would each clear the other's snapshot length and could
         # drop entries appended in between.
         with self._replay_lock:
             ops = self._journal.entries()
             if not ops:
-                return True
-            try:
-                local.import_ops(ops)
-            except LocalStoreError as exc:
-                log.debug("journal replay into SQLite failed: %s", exc)
-                return False
+                return 0
+            local.import_ops(ops)
             self._journal.clear(len(ops))
             self._journal_pushed = max(0, self._journal_pushed - len(ops))
-        report.journal_replayed += len(ops)
         self.totals.journal_replayed += len(ops)
         log.info("replayed %d journaled op(s) into SQLite", len(ops))
-        self._slot.mark_recovered(tier=local)
-        return True
+        return len(ops)
 
     def _probe_local(self) -> None:
         """SQLite failed earlier and nothing waits in the journal: try a real write to see if it works again."""
