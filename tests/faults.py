@@ -47,6 +47,15 @@ def wait_for(predicate: Any, timeout: float = 20.0) -> None:
         time.sleep(0.02)
 
 
+def wall_clock_past(stamp: str) -> None:
+    """Wait until the wall clock, which HLC stamps follow, is in a later millisecond than ``stamp``: the next stamp
+    any node takes is then newer, whatever the node ids (a condition, not a guessed pause)."""
+    from hybridstore.clock import Timestamp, wall_ms
+
+    wall = Timestamp.decode(stamp).wall
+    wait_for(lambda: wall_ms() > wall, timeout=5)
+
+
 def table_pages(path: Path, *names: str) -> list[int]:
     """Page numbers (1-based) of the given tables and their indexes in a SQLite file (via ``dbstat``)."""
     import sqlite3

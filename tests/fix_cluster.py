@@ -12,7 +12,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -87,14 +86,3 @@ def pg_cluster() -> Iterator[Cluster]:
         yield cluster
     finally:
         cluster.close()
-
-
-def wait_until_up(cluster: Cluster, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", cluster.port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError("cluster did not come back")

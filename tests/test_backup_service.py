@@ -167,7 +167,7 @@ def test_sigkill_during_a_backup_registers_no_half_backup(tmp_path: Path) -> Non
         )
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
         wait_for(lambda: any(repo.glob(".tmp-*")), timeout=30)  # a backup is being written now
-        time.sleep(delay)
+        time.sleep(delay)  # real time on purpose: the kill lands at a different point of the running backup
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         with hybridstore.open(data_dir=data_dir, background=False) as store:

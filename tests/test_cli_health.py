@@ -10,8 +10,6 @@ from typer.testing import CliRunner
 import hybridstore
 from hybridstore.cli import app
 
-from .faults import wait_for
-
 for _module in ("admin", "data", "health", "status"):  # importing them registers the commands
     __import__(f"hybridstore.cli.{_module}")
 
@@ -54,8 +52,9 @@ def test_health_during_outage_exits_1(tmp_path: Path) -> None:
 
 def test_alerts_and_status(tmp_path: Path) -> None:
     d = tmp_path / "d"
-    with hybridstore.open(data_dir=d, low_storage_bytes=1 << 60) as store:
-        wait_for(lambda: store.recovery.alerts(active=True))
+    with hybridstore.open(data_dir=d, low_storage_bytes=1 << 60, background=False) as store:
+        store.recovery.check()
+        assert [a.kind for a in store.recovery.alerts(active=True)] == ["low_storage"]
     code, out = cli("-d", str(d), "alerts", "--json")
     assert code == 0
     alerts = json.loads(out)

@@ -24,8 +24,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_and_kill(data_dir: Path, url: str, schema: str, prefix: str, mode: str, delay: float) -> list[tuple[str, str]]:
-    """Start a writer, SIGKILL it ``delay`` seconds after it is ready; return the keys it acknowledged, each with
-    the tier that acknowledged it."""
+    """Start a writer, SIGKILL it ``delay`` seconds after its first acknowledged write (real time on purpose: the
+    kill must land at an arbitrary point of a write); return the keys it acknowledged, each with the tier that
+    acknowledged it. Counting from the first acknowledgement, not from start-up, means a slow start cannot leave
+    a round with nothing written."""
     proc = subprocess.Popen(
         [sys.executable, str(WRITER), str(data_dir), url, schema, prefix, mode],
         stdout=subprocess.PIPE,
@@ -36,8 +38,17 @@ def run_and_kill(data_dir: Path, url: str, schema: str, prefix: str, mode: str, 
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "ready"
     lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(line.strip() for line in proc.stdout or []))
+    writing = threading.Event()
+
+    def read() -> None:
+        for line in proc.stdout or []:
+            lines.append(line.strip())
+            writing.set()
+        writing.set()  # the writer ended by itself: the assertion below says so
+
+    reader = threading.Thread(target=read)
     reader.start()
+    assert writing.wait(30) and proc.poll() is None, "the writer acknowledged a write and is still writing"
     time.sleep(delay)
     proc.send_signal(signal.SIGKILL)
     proc.wait()

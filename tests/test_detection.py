@@ -9,6 +9,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from hybridstore.node.gateway import SUSPECT_INTERVAL
 from hybridstore.node.timing import FakeClock
 
 from .faults import wait_for
@@ -29,6 +30,15 @@ def declared_after(store: Any, since: float, timeout: float = 15.0) -> float:
     return outage_alerts(store)[0].raised_at - since
 
 
+def monitor_round(store: Any, clock: FakeClock) -> dict[str, Any]:
+    """One health check (with its round of the prober), then the wait the monitor's worker makes before the next:
+    ``health_interval``, or ``SUSPECT_INTERVAL`` while the primary fails."""
+    status: dict[str, Any] = store.recovery.check()
+    detector = store.node.gateway.detector
+    clock.advance(SUSPECT_INTERVAL if detector.suspect or detector.in_outage else store.recovery.interval)
+    return status
+
+
 def test_refused_connections_declared_within_2s_then_recovery_drains_the_outbox(
     make_store: StoreFactory,
     proxy: Proxy,
@@ -37,40 +47,62 @@ def test_refused_connections_declared_within_2s_then_recovery_drains_the_outbox(
     pg: psycopg.Connection[Any],
     pg_schema: str,
 ) -> None:
-    store = make_store(primary=proxied_dsn, alert_webhook_url=webhook.url)  # default timeouts
+    """Driven on a fake clock at the monitor's own schedule: the detection time is measured in monitor seconds,
+    so a loaded machine (fewer checks in a second) cannot change it."""
+    clock = FakeClock()
+    store = make_store(primary=proxied_dsn, alert_webhook_url=webhook.url, background=False, time=clock.source())
+    recovery, replayer = store.recovery, store.node.replayer
     assert store.set("orders", "before", 1).tier == "primary"
-    wait_for(lambda: store.recovery.last_status() is not None)
-    assert store.recovery.get_health_status()["overall"] == "healthy"
+    assert recovery.check()["overall"] == "healthy"
 
-    cut_at = time.time()
-    proxy.cut()
-    took = declared_after(store, cut_at)
+    proxy.cut()  # just after a check: the worst case, a whole interval passes before the next one
+    cut_at = clock.wall()
+    clock.advance(recovery.interval)
+    rounds = 0
+    while not outage_alerts(store):
+        monitor_round(store, clock)
+        rounds += 1
+        assert rounds < 20, "no outage declared"
+    took = outage_alerts(store)[0].raised_at - cut_at
     assert took < 2.0, f"refused primary declared down after {took:.2f}s"
-    status = store.recovery.get_health_status(refresh=True)
+    assert rounds >= 2 and took >= store.node.gateway.detector.confirm_seconds, "one failed probe declares nothing"
+    status = recovery.get_health_status()
     assert status["overall"] == "outage" and status["components"]["primary"]["state"] == "down"
     assert store.node.gateway.circuit.state != "closed", "declared down: no foreground call waits on the primary"
     start = time.monotonic()
     tiers = [store.set("orders", f"o{i}", i).tier for i in range(50)]
     assert set(tiers) == {"local"} and time.monotonic() - start < 1.0, "writes go straight to SQLite"
+    monitor_round(store, clock)
 
     proxy.restore()
-    recovery = store.recovery
-    wait_for(lambda: any(e["strategy"] == "sync_retry" and e["outcome"] == "succeeded" for e in recovery.events()))
-    events = {e["strategy"]: e for e in store.recovery.events()}
+    rounds = 0
+    while not recovery.events() or recovery.events()[0]["strategy"] != "sync_retry":
+        monitor_round(store, clock)
+        rounds += 1
+        assert rounds < 10, "the primary's return was not confirmed"
+    assert rounds == store.node.gateway.detector.recover_successes, "back after that many answers in a row"
+    assert replayer.run_once() == 0.0  # the circuit is closed again: the whole outbox in one round
+    monitor_round(store, clock)
+    events = {e["strategy"]: e for e in recovery.events()}
     fallback, retry = events["cache_fallback"], events["sync_retry"]
     assert fallback["outcome"] == "succeeded" and fallback["details"]["queued"] == 50
     assert fallback["started_at"] >= cut_at and fallback["ended_at"] <= retry["started_at"] + 0.01
+    assert retry["outcome"] == "succeeded"
     assert retry["details"]["depth"] == 50 and retry["details"]["pushed"] == 50
     rows = primary_rows(pg, pg_schema, "orders")
     assert len(rows) == 51 and rows["o49"] == (49, 1)
     alerts = outage_alerts(store)
     assert len(alerts) == 1 and alerts[0].resolved_at is not None and alerts[0].severity == "critical"
-    wait_for(lambda: len(webhook.events("primary_outage")) == 2)
+    assert recovery.get_health_status()["overall"] == "healthy"
+    wait_for(lambda: len(webhook.events("primary_outage")) == 2)  # the sender's own thread
     assert webhook.events("primary_outage") == [("raised", "primary_outage"), ("resolved", "primary_outage")]
-    wait_for(lambda: store.recovery.get_health_status()["overall"] == "healthy")
 
 
 def test_black_holed_primary_declared_within_5s(make_store: StoreFactory, proxy: Proxy, proxied_dsn: str) -> None:
+    """Real threads and real time on purpose: what a black hole costs is the probes' real timeouts (a fake clock
+    does not move while a probe waits). The bound follows from the configuration: the next probe within
+    ``health_interval`` (0.5 s), then two probes that each give up after ``min(1 s, primary_timeout)``, 0.25 s
+    apart, confirm the outage (about 2.75 s); the rest is slack for a loaded machine."""
     store = make_store(primary=proxied_dsn)  # default primary_timeout (2 s)
     assert store.set("c", "k", 1).tier == "primary"
     wait_for(lambda: store.recovery.last_status() is not None)

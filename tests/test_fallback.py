@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,21 @@ pytestmark = pytest.mark.resilience
 TIMEOUT = 1.0
 # A call may wait on the primary for TIMEOUT, then writes locally; allow scheduling slack on a busy 2-core box.
 BUDGET = TIMEOUT + 0.75
+ACKS_PER_PHASE = 20
+
+
+class Outages:
+    """Counts the outages the node confirmed and their ends (``primary_down`` / ``primary_up`` events)."""
+
+    def __init__(self, store: Any) -> None:
+        self.down = self.up = 0
+        store.node.events.subscribe(self._seen, "primary_down", "primary_up")
+
+    def _seen(self, event: Any) -> None:
+        if event.kind == "primary_down":
+            self.down += 1
+        else:
+            self.up += 1
 
 
 @dataclass
@@ -28,6 +44,7 @@ class Writer:
     acked: dict[str, tuple[int, str, str, float]] = field(default_factory=dict)  # key -> (i, tier, phase, secs)
     failures: list[str] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
+    counts: Counter[tuple[str, str]] = field(default_factory=Counter)  # (phase, tier) -> acknowledged writes
 
     def __enter__(self) -> Writer:
         self._thread = threading.Thread(target=self.run, name="test-writer")
@@ -37,6 +54,11 @@ class Writer:
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
         self._thread.join()
+
+    def wait_acks(self, phase: str, tier: str, count: int = ACKS_PER_PHASE) -> None:
+        """Wait until ``count`` writes of ``phase`` were acknowledged by ``tier``: a phase lasts until what it is
+        about has happened, however slow the machine, instead of a fixed number of seconds."""
+        wait_for(lambda: self.counts[(phase, tier)] >= count or bool(self.failures), timeout=30)
 
     def finish(self) -> None:
         """Stop writing and wait until the store has pushed everything it queued."""
@@ -63,26 +85,32 @@ class Writer:
                 if self.phase != phase:
                     phase = "transition"  # the network changed while this call ran
                 self.acked[key] = (i, r.tier, phase, time.monotonic() - start)
+                self.counts[(phase, r.tier)] += 1
             i += 1
-            time.sleep(0.002)
+            time.sleep(0.002)  # pacing: a steady stream of writes, not a busy loop that starves the node's threads
 
 
 def test_writer_survives_cut_blackhole_restore(
     make_store: StoreFactory, proxy: Proxy, proxied_dsn: str, pg: psycopg.Connection[Any], pg_schema: str
 ) -> None:
-    # probes at most every second, so "write-through resumes" is seen within each phase even on a slow machine
+    """Each phase lasts until what it is about has happened (the outage confirmed and writes acknowledged
+    locally; the primary confirmed back and writes acknowledged by it), not a fixed number of seconds that a
+    loaded machine may fill with fewer probes and writes."""
     store = make_store(primary=proxied_dsn, primary_timeout=TIMEOUT, circuit_reset_max=1.0)
+    outages = Outages(store)
     with Writer(store) as writer:
-        for phase, action, seconds in [
-            ("up", proxy.restore, 1.0),
-            ("cut", proxy.cut, 2.5),
-            ("restored", proxy.restore, 3.0),
-            ("blackhole", proxy.blackhole, 4.0),
-            ("healed", proxy.restore, 3.0),
-        ]:
-            writer.phase = phase
-            action()
-            time.sleep(seconds)
+        writer.wait_acks("up", "primary")
+        for n, (down, fault, up) in enumerate(
+            [("cut", proxy.cut, "restored"), ("blackhole", proxy.blackhole, "healed")], 1
+        ):
+            writer.phase = down
+            fault()
+            wait_for(lambda n=n: outages.down == n, timeout=30)
+            writer.wait_acks(down, "local")
+            writer.phase = up
+            proxy.restore()
+            wait_for(lambda n=n: outages.up == n, timeout=30)
+            writer.wait_acks(up, "primary")  # write-through resumes by itself
         writer.finish()
 
     assert writer.failures == [], "no call may fail while a fallback tier works"
@@ -167,15 +195,17 @@ def test_first_write_is_fast_when_opened_offline(make_store: StoreFactory, proxy
 def test_primary_server_crash_and_restart(make_store: StoreFactory, pg_cluster: Any) -> None:
     """A real PostgreSQL crash (immediate shutdown) and restart while a writer keeps writing."""
     store = make_store(primary=pg_cluster.dsn, primary_timeout=TIMEOUT, circuit_reset_max=1.0)
+    outages = Outages(store)
     with Writer(store) as writer:
-        time.sleep(1.0)
+        writer.wait_acks("up", "primary")
         writer.phase = "crashing"
         pg_cluster.crash()
         writer.phase = "crashed"  # the server is gone from here on
-        time.sleep(2.0)
+        wait_for(lambda: outages.down == 1, timeout=30)
+        writer.wait_acks("crashed", "local")
         writer.phase = "restarted"
         pg_cluster.start()
-        time.sleep(3.0)
+        writer.wait_acks("restarted", "primary")  # write-through resumes by itself
         writer.finish()
     assert writer.failures == []
     tiers = {e[1] for e in writer.acked.values() if e[2] == "crashed"}

@@ -14,6 +14,7 @@ import pytest
 
 import hybridstore
 from hybridstore.compose import LOCAL_DB
+from hybridstore.node.timing import FakeClock
 from hybridstore.recovery.probes import quick_check
 
 from .faults import fill_sqlite, garble_pages, table_pages, wait_for
@@ -189,14 +190,25 @@ def test_wal_deleted_while_running_primary_down_then_back(
 
 
 def test_garbage_while_running_rebuilt_at_once(make_store: StoreFactory, tmp_path: Path) -> None:
+    """On a fake clock at the monitor's pace: the damage is found by the next scheduled integrity check, within
+    ``quick_check_interval`` of monitor time, and rebuilt in that same check."""
+    clock = FakeClock()
     acked: dict[str, int] = {}
-    store = make_store(quick_check_interval=0.5, read_policy="local_first")
+    store = make_store(quick_check_interval=0.5, read_policy="local_first", background=False, time=clock.source())
     writes(store, range(1000), "p", acked)
     checkpoint(store)
+    store.recovery.check()  # the first integrity check: a sound file
+    assert store.recovery.get_health_status()["components"]["local"]["quick_check"]["ok"]
     db = store.data_dir / LOCAL_DB
     pages = table_pages(db, "records")
-    started = time.monotonic()
+    started, garbled_at = time.monotonic(), clock.monotonic()
     garble_pages(db, random.Random(5).sample(pages, len(pages) // 4), seed=2)
+    for _ in range(8):
+        clock.advance(0.25)
+        store.recovery.check()
+        if any(e["strategy"] == "rebuild_local" for e in store.recovery.events()):
+            break
+    assert clock.monotonic() - garbled_at <= store.recovery.thresholds.quick_check_interval
     report = rebuilt(store)
     assert time.monotonic() - started < 20
     assert report["records_from_source"] == 1000

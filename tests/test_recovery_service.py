@@ -18,12 +18,17 @@ from hybridstore.compose import LOCAL_DB
 from hybridstore.config import apply_log_level
 from hybridstore.model import StoredRow
 from hybridstore.node.timing import FakeClock
+from hybridstore.recovery.service import SUSPECT_INTERVAL
 
 from .faults import garble_pages, table_pages, wait_for
 from .fix_db import StoreFactory
 from .fix_proxy import Proxy
 
 pytestmark = pytest.mark.resilience
+
+
+def rebuild_event(store: Any) -> dict[str, Any] | None:
+    return next((e for e in store.recovery.events() if e["strategy"] == "rebuild_local"), None)
 
 
 def test_rebuild_from_backup_while_primary_is_down(
@@ -45,18 +50,17 @@ def test_rebuild_from_backup_while_primary_is_down(
         asked.set()
         return backup
 
-    store = make_store(primary=proxied_dsn, primary_timeout=1.0)
-    wait_for(lambda: store.recovery.book.is_active("manual_intervention"))  # no primary, no backup yet
+    # Driven by hand on a fake clock: the monitor's first check runs after the prober's first probe, as it must.
+    clock = FakeClock()
+    store = make_store(primary=proxied_dsn, primary_timeout=1.0, background=False, time=clock.source())
+    store.recovery.check()
+    assert store.recovery.book.is_active("manual_intervention")  # no primary, no backup yet
+    assert rebuild_event(store) is None, "nothing to rebuild from: no attempt"
     assert store.set("c", "during", {"x": 1}).tier == "journal"
     store.recovery.register_backup_source(newest_verified_backup)
-    event = None
-
-    def rebuilt() -> bool:
-        nonlocal event
-        event = next((e for e in store.recovery.events() if e["strategy"] == "rebuild_local"), None)
-        return event is not None and event["outcome"] != "running"
-
-    wait_for(rebuilt)
+    clock.advance(SUSPECT_INTERVAL)
+    store.recovery.check()
+    event = rebuild_event(store)
     assert asked.is_set() and event is not None and event["outcome"] == "succeeded"
     assert event["details"]["source"] == "backup" and event["details"]["report"]["records_from_source"] == 60
     rec = store.get("c", "t004")
@@ -197,15 +201,10 @@ def test_rebuild_from_the_newest_verified_backup_of_the_backup_service(
     db = tmp_path / "node" / LOCAL_DB
     garble_pages(db, table_pages(db, "records")[1:], seed=3)
     proxy.cut()
-    store = make_store(primary=proxied_dsn, primary_timeout=1.0)
-    event = None
-
-    def rebuilt() -> bool:
-        nonlocal event
-        event = next((e for e in store.recovery.events() if e["strategy"] == "rebuild_local"), None)
-        return event is not None and event["outcome"] != "running"
-
-    wait_for(rebuilt, timeout=30)
+    clock = FakeClock()
+    store = make_store(primary=proxied_dsn, primary_timeout=1.0, background=False, time=clock.source())
+    store.recovery.check()  # the integrity check fails; the primary is down: the newest verified backup
+    event = rebuild_event(store)
     assert event is not None and event["outcome"] == "succeeded", event
     assert event["details"]["source"] == "backup" and event["details"]["report"]["records_from_source"] == 200
     for i in (0, 77, 199):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +10,7 @@ import psycopg
 import hybridstore
 from hybridstore.model import Op
 
-from .faults import wait_for
+from .faults import wait_for, wall_clock_past
 from .fix_db import StoreFactory, primary_rows
 
 
@@ -157,9 +156,9 @@ def test_list_overlays_pending_on_primary(make_store: StoreFactory) -> None:
 def test_last_writer_wins_between_nodes(make_store: StoreFactory, pg: psycopg.Connection[Any], pg_schema: str) -> None:
     a = make_store("a", write_mode="local_first", background=False, node_id="node-a")
     b = make_store("b", write_mode="local_first", background=False, node_id="node-b")
-    a.set("c", "k", "a-first")
-    time.sleep(0.002)
-    b.set("c", "k", "b-later")  # later HLC (and on a tie, node-b > node-a)
+    first = a.set("c", "k", "a-first")
+    wall_clock_past(first.hlc)
+    assert b.set("c", "k", "b-later").hlc > first.hlc  # a later millisecond: the later HLC
     a.set("c", "only-a", 1)
     assert b.sync_now().pushed == 1
     report = a.sync_now()

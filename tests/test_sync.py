@@ -15,7 +15,7 @@ import pytest
 import hybridstore
 from hybridstore import ConflictError, HybridStore, ValidationError
 
-from .faults import refuse_poison, wait_for
+from .faults import refuse_poison, wait_for, wall_clock_past
 from .fix_db import StoreFactory, primary_rows
 from .fix_proxy import Proxy
 
@@ -83,6 +83,7 @@ def test_feed_never_misses_late_commits(make_store: StoreFactory, pg_dsn: str, p
     # cursor reads alongside.
     stop = threading.Event()
     naive_seen: dict[str, int] = {}
+    passes = [0]  # the naive reader's completed reads
 
     def naive_reader() -> None:
         cursor = 0
@@ -92,7 +93,8 @@ def test_feed_never_misses_late_commits(make_store: StoreFactory, pg_dsn: str, p
                     cursor = max(cursor, stamp)
                     if key.startswith("w"):
                         naive_seen[key] = max(naive_seen.get(key, 0), version)
-                time.sleep(0.002)
+                passes[0] += 1
+                time.sleep(0.002)  # pacing: a reader polling alongside the writers
 
     def writer(w: int) -> None:
         rng = random.Random(w)
@@ -109,7 +111,10 @@ def test_feed_never_misses_late_commits(make_store: StoreFactory, pg_dsn: str, p
         t.start()
     for t in writers:
         t.join()
-    time.sleep(0.3)
+    # Every write has committed: let the naive reader finish a read that started after that, so what it missed
+    # is what a sequence cursor skips, not what it had no time to read.
+    seen_at_join = passes[0]
+    wait_for(lambda: passes[0] >= seen_at_join + 2)
     stop.set()
     reader.join()
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
@@ -142,7 +147,7 @@ def test_notification_wakes_other_nodes(make_store: StoreFactory) -> None:
         a.set("c", "k", i)
         while local_value(b, "c", "k") != i:
             assert time.perf_counter() - start < 5, "node b did not see the write"
-            time.sleep(0.0005)
+            time.sleep(0.0005)  # the lag is what is measured: a fine poll, in real time
         lags.append(time.perf_counter() - start)
     assert sorted(lags)[10] < 1.0, f"median cross-node lag {sorted(lags)[10]:.3f}s"
     assert b.sync_status()["listening"] is True
@@ -154,9 +159,10 @@ def test_pulled_change_does_not_override_pending_local_write(make_store: StoreFa
     a.set("c", "k", "a1")
     settle(b)
     assert local_value(b, "c", "k") == "a1"
-    assert b.set("c", "k", "b-offline").queued
-    time.sleep(0.005)  # a later millisecond: a2's HLC is the newer one
-    a.set("c", "k", "a2")
+    offline = b.set("c", "k", "b-offline")
+    assert offline.queued
+    wall_clock_past(offline.hlc)
+    assert a.set("c", "k", "a2").hlc > offline.hlc  # a later millisecond: a2's HLC is the newer one
     assert b.node.puller is not None
     assert b.node.puller.pull() == 0
     assert local_value(b, "c", "k") == "b-offline", "a pending local write is never overwritten by a pull"
@@ -227,7 +233,8 @@ def test_three_nodes_converge_under_every_strategy(
         p.cut()
     acked: dict[str, dict[str, Any]] = {}
     for i, (store, name) in enumerate(zip(stores, "abc", strict=True)):
-        time.sleep(0.002)  # distinct wall clocks: c writes last
+        if acked:
+            wall_clock_past(max(r.hlc for written in acked.values() for r in written.values()))  # c writes last
         acked[name] = {
             "lw": store.set("lw", "k", f"from-{name}"),
             "cart": store.set(
@@ -383,24 +390,27 @@ def test_outage_in_the_middle_of_a_push_batch(
 
     def cut_mid_drain() -> None:
         ledger = f'SELECT count(*) FROM "{pg_schema}".applied_ops'
-        while not done.is_set():
+
+        def applied() -> int:
             row = pg.execute(ledger).fetchone()
-            if row is not None and row[0] > 1500:
+            return 0 if row is None else int(row[0])
+
+        while not done.is_set():
+            if applied() > 1500:
                 proxy.cut()
-                time.sleep(0.3)
-                proxy.restore()
+                try:  # the outage lasts until it has hit the batch in flight (or the drain is over: the test fails)
+                    wait_for(lambda: node.node.replayer.totals.failed > 0 or done.is_set())
+                finally:
+                    proxy.restore()
                 return
-            time.sleep(0.001)
+            time.sleep(0.001)  # a tight poll of the ledger: the cut must land while a batch is in flight
 
     cutter = threading.Thread(target=cut_mid_drain)
     cutter.start()
     node.sync_now()
     done.set()
     cutter.join()
-    deadline = time.monotonic() + 60
-    while node.sync_status()["outbox"]["depth"] and time.monotonic() < deadline:
-        node.sync_now()
-        time.sleep(0.05)
+    wait_for(lambda: node.sync_now().remaining == 0, timeout=60)  # each try probes the primary at once
     assert node.sync_status()["outbox"]["depth"] == 0
     rows = primary_rows(pg, pg_schema, "c")
     assert {k: v for k, (v, _) in rows.items() if k != "warm"} == final, "no loss"
@@ -466,9 +476,11 @@ def test_write_through_logs_the_conflict_it_settles(
     assert a.set("c", "k", "a1").version == 1
     rec = b.get("c", "k")  # b reads version 1 from the primary: its write is based on it
     assert rec is not None and rec.version == 1
-    assert b.set("c", "k", "b2").version == 2
-    time.sleep(0.002)
+    b2 = b.set("c", "k", "b2")
+    assert b2.version == 2
+    wall_clock_past(b2.hlc)
     r = a.set("c", "k", "a3")  # based on version 1, newer HLC: wins, and the conflict is logged
+    assert r.hlc > b2.hlc
     assert r.tier == "primary" and r.version == 3
     assert a.set("c", "k", "a4").version == 4, "a follow-up write is no conflict"
     rows = pg.execute(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +15,8 @@ from hybridstore.tiers.base import Change, Tier
 from hybridstore.tiers.journal import JournalTier
 from hybridstore.tiers.local import LocalTier
 from hybridstore.tiers.primary import PrimaryTier
+
+from .faults import wait_for
 
 
 @pytest.fixture(params=["primary", "local", "journal"])
@@ -33,13 +34,17 @@ def tier(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Tier]:
 
 def settled_changes(tier: Tier, after: int, expected: int) -> list[Change]:
     """The primary's feed never reads past the oldest transaction still running anywhere on the server (that is
-    what makes it safe), so another session's open transaction can hold it back for a moment: poll."""
-    deadline = time.monotonic() + 30
-    while True:
+    what makes it safe), so another session's open transaction can hold it back for a moment: poll until at least
+    ``expected`` changes are readable (the caller checks there are no more)."""
+    changes: list[Change] = []
+
+    def enough() -> bool:
+        nonlocal changes
         changes = tier.changes(after, 100)
-        if len(changes) >= expected or time.monotonic() > deadline:
-            return changes
-        time.sleep(0.05)
+        return len(changes) >= expected
+
+    wait_for(enough, timeout=30)
+    return changes
 
 
 class Writer:
