@@ -323,3 +323,17 @@ def test_misconfigured_is_not_an_outage_and_the_cli_names_what_to_fix(
     )
     assert cli.returncode == 2, cli.stderr
     assert "refuses this node" in cli.stderr and "no_such_role_hs" in cli.stderr
+
+
+def test_a_never_probed_primary_is_unknown_and_the_first_check_probes_it(tmp_path: Path) -> None:
+    """The monitor's first check can run before the prober's first probe: it must not act on a primary nobody
+    has asked yet (e.g. rebuild from it), and an observing read must not call it healthy."""
+    clock = FakeClock()
+    url = "postgresql://postgres@127.0.0.1:1/nothing_listens_here"
+    with hybridstore.open(url, data_dir=tmp_path / "n", background=False, time=clock.source()) as store:
+        gateway = store.node.gateway
+        observed = store.recovery.get_health_status()  # observe only: no probe
+        assert observed["components"]["primary"]["state"] == "unknown" and gateway.probes == 0
+        assert store.health()["primary"]["state"] == "unknown"
+        checked = store.recovery.check()  # acts: probes first
+        assert gateway.probes == 1 and checked["components"]["primary"]["state"] in ("degraded", "down")

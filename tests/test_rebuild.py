@@ -164,7 +164,7 @@ def test_wal_deleted_while_running_primary_down_then_back(
     make_store: StoreFactory, proxy: Proxy, proxied_dsn: str, pg: psycopg.Connection[Any], pg_schema: str
 ) -> None:
     acked: dict[str, int] = {}
-    store = make_store(primary=proxied_dsn, primary_timeout=1.0)
+    store = make_store(primary=proxied_dsn, primary_timeout=1.0, backups=False)  # no backup to rebuild from
     writes(store, range(100), "p", acked)
     proxy.cut()
     wait_for(lambda: store.recovery.book.is_active("primary_outage"))
@@ -221,12 +221,12 @@ def test_garbage_while_running_rebuilt_at_once(make_store: StoreFactory, tmp_pat
 def test_embedded_store_rebuilds_from_salvage(tmp_path: Path) -> None:
     data = tmp_path / "d"
     acked: dict[str, int] = {}
-    with hybridstore.open(data_dir=data) as store:
+    with hybridstore.open(data_dir=data, backups=False) as store:  # the salvage path: no backup exists
         writes(store, range(500), "e", acked)
     db = data / LOCAL_DB
     pages = table_pages(db, "records")
     garble_pages(db, random.Random(1).sample(pages, len(pages) // 3), seed=4)
-    with hybridstore.open(data_dir=data) as store:
+    with hybridstore.open(data_dir=data, backups=False) as store:
         report = rebuilt(store)
         assert report["source"] == "salvage only" and report["unrecovered"] == []
         assert report["requeued"] == 500, "every write was still in the outbox"

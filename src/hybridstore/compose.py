@@ -120,6 +120,7 @@ class Node:
             interval=config.health_interval,
             probe_timeout=min(1.0, config.primary_timeout),
             clock=t.monotonic,
+            wall=t.wall,
         )
         self._workers.append(self.gateway.stop)
         self.strategies = StrategyTable(config.conflict_strategy, config.conflict_strategies)

@@ -88,6 +88,7 @@ class PrimaryGateway:
         interval: float = 0.5,
         probe_timeout: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
         detector: OutageDetector | None = None,
     ) -> None:
         self._primary = primary
@@ -95,12 +96,13 @@ class PrimaryGateway:
         self._events = events
         self.interval = interval
         self._clock = clock
+        self._wall = wall
         self.detector = detector or OutageDetector()
         self._prober = PrimaryProber(primary, timeout=probe_timeout) if primary is not None else None
         self._lock = threading.Lock()  # one probe round at a time
         self._first_probe = True
         self.last_probe: ProbeResult | None = None
-        self.last_probe_at: float | None = None  # epoch seconds
+        self.last_probe_at: float | None = None  # epoch seconds (the injected wall clock)
         self.misconfigured: str | None = None  # what the primary refused, while it refuses
         self.last_error: str | None = None
         self.probes = 0
@@ -186,7 +188,9 @@ class PrimaryGateway:
             state, detail = "down", (probe.error if probe and not probe.ok else "answering again; confirming")
         elif not self.circuit.allow():  # calls are kept away from the primary (routing)
             state, detail = "down", f"circuit {self.circuit.state}: {self.last_error or 'recent failures'}"
-        elif probe is None or probe.ok:
+        elif probe is None:
+            state, detail = "unknown", "not probed yet"
+        elif probe.ok:
             state, detail = "healthy", ""
         else:
             state, detail = "degraded", probe.error or self.last_error or ""
@@ -243,7 +247,7 @@ class PrimaryGateway:
         now = self._clock()
         result = self._prober.probe(fresh=fresh, now=now)
         self.last_probe = result
-        self.last_probe_at = time.time()
+        self.last_probe_at = self._wall()
         self.probes += 1
         if result.ok:
             if self.misconfigured is not None:

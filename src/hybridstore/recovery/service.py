@@ -232,9 +232,12 @@ class RecoveryService:
 
     def check(self, *, act: bool = True) -> dict[str, Any]:
         """Probe everything once; with ``act``, also raise/resolve alerts and run strategies. Without a running
-        prober (no background work), ``act`` drives one round of the gateway's prober first."""
+        prober (no background work), or before its first probe, ``act`` drives one round of the gateway's prober
+        first."""
         with self._lock:
-            if act and not self._gateway.worker.running:
+            if act and (not self._gateway.worker.running or self._gateway.last_probe is None):
+                # Without a running prober, or before its first probe (the monitor's first check can come first):
+                # never act on a primary nobody has asked yet.
                 self._gateway.tick()
             self._node.status.sample_local()
             now = self._clock()
@@ -290,8 +293,8 @@ class RecoveryService:
             state = "down"
         elif snap["live"] is False:
             state = "degraded"
-        elif snap["live"] is None and snap["state"] == "down":
-            state = "down"
+        elif snap["live"] is None:
+            state = "down" if snap["state"] == "down" else "unknown"  # never probed: nothing to act on yet
         else:
             state = "healthy"
         out: dict[str, Any] = {"state": state, "detail": snap["detail"], "schema": snap["schema"]}
