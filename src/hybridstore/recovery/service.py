@@ -208,9 +208,10 @@ class RecoveryService:
         """Strategy events, newest first."""
         return [e.to_dict() for e in reversed(self._events[-limit:])]
 
-    def sync_counts(self) -> dict[str, int | None]:
+    def sync_counts(self, *, refresh: bool = True) -> dict[str, int | None]:
         """Dead letters and unresolved conflicts (``None``: not known). Conflicts come from the primary, asked
-        through the gateway at most every few seconds, by the monitor only."""
+        through the gateway at most every few seconds, and only with ``refresh`` (the monitor's checks):
+        otherwise the last counts the board holds."""
         now = self._clock()
         if self._sync_cache is not None and now - self._sync_cache[0] < SYNC_STATUS_INTERVAL:
             return self._sync_cache[1]
@@ -220,12 +221,14 @@ class RecoveryService:
                 counts = sync_counts_from(self._sync_status())
             else:
                 board = self._node.status
-                conflicts = board.refresh_primary_counts()
+                if refresh:
+                    board.refresh_primary_counts()
                 snap = board.snapshot()
-                counts = sync_counts_from({"dead_letters": snap.dead_letters, "conflicts": conflicts})
+                counts = sync_counts_from({"dead_letters": snap.dead_letters, "conflicts": snap.conflicts})
         except Exception as exc:
             log.warning("sync status provider failed: %s", exc)
-        self._sync_cache = (now, counts)
+        if refresh:
+            self._sync_cache = (now, counts)
         return counts
 
     # -- the check --------------------------------------------------------------------------------------------
@@ -250,7 +253,7 @@ class RecoveryService:
             components["journal"] = self._node.journal.health().to_dict()
             components["disk"] = self._check_disk(components["local"])
             components["sync"] = self._check_sync(now, components["primary"])
-            counts = self.sync_counts()
+            counts = self.sync_counts(refresh=act)
             components["dead_letters"] = _count_component("dead letters", counts["dead_letters"], 1)
             components["conflicts"] = _count_component(
                 "unresolved conflicts", counts["unresolved_conflicts"], self.thresholds.conflicts_alert_at
