@@ -18,60 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CorruptionError, LocalStoreError
+from ..migrations import migrate_sqlite
 from ..model import ApplyOutcome, Op, StoredRow
 from .base import Change, TierHealth
 
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 _CORRUPT_CODES = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
-
-_SCHEMA = [
-    # version 1
-    """
-    CREATE TABLE records (
-        collection  TEXT NOT NULL,
-        key         TEXT NOT NULL,
-        value       TEXT,               -- canonical JSON; NULL = tombstone
-        version     INTEGER NOT NULL,   -- last primary version seen (0 = never on the primary)
-        hlc         TEXT NOT NULL,
-        origin      TEXT NOT NULL,
-        updated_at  REAL NOT NULL,
-        synced_at   REAL,               -- NULL while local changes are pending
-        pending_seq INTEGER,            -- outbox seq of the newest pending op for this key
-        base_value  TEXT,               -- while pending: the last value agreed with the primary (merge base)
-        PRIMARY KEY (collection, key)
-    ) WITHOUT ROWID;
-    CREATE TABLE outbox (
-        seq        INTEGER PRIMARY KEY,
-        op_id      TEXT NOT NULL,
-        collection TEXT NOT NULL,
-        key        TEXT NOT NULL,
-        value      TEXT,
-        hlc        TEXT NOT NULL,
-        origin     TEXT NOT NULL,
-        created_at REAL NOT NULL,
-        attempts   INTEGER NOT NULL DEFAULT 0,
-        last_error TEXT
-    );
-    CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;
-    """,
-    # version 2: sync engine — rejections of an op by the primary, and dead letters
-    """
-    ALTER TABLE outbox ADD COLUMN rejections INTEGER NOT NULL DEFAULT 0;
-    CREATE TABLE dead_letters (
-        id         INTEGER PRIMARY KEY AUTOINCREMENT,  -- ids are never reused
-        op_id      TEXT NOT NULL,
-        collection TEXT NOT NULL,
-        key        TEXT NOT NULL,
-        value      TEXT,
-        hlc        TEXT NOT NULL,
-        origin     TEXT NOT NULL,
-        created_at REAL NOT NULL,
-        attempts   INTEGER NOT NULL,
-        last_error TEXT,
-        dead_at    REAL NOT NULL
-    );
-    """,
-]
 
 _UPSERT_PENDING = """
 INSERT INTO records (collection, key, value, version, hlc, origin, updated_at, synced_at, pending_seq)
@@ -148,7 +100,7 @@ class LocalTier:
             self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout)
             self._conn.execute("PRAGMA journal_mode=WAL").fetchall()
             self._conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
-            self._migrate()
+            migrate_sqlite(self._conn, "local")  # the schema: migrations/local/
             row = self._conn.execute("SELECT max(seq) FROM outbox").fetchone()
         except sqlite3.Error as exc:
             with contextlib.suppress(Exception):
@@ -157,15 +109,6 @@ class LocalTier:
         self._next_seq = (row[0] or 0) + 1
 
     # -- plumbing ---------------------------------------------------------------------------------------------
-
-    def _migrate(self) -> None:
-        (current,) = self._conn.execute("PRAGMA user_version").fetchone()
-        for version, ddl in enumerate(_SCHEMA[current:], start=current + 1):
-            try:
-                self._conn.executescript(f"BEGIN IMMEDIATE; {ddl}; PRAGMA user_version={version}; COMMIT;")
-            except BaseException:
-                self._rollback()
-                raise
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:

@@ -26,7 +26,7 @@ from ..errors import (
     PrimaryTimeoutError,
     PrimaryUnavailableError,
 )
-from ..migrations import primary_migrations
+from ..migrations import migrate_postgres
 from ..model import ApplyOutcome, Op, StoredRow
 from .base import Change, TierHealth
 from .deadline import Watchdog
@@ -249,21 +249,7 @@ class PrimaryTier:
             conn.execute("SET LOCAL lock_timeout = 0")
             # Lock first: concurrent CREATE SCHEMA IF NOT EXISTS from several nodes would race.
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"hybridstore:{self.schema}",))
-            conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self._q}")
-            conn.execute(
-                f"CREATE TABLE IF NOT EXISTS {self._q}.hs_migrations (version int PRIMARY KEY, "
-                "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
-            )
-            done = {r[0] for r in conn.execute(f"SELECT version FROM {self._q}.hs_migrations")}
-            for mig in primary_migrations():
-                if mig.version in done:
-                    continue
-                conn.execute(mig.sql.replace("{schema}", self._q).encode())
-                conn.execute(
-                    f"INSERT INTO {self._q}.hs_migrations (version, name) VALUES (%s, %s)",
-                    (mig.version, mig.name),
-                )
-                applied.append(mig.version)
+            applied = migrate_postgres(conn, self._q)
         if applied:
             log.info("primary schema %s migrated to version %s", self.schema, applied[-1])
         self._ready = True
