@@ -1,9 +1,11 @@
 """PrimaryTier: the shared PostgreSQL (Supabase or any Postgres), through psycopg 3 and psycopg_pool.
 
-Every write goes through the ``hs_apply`` function (migration 0001): one round trip, one transaction, the op
-id recorded in the applied-ops ledger in the same transaction, so replaying an op changes nothing. Calls are
-bounded by ``timeout`` end to end — pool wait, connect, and a client-side deadline on the socket — so a dead or
-black-holed primary costs at most ``timeout`` seconds per call, then `PrimaryUnavailableError`.
+Every write goes through one SQL function of migration 0003 — ``hs_push_one`` for one op (write-through),
+``hs_push`` for a batch — and both settle a conflict by ``hs_write``, the one home of the write rule. One round
+trip, one transaction, the op id recorded in the applied-ops ledger in the same transaction, so replaying an op
+changes nothing. Calls are bounded by ``timeout`` end to end — pool wait, connect, and a client-side deadline on
+the socket — so a dead or black-holed primary costs at most ``timeout`` seconds per call, then
+`PrimaryUnavailableError`.
 """
 
 from __future__ import annotations
@@ -69,42 +71,6 @@ def check_url(url: str) -> dict[str, Any]:
     return params
 
 
-# The write-through fast path: ledger insert and conditional upsert in one statement (see hs_apply).
-_APPLY_ONE = """
-WITH ins AS (
-    INSERT INTO {schema}.applied_ops (op_id, collection, key, origin)
-    VALUES (%(op)s, %(c)s, %(k)s, %(o)s)
-    ON CONFLICT DO NOTHING RETURNING op_id
-), up AS (
-    INSERT INTO {schema}.records AS r (collection, key, value, version, base_version, hlc, origin)
-    SELECT %(c)s, %(k)s, %(v)s::jsonb, 1, %(b)s, %(h)s, %(o)s FROM ins
-    ON CONFLICT ON CONSTRAINT records_pkey DO UPDATE
-    SET value = EXCLUDED.value, version = r.version + 1, base_version = EXCLUDED.base_version,
-        hlc = EXCLUDED.hlc, origin = EXCLUDED.origin, updated_at = now(), stamp = pg_current_xact_id()
-    WHERE r.version = EXCLUDED.base_version OR EXCLUDED.hlc > r.hlc
-    RETURNING r.version, extract(epoch FROM r.updated_at)::float8 AS updated_at
-), cur AS (
-    SELECT value, version, hlc FROM {schema}.records WHERE collection = %(c)s AND key = %(k)s
-), logged AS (
-    -- A write based on an older version than the primary's is a conflict, settled above by HLC: logged as in
-    -- hs_push (conflicts + audit_log). ``cur`` is the row as it was before this statement.
-    INSERT INTO {schema}.conflicts AS k
-        (collection, key, strategy, local, remote, local_hlc, remote_hlc, status, resolution, resolved_at, resolved_by)
-    SELECT %(c)s, %(k)s, 'last_wins', %(v)s::jsonb, cur.value, %(h)s, cur.hlc, 'resolved',
-           jsonb_build_object('winner', CASE WHEN EXISTS (SELECT 1 FROM up) THEN 'local' ELSE 'remote' END),
-           now(), 'system:last_wins'
-    FROM cur, ins WHERE cur.version <> %(b)s
-    RETURNING k.id, k.resolution
-), audited AS (
-    INSERT INTO {schema}.audit_log (actor, action, target, details)
-    SELECT 'system:last_wins', 'conflict.resolved', %(c)s || '/' || %(k)s,
-           jsonb_build_object('conflict_id', l.id, 'strategy', 'last_wins', 'resolution', l.resolution)
-    FROM logged l
-)
-SELECT (SELECT count(*) FROM ins), up.* FROM (SELECT 1) AS one LEFT JOIN up ON true
-"""
-
-
 def _current_row(collection: str, key: str, r: Sequence[Any]) -> StoredRow:
     """A row read from the primary (columns of ``_current_sql``); it agrees with the primary as of now."""
     return StoredRow(collection, key, r[0], r[1], r[2], r[3], r[4], time.time())
@@ -153,16 +119,16 @@ class PrimaryTier:
             ).strip()
         self._conninfo = make_conninfo("", **params)
         self._q = sql.Identifier(schema).as_string(None)
-        self._apply_sql = (
-            # %b: binary arrays; text-format array dumping costs ~45 ms of client CPU per 1000 ops
-            f"SELECT op_id, outcome, version, updated_at FROM {self._q}.hs_apply("
-            f"%b::uuid[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::bigint[])"
-        )
         self._push_sql = (
+            # %b: binary arrays; text-format array dumping costs ~45 ms of client CPU per 1000 ops
             f"SELECT op_id, outcome, version, updated_at FROM {self._q}.hs_push(%b::uuid[], %b::text[], "
             f"%b::text[], %b::text[], %b::text[], %b::text[], %b::bigint[], %b::text[], %b::text[])"
         )
-        self._apply_one_sql = _APPLY_ONE.replace("{schema}", self._q)
+        # One op: scalar parameters (a batch of one would cost array dumping here and a larger plan there).
+        self._push_one_sql = (
+            f"SELECT outcome, version, updated_at FROM {self._q}.hs_push_one(%s::uuid, %s::text, %s::text, "
+            f"%s::text, %s::text, %s::text, %s::bigint, %s::text, %s::text)"
+        )
         self.channel = f"hs_{schema}"  # change notifications (migration 0002)
         self._current_sql = (
             f"SELECT value::text, version, hlc, origin, extract(epoch FROM updated_at)::float8 "
@@ -262,34 +228,11 @@ class PrimaryTier:
         assert outcome.current is not None
         return outcome.current
 
-    def put_one(self, op: Op) -> ApplyOutcome:
-        """Apply one op: the write-through fast path, one single-statement round trip (same rules as
-        ``hs_apply``); a second query only when the op did not apply."""
-        params = {
-            "op": op.op_id,
-            "c": op.collection,
-            "k": op.key,
-            "v": op.value_json,
-            "b": op.base_version,
-            "h": op.hlc,
-            "o": op.origin,
-        }
-
-        def apply(conn: psycopg.Connection[Any]) -> ApplyOutcome:
-            result = conn.execute(self._apply_one_sql, params).fetchone()
-            assert result is not None
-            fresh, version, updated_at = result
-            if version is not None:
-                row = StoredRow(op.collection, op.key, op.value_json, version, op.hlc, op.origin, updated_at)
-                return ApplyOutcome(op.op_id, "applied", row._replace(synced_at=time.time()))
-            cur = conn.execute(self._current_sql, (op.collection, op.key)).fetchone()
-            current = None if cur is None else _current_row(op.collection, op.key, cur)
-            if not fresh:
-                return ApplyOutcome(op.op_id, "duplicate", current)
-            conn.execute(f"UPDATE {self._q}.applied_ops SET outcome = 'superseded' WHERE op_id = %s", (op.op_id,))
-            return ApplyOutcome(op.op_id, "superseded", current)
-
-        return self._run(apply)
+    def put_one(self, op: Op, *, strategy: str = "last_wins", base_value: str | None = None) -> ApplyOutcome:
+        """Apply one op (write-through): one round trip, one transaction, ``hs_push_one`` (migration 0003) — the
+        same rules and results as `put_many` for this op alone. A second query reads the primary's row only
+        when the op did not apply."""
+        return self._run(lambda conn: self._apply_one(conn, op, strategy, base_value))
 
     def put_many(
         self,
@@ -298,14 +241,36 @@ class PrimaryTier:
         strategies: Sequence[str] | None = None,
         base_values: Sequence[str | None] | None = None,
     ) -> list[ApplyOutcome]:
-        """Apply ops in one transaction; see ``hs_push`` (migration 0002) for the rules. Idempotent by op id.
+        """Apply ops in one transaction; see ``hs_push`` (migration 0003) for the rules. Idempotent by op id.
         ``strategies`` gives each op's conflict strategy (default ``last_wins``); ``base_values`` the last value
         the writer agreed on with the primary (kept with a manual conflict)."""
         if not ops:
             return []
-        if len(ops) == 1 and (strategies is None or strategies[0] == "last_wins"):
-            return [self.put_one(ops[0])]
+        if len(ops) == 1:
+            strategy = strategies[0] if strategies is not None else "last_wins"
+            return [self.put_one(ops[0], strategy=strategy, base_value=base_values[0] if base_values else None)]
         return self._run(lambda conn: self._push(conn, ops, strategies, base_values))
+
+    def _apply_one(self, conn: psycopg.Connection[Any], op: Op, strategy: str, base_value: str | None) -> ApplyOutcome:
+        params = (
+            op.op_id,
+            op.collection,
+            op.key,
+            op.value_json,
+            op.hlc,
+            op.origin,
+            op.base_version,
+            strategy,
+            base_value,
+        )
+        result = conn.execute(self._push_one_sql, params).fetchone()
+        assert result is not None
+        outcome, version, updated_at = result
+        if outcome == "applied":
+            row = StoredRow(op.collection, op.key, op.value_json, version, op.hlc, op.origin, updated_at, time.time())
+            return ApplyOutcome(op.op_id, "applied", row)
+        cur = conn.execute(self._current_sql, (op.collection, op.key)).fetchone()
+        return ApplyOutcome(op.op_id, outcome, None if cur is None else _current_row(op.collection, op.key, cur))
 
     def _push(
         self,
@@ -503,7 +468,7 @@ class PrimaryTier:
 
         def run(conn: psycopg.Connection[Any]) -> ApplyOutcome:
             with conn.transaction():
-                outcome = self._push(conn, [op], [strategy], [base])[0]
+                outcome = self._apply_one(conn, op, strategy, base)
                 if outcome.outcome == "applied":
                     row = conn.execute(
                         f"INSERT INTO {self._q}.conflicts (collection, key, strategy, base, local, remote, local_hlc, "
