@@ -9,6 +9,7 @@ import uuid
 from typing import Any
 
 import psycopg
+import pytest
 
 from hybridstore.errors import PrimaryUnavailableError
 from hybridstore.migrations import migrations_for
@@ -213,3 +214,19 @@ def test_superseded_marking_is_atomic_with_the_write(pg_dsn: str, pg_schema: str
         assert pg.execute(f"SELECT count(*) FROM {q}.conflicts").fetchone() == (1,)
     finally:
         tier.close()
+
+
+# -- housekeeping ------------------------------------------------------------------------------------------------
+
+
+def test_close_waits_for_pools_being_replaced(pg_dsn: str, pg_schema: str) -> None:
+    tier = PrimaryTier(pg_dsn, schema=pg_schema)
+    tier.ping()
+    for _ in range(3):
+        tier.reset_pool()
+        tier.ping()
+    tier.close()
+    assert [t.name for t in threading.enumerate() if t.name == "hybridstore-pool-close"] == []
+    tier.reset_pool()  # after close: nothing new is opened
+    with pytest.raises(PrimaryUnavailableError, match="closed"):
+        tier.ping()

@@ -136,6 +136,7 @@ class PrimaryTier:
         )
         self._watchdog = Watchdog()
         self._lock = threading.Lock()
+        self._closers: list[threading.Thread] = []  # old pools closing in the background (`reset_pool`)
         self._migrate_lock = threading.Lock()
         self._ready = not migrate  # migrate=False: the schema is managed elsewhere (e.g. `hybridstore migrate`)
         self._closed = False
@@ -159,10 +160,17 @@ class PrimaryTier:
 
     def reset_pool(self) -> None:
         """Replace the pool with a fresh one (after an outage: stale connections and long reconnect backoff
-        are dropped at once). The old pool closes in the background."""
+        are dropped at once). The old pool closes in the background; `close` waits for it. No-op once closed."""
         with self._lock:
+            if self._closed:
+                return
             old, self._pool = self._pool, self._new_pool()
-        threading.Thread(target=old.close, kwargs={"timeout": 1.0}, daemon=True).start()
+            # Started under the lock, so close() (which joins every closer it finds) never sees one unstarted.
+            closer = threading.Thread(
+                target=old.close, kwargs={"timeout": 1.0}, name="hybridstore-pool-close", daemon=True
+            )
+            closer.start()
+            self._closers = [t for t in self._closers if t.is_alive()] + [closer]
 
     # -- plumbing ---------------------------------------------------------------------------------------------
 
@@ -508,15 +516,6 @@ class PrimaryTier:
             )
         )
 
-    def audit_log(self, limit: int = 100) -> list[tuple[Any, ...]]:
-        return self._run(
-            lambda conn: conn.execute(
-                f"SELECT id, extract(epoch FROM at)::float8, actor, action, target, details::text "
-                f"FROM {self._q}.audit_log ORDER BY id DESC LIMIT %s",
-                (limit,),
-            ).fetchall()
-        )
-
     def listen_connection(self) -> psycopg.Connection[Any]:
         """A dedicated connection (outside the pool) listening for change notifications."""
         conn = psycopg.connect(self._conninfo, autocommit=True)
@@ -560,9 +559,13 @@ class PrimaryTier:
         return TierHealth("primary", "healthy", "", latency, extra=extra)
 
     def close(self) -> None:
-        self._closed = True
+        with self._lock:
+            self._closed = True
+            closers, self._closers = self._closers, []
         with suppress(Exception):
             self._pool.close(timeout=1.0)
+        for closer in closers:  # pools replaced by reset_pool: each close is bounded by its own 1 s timeout
+            closer.join(timeout=2.0)
         self._watchdog.close()
 
     # -- bulk reads for services (backups, restores) ----------------------------------------------------------
