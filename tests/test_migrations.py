@@ -185,9 +185,10 @@ def test_released_local_db_opens_and_upgrades_without_losing_rows(tmp_path: Path
         assert (seq, op.op_id, op.base_version, base) == (7, "op-7", 1, '"old"')
         assert tier.meta_get("pull_cursor") == '[1, "c", "synced"]'
         assert tier.dead_letter_count() == (1 if version >= 2 else 0)
+        assert tier.last_seq == 7
         # and it keeps working: the next op is queued after the old ones
         assert tier.queue(Op("op-8", "c", "k", "1", "h10", "n1", 0, 6.0))
-        assert tier.outbox_stats()[0] == 2
+        assert tier.last_seq == 8 and tier.outbox_stats()[0] == 2
         assert not tier.reject(7, "refused", max_rejections=5)  # the rejections column exists
     finally:
         tier.close()

@@ -17,7 +17,7 @@ from pathlib import Path
 from ..errors import JournalError
 from ..model import Op, StoredRow
 from .base import Change, TierHealth, TierState
-from .local import key_range
+from .keyrange import key_range
 
 
 def _encode(op: Op) -> bytes:

@@ -32,7 +32,7 @@ from ..migrations import migrate_postgres
 from ..model import ApplyOutcome, Op, StoredRow
 from .base import Change, TierHealth
 from .deadline import Watchdog
-from .local import key_range
+from .keyrange import key_range
 
 try:
     import psycopg
