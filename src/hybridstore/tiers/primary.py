@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..config import redact
 from ..errors import (
@@ -29,8 +29,8 @@ from ..errors import (
     PrimaryUnavailableError,
 )
 from ..migrations import migrate_postgres
-from ..model import ApplyOutcome, Op, StoredRow
-from .base import Change, TierHealth
+from ..model import ApplyOutcome, Op, StoredRow, TierName
+from .base import TierHealth
 from .deadline import Watchdog
 from .keyrange import key_range
 
@@ -77,7 +77,7 @@ def _current_row(collection: str, key: str, r: Sequence[Any]) -> StoredRow:
 
 
 class PrimaryTier:
-    name = "primary"
+    name: TierName = "primary"
 
     def __init__(
         self,
@@ -229,12 +229,7 @@ class PrimaryTier:
         self._ready = True
         return applied
 
-    # -- Tier protocol ----------------------------------------------------------------------------------------
-
-    def put(self, op: Op) -> StoredRow:
-        outcome = self.put_many([op])[0]
-        assert outcome.current is not None
-        return outcome.current
+    # -- writes (`PrimaryWrites`) -------------------------------------------------------------------------------
 
     def put_one(self, op: Op, *, strategy: str = "last_wins", base_value: str | None = None) -> ApplyOutcome:
         """Apply one op (write-through): one round trip, one transaction, ``hs_push_one`` (migration 0003) — the
@@ -365,14 +360,6 @@ class PrimaryTier:
         rows = self._run(lambda conn: conn.execute(query.encode(), params).fetchall())
         now = time.time()
         return [StoredRow(c, k, v, ver, h, o, u, now) for c, k, v, ver, h, o, u in rows]
-
-    def changes(self, after: Any = 0, limit: int = 1000) -> list[Change]:
-        """The change feed: rows changed after cursor ``after`` (``0`` = from the start), oldest first, never
-        past the oldest transaction still running — a transaction that commits late, after rows with higher
-        stamps were read, is therefore never skipped. The cursor is ``(stamp, collection, key)``, so a page may
-        end inside one transaction's rows."""
-        rows, _held = self.feed_page(after, limit)
-        return [Change((r[7], r[0], r[1]), StoredRow(*r[:7])) for r in rows]
 
     def feed_page(self, after: Any = 0, limit: int = 1000) -> tuple[list[tuple[Any, ...]], bool]:
         """The change feed as plain rows ``(collection, key, value, version, hlc, origin, updated_at, stamp)``
@@ -623,3 +610,10 @@ class PrimaryTier:
             raise PrimaryUnavailableError(f"primary unavailable during a snapshot: {str(exc).strip()}") from exc
         finally:
             conn.close()
+
+
+if TYPE_CHECKING:  # mypy checks that the tier fulfils every protocol it claims
+    from .base import ChangeFeed, PrimaryWrites, Tier
+
+    def _protocols(tier: PrimaryTier) -> tuple[Tier, PrimaryWrites, ChangeFeed]:
+        return tier, tier, tier

@@ -24,7 +24,7 @@ from typing import Any
 
 from ...errors import CorruptionError, LocalStoreError
 from ...migrations import migrate_sqlite
-from ...model import Op, StoredRow
+from ...model import Op, StoredRow, TierName
 from ..base import TierHealth
 
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
@@ -58,7 +58,7 @@ def map_sqlite_error(exc: sqlite3.Error) -> LocalStoreError:
 class LocalDatabase:
     """The connection and its plumbing; the tier's parts (records, outbox, pull cursor) build on it."""
 
-    name = "local"
+    name: TierName = "local"
 
     def __init__(
         self,

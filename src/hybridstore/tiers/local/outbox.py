@@ -1,4 +1,5 @@
-"""The outbox: ops this node made that the primary has not accepted yet, and the dead letters.
+"""The outbox: ops this node made that the primary has not accepted yet, and the dead letters (`Outbox` in
+``tiers/base.py``).
 
 Contract:
 
@@ -19,7 +20,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from ...model import ApplyOutcome, Op, StoredRow
-from ..base import Change
 from ..keyrange import key_range
 from .database import ROW_COLUMNS, LocalDatabase, as_row
 
@@ -102,15 +102,6 @@ class LocalOutbox(LocalDatabase):
             sql += " AND key <= ?"
             params.append(upper)
         return [as_row(r) for r in self._read(sql + " ORDER BY key", params)]
-
-    def changes(self, after: int = 0, limit: int = 1000) -> list[Change]:
-        """Pending outbox entries (changes the primary has not accepted yet), oldest first."""
-        rows = self._read(
-            "SELECT seq, collection, key, value, 0, hlc, origin, created_at, NULL FROM outbox "
-            "WHERE seq > ? ORDER BY seq LIMIT ?",
-            (after, limit),
-        )
-        return [Change(r[0], as_row(r[1:])) for r in rows]
 
     def complete(self, done: Sequence[tuple[int, Op, ApplyOutcome]], *, exact: bool = False) -> None:
         """Remove pushed ops from the outbox and record what the primary now holds for their keys.

@@ -1,5 +1,5 @@
 """The pull side: rows adopted from the primary's change feed, the feed cursor, full resync, and the node's small
-metadata.
+metadata (`PullCursor` in ``tiers/base.py``).
 
 Contract:
 

@@ -1,4 +1,4 @@
-"""The local copy of the records.
+"""The local copy of the records (`RecordStore` in ``tiers/base.py``).
 
 Contract:
 
