@@ -16,22 +16,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ..migrations import migrate_sqlite
 from .alerts import Alert
 
 log = logging.getLogger("hybridstore.recovery")
 HISTORY_FILE = "recovery.db"
 Outcome = Literal["running", "succeeded", "failed", "skipped"]
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS alerts (
-    id TEXT PRIMARY KEY, kind TEXT NOT NULL, severity TEXT NOT NULL, message TEXT NOT NULL, node_id TEXT,
-    details TEXT NOT NULL, raised_at REAL NOT NULL, resolved_at REAL, resolution TEXT
-);
-CREATE TABLE IF NOT EXISTS events (
-    id TEXT PRIMARY KEY, strategy TEXT NOT NULL, started_at REAL NOT NULL, ended_at REAL,
-    outcome TEXT NOT NULL, summary TEXT NOT NULL, details TEXT NOT NULL
-);
-"""
 
 
 @dataclass
@@ -66,7 +56,7 @@ class RecoveryHistory:
         try:
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=2.0)
             conn.execute("PRAGMA journal_mode=WAL").fetchall()
-            conn.executescript(_SCHEMA)
+            migrate_sqlite(conn, "history")  # the schema: migrations/history/
             self._conn = conn
         except sqlite3.Error as exc:
             log.error("recovery history %s unusable, keeping it in memory only: %s", path, exc)

@@ -1,5 +1,26 @@
-"""The storage tiers behind one `Tier` protocol: primary (PostgreSQL), local (SQLite), journal (file)."""
+"""The storage tiers: primary (PostgreSQL), local (SQLite), journal (file). `Tier` is what they share; the role
+protocols in ``base.py`` say what each one does beyond it."""
 
-from .base import Change, Tier, TierHealth
+from .base import (
+    ChangeFeed,
+    Journal,
+    Outbox,
+    PendingRows,
+    PrimaryWrites,
+    PullCursor,
+    RecordStore,
+    Tier,
+    TierHealth,
+)
 
-__all__ = ["Change", "Tier", "TierHealth"]
+__all__ = [
+    "ChangeFeed",
+    "Journal",
+    "Outbox",
+    "PendingRows",
+    "PrimaryWrites",
+    "PullCursor",
+    "RecordStore",
+    "Tier",
+    "TierHealth",
+]

@@ -13,11 +13,12 @@ import threading
 import time
 import zlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import JournalError
-from ..model import Op, StoredRow
-from .base import Change, TierHealth, TierState
-from .local import key_range
+from ..model import Op, StoredRow, TierName
+from .base import TierHealth, TierState
+from .keyrange import key_range
 
 
 def _encode(op: Op) -> bytes:
@@ -50,7 +51,7 @@ def _fsync_dir(path: Path) -> None:
 class JournalTier:
     """Append-only journal. Thread-safe. Keeps an in-memory index so reads see journaled writes."""
 
-    name = "journal"
+    name: TierName = "journal"
 
     def __init__(self, path: str | Path, *, fsync: bool = True) -> None:
         self.path = Path(path)
@@ -95,7 +96,7 @@ class JournalTier:
         if prev is None or op.hlc > prev.hlc:
             self._latest[k] = op
 
-    # -- Tier protocol ----------------------------------------------------------------------------------------
+    # -- Tier and Journal protocols ---------------------------------------------------------------------------
 
     def put(self, op: Op) -> StoredRow:
         with self._lock:
@@ -154,10 +155,6 @@ class JournalTier:
             ]
         return [self._as_row(op) for op in sorted(ops, key=lambda o: o.key)]
 
-    def changes(self, after: int = 0, limit: int = 1000) -> list[Change]:
-        with self._lock:
-            return [Change(i + 1, self._as_row(op)) for i, op in enumerate(self._ops[after : after + limit], after)]
-
     def health(self) -> TierHealth:
         with self._lock:
             entries = len(self._ops)
@@ -202,3 +199,10 @@ class JournalTier:
         return StoredRow(
             op.collection, op.key, op.value_json, op.base_version, op.hlc, op.origin, op.created_at or time.time()
         )
+
+
+if TYPE_CHECKING:  # mypy checks that the tier fulfils every protocol it claims
+    from .base import Journal, PendingRows, Tier
+
+    def _protocols(tier: JournalTier) -> tuple[Tier, Journal, PendingRows]:
+        return tier, tier, tier

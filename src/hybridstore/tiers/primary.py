@@ -1,9 +1,11 @@
 """PrimaryTier: the shared PostgreSQL (Supabase or any Postgres), through psycopg 3 and psycopg_pool.
 
-Every write goes through the ``hs_apply`` function (migration 0001): one round trip, one transaction, the op
-id recorded in the applied-ops ledger in the same transaction, so replaying an op changes nothing. Calls are
-bounded by ``timeout`` end to end — pool wait, connect, and a client-side deadline on the socket — so a dead or
-black-holed primary costs at most ``timeout`` seconds per call, then `PrimaryUnavailableError`.
+Every write goes through one SQL function of migration 0003 — ``hs_push_one`` for one op (write-through),
+``hs_push`` for a batch — and both settle a conflict by ``hs_write``, the one home of the write rule. One round
+trip, one transaction, the op id recorded in the applied-ops ledger in the same transaction, so replaying an op
+changes nothing. Calls are bounded by ``timeout`` end to end — pool wait, connect, and a client-side deadline on
+the socket — so a dead or black-holed primary costs at most ``timeout`` seconds per call, then
+`PrimaryUnavailableError`.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..config import redact
 from ..errors import (
@@ -26,11 +28,11 @@ from ..errors import (
     PrimaryTimeoutError,
     PrimaryUnavailableError,
 )
-from ..migrations import primary_migrations
-from ..model import ApplyOutcome, Op, StoredRow
-from .base import Change, TierHealth
+from ..migrations import migrate_postgres
+from ..model import ApplyOutcome, Op, StoredRow, TierName
+from .base import TierHealth
 from .deadline import Watchdog
-from .local import key_range
+from .keyrange import key_range
 
 try:
     import psycopg
@@ -69,49 +71,13 @@ def check_url(url: str) -> dict[str, Any]:
     return params
 
 
-# The write-through fast path: ledger insert and conditional upsert in one statement (see hs_apply).
-_APPLY_ONE = """
-WITH ins AS (
-    INSERT INTO {schema}.applied_ops (op_id, collection, key, origin)
-    VALUES (%(op)s, %(c)s, %(k)s, %(o)s)
-    ON CONFLICT DO NOTHING RETURNING op_id
-), up AS (
-    INSERT INTO {schema}.records AS r (collection, key, value, version, base_version, hlc, origin)
-    SELECT %(c)s, %(k)s, %(v)s::jsonb, 1, %(b)s, %(h)s, %(o)s FROM ins
-    ON CONFLICT ON CONSTRAINT records_pkey DO UPDATE
-    SET value = EXCLUDED.value, version = r.version + 1, base_version = EXCLUDED.base_version,
-        hlc = EXCLUDED.hlc, origin = EXCLUDED.origin, updated_at = now(), stamp = pg_current_xact_id()
-    WHERE r.version = EXCLUDED.base_version OR EXCLUDED.hlc > r.hlc
-    RETURNING r.version, extract(epoch FROM r.updated_at)::float8 AS updated_at
-), cur AS (
-    SELECT value, version, hlc FROM {schema}.records WHERE collection = %(c)s AND key = %(k)s
-), logged AS (
-    -- A write based on an older version than the primary's is a conflict, settled above by HLC: logged as in
-    -- hs_push (conflicts + audit_log). ``cur`` is the row as it was before this statement.
-    INSERT INTO {schema}.conflicts AS k
-        (collection, key, strategy, local, remote, local_hlc, remote_hlc, status, resolution, resolved_at, resolved_by)
-    SELECT %(c)s, %(k)s, 'last_wins', %(v)s::jsonb, cur.value, %(h)s, cur.hlc, 'resolved',
-           jsonb_build_object('winner', CASE WHEN EXISTS (SELECT 1 FROM up) THEN 'local' ELSE 'remote' END),
-           now(), 'system:last_wins'
-    FROM cur, ins WHERE cur.version <> %(b)s
-    RETURNING k.id, k.resolution
-), audited AS (
-    INSERT INTO {schema}.audit_log (actor, action, target, details)
-    SELECT 'system:last_wins', 'conflict.resolved', %(c)s || '/' || %(k)s,
-           jsonb_build_object('conflict_id', l.id, 'strategy', 'last_wins', 'resolution', l.resolution)
-    FROM logged l
-)
-SELECT (SELECT count(*) FROM ins), up.* FROM (SELECT 1) AS one LEFT JOIN up ON true
-"""
-
-
 def _current_row(collection: str, key: str, r: Sequence[Any]) -> StoredRow:
     """A row read from the primary (columns of ``_current_sql``); it agrees with the primary as of now."""
     return StoredRow(collection, key, r[0], r[1], r[2], r[3], r[4], time.time())
 
 
 class PrimaryTier:
-    name = "primary"
+    name: TierName = "primary"
 
     def __init__(
         self,
@@ -153,16 +119,16 @@ class PrimaryTier:
             ).strip()
         self._conninfo = make_conninfo("", **params)
         self._q = sql.Identifier(schema).as_string(None)
-        self._apply_sql = (
-            # %b: binary arrays; text-format array dumping costs ~45 ms of client CPU per 1000 ops
-            f"SELECT op_id, outcome, version, updated_at FROM {self._q}.hs_apply("
-            f"%b::uuid[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::bigint[])"
-        )
         self._push_sql = (
+            # %b: binary arrays; text-format array dumping costs ~45 ms of client CPU per 1000 ops
             f"SELECT op_id, outcome, version, updated_at FROM {self._q}.hs_push(%b::uuid[], %b::text[], "
             f"%b::text[], %b::text[], %b::text[], %b::text[], %b::bigint[], %b::text[], %b::text[])"
         )
-        self._apply_one_sql = _APPLY_ONE.replace("{schema}", self._q)
+        # One op: scalar parameters (a batch of one would cost array dumping here and a larger plan there).
+        self._push_one_sql = (
+            f"SELECT outcome, version, updated_at FROM {self._q}.hs_push_one(%s::uuid, %s::text, %s::text, "
+            f"%s::text, %s::text, %s::text, %s::bigint, %s::text, %s::text)"
+        )
         self.channel = f"hs_{schema}"  # change notifications (migration 0002)
         self._current_sql = (
             f"SELECT value::text, version, hlc, origin, extract(epoch FROM updated_at)::float8 "
@@ -170,6 +136,7 @@ class PrimaryTier:
         )
         self._watchdog = Watchdog()
         self._lock = threading.Lock()
+        self._closers: list[threading.Thread] = []  # old pools closing in the background (`reset_pool`)
         self._migrate_lock = threading.Lock()
         self._ready = not migrate  # migrate=False: the schema is managed elsewhere (e.g. `hybridstore migrate`)
         self._closed = False
@@ -193,10 +160,17 @@ class PrimaryTier:
 
     def reset_pool(self) -> None:
         """Replace the pool with a fresh one (after an outage: stale connections and long reconnect backoff
-        are dropped at once). The old pool closes in the background."""
+        are dropped at once). The old pool closes in the background; `close` waits for it. No-op once closed."""
         with self._lock:
+            if self._closed:
+                return
             old, self._pool = self._pool, self._new_pool()
-        threading.Thread(target=old.close, kwargs={"timeout": 1.0}, daemon=True).start()
+            # Started under the lock, so close() (which joins every closer it finds) never sees one unstarted.
+            closer = threading.Thread(
+                target=old.close, kwargs={"timeout": 1.0}, name="hybridstore-pool-close", daemon=True
+            )
+            closer.start()
+            self._closers = [t for t in self._closers if t.is_alive()] + [closer]
 
     # -- plumbing ---------------------------------------------------------------------------------------------
 
@@ -249,61 +223,19 @@ class PrimaryTier:
             conn.execute("SET LOCAL lock_timeout = 0")
             # Lock first: concurrent CREATE SCHEMA IF NOT EXISTS from several nodes would race.
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"hybridstore:{self.schema}",))
-            conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self._q}")
-            conn.execute(
-                f"CREATE TABLE IF NOT EXISTS {self._q}.hs_migrations (version int PRIMARY KEY, "
-                "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
-            )
-            done = {r[0] for r in conn.execute(f"SELECT version FROM {self._q}.hs_migrations")}
-            for mig in primary_migrations():
-                if mig.version in done:
-                    continue
-                conn.execute(mig.sql.replace("{schema}", self._q).encode())
-                conn.execute(
-                    f"INSERT INTO {self._q}.hs_migrations (version, name) VALUES (%s, %s)",
-                    (mig.version, mig.name),
-                )
-                applied.append(mig.version)
+            applied = migrate_postgres(conn, self._q)
         if applied:
             log.info("primary schema %s migrated to version %s", self.schema, applied[-1])
         self._ready = True
         return applied
 
-    # -- Tier protocol ----------------------------------------------------------------------------------------
+    # -- writes (`PrimaryWrites`) -------------------------------------------------------------------------------
 
-    def put(self, op: Op) -> StoredRow:
-        outcome = self.put_many([op])[0]
-        assert outcome.current is not None
-        return outcome.current
-
-    def put_one(self, op: Op) -> ApplyOutcome:
-        """Apply one op: the write-through fast path, one single-statement round trip (same rules as
-        ``hs_apply``); a second query only when the op did not apply."""
-        params = {
-            "op": op.op_id,
-            "c": op.collection,
-            "k": op.key,
-            "v": op.value_json,
-            "b": op.base_version,
-            "h": op.hlc,
-            "o": op.origin,
-        }
-
-        def apply(conn: psycopg.Connection[Any]) -> ApplyOutcome:
-            result = conn.execute(self._apply_one_sql, params).fetchone()
-            assert result is not None
-            fresh, version, updated_at = result
-            if version is not None:
-                row = StoredRow(op.collection, op.key, op.value_json, version, op.hlc, op.origin, updated_at)
-                return ApplyOutcome(op.op_id, "applied", row._replace(synced_at=time.time()))
-            cur = conn.execute(self._current_sql, (op.collection, op.key)).fetchone()
-            current = None if cur is None else _current_row(op.collection, op.key, cur)
-            if not fresh:
-                return ApplyOutcome(op.op_id, "duplicate", current)
-            conn.execute(f"UPDATE {self._q}.applied_ops SET outcome = 'superseded' WHERE op_id = %s", (op.op_id,))
-            return ApplyOutcome(op.op_id, "superseded", current)
-
-        return self._run(apply)
+    def put_one(self, op: Op, *, strategy: str = "last_wins", base_value: str | None = None) -> ApplyOutcome:
+        """Apply one op (write-through): one round trip, one transaction, ``hs_push_one`` (migration 0003) — the
+        same rules and results as `put_many` for this op alone. A second query reads the primary's row only
+        when the op did not apply."""
+        return self._run(lambda conn: self._apply_one(conn, op, strategy, base_value))
 
     def put_many(
         self,
@@ -312,14 +244,36 @@ class PrimaryTier:
         strategies: Sequence[str] | None = None,
         base_values: Sequence[str | None] | None = None,
     ) -> list[ApplyOutcome]:
-        """Apply ops in one transaction; see ``hs_push`` (migration 0002) for the rules. Idempotent by op id.
+        """Apply ops in one transaction; see ``hs_push`` (migration 0003) for the rules. Idempotent by op id.
         ``strategies`` gives each op's conflict strategy (default ``last_wins``); ``base_values`` the last value
         the writer agreed on with the primary (kept with a manual conflict)."""
         if not ops:
             return []
-        if len(ops) == 1 and (strategies is None or strategies[0] == "last_wins"):
-            return [self.put_one(ops[0])]
+        if len(ops) == 1:
+            strategy = strategies[0] if strategies is not None else "last_wins"
+            return [self.put_one(ops[0], strategy=strategy, base_value=base_values[0] if base_values else None)]
         return self._run(lambda conn: self._push(conn, ops, strategies, base_values))
+
+    def _apply_one(self, conn: psycopg.Connection[Any], op: Op, strategy: str, base_value: str | None) -> ApplyOutcome:
+        params = (
+            op.op_id,
+            op.collection,
+            op.key,
+            op.value_json,
+            op.hlc,
+            op.origin,
+            op.base_version,
+            strategy,
+            base_value,
+        )
+        result = conn.execute(self._push_one_sql, params).fetchone()
+        assert result is not None
+        outcome, version, updated_at = result
+        if outcome == "applied":
+            row = StoredRow(op.collection, op.key, op.value_json, version, op.hlc, op.origin, updated_at, time.time())
+            return ApplyOutcome(op.op_id, "applied", row)
+        cur = conn.execute(self._current_sql, (op.collection, op.key)).fetchone()
+        return ApplyOutcome(op.op_id, outcome, None if cur is None else _current_row(op.collection, op.key, cur))
 
     def _push(
         self,
@@ -406,14 +360,6 @@ class PrimaryTier:
         rows = self._run(lambda conn: conn.execute(query.encode(), params).fetchall())
         now = time.time()
         return [StoredRow(c, k, v, ver, h, o, u, now) for c, k, v, ver, h, o, u in rows]
-
-    def changes(self, after: Any = 0, limit: int = 1000) -> list[Change]:
-        """The change feed: rows changed after cursor ``after`` (``0`` = from the start), oldest first, never
-        past the oldest transaction still running — a transaction that commits late, after rows with higher
-        stamps were read, is therefore never skipped. The cursor is ``(stamp, collection, key)``, so a page may
-        end inside one transaction's rows."""
-        rows, _held = self.feed_page(after, limit)
-        return [Change((r[7], r[0], r[1]), StoredRow(*r[:7])) for r in rows]
 
     def feed_page(self, after: Any = 0, limit: int = 1000) -> tuple[list[tuple[Any, ...]], bool]:
         """The change feed as plain rows ``(collection, key, value, version, hlc, origin, updated_at, stamp)``
@@ -517,7 +463,7 @@ class PrimaryTier:
 
         def run(conn: psycopg.Connection[Any]) -> ApplyOutcome:
             with conn.transaction():
-                outcome = self._push(conn, [op], [strategy], [base])[0]
+                outcome = self._apply_one(conn, op, strategy, base)
                 if outcome.outcome == "applied":
                     row = conn.execute(
                         f"INSERT INTO {self._q}.conflicts (collection, key, strategy, base, local, remote, local_hlc, "
@@ -555,15 +501,6 @@ class PrimaryTier:
                 f"INSERT INTO {self._q}.audit_log (actor, action, target, details) VALUES (%s, %s, %s, %s::jsonb)",
                 (actor, action, target, json.dumps(details)),
             )
-        )
-
-    def audit_log(self, limit: int = 100) -> list[tuple[Any, ...]]:
-        return self._run(
-            lambda conn: conn.execute(
-                f"SELECT id, extract(epoch FROM at)::float8, actor, action, target, details::text "
-                f"FROM {self._q}.audit_log ORDER BY id DESC LIMIT %s",
-                (limit,),
-            ).fetchall()
         )
 
     def listen_connection(self) -> psycopg.Connection[Any]:
@@ -609,9 +546,13 @@ class PrimaryTier:
         return TierHealth("primary", "healthy", "", latency, extra=extra)
 
     def close(self) -> None:
-        self._closed = True
+        with self._lock:
+            self._closed = True
+            closers, self._closers = self._closers, []
         with suppress(Exception):
             self._pool.close(timeout=1.0)
+        for closer in closers:  # pools replaced by reset_pool: each close is bounded by its own 1 s timeout
+            closer.join(timeout=2.0)
         self._watchdog.close()
 
     # -- bulk reads for services (backups, restores) ----------------------------------------------------------
@@ -669,3 +610,10 @@ class PrimaryTier:
             raise PrimaryUnavailableError(f"primary unavailable during a snapshot: {str(exc).strip()}") from exc
         finally:
             conn.close()
+
+
+if TYPE_CHECKING:  # mypy checks that the tier fulfils every protocol it claims
+    from .base import ChangeFeed, PrimaryWrites, Tier
+
+    def _protocols(tier: PrimaryTier) -> tuple[Tier, PrimaryWrites, ChangeFeed]:
+        return tier, tier, tier

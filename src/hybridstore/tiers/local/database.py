@@ -1,0 +1,164 @@
+"""The node's SQLite database (WAL), shared by the local tier's parts: one connection, one lock, one transaction
+helper, the schema (``migrations/local/``), and the one write every local op goes through.
+
+Contract:
+
+- Every local write stores the record and its outbox row in one ``BEGIN IMMEDIATE`` transaction
+  (`_store_op`), so a write is either queued for the primary or not made at all.
+- Durability follows ``synchronous``: ``NORMAL`` (default) survives a crash of the process (SIGKILL included);
+  ``FULL`` also survives power loss / OS crash, at the cost of an fsync per commit.
+- Thread-safe: one connection guarded by ``_lock`` (SQLite serialises writers anyway).
+- Errors: every SQLite failure is raised as `LocalStoreError`, or `CorruptionError` when the file is damaged
+  (`map_sqlite_error`), and remembered in ``last_error`` for `health`. A failed transaction is rolled back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from ...errors import CorruptionError, LocalStoreError
+from ...migrations import migrate_sqlite
+from ...model import Op, StoredRow, TierName
+from ..base import TierHealth
+
+SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
+_CORRUPT_CODES = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
+
+ROW_COLUMNS = "collection, key, value, version, hlc, origin, updated_at, synced_at"
+as_row = StoredRow._make
+
+_UPSERT_PENDING = """
+INSERT INTO records (collection, key, value, version, hlc, origin, updated_at, synced_at, pending_seq)
+VALUES (?, ?, ?, 0, ?, ?, ?, NULL, ?)
+ON CONFLICT (collection, key) DO UPDATE SET
+    value = excluded.value, hlc = excluded.hlc, origin = excluded.origin,
+    updated_at = excluded.updated_at, synced_at = NULL, pending_seq = excluded.pending_seq,
+    base_value = CASE WHEN records.pending_seq IS NULL THEN records.value ELSE records.base_value END
+WHERE excluded.hlc > records.hlc
+"""
+_INSERT_OUTBOX = """
+INSERT INTO outbox (seq, op_id, collection, key, value, hlc, origin, created_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+"""
+
+
+def map_sqlite_error(exc: sqlite3.Error) -> LocalStoreError:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code in _CORRUPT_CODES or "malformed" in str(exc):
+        return CorruptionError(f"local SQLite database is corrupt: {exc}")
+    return LocalStoreError(f"local SQLite database failed: {exc}")
+
+
+class LocalDatabase:
+    """The connection and its plumbing; the tier's parts (records, outbox, pull cursor) build on it."""
+
+    name: TierName = "local"
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        synchronous: str = "NORMAL",
+        busy_timeout: float = 5.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if synchronous.upper() not in SYNCHRONOUS_MODES:
+            raise ValueError(f"synchronous must be one of {SYNCHRONOUS_MODES}")
+        self.path = Path(path)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self.last_error: str | None = None
+        try:
+            self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout)
+            self._conn.execute("PRAGMA journal_mode=WAL").fetchall()
+            self._conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
+            migrate_sqlite(self._conn, "local")
+            row = self._conn.execute("SELECT max(seq) FROM outbox").fetchone()
+        except sqlite3.Error as exc:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            raise map_sqlite_error(exc) from exc
+        self._next_seq = (row[0] or 0) + 1  # the outbox seq the next queued op gets
+
+    # -- plumbing ---------------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` … ``COMMIT`` under the tier lock; rolls back on any exception."""
+        with self._lock:
+            conn = self._conn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                yield conn
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise self._error(exc) from exc
+            except BaseException:
+                self._rollback()
+                raise
+
+    def _error(self, exc: sqlite3.Error) -> LocalStoreError:
+        """Our error for a SQLite failure, remembered for health()."""
+        err = map_sqlite_error(exc)
+        self.last_error = str(err)
+        return err
+
+    def _rollback(self) -> None:
+        with contextlib.suppress(sqlite3.Error):  # in_transaction raises too once the connection is closed
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        with self._lock:
+            try:
+                return self._conn.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise self._error(exc) from exc
+
+    def _store_op(self, conn: sqlite3.Connection, op: Op, now: float) -> bool:
+        """Store ``op`` as the key's pending value and queue it in the outbox (inside the caller's transaction).
+        False, and nothing written, when the op is stale: its HLC is not newer than the stored row's."""
+        seq = self._next_seq
+        cur = conn.execute(_UPSERT_PENDING, (op.collection, op.key, op.value_json, op.hlc, op.origin, now, seq))
+        if not cur.rowcount:
+            return False
+        conn.execute(
+            _INSERT_OUTBOX,
+            (seq, op.op_id, op.collection, op.key, op.value_json, op.hlc, op.origin, op.created_at or now),
+        )
+        self._next_seq = seq + 1
+        return True
+
+    # -- the whole file ---------------------------------------------------------------------------------------
+
+    def health(self) -> TierHealth:
+        start = time.perf_counter()
+        try:
+            self._read("SELECT 1")
+        except LocalStoreError as exc:
+            return TierHealth("local", "down", str(exc), extra={"path": str(self.path)})
+        return TierHealth(
+            "local",
+            "healthy",
+            "",
+            (time.perf_counter() - start) * 1000,
+            extra={"path": str(self.path)},
+        )
+
+    def integrity_check(self) -> list[str]:
+        """SQLite's ``PRAGMA integrity_check``: ``["ok"]`` for a sound file (a full read of it: slow on big files)."""
+        return [r[0] for r in self._read("PRAGMA integrity_check")]
+
+    def close(self) -> None:
+        with self._lock:  # closing a broken file must not raise
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("PRAGMA optimize")
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.close()

@@ -1,0 +1,208 @@
+"""The outbox: ops this node made that the primary has not accepted yet, and the dead letters (`Outbox` in
+``tiers/base.py``).
+
+Contract:
+
+- Every entry has a seq, increasing in the order the ops were made (`last_seq` is the largest handed out). An
+  entry stays until ``complete`` (the primary answered for it) or ``reject`` moves it to the dead letters.
+- ``queue`` / ``import_ops`` store the record and its entry in one transaction; a stale op (HLC not newer than
+  the stored row's) is neither stored nor queued, and ``queue`` says so by returning False.
+- ``pending_ops`` returns entries oldest first, each with the primary version this node knows for its key (the
+  base of the write) and the merge base; ``pending_rows`` the records that have entries.
+- ``complete`` records what the primary holds for the keys pushed; a key with later entries keeps its local value.
+- ``reject`` counts the primary's refusals of an entry; at the limit the entry becomes a dead letter and the key
+  goes back to the last value agreed with the primary. Dead letters stay until ``take_dead_letter``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ...model import ApplyOutcome, Op, StoredRow
+from ..keyrange import key_range
+from .database import ROW_COLUMNS, LocalDatabase, as_row
+
+# After a push: a key whose newest pending op was pushed (pending_seq <= pushed seq) takes the primary's row and
+# is synced; a key with later pending ops keeps its value and learns the new version and merge base. SET
+# expressions all see the old row, so every CASE tests the same pending_seq.
+_COMPLETE = """
+UPDATE records SET
+    value = CASE WHEN pending_seq <= ?7 THEN ?1 ELSE value END,
+    hlc = CASE WHEN pending_seq <= ?7 THEN ?2 ELSE hlc END,
+    origin = CASE WHEN pending_seq <= ?7 THEN ?3 ELSE origin END,
+    updated_at = CASE WHEN pending_seq <= ?7 THEN ?4 ELSE updated_at END,
+    synced_at = CASE WHEN pending_seq <= ?7 THEN ?5 ELSE synced_at END,
+    base_value = CASE WHEN pending_seq <= ?7 THEN NULL ELSE ?1 END,
+    pending_seq = CASE WHEN pending_seq <= ?7 THEN NULL ELSE pending_seq END,
+    version = ?6
+WHERE collection = ?8 AND key = ?9
+"""
+_DEAD_LETTER_FIELDS = (
+    "id",
+    "op_id",
+    "collection",
+    "key",
+    "value",
+    "hlc",
+    "origin",
+    "created_at",
+    "attempts",
+    "error",
+    "dead_at",
+)
+
+
+class LocalOutbox(LocalDatabase):
+    """Outbox and dead letters."""
+
+    @property
+    def last_seq(self) -> int:
+        """The largest outbox seq this tier handed out (0 if none): every entry queued so far has a seq ≤ it."""
+        return self._next_seq - 1
+
+    def queue(self, op: Op) -> bool:
+        """Like `put` without reading the row back: the write hot path. False if the op was stale."""
+        now = self._clock()
+        with self._transaction() as conn:
+            return self._store_op(conn, op, now)
+
+    def import_ops(self, ops: Sequence[Op]) -> int:
+        """Store many ops (journal replay) in one transaction; returns how many changed a record."""
+        now = self._clock()
+        with self._transaction() as conn:
+            return sum(1 for op in ops if self._store_op(conn, op, now))
+
+    def pending_ops(self, limit: int, *, after: int = 0) -> list[tuple[int, Op, str | None]]:
+        """The oldest ``limit`` outbox entries after seq ``after``, each with the primary version this node knows
+        for its key as ``base_version`` (so a follow-up write is not mistaken for a conflict) and the merge base:
+        the last value this node agreed on with the primary for the key (``None`` if none)."""
+        rows = self._read(
+            "SELECT o.seq, o.op_id, o.collection, o.key, o.value, o.hlc, o.origin, coalesce(r.version, 0), "
+            "o.created_at, r.base_value "
+            "FROM outbox o LEFT JOIN records r ON r.collection = o.collection AND r.key = o.key "
+            "WHERE o.seq > ? ORDER BY o.seq LIMIT ?",
+            (after, limit),
+        )
+        return [(r[0], Op(r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8]), r[9]) for r in rows]
+
+    def pending_rows(
+        self, collection: str, *, prefix: str = "", after: str | None = None, upper: str | None = None
+    ) -> list[StoredRow]:
+        """Rows with local changes the primary has not accepted (tombstones included) in a key range ending at
+        ``upper`` (inclusive; ``None`` = no end), ordered by key."""
+        low, inclusive, high = key_range(prefix, after)
+        sql = f"SELECT {ROW_COLUMNS} FROM records WHERE collection = ? AND pending_seq IS NOT NULL"
+        sql += " AND key >= ?" if inclusive else " AND key > ?"
+        params: list[Any] = [collection, low]
+        if high is not None:
+            sql += " AND key < ?"
+            params.append(high)
+        if upper is not None:
+            sql += " AND key <= ?"
+            params.append(upper)
+        return [as_row(r) for r in self._read(sql + " ORDER BY key", params)]
+
+    def complete(self, done: Sequence[tuple[int, Op, ApplyOutcome]], *, exact: bool = False) -> None:
+        """Remove pushed ops from the outbox and record what the primary now holds for their keys.
+
+        A key whose newest pending op was pushed becomes synced and takes the primary's row (our value, or a
+        newer one that won under last-writer-wins); a key with later pending ops keeps its local value and
+        only learns the new primary version."""
+        now = self._clock()
+        last: dict[tuple[str, str], tuple[int, StoredRow | None]] = {}
+        for seq, op, outcome in done:
+            last[(op.collection, op.key)] = (seq, outcome.current)
+        adopt = [
+            (cur.value_json, cur.hlc, cur.origin, cur.updated_at, now, cur.version, seq, c, k)
+            for (c, k), (seq, cur) in last.items()
+            if cur is not None
+        ]
+        gone = [(now, c, k, seq) for (c, k), (seq, cur) in last.items() if cur is None]
+        with self._transaction() as conn:
+            if exact:  # some entries in between stay (e.g. rejected by the primary)
+                conn.executemany("DELETE FROM outbox WHERE seq = ?", [(seq,) for seq, _, _ in done])
+            else:  # the batch is the oldest entries, so it is exactly every entry up to its largest seq
+                conn.execute("DELETE FROM outbox WHERE seq <= ?", (max(seq for seq, _, _ in done),))
+            conn.executemany(_COMPLETE, adopt)
+            conn.executemany(
+                "UPDATE records SET synced_at = ?, pending_seq = NULL "
+                "WHERE collection = ? AND key = ? AND pending_seq <= ?",
+                gone,
+            )
+
+    def record_failure(self, seqs: Sequence[int], error: str) -> None:
+        """Count a failed push attempt (the primary could not be reached) for these entries."""
+        with self._transaction() as conn:
+            conn.executemany(
+                "UPDATE outbox SET attempts = attempts + 1, last_error = ? WHERE seq = ?",
+                [(error[:500], s) for s in seqs],
+            )
+
+    def reject(self, seq: int, error: str, max_rejections: int) -> bool:
+        """The primary refused outbox entry ``seq`` (the data, not the connection). After ``max_rejections``
+        refusals it moves to the dead letters; if it was the key's newest pending op the record goes back to the
+        last value agreed with the primary. Returns True when it was dead-lettered."""
+        now = self._clock()
+        with self._transaction() as conn:
+            row = conn.execute(
+                "UPDATE outbox SET rejections = rejections + 1, attempts = attempts + 1, last_error = ? "
+                "WHERE seq = ? RETURNING rejections, op_id, collection, key, value, hlc, origin, created_at, attempts",
+                (error[:1000], seq),
+            ).fetchone()
+            if row is None or row[0] < max_rejections:
+                return False
+            conn.execute(
+                "INSERT INTO dead_letters (op_id, collection, key, value, hlc, origin, created_at, attempts, "
+                "last_error, dead_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (*row[1:], error[:1000], now),
+            )
+            conn.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+            later = conn.execute(
+                "SELECT max(seq) FROM outbox WHERE collection = ? AND key = ?", (row[2], row[3])
+            ).fetchone()[0]
+            if later is None:
+                # Nothing else pending for the key: back to what the primary holds (a never-synced key: gone).
+                conn.execute(
+                    "DELETE FROM records WHERE collection = ? AND key = ? AND version = 0 AND pending_seq = ?",
+                    (row[2], row[3], seq),
+                )
+                conn.execute(
+                    "UPDATE records SET value = base_value, base_value = NULL, pending_seq = NULL, synced_at = ? "
+                    "WHERE collection = ? AND key = ? AND pending_seq = ?",
+                    (now, row[2], row[3], seq),
+                )
+            else:
+                conn.execute(
+                    "UPDATE records SET pending_seq = ? WHERE collection = ? AND key = ? AND pending_seq = ?",
+                    (later, row[2], row[3], seq),
+                )
+            return True
+
+    def outbox_stats(self) -> tuple[int, float | None]:
+        """(depth, created_at of the oldest pending op)."""
+        rows = self._read("SELECT count(*), min(created_at) FROM outbox")
+        return int(rows[0][0]), rows[0][1]
+
+    def dead_letters(self, *, limit: int = 100, after_id: int = 0) -> list[dict[str, Any]]:
+        """Dead letters with ids above ``after_id``, oldest first, at most ``limit``."""
+        rows = self._read(
+            "SELECT id, op_id, collection, key, value, hlc, origin, created_at, attempts, last_error, dead_at "
+            "FROM dead_letters WHERE id > ? ORDER BY id LIMIT ?",
+            (after_id, limit),
+        )
+        return [dict(zip(_DEAD_LETTER_FIELDS, r, strict=True)) for r in rows]
+
+    def dead_letter_count(self) -> int:
+        return int(self._read("SELECT count(*) FROM dead_letters")[0][0])
+
+    def take_dead_letter(self, letter_id: int) -> dict[str, Any] | None:
+        """Remove a dead letter and return it (``None`` if there is no such id)."""
+        with self._transaction() as conn:
+            row = conn.execute(
+                "DELETE FROM dead_letters WHERE id = ? RETURNING id, op_id, collection, key, value, hlc, origin",
+                (letter_id,),
+            ).fetchone()
+        if row is None:
+            return None
+        return dict(zip(("id", "op_id", "collection", "key", "value", "hlc", "origin"), row, strict=True))
