@@ -184,7 +184,7 @@ class BackupService:
         if local is None or len(self._node.journal):
             return False
         try:
-            return not any(local.collection_counts().values()) and local.outbox_stats()[0] == 0
+            return local.count_live() == 0 and local.outbox_stats()[0] == 0
         except LocalStoreError:
             return False
 
@@ -309,7 +309,7 @@ class BackupService:
         if local is None:
             return 0
         try:
-            return sum(local.collection_counts().values())
+            return local.count_live()
         except LocalStoreError:
             return 0
 

@@ -1,6 +1,6 @@
 """Change puller: keeps the local copy up to date with the primary's change feed.
 
-`ChangePuller` owns one background worker. It pages through the primary's change feed (`PrimaryTier.changes`)
+`ChangePuller` owns one background worker. It pages through the primary's change feed (`PrimaryTier.feed_page`)
 from a cursor kept in SQLite — saved in the same transaction as the rows it covers, so a crash never skips or
 half-applies a page — and adopts each row unless the key has pending local ops (those reach the primary first
 and settle the key when they do). It wakes on the primary's change notifications (LISTEN, real time) and polls
