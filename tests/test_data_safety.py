@@ -179,3 +179,57 @@ def test_no_backup_is_taken_from_a_local_store_awaiting_its_rebuild(tmp_path: Pa
         with pytest.raises(hybridstore.BackupError, match="awaits a rebuild"):
             b.create_manual_backup()
         assert b.list_backups() == []
+
+
+# -- a write is acknowledged only once it is stored ----------------------------------------------------------------
+
+
+def _future_stamp(node: str, days: int = 3) -> str:
+    from hybridstore.clock import wall_ms
+
+    return f"{wall_ms() + days * 86_400_000:012x}.000000.{node}"
+
+
+def test_a_value_stamped_in_the_far_future_does_not_swallow_later_local_writes(tmp_path: Path) -> None:
+    """A node whose clock runs days ahead wrote a key; our clock refuses to adopt that stamp (drift guard), yet
+    every later local write to the key must be stored, read back, and ordered after it."""
+    from hybridstore.model import StoredRow
+
+    with hybridstore.open(data_dir=tmp_path / "n", background=False, read_policy="local_first") as store:
+        local = store.node.slot.tier
+        assert local is not None
+        future = _future_stamp("skewed")
+        local.store_synced(StoredRow("prices", "p1", '{"v":"from the future"}', 7, future, "skewed", 1.0, 1.0))
+        store.node.clock.observe(future)  # refused: more than 24 h ahead
+        result = store.set("prices", "p1", {"v": "mine"})
+        assert result.queued and result.hlc > future
+        rec = store.get("prices", "p1")
+        assert rec is not None and rec.value == {"v": "mine"}, "acknowledged, so stored and read back"
+        many = store.set_many("prices", [("p1", {"v": "bulk"})])
+        assert many[0].hlc > result.hlc
+        assert store.get("prices", "p1").value == {"v": "bulk"}  # type: ignore[union-attr]
+        assert store.health()["outbox"]["depth"] == 2
+
+
+def test_journal_replay_keeps_acknowledged_writes_and_lets_newer_ones_win(tmp_path: Path) -> None:
+    """Replaying the journal: a journaled write older than a value another node wrote since loses under
+    last-writer-wins (counted as superseded, not silently); one older than a far-future stamp is re-stamped."""
+    from hybridstore.model import Op, StoredRow
+
+    with hybridstore.open(data_dir=tmp_path / "n", background=False) as store:
+        node = store.node
+        local = node.slot.tier
+        assert local is not None
+        old = node.clock.now()
+        newer = node.clock.now()
+        local.store_synced(
+            StoredRow("c", "legit", '"newer, from elsewhere"', 3, newer.replace(node.node_id, "zz"), "zz", 1.0, 1.0)
+        )
+        local.store_synced(StoredRow("c", "skewed", '"from the future"', 3, _future_stamp("zz"), "zz", 1.0, 1.0))
+        node.journal.put(Op("j1", "c", "legit", '"journaled"', old, node.node_id, 0, 1.0))
+        node.journal.put(Op("j2", "c", "skewed", '"journaled"', old, node.node_id, 0, 1.0))
+        report = store.sync_now()
+        assert report.journal_replayed == 1 and len(node.journal) == 0
+        assert node.replayer.totals.superseded == 1
+        assert store.get("c", "legit").value == "newer, from elsewhere"  # type: ignore[union-attr]
+        assert store.get("c", "skewed").value == "journaled"  # type: ignore[union-attr]

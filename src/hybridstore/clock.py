@@ -20,6 +20,19 @@ _MAX_COUNTER = 16**6 - 1
 MAX_DRIFT_MS = 24 * 3600 * 1000
 
 
+def stamp_after(stamp: str, node: str) -> str:
+    """The smallest stamp of ``node`` that orders after ``stamp`` (used to put a local write after a value the
+    clock refused to adopt: see `HybridClock.observe`)."""
+    ts = Timestamp.decode(stamp)
+    wall, counter = (ts.wall, ts.counter + 1) if ts.counter < _MAX_COUNTER else (ts.wall + 1, 0)
+    return f"{wall:012x}.{counter:06x}.{node}"
+
+
+def beyond_drift(stamp: str, now_ms: int | None = None) -> bool:
+    """Is ``stamp`` further in the future than the drift guard allows (a node with a broken clock wrote it)?"""
+    return Timestamp.decode(stamp).wall > (wall_ms() if now_ms is None else now_ms) + MAX_DRIFT_MS
+
+
 def wall_ms() -> int:
     """Current wall-clock time in milliseconds."""
     return time.time_ns() // 1_000_000

@@ -101,6 +101,7 @@ class BackupService:
         self.repo.remove_stale_temporaries()
         self._section: dict[str, Any] | None = None
         node.events.subscribe(self._on_circuit_open, "circuit_open")
+        node.events.subscribe(self._on_local_swapped, "local_swapped")
         node.on_close(self.stop)
         node.status.provide("backups", self.status_section)
         if start if start is not None else node.config.background:
@@ -128,6 +129,12 @@ class BackupService:
         # Called in whatever thread saw the failure: only note the request, the work happens in our thread.
         self._emergency_requested = True
         self.worker.wake()
+
+    def _on_local_swapped(self, event: Event) -> None:
+        # A rebuilt local store: a backup that failed on the broken file is due again now, not in five minutes.
+        if self.last_error is not None:
+            self._retry_at = 0.0
+            self.worker.wake()
 
     def _run_once(self) -> float:
         try:

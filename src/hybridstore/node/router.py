@@ -104,12 +104,12 @@ class Router:
         local = self._slot.writable()
         if local is not None and not len(self._journal):
             try:
-                local.queue(op)
+                stored = local.queue(op)
             except LocalStoreError as exc:
                 self._slot.mark_failed(exc, tier=local)
             else:
                 self._wake_pusher()
-                return WriteResult("local", 0, True, op.op_id, op.hlc)
+                return WriteResult("local", 0, True, stored.op_id, stored.hlc)
         return self._journaled(op)
 
     def _journaled(self, op: Op) -> WriteResult:
@@ -128,12 +128,12 @@ class Router:
         local = self._slot.writable()
         if local is not None and not len(self._journal):
             try:
-                local.import_ops(ops)
+                stored = local.import_ops(ops, fresh=True)
             except LocalStoreError as exc:
                 self._slot.mark_failed(exc, tier=local)
             else:
                 self._wake_pusher()
-                return [WriteResult("local", 0, True, op.op_id, op.hlc) for op in ops]
+                return [WriteResult("local", 0, True, op.op_id, op.hlc) for op in stored]
         return [self.queue(op) for op in ops]
 
     def set_many(self, collection: str, items: list[tuple[str, Any]]) -> list[WriteResult]:

@@ -177,7 +177,7 @@ def _fill(new: LocalTier, salvage: Salvage, rows: RowSource | None, report: Rebu
     ]
     report.outbox_salvaged = len(ops)
     report.recovered_from_records = len(from_records)
-    report.requeued = new.import_ops(ops + from_records) if ops or from_records else 0
+    report.requeued = len(new.import_ops(ops + from_records)) if ops or from_records else 0
     report.unrecovered = [
         {"seq": seq, "reason": "outbox entry on a damaged page and no readable record holds its value"}
         for seq in sorted(lost - set(pending))

@@ -178,12 +178,18 @@ class OutboxReplayer:
             ops = self._journal.entries()
             if not ops:
                 return 0
-            local.import_ops(ops)
+            stored = local.import_ops(ops)
             self._journal.clear(len(ops))
             self._journal_pushed = max(0, self._journal_pushed - len(ops))
-        self.totals.journal_replayed += len(ops)
-        log.info("replayed %d journaled op(s) into SQLite", len(ops))
-        return len(ops)
+        self.totals.journal_replayed += len(stored)
+        superseded = len(ops) - len(stored)
+        if superseded:
+            # Each was older than a value another node wrote since: last-writer-wins settled it, as the primary
+            # would have; counted, never silent.
+            self.totals.superseded += superseded
+            log.info("%d journaled op(s) were older than values written elsewhere since (superseded)", superseded)
+        log.info("replayed %d journaled op(s) into SQLite", len(stored))
+        return len(stored)
 
     def _probe_local(self) -> None:
         """SQLite failed earlier and nothing waits in the journal: try a real write to see if it works again."""

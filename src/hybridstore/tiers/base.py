@@ -141,12 +141,14 @@ class Outbox(PendingRows, Protocol):
         """The largest seq handed out so far (0 if none)."""
         ...
 
-    def queue(self, op: Op) -> bool:
-        """Store ``op`` as the key's value and queue it, in one transaction; False (nothing done) if stale."""
+    def queue(self, op: Op) -> Op:
+        """Store a new write as the key's value and queue it, in one transaction; returns it as stored (ordered
+        after the stored value: never refused, never lost)."""
         ...
 
-    def import_ops(self, ops: Sequence[Op]) -> int:
-        """`queue` for many ops in one transaction (journal replay); returns how many were not stale."""
+    def import_ops(self, ops: Sequence[Op], *, fresh: bool = False) -> list[Op]:
+        """Store many ops in one transaction; returns those stored. Replayed ops (``fresh=False``) older than a
+        value written elsewhere since lose to it (last-writer-wins) and are left out."""
         ...
 
     def pending_ops(self, limit: int, *, after: int = 0) -> list[tuple[int, Op, str | None]]:

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from ...clock import beyond_drift, stamp_after
 from ...errors import CorruptionError, LocalStoreError
 from ...migrations import migrate_sqlite
 from ...model import Op, StoredRow, TierName
@@ -122,19 +123,34 @@ class LocalDatabase:
             except sqlite3.Error as exc:
                 raise self._error(exc) from exc
 
-    def _store_op(self, conn: sqlite3.Connection, op: Op, now: float) -> bool:
-        """Store ``op`` as the key's pending value and queue it in the outbox (inside the caller's transaction).
-        False, and nothing written, when the op is stale: its HLC is not newer than the stored row's."""
+    def _store_op(self, conn: sqlite3.Connection, op: Op, now: float, *, fresh: bool) -> Op | None:
+        """Store ``op`` as the key's pending value and queue it in the outbox (inside the caller's transaction);
+        returns the op as stored. When the stored row's HLC is not older than the op's: a ``fresh`` write (made
+        now, after everything this node has seen) is re-stamped just after that row — the only way it can be
+        older is a stamp the clock refused to adopt (beyond the drift guard), and a write must never be
+        acknowledged and then lost to it; a replayed op (journal, rebuild) is re-stamped only in that case too,
+        else it is older than a write made elsewhere since and loses under last-writer-wins: ``None``, nothing
+        written. An op whose exact stamp is stored already is that same write: returned, nothing written again."""
         seq = self._next_seq
         cur = conn.execute(_UPSERT_PENDING, (op.collection, op.key, op.value_json, op.hlc, op.origin, now, seq))
         if not cur.rowcount:
-            return False
+            stored = conn.execute(
+                "SELECT hlc FROM records WHERE collection = ? AND key = ?", (op.collection, op.key)
+            ).fetchone()
+            if stored is not None and stored[0] == op.hlc:
+                return op  # the same write is stored already (replayed twice, or pulled back from the primary)
+            if stored is None or not (fresh or beyond_drift(stored[0])):
+                return None
+            op = op._replace(hlc=stamp_after(stored[0], op.origin))
+            cur = conn.execute(_UPSERT_PENDING, (op.collection, op.key, op.value_json, op.hlc, op.origin, now, seq))
+            if not cur.rowcount:  # pragma: no cover - a stamp after the stored one always wins
+                raise LocalStoreError(f"could not order a write to {op.collection}/{op.key} after the stored value")
         conn.execute(
             _INSERT_OUTBOX,
             (seq, op.op_id, op.collection, op.key, op.value_json, op.hlc, op.origin, op.created_at or now),
         )
         self._next_seq = seq + 1
-        return True
+        return op
 
     # -- the whole file ---------------------------------------------------------------------------------------
 

@@ -61,17 +61,23 @@ class LocalOutbox(LocalDatabase):
         """The largest outbox seq this tier handed out (0 if none): every entry queued so far has a seq ≤ it."""
         return self._next_seq - 1
 
-    def queue(self, op: Op) -> bool:
-        """Like `put` without reading the row back: the write hot path. False if the op was stale."""
+    def queue(self, op: Op) -> Op:
+        """Store a new write as the key's value and queue it, in one transaction (the write hot path); returns
+        the op as stored: re-stamped after the stored value if that one carries a stamp from beyond the clock's
+        drift guard (see `_store_op`). Never refuses a write."""
         now = self._clock()
         with self._transaction() as conn:
-            return self._store_op(conn, op, now)
+            stored = self._store_op(conn, op, now, fresh=True)
+        assert stored is not None
+        return stored
 
-    def import_ops(self, ops: Sequence[Op]) -> int:
-        """Store many ops (journal replay) in one transaction; returns how many changed a record."""
+    def import_ops(self, ops: Sequence[Op], *, fresh: bool = False) -> list[Op]:
+        """Store many ops in one transaction; returns those stored (as stored). ``fresh``: new writes (a bulk
+        `set_many`), every one stored; otherwise replayed ones (journal, rebuild): an op older than a value
+        written elsewhere since loses to it under last-writer-wins and is left out."""
         now = self._clock()
         with self._transaction() as conn:
-            return sum(1 for op in ops if self._store_op(conn, op, now))
+            return [s for op in ops if (s := self._store_op(conn, op, now, fresh=fresh)) is not None]
 
     def pending_ops(self, limit: int, *, after: int = 0) -> list[tuple[int, Op, str | None]]:
         """The oldest ``limit`` outbox entries after seq ``after``, each with the primary version this node knows

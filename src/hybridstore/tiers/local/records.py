@@ -40,7 +40,7 @@ class LocalRecords(LocalDatabase):
         than the stored one) changes nothing."""
         now = self._clock()
         with self._transaction() as conn:
-            self._store_op(conn, op, now)
+            self._store_op(conn, op, now, fresh=False)
             row = conn.execute(_GET, (op.collection, op.key)).fetchone()
         return as_row(row)
 
