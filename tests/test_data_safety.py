@@ -233,3 +233,40 @@ def test_journal_replay_keeps_acknowledged_writes_and_lets_newer_ones_win(tmp_pa
         assert node.replayer.totals.superseded == 1
         assert store.get("c", "legit").value == "newer, from elsewhere"  # type: ignore[union-attr]
         assert store.get("c", "skewed").value == "journaled"  # type: ignore[union-attr]
+
+
+# -- no call waits on the primary longer than primary_timeout ------------------------------------------------------
+
+
+def test_first_writes_after_a_restart_never_wait_on_a_migration_lock(
+    make_store: StoreFactory, pg_dsn: str, pg_schema: str
+) -> None:
+    """Another node holds the schema's migration lock (it is migrating, or stuck): a node restarting on a current
+    schema writes through at once, and on a schema that needs migrating it queues within the timeout."""
+    import time as _time
+
+    first = make_store("a", background=False)
+    first.set("c", "warm", 1)  # the schema exists and is current
+    first.close()
+    with psycopg.connect(pg_dsn, autocommit=True) as locker:
+        locker.execute("SELECT pg_advisory_lock(hashtext(%s))", (f"hybridstore:{pg_schema}",))
+        store = make_store("b", background=False, primary_timeout=0.5)
+        started = _time.monotonic()
+        assert store.set("c", "k", 1).tier == "primary", "a current schema is recognised without the lock"
+        assert _time.monotonic() - started < 0.5
+        fresh = pg_schema + "_new"  # a schema that still needs its migrations, locked by "another node"
+        locker.execute("SELECT pg_advisory_lock(hashtext(%s))", (f"hybridstore:{fresh}",))
+        late = make_store("c", background=False, primary_timeout=0.5, primary_schema=fresh)
+        started = _time.monotonic()
+        results = [late.set("c", f"q{i}", i) for i in range(5)]
+        elapsed = _time.monotonic() - started
+        assert all(r.queued for r in results), "the migration cannot take its lock: the writes are queued"
+        assert elapsed < 0.5 * 2 + 0.3, f"bounded by primary_timeout, not the migration's budget: {elapsed:.2f}s"
+        locker.execute("SELECT pg_advisory_unlock_all()")
+    try:
+        report = late.sync_now()
+        assert report.remaining == 0 and report.pushed == 5
+    finally:
+        late.close()
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{fresh}" CASCADE')

@@ -44,6 +44,7 @@ log = logging.getLogger("hybridstore.gateway")
 T = TypeVar("T")
 Outcome = Literal["ok", "timeout", "unreachable", "refused", "misconfigured"]
 SUSPECT_INTERVAL = 0.25  # seconds between probes while the primary is failing
+MIGRATION_BUDGET = 60.0  # seconds the prober gives a schema migration (DDL may wait for locks)
 
 # SQLSTATE classes and messages that say "this node is not allowed in", not "the primary is down".
 _MISCONFIGURED_STATES = ("28000", "28P01", "3D000", "42501", "3F000")
@@ -250,6 +251,8 @@ class PrimaryGateway:
         self.last_probe_at = self._wall()
         self.probes += 1
         if result.ok:
+            if not self._primary.schema_ready:
+                self._prepare_schema()
             if self.misconfigured is not None:
                 log.info("primary accepts this node again")
                 self.misconfigured = None
@@ -276,6 +279,17 @@ class PrimaryGateway:
             self.circuit.record_success()
             log.info("primary is back")
             self._events.publish("primary_up", "answering again")
+
+    def _prepare_schema(self) -> None:
+        """In the prober's thread, with a long budget: the first foreground call then finds the schema current
+        (a call never waits on the primary longer than its timeout; migrations may)."""
+        assert self._primary is not None
+        try:
+            self._primary.ensure_schema(budget=MIGRATION_BUDGET)
+        except (PrimaryUnavailableError, PrimaryRejectedError) as exc:
+            if classify(exc) == "misconfigured":
+                self._misconfigured(str(exc))
+            log.warning("the primary's schema could not be checked or migrated yet: %s", exc)
 
     def _misconfigured(self, detail: str) -> None:
         if self.misconfigured is None:

@@ -28,7 +28,7 @@ from ..errors import (
     PrimaryTimeoutError,
     PrimaryUnavailableError,
 )
-from ..migrations import migrate_postgres
+from ..migrations import migrate_postgres, migrations_for
 from ..model import ApplyOutcome, Op, StoredRow, TierName
 from .base import TierHealth
 from .deadline import Watchdog
@@ -205,22 +205,55 @@ class PrimaryTier:
 
     def _run(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
         if not self._ready:
-            self.migrate()
+            self.ensure_schema()
         start = time.perf_counter()
         with self._conn() as conn:
             result = fn(conn)
         self.last_latency_ms = (time.perf_counter() - start) * 1000
         return result
 
-    def migrate(self) -> list[int]:
-        """Apply pending schema migrations (idempotent, safe with many nodes at once); returns the versions
-        applied now."""
-        applied: list[int] = []
-        with self._migrate_lock, self._conn(budget=max(60.0, self.timeout)) as conn, conn.transaction():
+    def ensure_schema(self, *, budget: float | None = None) -> None:
+        """Make sure the schema is current before the first call, within ``budget`` seconds (default: the tier
+        timeout, so a foreground call never waits longer on the primary than that). A schema already current
+        is recognised by a read, with no DDL privilege needed; otherwise the migrations run, under the same
+        budget. If another thread is checking already, this waits for it at most the budget, then raises
+        `PrimaryTimeoutError` (the caller's write is queued; the gateway's prober retries with a longer
+        budget)."""
+        budget = budget or self.timeout
+        if not self._migrate_lock.acquire(timeout=budget):
+            raise PrimaryTimeoutError(f"primary unavailable: its schema is being checked (waited {budget:g}s)")
+        try:
             if self._ready:
-                return applied
-            conn.execute("SET LOCAL statement_timeout = 0")  # a migration may take longer than a write
-            conn.execute("SET LOCAL lock_timeout = 0")
+                return
+            if self._schema_current(budget):
+                self._ready = True
+                return
+            self._migrate_locked(budget)
+        finally:
+            self._migrate_lock.release()
+
+    def _schema_current(self, budget: float) -> bool:
+        latest = {m.version for m in migrations_for("primary")}
+        sql = f"SELECT version FROM {self._q}.hs_migrations"
+        try:
+            with self._conn(budget=budget) as conn:
+                done = {r[0] for r in conn.execute(sql)}
+        except PrimaryRejectedError:  # no such schema or table yet: the migrations will create them
+            return False
+        return latest <= done
+
+    def migrate(self, *, budget: float = 60.0) -> list[int]:
+        """Apply pending schema migrations (idempotent, safe with many nodes at once); returns the versions
+        applied now. ``budget``: seconds for the whole migration (DDL may wait for locks)."""
+        with self._migrate_lock:
+            if self._ready:
+                return []
+            return self._migrate_locked(max(budget, self.timeout))
+
+    def _migrate_locked(self, budget: float) -> list[int]:
+        with self._conn(budget=budget) as conn, conn.transaction():
+            conn.execute(f"SET LOCAL statement_timeout = {int(budget * 1000)}")  # a migration may outlast a write
+            conn.execute(f"SET LOCAL lock_timeout = {int(budget * 1000)}")
             # Lock first: concurrent CREATE SCHEMA IF NOT EXISTS from several nodes would race.
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"hybridstore:{self.schema}",))
             applied = migrate_postgres(conn, self._q)
@@ -228,6 +261,10 @@ class PrimaryTier:
             log.info("primary schema %s migrated to version %s", self.schema, applied[-1])
         self._ready = True
         return applied
+
+    @property
+    def schema_ready(self) -> bool:
+        return self._ready
 
     # -- writes (`PrimaryWrites`) -------------------------------------------------------------------------------
 
@@ -584,7 +621,7 @@ class PrimaryTier:
         transaction on a connection of its own, outside the pool). Each fetch is bounded by ``fetch_timeout``
         (default: 10 times the tier timeout); a failure raises `PrimaryUnavailableError`."""
         if not self._ready:
-            self.migrate()
+            self.ensure_schema()
         budget = fetch_timeout or self.timeout * 10
         try:
             conn = psycopg.connect(self._conninfo, autocommit=True)
