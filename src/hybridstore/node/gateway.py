@@ -224,12 +224,13 @@ class PrimaryGateway:
             self._prober.close()
         return stopped
 
-    def tick(self) -> float:
-        """One liveness probe and what follows from it; returns the delay before the next (for the worker)."""
+    def tick(self, *, prepare_schema: bool = True) -> float:
+        """One liveness probe and what follows from it (with ``prepare_schema``, a first successful probe also
+        checks or migrates the schema, with a migration's budget); returns the delay before the next."""
         if self._primary is None or self._prober is None:
             return 3600.0
         with self._lock:
-            self._probe_once()
+            self._probe_once(prepare_schema)
         d = self.detector
         if d.suspect or d.in_outage or not self.circuit.allow():
             return min(self.interval, SUSPECT_INTERVAL)
@@ -237,10 +238,10 @@ class PrimaryGateway:
 
     def probe_now(self) -> bool:
         """Probe at once, in this thread (an explicit sync request, a CLI command); True when it answered."""
-        self.tick()
+        self.tick(prepare_schema=False)  # an explicit `migrate` must still see what it applies
         return self.allow()
 
-    def _probe_once(self) -> None:
+    def _probe_once(self, prepare_schema: bool) -> None:
         assert self._primary is not None and self._prober is not None
         d = self.detector
         first, self._first_probe = self._first_probe, False
@@ -251,7 +252,7 @@ class PrimaryGateway:
         self.last_probe_at = self._wall()
         self.probes += 1
         if result.ok:
-            if not self._primary.schema_ready:
+            if prepare_schema and not self._primary.schema_ready:
                 self._prepare_schema()
             if self.misconfigured is not None:
                 log.info("primary accepts this node again")
