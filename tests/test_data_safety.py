@@ -270,3 +270,30 @@ def test_first_writes_after_a_restart_never_wait_on_a_migration_lock(
         late.close()
         with psycopg.connect(pg_dsn, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{fresh}" CASCADE')
+
+
+# -- an embedded store's disk use follows its records ----------------------------------------------------------
+
+
+def test_an_embedded_store_keeps_one_queued_op_per_key_and_delivers_the_newest_later(
+    tmp_path: Path, pg_dsn: str, pg_schema: str, pg: psycopg.Connection[Any]
+) -> None:
+    data = tmp_path / "terminal"
+    keys, rounds = 200, 50
+    with hybridstore.open(data_dir=data, background=False) as store:
+        for r in range(rounds):
+            store.set_many("stock", [(f"k{i:03d}", {"qty": r, "i": i}) for i in range(keys)])
+            for i in range(0, keys, 7):
+                store.set("stock", f"k{i:03d}", {"qty": r, "i": i, "single": True})
+        store.delete("stock", "k001")
+        assert store.health()["outbox"]["depth"] == keys, "one queued op per key, not one per write"
+    size = sum(p.stat().st_size for p in data.glob("local.db*"))
+    assert size < 2_000_000, f"disk use follows the records ({keys} keys), not the {rounds * keys} writes: {size}"
+    with hybridstore.open(pg_dsn, data_dir=data, primary_schema=pg_schema, background=False) as store:
+        report = store.sync_now()  # a primary attached later receives every key's newest value
+        assert report.remaining == 0 and report.pushed == keys
+    rows = primary_rows(pg, pg_schema, "stock")
+    assert len(rows) == keys - 1 and "k001" not in rows
+    last = rounds - 1
+    assert all(rows[f"k{i:03d}"][0]["qty"] == last for i in range(keys) if i != 1)
+    assert all(rows[f"k{i:03d}"][0].get("single") for i in range(0, keys, 7) if i != 1)

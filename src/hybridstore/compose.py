@@ -87,6 +87,7 @@ class Node:
         error: str | None = None
         try:
             local = LocalTier(self.data_dir / LOCAL_DB, synchronous=config.synchronous)
+            local.coalesce_pending = not config.primary_url
         except LocalStoreError as exc:
             # Keep running on the journal; the recovery service can rebuild the file.
             error = str(exc)

@@ -43,6 +43,7 @@ ON CONFLICT (collection, key) DO UPDATE SET
     base_value = CASE WHEN records.pending_seq IS NULL THEN records.value ELSE records.base_value END
 WHERE excluded.hlc > records.hlc
 """
+_DROP_PENDING = "DELETE FROM outbox WHERE seq = (SELECT pending_seq FROM records WHERE collection = ? AND key = ?)"
 _INSERT_OUTBOX = """
 INSERT INTO outbox (seq, op_id, collection, key, value, hlc, origin, created_at)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?)
@@ -73,6 +74,10 @@ class LocalDatabase:
             raise ValueError(f"synchronous must be one of {SYNCHRONOUS_MODES}")
         self.path = Path(path)
         self._clock = clock
+        # Embedded (no primary yet): a new write replaces the key's pending op instead of queueing behind it, so
+        # the outbox holds at most one op per key and disk use follows the records, however often keys are
+        # rewritten. The primary, once attached, gets each key's newest value (what last-writer-wins keeps).
+        self.coalesce_pending = False
         self._lock = threading.Lock()
         self.last_error: str | None = None
         try:
@@ -132,6 +137,8 @@ class LocalDatabase:
         else it is older than a write made elsewhere since and loses under last-writer-wins: ``None``, nothing
         written. An op whose exact stamp is stored already is that same write: returned, nothing written again."""
         seq = self._next_seq
+        if fresh and self.coalesce_pending:  # a fresh write is always stored (below): its predecessor can go
+            conn.execute(_DROP_PENDING, (op.collection, op.key))
         cur = conn.execute(_UPSERT_PENDING, (op.collection, op.key, op.value_json, op.hlc, op.origin, now, seq))
         if not cur.rowcount:
             stored = conn.execute(
