@@ -26,15 +26,25 @@ def local_value(store: HybridStore, collection: str, key: str) -> Any:
     return None if row is None or row.value_json is None else row.to_record("local").value
 
 
-def settle(*stores: HybridStore, rounds: int = 6) -> None:
-    """Push and pull on every node until nothing moves (the order nodes sync in is part of the test)."""
-    for _ in range(rounds):
+def settle(*stores: HybridStore, rounds: int = 6, timeout: float = 20.0) -> None:
+    """Push and pull on every node until nothing moves (the order nodes sync in is part of the test). A pull
+    held back by a transaction still running elsewhere on the server (the feed never reads past it) is not
+    "nothing moved": wait for it."""
+    deadline = time.monotonic() + timeout
+    quiet = 0
+    while quiet < rounds:
         moved = 0
         for store in stores:
             report = store.sync_now()
             moved += report.pushed + report.pulled + report.superseded + report.conflicts + report.remaining
-        if not moved:
+        held = any(s.node.puller is not None and s.node.puller.held_back for s in stores)
+        if not moved and not held:
             return
+        quiet += 0 if held else 1
+        if time.monotonic() > deadline:
+            break
+        if held:
+            time.sleep(0.02)
     raise AssertionError("nodes did not settle")
 
 
