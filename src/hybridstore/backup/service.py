@@ -49,6 +49,7 @@ DIR_ENV = "HYBRIDSTORE_BACKUP_DIR"
 ZSTD_LEVEL = 3
 IDLE_WAIT = 60.0
 RETRY_AFTER = 300.0  # seconds before a failed scheduled backup is tried again
+EMPTY_RECHECK = 5.0  # seconds between checks of an empty node for its first scheduled backup
 SETTINGS_REFRESH = 60.0  # seconds between reads of the shared settings (another node may have changed them)
 
 
@@ -163,8 +164,9 @@ class BackupService:
                 taken.append(self._guarded("emergency", "Emergency backup", reason))
         if cfg.enabled and cfg.automatic and self.seconds_until_due() == 0:
             if self._node_is_empty():
-                # Nothing to keep yet (a new node): a backup of nothing would only fill the repository.
-                self._retry_at = self.clock() + IDLE_WAIT
+                # Nothing to keep yet (a new node): a backup of nothing would only fill the repository. Look
+                # again soon: the first records deserve their first backup.
+                self._retry_at = self.clock() + EMPTY_RECHECK
             else:
                 taken.append(self._guarded("scheduled", "Scheduled backup", ""))
         self._mirror_catalogue(changed=False)
