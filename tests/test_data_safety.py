@@ -297,3 +297,19 @@ def test_an_embedded_store_keeps_one_queued_op_per_key_and_delivers_the_newest_l
     last = rounds - 1
     assert all(rows[f"k{i:03d}"][0]["qty"] == last for i in range(keys) if i != 1)
     assert all(rows[f"k{i:03d}"][0].get("single") for i in range(0, keys, 7) if i != 1)
+
+
+def test_the_recovery_history_is_bounded(tmp_path: Path) -> None:
+    from hybridstore.recovery.alerts import Alert
+    from hybridstore.recovery.history import RecoveryHistory, StrategyEvent
+
+    history = RecoveryHistory(tmp_path / "recovery.db", keep=50)
+    for i in range(300):
+        history.save_event(StrategyEvent("sync_retry", float(i), f"event {i}", "succeeded", float(i) + 1))
+        history.save_alert(Alert("low_storage", "warning", f"alert {i}", float(i), "n", {}, float(i) + 0.5))
+    history.save_alert(Alert("primary_outage", "critical", "still active", 0.0, "n", {}))
+    events, alerts = history.load_events(1000), history.load_alerts(1000)
+    assert 50 <= len(events) <= 55 and events[-1].summary == "event 299", "the newest are kept"
+    assert any(a.message == "still active" for a in alerts), "an active alert is never dropped"
+    assert len([a for a in alerts if a.resolved_at is not None]) <= 55
+    history.close()

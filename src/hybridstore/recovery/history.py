@@ -46,11 +46,17 @@ class StrategyEvent:
         return out
 
 
-class RecoveryHistory:
-    """Alerts and events in ``recovery.db``. Thread-safe."""
+KEEP_ROWS = 10_000  # newest strategy events and resolved alerts kept in recovery.db (active alerts are never dropped)
 
-    def __init__(self, path: Path) -> None:
+
+class RecoveryHistory:
+    """Alerts and events in ``recovery.db``, bounded: the newest ``keep`` events and resolved alerts are kept
+    (checked every ``keep // 10`` writes), so the file does not grow with the node's age. Thread-safe."""
+
+    def __init__(self, path: Path, *, keep: int = KEEP_ROWS) -> None:
         self.path = path
+        self.keep = keep
+        self._writes = 0
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         try:
@@ -67,8 +73,23 @@ class RecoveryHistory:
                 return
             try:
                 self._conn.execute(sql, params)
+                self._writes += 1
+                if self._writes % max(1, self.keep // 10) == 0:
+                    self._prune(self._conn)
             except sqlite3.Error as exc:
                 log.warning("could not write recovery history: %s", exc)
+
+    def _prune(self, conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "DELETE FROM events WHERE started_at < "
+            "(SELECT started_at FROM events ORDER BY started_at DESC LIMIT 1 OFFSET ?)",
+            (self.keep - 1,),
+        )
+        conn.execute(
+            "DELETE FROM alerts WHERE resolved_at IS NOT NULL AND raised_at < "
+            "(SELECT raised_at FROM alerts ORDER BY raised_at DESC LIMIT 1 OFFSET ?)",
+            (self.keep - 1,),
+        )
 
     def save_alert(self, alert: Alert) -> None:
         self._write(
