@@ -313,3 +313,36 @@ def test_the_recovery_history_is_bounded(tmp_path: Path) -> None:
     assert any(a.message == "still active" for a in alerts), "an active alert is never dropped"
     assert len([a for a in alerts if a.resolved_at is not None]) <= 55
     history.close()
+
+
+def test_a_failing_journal_replay_backs_off(tmp_path: Path) -> None:
+    """While SQLite stays full, the replayer does not re-read a growing journal every round: attempts double."""
+    from hybridstore.node.timing import FakeClock
+
+    from .faults import fill_sqlite, free_sqlite
+
+    clock = FakeClock()
+    with hybridstore.open(data_dir=tmp_path / "n", background=False, time=clock.source()) as store:
+        store.set("c", "warm", 1)
+        fill_sqlite(store)
+        for i in range(30):
+            assert store.set("c", f"big{i}", "x" * 5000).tier in ("local", "journal")
+        replayer = store.node.replayer
+        journal = store.node.journal
+        assert len(journal) > 0
+        attempts = 0
+        inner = replayer.replay_journal_into
+
+        def counted(local: Any) -> int:
+            nonlocal attempts
+            attempts += 1
+            return inner(local)
+
+        replayer.replay_journal_into = counted  # type: ignore[method-assign]
+        for _ in range(60):  # a minute of rounds, one a second
+            replayer.run_once()
+            clock.advance(1.0)
+        assert 5 <= attempts <= 8, f"1, 2, 4, 8, 16, 30 s apart, not 60 attempts: {attempts}"
+        free_sqlite(store)
+        store.sync_now()  # an explicit sync replays at once
+        assert len(journal) == 0

@@ -139,6 +139,7 @@ class Node:
             retry_cap=config.retry_cap,
             rng=t.rng,
             wall=t.wall,
+            clock=t.monotonic,
         )
         self._workers.append(self.replayer.stop)
         self.sync: Pusher = self.replayer

@@ -45,6 +45,7 @@ log = logging.getLogger("hybridstore.sync")
 Pending = tuple[int, Op, "str | None"]  # outbox seq, op, merge base (last value agreed with the primary)
 _RESOLUTION_NS = uuid.UUID("6f1c7f3e-3b0a-4c55-9d7e-6a1f0b8e2c41")  # op ids of merge results, derived
 IDLE_POLL = 1.0
+REPLAY_BACKOFF_CAP = 30.0  # seconds, at most, between attempts to replay the journal into a failing SQLite
 ROUND_BATCHES = 16  # batches per background round, between checks of the journal, the circuit and stop()
 
 
@@ -65,12 +66,16 @@ class OutboxReplayer:
         retry_cap: float = 5.0,
         rng: random.Random | None = None,
         wall: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._slot = slot
         self._journal = journal
         self._gateway = gateway
         self._observe = observe
         self._wall = wall
+        self._clock = clock
+        self._replay_failures = 0
+        self._replay_retry_at = float("-inf")
         self._journal_pushed = 0  # journal entries already pushed straight to the primary
         self.batch_size = batch_size
         self.batch_min = min(batch_size, 16)
@@ -112,6 +117,7 @@ class OutboxReplayer:
         return stopped
 
     def _on_event(self, event: Event) -> None:
+        self._replay_retry_at = float("-inf")  # SQLite may work again: try the journal now
         self.worker.wake()  # the primary is back, or a rebuilt SQLite file is in place: push now
 
     def run_once(self) -> float:
@@ -127,7 +133,7 @@ class OutboxReplayer:
     def _round(self) -> float:
         """One unit of background work; returns how long to wait before the next."""
         report = SyncReport()
-        journal_stuck = bool(len(self._journal)) and not self._replay_journal(report)
+        journal_stuck = bool(len(self._journal)) and not self._replay_journal_due(report)
         if not journal_stuck and not self._slot.usable:
             self._probe_local()
         if not self._gateway.configured:
@@ -155,6 +161,18 @@ class OutboxReplayer:
         return 0.0 if pushed else IDLE_POLL
 
     # -- work -------------------------------------------------------------------------------------------------
+
+    def _replay_journal_due(self, report: SyncReport) -> bool:
+        """Replay the journal if a replay is due: after a failed one, the next waits longer (doubling up to
+        ``REPLAY_BACKOFF_CAP``), so a long SQLite outage with a big journal does not re-read it every second."""
+        if self._clock() < self._replay_retry_at:
+            return False
+        if self._replay_journal(report):
+            self._replay_failures = 0
+            return True
+        self._replay_failures += 1
+        self._replay_retry_at = self._clock() + min(REPLAY_BACKOFF_CAP, IDLE_POLL * 2 ** (self._replay_failures - 1))
+        return False
 
     def _replay_journal(self, report: SyncReport) -> bool:
         local = self._slot.tier if self._slot.held is None else None  # never into a file awaiting its rebuild
