@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,17 +16,50 @@ import pytest
 import hybridstore
 from hybridstore import HybridStore
 
-DSN = os.environ.get("HYBRIDSTORE_TEST_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+DSN_ENV = "HYBRIDSTORE_TEST_DSN"
+_resolved: str | None = None
+
+
+def _reachable(dsn: str) -> str | None:
+    """``None`` when a connection works, else why not."""
+    try:
+        with psycopg.connect(dsn, connect_timeout=5) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error as exc:
+        return str(exc).strip()
+    return None
+
+
+def resolve_dsn() -> str:
+    """The test server: ``$HYBRIDSTORE_TEST_DSN`` (it must answer), else the local default, else — when no
+    PostgreSQL answers there — a throwaway cluster this test session starts itself (Debian's ``initdb`` /
+    ``pg_ctl``, found through ``pg_config``) and stops at exit, so the suite runs on a machine with no server."""
+    global _resolved
+    if _resolved is not None:
+        return _resolved
+    explicit = os.environ.get(DSN_ENV)
+    why = _reachable(explicit or DEFAULT_DSN)
+    if why is None:
+        _resolved = explicit or DEFAULT_DSN
+        return _resolved
+    if explicit:
+        pytest.fail(f"{DSN_ENV}={explicit} does not answer: {why}")
+    if shutil.which("pg_config") is None:
+        pytest.fail(f"no PostgreSQL at {DEFAULT_DSN} ({why}) and no pg_config to start one: install postgresql")
+    from .fix_cluster import Cluster
+
+    cluster = Cluster()
+    atexit.register(cluster.close)
+    with psycopg.connect(cluster.dsn, autocommit=True) as conn:
+        conn.execute("CREATE DATABASE test")
+    _resolved = cluster.dsn.rsplit("/", 1)[0] + "/test"
+    return _resolved
 
 
 @pytest.fixture(scope="session")
 def pg_dsn() -> str:
-    try:
-        with psycopg.connect(DSN, connect_timeout=5) as conn:
-            conn.execute("SELECT 1")
-    except psycopg.Error as exc:
-        pytest.fail(f"PostgreSQL is required for the tests ({DSN}): {exc}")
-    return DSN
+    return resolve_dsn()
 
 
 @pytest.fixture

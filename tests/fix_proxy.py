@@ -19,8 +19,6 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from .fix_db import DSN
-
 _rng = Random()
 
 
@@ -161,4 +159,4 @@ def proxied_dsn(proxy: Proxy, pg_dsn: str) -> str:
     return proxy.url(pg_dsn)
 
 
-__all__ = ["DSN", "Proxy"]
+__all__ = ["Proxy"]

@@ -15,7 +15,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 import hybridstore
 
-from .fix_db import DSN
+from .fix_db import resolve_dsn
 
 keys = st.sampled_from([f"k{i}" for i in range(8)] + ["é", "k1/x", "K"])
 collections = st.sampled_from(["orders", "carts"])
@@ -41,7 +41,7 @@ class StoreMachine(RuleBasedStateMachine):
 
     def _open(self) -> hybridstore.HybridStore:
         return hybridstore.open(
-            DSN, data_dir=self.dir, primary_schema=self.schema, write_mode=self.mode, background=False
+            resolve_dsn(), data_dir=self.dir, primary_schema=self.schema, write_mode=self.mode, background=False
         )
 
     @rule(c=collections, k=keys, v=values)
@@ -96,7 +96,7 @@ class StoreMachine(RuleBasedStateMachine):
             assert self.store.sync_now().remaining == 0
             assert self.store.node.gateway.configured
             self.store.node.gateway.tier.migrate()  # the schema exists even if nothing was ever written
-            with psycopg.connect(DSN, autocommit=True) as conn:
+            with psycopg.connect(resolve_dsn(), autocommit=True) as conn:
                 rows = {
                     (c, k): v
                     for c, k, v in conn.execute(
@@ -106,7 +106,7 @@ class StoreMachine(RuleBasedStateMachine):
             assert rows == self.model, "the primary converged to the model"
         finally:
             self.store.close()
-            with psycopg.connect(DSN, autocommit=True) as conn:
+            with psycopg.connect(resolve_dsn(), autocommit=True) as conn:
                 conn.execute(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')
             shutil.rmtree(self.dir, ignore_errors=True)
 
