@@ -16,8 +16,9 @@ runner = CliRunner()
 
 
 def cli(*args: str, input: str | None = None) -> tuple[int, str]:
+    """Exit code and output: standard output only under --json (logs and notes go to standard error)."""
     result = runner.invoke(app, list(args), input=input)
-    return result.exit_code, result.output
+    return result.exit_code, result.stdout if "--json" in args else result.output
 
 
 def test_every_backup_command_has_help_and_docs() -> None:
@@ -95,6 +96,7 @@ def test_backup_commands_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     ],
 )
 def test_bad_input_is_a_clear_error(tmp_path: Path, args: list[str], message: str, exit_code: int) -> None:
+    assert cli("-d", str(tmp_path / "d"), "set", "c", "k", "1")[0] == 0  # reading commands need a store
     code, out = cli("-d", str(tmp_path / "d"), *args)
     assert code == exit_code and message in out
 

@@ -36,8 +36,9 @@ def commands() -> list[str]:
 
 
 def cli(*args: str, input: str | None = None) -> tuple[int, str]:
+    """Exit code and output: standard output only under --json (logs and notes go to standard error)."""
     result = runner.invoke(app, list(args), input=input)
-    return result.exit_code, result.output
+    return result.exit_code, result.stdout if "--json" in args else result.output
 
 
 def test_every_command_has_help_and_docs() -> None:
@@ -86,6 +87,7 @@ def test_embedded_session(tmp_path: Path) -> None:
     ],
 )
 def test_bad_input_is_a_clear_error(tmp_path: Path, args: list[str], message: str) -> None:
+    assert cli("-d", str(tmp_path / "d"), "set", "c", "k", "1")[0] == 0  # reading commands need a store
     code, out = cli("-d", str(tmp_path / "d"), *args)
     assert code == 2 and "error:" in out and message in out
 

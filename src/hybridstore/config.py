@@ -123,6 +123,8 @@ def resolve(
     **options: object,
 ) -> StoreConfig:
     env = os.environ if env is None else env
+    if isinstance(data_dir, str) and not data_dir.strip():
+        raise ConfigError("data_dir is empty: pass a directory (or None for $HYBRIDSTORE_DATA_DIR, else ./data)")
     url = primary_url or env.get("HYBRIDSTORE_PRIMARY_URL") or env.get("SUPABASE_DB_URL") or env.get("DATABASE_URL")
     directory = Path(data_dir or env.get("HYBRIDSTORE_DATA_DIR") or DEFAULT_DATA_DIR)
     options.setdefault("sync_retry_attempts", _env_int(env, "STORAGE_SYNC_RETRY_ATTEMPTS", 3))

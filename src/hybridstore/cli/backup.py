@@ -99,7 +99,7 @@ def create(
 @backup_app.command("list")
 def list_(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     """List the backups of this node's repository, newest first."""
-    with open_store(ctx) as store:
+    with open_store(ctx, access="read") as store:
         backups = store.backups.list_backups()
     if as_json:
         print_json([b.to_dict() for b in backups])
@@ -119,7 +119,7 @@ def list_(ctx: typer.Context, as_json: JsonFlag = False) -> None:
 @backup_app.command("show")
 def show(ctx: typer.Context, backup_id: IdArg, as_json: JsonFlag = False) -> None:
     """Show one backup's manifest: kind, source tier, collections and counts, sizes, cipher, verification."""
-    with open_store(ctx) as store:
+    with open_store(ctx, access="read") as store:
         info = store.backups.get_backup(backup_id)
     if as_json:
         print_json(info.to_dict())

@@ -46,7 +46,7 @@ def conflicts_list(
     """List conflicts (open ones by default)."""
     if status not in ("open", "resolved", "all"):
         fail("--status must be open, resolved or all", code=2)
-    with open_store(ctx) as store:
+    with open_store(ctx, access="read") as store:
         found = store.conflicts(None if status == "all" else status, collection=collection, limit=limit)
     if as_json:
         print_json([c.to_dict() for c in found])
@@ -75,7 +75,7 @@ def conflicts_show(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show one conflict with its base, local and remote values."""
-    with open_store(ctx) as store:
+    with open_store(ctx, access="read") as store:
         conflict = store.get_conflict(conflict_id)
     if conflict is None:
         fail(f"no conflict with id {conflict_id}")
@@ -130,7 +130,7 @@ def deadletters_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """List dead letters of this node."""
-    with open_store(ctx) as store:
+    with open_store(ctx, access="read") as store:
         letters = store.dead_letters(limit=limit)
     if as_json:
         print_json(letters)

@@ -58,7 +58,7 @@ def get(
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole record (value, version, source…).")] = False,
 ) -> None:
     """Print the value stored under COLLECTION/KEY (exit code 1 if there is none)."""
-    with open_store(ctx) as store:
+    with open_store(ctx, access="read") as store:
         record = store.get(collection, key)
     if record is None:
         fail(f"{collection}/{key} not found")
@@ -96,7 +96,7 @@ def list_(
     as_json: JsonFlag = False,
 ) -> None:
     """List records of COLLECTION ordered by key."""
-    with open_store(ctx) as store:
+    with open_store(ctx, access="read") as store:
         page = store.list(collection, prefix=prefix, limit=limit, after=after)
     if as_json:
         print_json({"records": [dataclasses.asdict(r) for r in page], "next_after": page.next_after})

@@ -13,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..store import HybridStore
-from .app import app, open_store, out, print_json
+from .app import app, open_store, out, print_json, real_paths
 
 _STYLE = {
     "healthy": "green",
@@ -75,8 +75,9 @@ def render_health(status: dict[str, Any]) -> Group:
     return Group(*parts)
 
 
-def _check(store: HybridStore) -> dict[str, Any]:
-    return store.recovery.get_health_status(refresh=True)
+def _check(ctx: typer.Context, store: HybridStore) -> dict[str, Any]:
+    status: dict[str, Any] = real_paths(ctx, store.recovery.get_health_status(refresh=True))
+    return status
 
 
 @app.command()
@@ -91,15 +92,15 @@ def health(
 ) -> None:
     """Check every component (primary, local SQLite, journal, disk space, sync) and show the overall state:
     healthy, degraded, outage or recovering. Exit code 1 during an outage."""
-    with open_store(ctx) as store:
-        status = _check(store)
+    with open_store(ctx, access="read") as store:
+        status = _check(ctx, store)
         if watch:
             checks = 1
             try:
                 with Live(render_health(status), console=out, refresh_per_second=4, transient=False) as live:
                     while not count or checks < count:
                         time.sleep(interval)
-                        status = _check(store)
+                        status = _check(ctx, store)
                         checks += 1
                         live.update(render_health(status))
             except KeyboardInterrupt:
@@ -123,7 +124,7 @@ def alerts(
     """List this node's alerts (primary outage, local corruption, sync failure, low storage, conflicts
     backlog, manual intervention), newest first, with when each was raised and resolved."""
     which = True if active and not resolved else False if resolved and not active else None
-    with open_store(ctx) as store:
+    with open_store(ctx, access="read") as store:
         items = store.recovery.alerts(active=which)[:limit]
     if as_json:
         print_json([a.to_dict() for a in items])

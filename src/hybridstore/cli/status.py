@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .app import app, open_store, out, print_json
+from .app import app, open_store, out, print_json, real_paths
 
 _STYLE = {"healthy": "green", "degraded": "yellow", "down": "red", "disabled": "dim", "unknown": "dim"}
 
@@ -25,11 +25,12 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
 ) -> None:
     """Show each tier's health, the circuit breaker and the outbox."""
-    with open_store(ctx) as store:
+    with open_store(ctx, access="read") as store:
         health = store.health()
         recovery = store.recovery.get_health_status(refresh=True)
         health["overall"] = recovery["overall"]
         health["alerts"] = recovery["alerts"]
+    health = real_paths(ctx, health)
     if as_json:
         print_json(health)
         return
