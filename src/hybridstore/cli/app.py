@@ -19,7 +19,14 @@ from typer.core import TyperGroup
 
 from .. import __version__
 from ..config import DEFAULT_DATA_DIR, StoreConfig, redact, resolve
-from ..errors import ConfigError, HybridStoreError, StoreLockedError, ValidationError
+from ..errors import (
+    ConfigError,
+    HybridStoreError,
+    NotABackupError,
+    StoreLockedError,
+    ValidationError,
+    WrongPassphraseError,
+)
 from ..store import HybridStore
 from . import datadir
 from .logs import setup_logging
@@ -27,6 +34,8 @@ from .output import emit_error, err, fail, json_requested, note, out, print_json
 
 log = logging.getLogger("hybridstore.cli")
 Access = Literal["read", "write", "existing"]
+# Errors that mean "fix the command": exit code 2 (anything else that fails is 1).
+BAD_INPUT = (ValidationError, ConfigError, WrongPassphraseError, NotABackupError)
 
 
 class _Group(TyperGroup):
@@ -184,7 +193,7 @@ def open_store(ctx: typer.Context, *, access: Access = "write") -> Iterator[Hybr
         try:
             _probe(store)
             yield store
-        except (ValidationError, ConfigError) as exc:
+        except BAD_INPUT as exc:
             fail(str(exc), code=2, kind=type(exc).__name__)
         except HybridStoreError as exc:
             fail(str(exc), kind=type(exc).__name__)

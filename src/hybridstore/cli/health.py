@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -13,7 +14,8 @@ from rich.table import Table
 from rich.text import Text
 
 from ..store import HybridStore
-from .app import app, open_store, out, print_json, real_paths
+from .app import app, open_store, real_paths
+from .output import fail, out, plural, print_json, print_json_line
 
 _STYLE = {
     "healthy": "green",
@@ -24,6 +26,7 @@ _STYLE = {
     "disabled": "dim",
     "unknown": "dim",
 }
+RECHECK_INTERVAL = 0.25  # seconds between the checks that confirm (or clear) a suspected outage
 COMPONENTS = ("primary", "local", "journal", "disk", "sync", "dead_letters", "conflicts")
 
 
@@ -41,7 +44,7 @@ def _figure(name: str, c: dict[str, Any]) -> str:
     if name == "local" and c.get("write_probe_ms") is not None:
         return f"write {c['write_probe_ms']:.2f} ms"
     if name == "journal":
-        return f"{c.get('entries', 0)} entries"
+        return plural(c.get("entries", 0), "entry", "entries")
     if name == "disk" and c.get("free_bytes") is not None:
         return f"{c['free_bytes'] / 2**30:.1f} GiB free"
     if name == "sync":
@@ -75,15 +78,34 @@ def render_health(status: dict[str, Any]) -> Group:
     return Group(*parts)
 
 
-def _check(ctx: typer.Context, store: HybridStore) -> dict[str, Any]:
+def _check(ctx: typer.Context, store: HybridStore, *, probe: bool = True) -> dict[str, Any]:
+    """A health check now. The command's store runs no prober thread, so each check asks the primary first
+    (``probe=False`` right after `open_store` did)."""
+    if probe and store.node.gateway.configured:
+        store.node.gateway.probe_now()
     status: dict[str, Any] = real_paths(ctx, store.recovery.get_health_status(refresh=True))
+    return status
+
+
+def _one_shot(ctx: typer.Context, store: HybridStore) -> dict[str, Any]:
+    """One check, confirmed: a primary that fails its probe is not an outage yet (hysteresis: the monitor waits
+    for a second failure some time later), so look again as the monitor would, until the outage is confirmed or
+    the primary answers. Costs nothing while the primary answers, under a second when it does not."""
+    status = _check(ctx, store, probe=False)
+    detector = store.node.gateway.detector
+    give_up = time.monotonic() + 3 * detector.confirm_seconds
+    while detector.suspect and time.monotonic() < give_up:
+        time.sleep(RECHECK_INTERVAL)
+        status = _check(ctx, store)
     return status
 
 
 @app.command()
 def health(
     ctx: typer.Context,
-    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print machine-readable JSON (with --watch: one line per check).")
+    ] = False,
     watch: Annotated[
         bool, typer.Option("--watch", "-w", help="Keep checking and show a live view (Ctrl-C stops).")
     ] = False,
@@ -91,26 +113,41 @@ def health(
     count: Annotated[int, typer.Option("--count", help="With --watch: stop after this many checks (0 = never).")] = 0,
 ) -> None:
     """Check every component (primary, local SQLite, journal, disk space, sync) and show the overall state:
-    healthy, degraded, outage or recovering. Exit code 1 during an outage."""
+    healthy, degraded, misconfigured, outage or recovering. Exit code 1 during an outage."""
+    if interval <= 0 or count < 0:
+        fail("--interval must be positive and --count at least 0", code=2)
     with open_store(ctx, access="read") as store:
-        status = _check(ctx, store)
-        if watch:
-            checks = 1
-            try:
-                with Live(render_health(status), console=out, refresh_per_second=4, transient=False) as live:
-                    while not count or checks < count:
-                        time.sleep(interval)
-                        status = _check(ctx, store)
-                        checks += 1
-                        live.update(render_health(status))
-            except KeyboardInterrupt:
-                pass
+        if not watch:
+            status = _one_shot(ctx, store)
+            if as_json:
+                print_json(status)
+            else:
+                out.print(render_health(status))
         elif as_json:
-            print_json(status)
+            status = _watch(ctx, store, interval, count, lambda s: print_json_line(s))
         else:
-            out.print(render_health(status))
+            with Live(console=out, refresh_per_second=4, transient=False) as live:
+                status = _watch(ctx, store, interval, count, lambda s: live.update(render_health(s)))
     if status["overall"] == "outage":
         raise typer.Exit(1)
+
+
+def _watch(
+    ctx: typer.Context, store: HybridStore, interval: float, count: int, show: Callable[[dict[str, Any]], None]
+) -> dict[str, Any]:
+    """Check every ``interval`` seconds and show each status, ``count`` times (0: until Ctrl-C); the last."""
+    status = _check(ctx, store, probe=False)
+    show(status)
+    checks = 1
+    try:
+        while not count or checks < count:
+            time.sleep(interval)
+            status = _check(ctx, store)
+            show(status)
+            checks += 1
+    except KeyboardInterrupt:
+        pass
+    return status
 
 
 @app.command()

@@ -32,7 +32,7 @@ class PoolStateFilter(logging.Filter):
             return first and record.levelno >= self.level
         if record.msg == _POOL_CONNECTED and self.failing:
             self.failing = False
-            record.msg = "connected to the primary again after failed attempts"
+            record.msg, record.args = "connected to the primary again after failed attempts", ()
         return record.levelno >= self.level
 
 

@@ -8,6 +8,7 @@ result, or ``{"error": {"type": …, "message": …}}`` when the command fails; 
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -62,6 +63,22 @@ def note(message: str) -> None:
     """A remark on standard error that does not change the result (never under ``--json``)."""
     if not json_requested.get():
         err.print(escape(message), style="dim", highlight=False, soft_wrap=True)
+
+
+def interactive() -> bool:
+    """May the command ask the user (standard input is a terminal)?"""
+    return sys.stdin.isatty()
+
+
+def confirm(question: str, *, yes: bool) -> None:
+    """Go on only if the user agrees: ``--yes`` (``-y``) agrees in advance; on a terminal the question is asked
+    (on standard error, so standard output stays clean); anywhere else — a script, a pipe — ``--yes`` is
+    required rather than assumed."""
+    if yes:
+        return
+    if not interactive():
+        fail(f"{question} Pass --yes (-y) to confirm: standard input is not a terminal, so nobody can answer", code=2)
+    typer.confirm(question, abort=True, err=True)
 
 
 def plural(n: int, word: str, many: str | None = None) -> str:
@@ -132,9 +149,11 @@ def progress_bar(label: str, *, quiet: bool, as_bytes: bool = False) -> Iterator
 
 __all__ = [
     "ProgressBars",
+    "confirm",
     "emit_error",
     "err",
     "fail",
+    "interactive",
     "json_requested",
     "note",
     "out",
