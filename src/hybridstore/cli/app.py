@@ -18,7 +18,7 @@ import typer
 from typer.core import TyperGroup
 
 from .. import __version__
-from ..config import DEFAULT_DATA_DIR, StoreConfig, redact, resolve
+from ..config import DEFAULT_DATA_DIR, StoreConfig, parse_strategies, redact, resolve
 from ..errors import (
     ConfigError,
     HybridStoreError,
@@ -88,6 +88,11 @@ class Settings:
     primary_url: str | None
     schema: str | None
     timeout: float | None
+    write_mode: str | None = None
+    read_policy: str | None = None
+    max_value_bytes: int | None = None
+    conflict_strategy: str | None = None  # the default strategy
+    conflict_strategies: dict[str, str] | None = None  # per collection
     snapshot: Path | None = None  # the copy a reading command works on, when it cannot open the directory itself
 
 
@@ -119,6 +124,37 @@ def _global(
         float | None,
         typer.Option("--timeout", help="Seconds to wait for the primary before falling back (default 2)."),
     ] = None,
+    write_mode: Annotated[
+        str | None,
+        typer.Option(
+            "--write-mode",
+            help="write_through (default: the primary first) or local_first (queue every write; "
+            "default: $HYBRIDSTORE_WRITE_MODE).",
+        ),
+    ] = None,
+    read_policy: Annotated[
+        str | None,
+        typer.Option(
+            "--read-policy",
+            help="primary_first (default) or local_first (default: $HYBRIDSTORE_READ_POLICY).",
+        ),
+    ] = None,
+    max_value_bytes: Annotated[
+        int | None,
+        typer.Option(
+            "--max-value-bytes",
+            help="Largest value accepted, in bytes of JSON (default: 1 MiB; $HYBRIDSTORE_MAX_VALUE_BYTES).",
+        ),
+    ] = None,
+    conflict_strategy: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--conflict-strategy",
+            help="COLLECTION=STRATEGY (repeatable, or comma-separated), or STRATEGY alone for every other "
+            "collection: last_wins, merge, manual (default: $HYBRIDSTORE_CONFLICT_STRATEGIES, "
+            "$HYBRIDSTORE_CONFLICT_STRATEGY).",
+        ),
+    ] = None,
     log_level: Annotated[
         str,
         typer.Option(
@@ -138,7 +174,35 @@ def _global(
         data_dir = os.environ.get("HYBRIDSTORE_DATA_DIR") or DEFAULT_DATA_DIR
     if not data_dir.strip():
         fail("the data directory is empty (''): pass a directory with --data-dir", code=2)
-    ctx.obj = Settings(Path(data_dir), primary_url, schema, timeout)
+    default, per_collection = _strategies(conflict_strategy or [])
+    ctx.obj = Settings(
+        Path(data_dir),
+        primary_url,
+        schema,
+        timeout,
+        write_mode=write_mode,
+        read_policy=read_policy,
+        max_value_bytes=max_value_bytes,
+        conflict_strategy=default,
+        conflict_strategies=per_collection,
+    )
+
+
+def _strategies(values: list[str]) -> tuple[str | None, dict[str, str] | None]:
+    """``--conflict-strategy`` values: the default strategy (a value without ``=``) and the per-collection ones."""
+    default: str | None = None
+    pairs: list[str] = []
+    for value in values:
+        for item in value.split(","):
+            if "=" in item:
+                pairs.append(item)
+            elif item.strip():
+                default = item.strip()
+    try:
+        per_collection = parse_strategies(",".join(pairs), source="--conflict-strategy")
+    except ConfigError as exc:
+        fail(str(exc), code=2, kind="ConfigError")
+    return default, per_collection or None
 
 
 # Closes that outlived their command (see `_close`); a later command of this process waits for them first.
@@ -207,6 +271,9 @@ def _configure(settings: Settings) -> StoreConfig:
     options: dict[str, Any] = {"background": False}
     if settings.schema:
         options["primary_schema"] = settings.schema
+    for name in ("write_mode", "read_policy", "max_value_bytes", "conflict_strategy", "conflict_strategies"):
+        if getattr(settings, name) is not None:
+            options[name] = getattr(settings, name)
     if settings.timeout is not None:
         options["primary_timeout"] = settings.timeout
     try:
@@ -218,13 +285,17 @@ def _configure(settings: Settings) -> StoreConfig:
     except ConfigError as exc:
         fail(str(exc), code=2, kind="ConfigError")
     log.debug(
-        "data dir %s, primary %s (schema %s, timeout %gs), write mode %s, reads %s",
+        "data dir %s, primary %s (schema %s, timeout %gs), write mode %s, reads %s, max value %d bytes, "
+        "conflicts %s (per collection: %s)",
         settings.data_dir,
         redact(config.primary_url) if config.primary_url else "none (embedded)",
         config.primary_schema,
         config.primary_timeout,
         config.write_mode,
         config.read_policy,
+        config.max_value_bytes,
+        config.conflict_strategy,
+        dict(config.conflict_strategies) or "none",
     )
     return config
 
