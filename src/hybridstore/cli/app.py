@@ -267,6 +267,12 @@ def open_store(ctx: typer.Context, *, access: Access = "write") -> Iterator[Hybr
             _close(store)
 
 
+def configuration(ctx: typer.Context) -> StoreConfig:
+    """The store configuration the global options and the environment give (exit code 2 if it is wrong), for
+    a command that checks its input against it before opening the store."""
+    return _configure(ctx.obj)
+
+
 def _configure(settings: Settings) -> StoreConfig:
     options: dict[str, Any] = {"background": False}
     if settings.schema:
@@ -378,9 +384,9 @@ def _close(store: HybridStore) -> None:
 
 
 def main() -> None:
-    from . import admin, backup, conflicts, data, health, status  # noqa: F401  (registers the commands)
+    from . import admin, backup, conflicts, data, health, inventory, status, transfer  # noqa: F401  (registers them)
 
     app()
 
 
-__all__ = ["Settings", "app", "err", "fail", "main", "open_store", "out", "print_json", "real_paths"]
+__all__ = ["Settings", "app", "configuration", "err", "fail", "main", "open_store", "out", "print_json", "real_paths"]

@@ -106,7 +106,7 @@ def delete(
         )
 
 
-def _pages(store: HybridStore, collection: str, prefix: str, limit: int, after: str | None) -> Iterator[Record]:
+def all_records(store: HybridStore, collection: str, prefix: str, limit: int, after: str | None) -> Iterator[Record]:
     """Every record from ``after`` on, page by page."""
     while True:
         page = store.list(collection, prefix=prefix, limit=limit, after=after)
@@ -131,7 +131,7 @@ def list_(
     """List records of COLLECTION ordered by key: one page (--limit, --after) or --all."""
     with open_store(ctx, access="read") as store:
         if every:
-            records, next_after = list(_pages(store, collection, prefix, limit, after)), None
+            records, next_after = list(all_records(store, collection, prefix, limit, after)), None
         else:
             page = store.list(collection, prefix=prefix, limit=limit, after=after)
             records, next_after = page.records, page.next_after

@@ -175,4 +175,66 @@ def alerts(
     out.print(table)
 
 
-__all__ = ["alerts", "health", "render_health"]
+@app.command()
+def repair(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+) -> None:
+    """Check the local SQLite store now (an integrity check) and, if it is corrupt or unreadable, rebuild it —
+    from the primary, else the newest verified backup, else what the broken file still holds — and print the
+    rebuild report. The broken file is kept in data_dir/broken/. Exit code 1 if it could not be rebuilt, or
+    if acknowledged writes could not be recovered."""
+    with open_store(ctx, access="existing") as store:
+        recovery = store.recovery
+        before = recovery.last_rebuild
+        status = recovery.check()  # an acting check: the integrity check runs, and the rebuild if it is needed
+        report = recovery.last_rebuild if recovery.last_rebuild is not before else None
+    local = status["components"]["local"]
+    manual = next((a for a in status["alerts"] if a["kind"] == "manual_intervention"), None)
+    intact = report is None and local["state"] != "down"
+    if as_json:
+        print_json(
+            real_paths(
+                ctx,
+                {
+                    "rebuilt": report is not None,
+                    "intact": intact,
+                    "report": None if report is None else report.to_dict(),
+                    "local": local,
+                    "manual_intervention": None if manual is None else manual["message"],
+                },
+            )
+        )
+    elif report is not None:
+        _print_rebuild(ctx, report.to_dict())
+    elif intact:
+        check = local.get("quick_check", {})
+        out.print(f"the local store is intact (integrity check: {check.get('detail') or 'ok'}); nothing to repair")
+    else:
+        out.print(Text(f"the local store is unusable: {local.get('detail')}", style="bold red"))
+        if manual is not None:
+            out.print(Text(manual["message"]))
+    if (report is not None and report.unrecovered) or (report is None and not intact):
+        raise typer.Exit(1)
+
+
+def _print_rebuild(ctx: typer.Context, report: dict[str, Any]) -> None:
+    table = Table(show_header=False, title=f"local store rebuilt from {report['source']}")
+    rows = [
+        ("reason", report["reason"]),
+        ("records loaded from the source", f"{report['records_from_source']:,}"),
+        ("records salvaged from the broken file", f"{report['records_salvaged']:,}"),
+        ("queued writes recovered", f"{report['requeued']:,}"),
+        ("journaled writes replayed", f"{report['journal_replayed']:,}"),
+        ("acknowledged writes lost", f"{len(report['unrecovered']):,}"),
+        ("broken file kept as", ", ".join(real_paths(ctx, report["moved_aside"]))),
+        ("took", f"{report['seconds']:.2f}s"),
+    ]
+    for name, value in rows:
+        table.add_row(name, Text(str(value)))
+    out.print(table)
+    for problem in report["salvage_errors"][:5]:
+        out.print(Text(f"salvage: {problem}", style="yellow"))
+
+
+__all__ = ["alerts", "health", "render_health", "repair"]
