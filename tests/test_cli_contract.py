@@ -3,6 +3,8 @@ command with errors as JSON too, ``--version``, ``-y/--yes``, and ``--timeout`` 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import os
@@ -187,3 +189,23 @@ def test_debug_log_level_says_what_the_cli_does(tmp_path: Path) -> None:
     assert "hybridstore.cli" in result.stderr and "opened node" in result.stderr and "data dir" in result.stderr
     result = runner.invoke(app, ["-d", d, "get", "c", "k"])
     assert result.stderr == ""
+
+
+def test_progress_bars_appear_with_work_and_vanish_on_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rich.console import Console
+
+    from hybridstore.cli import output
+
+    def run(fail: bool, update: bool = True) -> str:
+        buffer = io.StringIO()
+        monkeypatch.setattr(output, "err", Console(file=buffer, width=80))
+        with contextlib.suppress(RuntimeError), output.progress_bars(quiet=False) as bars:
+            if update:
+                bars.update("working", 5, 10)
+            if fail:
+                raise RuntimeError("the error message follows")
+        return buffer.getvalue()
+
+    assert "working" in run(fail=False) and "5/10" in run(fail=False)
+    assert "working" not in run(fail=True), "a failed command leaves no bar above its error"
+    assert run(fail=False, update=False) == "", "no work, no bar"

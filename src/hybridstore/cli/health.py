@@ -124,7 +124,7 @@ def health(
             else:
                 out.print(render_health(status))
         elif as_json:
-            status = _watch(ctx, store, interval, count, lambda s: print_json_line(s))
+            status = _watch(ctx, store, interval, count, print_json_line)
         else:
             with Live(console=out, refresh_per_second=4, transient=False) as live:
                 status = _watch(ctx, store, interval, count, lambda s: live.update(render_health(s)))
