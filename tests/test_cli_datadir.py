@@ -105,6 +105,12 @@ def test_a_busy_data_directory_can_be_inspected(tmp_path: Path) -> None:
         code, out = cli("-d", str(d), "set", "c", "k", "2")
         assert code == 2 and "in use by another process" in out
         assert running.get("c", "k").value == {"n": 1}  # type: ignore[union-attr]
+        info = running.backups.create_manual_backup("taken by the running store")
+        in_progress = d / "backups" / ".tmp-0123abcd.body"  # a backup the running store is writing now
+        in_progress.write_bytes(b"half a backup")
+        code, out = cli("-d", str(d), "backup", "list", "--json")
+        assert code == 0 and [b["id"] for b in json.loads(out)] == [info.id]
+        assert in_progress.exists(), "the snapshot never touches the running store's backup repository"
 
 
 @needs_root

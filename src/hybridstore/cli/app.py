@@ -33,6 +33,7 @@ from .logs import setup_logging
 from .output import emit_error, err, fail, json_requested, note, out, print_json
 
 log = logging.getLogger("hybridstore.cli")
+BACKUP_DIR_ENV = "HYBRIDSTORE_BACKUP_DIR"  # the backup repository's directory (hybridstore.backup.service)
 Access = Literal["read", "write", "existing"]
 # Errors that mean "fix the command": exit code 2 (anything else that fails is 1).
 BAD_INPUT = (ValidationError, ConfigError, WrongPassphraseError, NotABackupError)
@@ -326,7 +327,12 @@ def _snapshot(stack: ExitStack, path: Path, why: str) -> Path:
     if problem:
         fail(problem, code=2, kind="ConfigError")
     note(f"data directory {path} {why}: showing a snapshot copy of it")
-    return stack.enter_context(datadir.snapshot(path))
+    elsewhere = os.environ.get(BACKUP_DIR_ENV)
+    copy: Path = stack.enter_context(datadir.snapshot(path, Path(elsewhere) if elsewhere else path / "backups"))
+    if elsewhere:  # the copy's backup service must use the copy's links, not the repository itself
+        os.environ[BACKUP_DIR_ENV] = str(copy / "backups")
+        stack.callback(os.environ.__setitem__, BACKUP_DIR_ENV, elsewhere)
+    return copy
 
 
 def _open(config: StoreConfig, directory: Path) -> HybridStore:
@@ -367,8 +373,9 @@ def _close(store: HybridStore) -> None:
     """Close the store. A probe of a black-holed primary keeps its connection attempt open for at least 2 s
     (libpq's and psycopg's smallest ``connect_timeout``), and closing the node waits for it: the command is done
     and every write it acknowledged is already durable, so do not make the user wait for that — close in a
-    background thread. A later command of this process waits for it (the directory lock); a process that
-    exits first leaves nothing behind but SQLite's write-ahead log, which the next open uses."""
+    background thread. A later command of this process waits for it (the directory lock); a process that exits
+    first is like one that crashed after its last write — the next open finds everything (SQLite's write-ahead
+    log, the fsync'd journal)."""
     started = time.monotonic()
     probe = store.node.gateway.last_probe
     if probe is None or probe.ok or probe.exc is not None:  # no probe still waiting on a silent primary

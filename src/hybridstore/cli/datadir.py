@@ -63,10 +63,11 @@ def readable(path: Path) -> str | None:
 
 
 @contextlib.contextmanager
-def snapshot(path: Path) -> Iterator[Path]:
+def snapshot(path: Path, backups: Path) -> Iterator[Path]:
     """A temporary copy of the store in ``path``, removed afterwards: SQLite files through SQLite's online backup
     (consistent even while another process writes them), the journal and node id as files, and the backup
-    repository linked, not copied. Opening the copy changes nothing in ``path``."""
+    repository ``backups`` as ``backups/`` of links to its finished files — never the directory itself, whose
+    temporary files belong to whoever is writing a backup there. Opening the copy changes nothing in ``path``."""
     with tempfile.TemporaryDirectory(prefix="hybridstore-snapshot-", ignore_cleanup_errors=True) as tmp:
         target = Path(tmp)
         for name in _DATABASES:
@@ -75,8 +76,11 @@ def snapshot(path: Path) -> Iterator[Path]:
         for name in _FILES:
             if (path / name).exists():
                 shutil.copyfile(path / name, target / name)
-        if (path / "backups").is_dir():
-            (target / "backups").symlink_to((path / "backups").resolve(), target_is_directory=True)
+        (target / "backups").mkdir()
+        if backups.is_dir():
+            for item in backups.iterdir():
+                if not item.name.startswith(".") and item.suffix in (".hsb", ".json") and item.is_file():
+                    (target / "backups" / item.name).symlink_to(item.resolve())
         yield target
 
 
