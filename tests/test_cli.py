@@ -36,8 +36,9 @@ def commands() -> list[str]:
 
 
 def cli(*args: str, input: str | None = None) -> tuple[int, str]:
+    """Exit code and output: standard output only under --json (logs and notes go to standard error)."""
     result = runner.invoke(app, list(args), input=input)
-    return result.exit_code, result.output
+    return result.exit_code, result.stdout if "--json" in args else result.output
 
 
 def test_every_command_has_help_and_docs() -> None:
@@ -87,6 +88,7 @@ def test_embedded_session(tmp_path: Path) -> None:
     ],
 )
 def test_bad_input_is_a_clear_error(tmp_path: Path, args: list[str], message: str) -> None:
+    assert cli("-d", str(tmp_path / "d"), "set", "c", "k", "1")[0] == 0  # reading commands need a store
     code, out = cli("-d", str(tmp_path / "d"), *args)
     assert code == 2 and "error:" in out and message in out
 
@@ -159,25 +161,37 @@ def test_offline_command_does_not_wait_for_the_primary(tmp_path: Path) -> None:
     assert time.monotonic() - start < 2.0, "the start-up probe found the primary down; the write went local at once"
 
 
-def test_conflicts_and_dead_letters(tmp_path: Path, pg_dsn: str, pg_schema: str, pg: psycopg.Connection[Any]) -> None:
+def test_conflicts_and_dead_letters(
+    tmp_path: Path, pg_dsn: str, pg_schema: str, pg: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     d = str(tmp_path / "d")
     opts = {"primary_schema": pg_schema, "conflict_strategies": {"orders": "manual"}, "background": False}
     with hybridstore.open(pg_dsn, data_dir=tmp_path / "other", **opts) as other:
         other.set("orders", "o1", {"status": "new"})
+        other.set("orders", "o2", {"status": "new"})
         with hybridstore.open(pg_dsn, data_dir=d, write_mode="local_first", **opts) as node:
             node.sync_now()
             node.set("orders", "o1", {"status": "mine"})  # queued
+            node.set("orders", "o2", {"status": "mine too"})
             other.set("orders", "o1", {"status": "theirs"})  # meanwhile on the primary
-            assert node.sync_now().conflicts == 1
+            other.set("orders", "o2", {"status": "theirs too"})
+            assert node.sync_now().conflicts == 2
             node.set("c", "bad", {"poison": True})
             refuse_poison(pg, pg_schema)
             for _ in range(3):
                 node.sync_now()
     base = ["-d", d, "--primary-url", pg_dsn, "--schema", pg_schema]
     code, out = cli(*base, "conflicts", "list", "--json")
-    found = json.loads(out)
-    assert code == 0 and len(found) == 1 and found[0]["local"] == {"status": "mine"}
-    cid = str(found[0]["id"])
+    found = sorted(json.loads(out), key=lambda c: c["key"])
+    assert code == 0 and len(found) == 2 and found[0]["local"] == {"status": "mine"}
+    cid, cid2 = str(found[0]["id"]), str(found[1]["id"])
+    # without --choice: asked on a terminal (here, a fake one), with the conflict shown first
+    monkeypatch.setattr("hybridstore.cli.conflicts.interactive", lambda: True)
+    result = runner.invoke(app, [*base, "conflicts", "resolve", cid2, "--json"], input="keep\nremote\n")
+    answer = result.stdout[result.stdout.index("{") :]  # the test runner echoes the typed answers to stdout
+    assert result.exit_code == 0 and json.loads(answer) == {"id": int(cid2), "choice": "remote", "write": None}
+    assert '"theirs too"' in result.stderr and "answer local, remote or value" in result.stderr
+    monkeypatch.undo()
     code, out = cli(*base, "conflicts", "list")
     assert code == 0 and "orders/o1" in out and "manual" in out
     code, out = cli(*base, "conflicts", "show", cid)
@@ -192,6 +206,8 @@ def test_conflicts_and_dead_letters(tmp_path: Path, pg_dsn: str, pg_schema: str,
     assert code == 0 and "resolved" in out
     assert primary_rows(pg, pg_schema, "orders")["o1"][0] == {"status": "merged"}
     code, out = cli(*base, "conflicts", "resolve", cid)
+    assert code == 2 and "--choice is required" in out, "never a silent default when nobody can be asked"
+    code, out = cli(*base, "conflicts", "resolve", cid, "--choice", "local")
     assert code == 1 and "already resolved" in out
     code, out = cli(*base, "conflicts", "list")
     assert code == 0 and "no open conflicts" in out

@@ -17,8 +17,9 @@ runner = CliRunner()
 
 
 def cli(*args: str) -> tuple[int, str]:
+    """Exit code and output: standard output only under --json (logs and notes go to standard error)."""
     result = runner.invoke(app, list(args))
-    return result.exit_code, result.output
+    return result.exit_code, result.stdout if "--json" in args else result.output
 
 
 def test_health_json_and_table(tmp_path: Path) -> None:
@@ -38,12 +39,14 @@ def test_health_json_and_table(tmp_path: Path) -> None:
 
 
 def test_health_watch_stops_after_count(tmp_path: Path) -> None:
+    assert cli("-d", str(tmp_path / "d"), "set", "c", "k", "1")[0] == 0
     code, out = cli("-d", str(tmp_path / "d"), "health", "--watch", "--interval", "0.05", "--count", "3")
     assert code == 0 and "overall" in out
 
 
 def test_health_during_outage_exits_1(tmp_path: Path) -> None:
     # a primary that refuses connections: the one-shot check sees it down (not yet declared: degraded)
+    assert cli("-d", str(tmp_path / "d"), "set", "c", "k", "1")[0] == 0
     code, out = cli("-d", str(tmp_path / "d"), "--primary-url", "postgresql://u@127.0.0.1:1/x", "health", "--json")
     status = json.loads(out)
     assert status["components"]["primary"]["state"] in ("degraded", "down")

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from .circuit import CircuitBreaker
 from .clock import HybridClock
 from .config import StoreConfig, load_node_id
-from .errors import ClosedError, HybridStoreError, LocalStoreError, StoreLockedError
+from .errors import ClosedError, ConfigError, HybridStoreError, LocalStoreError, StoreLockedError
 from .events import EventBus
 from .merge import StrategyTable
 from .metrics import StoreMetrics
@@ -62,7 +62,7 @@ class Node:
         self._backups: BackupService | None = None
         self._backups_lock = threading.Lock()
         self.data_dir = Path(config.data_dir)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        _prepare_data_dir(self.data_dir)
         self._lock_fd = _take_dir_lock(self.data_dir)
         # Undo steps, for a failed open and for close(): threads to stop (each says whether it stopped), then
         # resources to close — only when every thread has stopped, so nothing is closed under a running thread.
@@ -268,6 +268,26 @@ def _max_hlc(local: LocalTier | None) -> str | None:
         return local.max_hlc() if local is not None else None
     except LocalStoreError:
         return None
+
+
+def _prepare_data_dir(path: Path) -> None:
+    """Create the data directory if it does not exist; anything that makes it unusable (a file in the way, no
+    permission, a read-only file system) is a `ConfigError` that names the path, never a bare `OSError`."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ConfigError(f"data directory {path} is a file, not a directory; choose another data_dir") from None
+    except NotADirectoryError:
+        parent = next((p for p in path.parents if p.exists()), path)
+        raise ConfigError(f"data directory {path} lies under {parent}, which is a file, not a directory") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot create data directory {path}: {exc.strerror or exc}") from None
+    lock = path / "lock"
+    if not os.access(path, os.W_OK | os.X_OK) or (lock.exists() and not os.access(lock, os.W_OK)):
+        raise ConfigError(
+            f"data directory {path} is not writable by this process (read-only or owned by another user); a store "
+            "needs to write its files there"
+        )
 
 
 def _take_dir_lock(data_dir: Path) -> int:

@@ -3,7 +3,10 @@
 Environment: ``HYBRIDSTORE_PRIMARY_URL`` (else ``SUPABASE_DB_URL``, else ``DATABASE_URL``),
 ``HYBRIDSTORE_DATA_DIR``, ``HYBRIDSTORE_NODE_ID``, ``HYBRIDSTORE_PRIMARY_SCHEMA``,
 ``STORAGE_SYNC_RETRY_ATTEMPTS`` (also ``VITE_STORAGE_SYNC_RETRY_ATTEMPTS``), ``HYBRIDSTORE_ALERT_WEBHOOK_URL``,
-``HYBRIDSTORE_LOG_LEVEL`` (see `apply_log_level`).
+``HYBRIDSTORE_WRITE_MODE``, ``HYBRIDSTORE_READ_POLICY``, ``HYBRIDSTORE_MAX_VALUE_BYTES``,
+``HYBRIDSTORE_CONFLICT_STRATEGY`` (the default strategy), ``HYBRIDSTORE_CONFLICT_STRATEGIES``
+(``"orders=manual,carts=merge"``), ``HYBRIDSTORE_LOG_LEVEL`` (see `apply_log_level`). An option passed to
+`resolve` wins over its variable; a variable that is set but empty counts as unset.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
-from .merge import StrategyTable
+from .merge import STRATEGIES, StrategyTable
 from .validation import DEFAULT_MAX_VALUE_BYTES
 
 WriteMode = Literal["write_through", "local_first"]
@@ -114,6 +117,54 @@ def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
     return default
 
 
+def parse_strategies(text: str, *, source: str = "HYBRIDSTORE_CONFLICT_STRATEGIES") -> dict[str, str]:
+    """``"orders=manual, carts=merge"`` → ``{"orders": "manual", "carts": "merge"}``; ``source`` names where the
+    text came from in the `ConfigError` a malformed entry raises."""
+    table: dict[str, str] = {}
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        collection, sep, strategy = (part.strip() for part in item.partition("="))
+        if not sep or not collection or not strategy:
+            raise ConfigError(f"{source}: {item.strip()!r} is not COLLECTION=STRATEGY (e.g. orders=manual,carts=merge)")
+        if strategy not in STRATEGIES:
+            raise ConfigError(
+                f"{source}: strategy {strategy!r} for {collection!r} must be one of {', '.join(STRATEGIES)}"
+            )
+        if collection in table:
+            raise ConfigError(f"{source}: collection {collection!r} is named twice")
+        table[collection] = strategy
+    return table
+
+
+def _env_choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str | None:
+    raw = env.get(name, "").strip()
+    if raw and raw not in choices:
+        raise ConfigError(f"{name} must be {' or '.join(choices)}, not {raw!r}")
+    return raw or None
+
+
+def _env_settings(env: Mapping[str, str], options: dict[str, object]) -> None:
+    """Fill ``options`` from the environment where the caller did not pass them."""
+    found: dict[str, object | None] = {
+        "write_mode": _env_choice(env, "HYBRIDSTORE_WRITE_MODE", ("write_through", "local_first")),
+        "read_policy": _env_choice(env, "HYBRIDSTORE_READ_POLICY", ("primary_first", "local_first")),
+        "conflict_strategy": _env_choice(env, "HYBRIDSTORE_CONFLICT_STRATEGY", STRATEGIES),
+        "conflict_strategies": parse_strategies(env.get("HYBRIDSTORE_CONFLICT_STRATEGIES", "")) or None,
+        "alert_webhook_url": env.get("HYBRIDSTORE_ALERT_WEBHOOK_URL") or None,
+        "primary_schema": env.get("HYBRIDSTORE_PRIMARY_SCHEMA") or None,
+    }
+    raw = env.get("HYBRIDSTORE_MAX_VALUE_BYTES", "").strip()
+    if raw:
+        try:
+            found["max_value_bytes"] = int(raw)
+        except ValueError:
+            raise ConfigError(f"HYBRIDSTORE_MAX_VALUE_BYTES must be a number of bytes, not {raw!r}") from None
+    for name, value in found.items():
+        if value is not None and name not in options:
+            options[name] = value
+
+
 def resolve(
     *,
     primary_url: str | None = None,
@@ -123,13 +174,12 @@ def resolve(
     **options: object,
 ) -> StoreConfig:
     env = os.environ if env is None else env
+    if isinstance(data_dir, str) and not data_dir.strip():
+        raise ConfigError("data_dir is empty: pass a directory (or None for $HYBRIDSTORE_DATA_DIR, else ./data)")
     url = primary_url or env.get("HYBRIDSTORE_PRIMARY_URL") or env.get("SUPABASE_DB_URL") or env.get("DATABASE_URL")
     directory = Path(data_dir or env.get("HYBRIDSTORE_DATA_DIR") or DEFAULT_DATA_DIR)
     options.setdefault("sync_retry_attempts", _env_int(env, "STORAGE_SYNC_RETRY_ATTEMPTS", 3))
-    if "alert_webhook_url" not in options and env.get("HYBRIDSTORE_ALERT_WEBHOOK_URL"):
-        options["alert_webhook_url"] = env["HYBRIDSTORE_ALERT_WEBHOOK_URL"]
-    if "primary_schema" not in options and env.get("HYBRIDSTORE_PRIMARY_SCHEMA"):
-        options["primary_schema"] = env["HYBRIDSTORE_PRIMARY_SCHEMA"]
+    _env_settings(env, options)
     try:
         return StoreConfig(
             primary_url=url or None,

@@ -66,7 +66,9 @@ class WriteResult:
 
 @dataclass(frozen=True, slots=True)
 class Page:
-    """One page of ``list()``; pass ``next_after`` as ``after`` to get the next page (``None`` at the end)."""
+    """One page of ``list()``: ``records``, the live records of the page in key order (at most ``limit``; the
+    page itself iterates over them and has their ``len``), and ``next_after``, the cursor to pass as ``after``
+    for the next page (``None`` at the end: only the last page has fewer than ``limit`` records)."""
 
     records: list[Record]
     next_after: str | None

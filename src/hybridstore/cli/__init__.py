@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from . import admin, backup, conflicts, data, health, status  # noqa: F401  (importing a module registers its commands)
+# importing a module registers its commands
+from . import admin, backup, conflicts, data, health, inventory, status, transfer  # noqa: F401
 from .app import app, main
 
 __all__ = ["app", "main"]

@@ -7,7 +7,8 @@ from typing import Annotated
 import typer
 
 from ..migrations import primary_migrations
-from .app import app, fail, open_store, out, print_json
+from .app import app, configuration, open_store
+from .output import fail, out, print_json
 
 
 @app.command()
@@ -16,16 +17,17 @@ def migrate(
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
 ) -> None:
     """Create or upgrade hybridstore's tables on the primary (safe to run from many nodes at once)."""
+    if not configuration(ctx).primary_url:  # before anything is opened or created
+        fail("no primary configured: pass --primary-url or set HYBRIDSTORE_PRIMARY_URL", code=2)
     with open_store(ctx) as store:
         gateway = store.node.gateway
-        if not gateway.configured:
-            fail("no primary configured: pass --primary-url or set HYBRIDSTORE_PRIMARY_URL", code=2)
         applied = gateway.call(lambda p: p.migrate())
         schema = gateway.tier.schema
     latest = primary_migrations()[-1].version
     if as_json:
         print_json({"schema": schema, "applied": applied, "version": latest})
     elif applied:
-        out.print(f"schema {schema}: applied migration(s) {', '.join(map(str, applied))}; now at version {latest}")
+        which = "migration" if len(applied) == 1 else "migrations"
+        out.print(f"schema {schema}: applied {which} {', '.join(map(str, applied))}; now at version {latest}")
     else:
         out.print(f"schema {schema} is up to date (version {latest})")

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ..backup.repository import BackupInfo
-from .app import app, fail, open_store, out, print_json
+from ..store import HybridStore
+from .app import app, open_store
+from .output import confirm, fail, out, plural, print_json, progress_bar
 
 backup_app = typer.Typer(
     name="backup",
@@ -24,7 +24,11 @@ backup_app = typer.Typer(
 app.add_typer(backup_app, name="backup")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
-IdArg = Annotated[str, typer.Argument(help="Backup id (or a unique prefix of at least 4 characters).")]
+IdArg = Annotated[
+    str,
+    typer.Argument(help="Backup id: the short id from `backup list`, the full id, or a unique prefix (4+ characters)."),
+]
+SHORT_ID = 8
 YesFlag = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
 
 
@@ -40,22 +44,49 @@ def _size(n: float) -> str:
     return str(n)
 
 
-@contextmanager
-def _progress(label: str, *, quiet: bool, as_bytes: bool = False) -> Iterator[Any]:
-    """A Rich progress bar and the ``progress(done, total)`` callback that drives it."""
-    columns = [TextColumn(label), BarColumn(), DownloadColumn() if as_bytes else MofNCompleteColumn()]
-    with Progress(*columns, TimeElapsedColumn(), console=out, disable=quiet, transient=False) as bar:
-        task = bar.add_task(label, total=None)
+def short_ids(ids: Iterable[str]) -> dict[str, str]:
+    """Each backup id's short form: its last 8 characters, longer if another id ends the same way. (Ids are
+    time-ordered: they start with a timestamp that backups taken close together share, and end at random.)"""
+    every = list(ids)
+    shorts: dict[str, str] = {}
+    for backup_id in every:
+        n = SHORT_ID
+        while n < len(backup_id) and any(o != backup_id and o.endswith(backup_id[-n:]) for o in every):
+            n += 1
+        shorts[backup_id] = backup_id[-n:]
+    return shorts
 
-        def update(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
 
-        yield update
+def resolve_id(store: HybridStore, ref: str) -> str:
+    """The full id of the backup ``ref`` names: a full id, a short id (an ending) or a prefix of one. Two
+    matches are bad input (exit code 2), none is not found (1)."""
+    ids = store.backups.repo.ids()
+    if ref in ids:
+        return ref
+    if len(ref) < 4:
+        fail(f"backup id {ref!r} is too short: give at least 4 characters", code=2)
+    found = [i for i in ids if i.startswith(ref) or i.endswith(ref)]
+    if len(found) == 1:
+        return found[0]
+    if found:
+        shorts = short_ids(ids)
+        fail(
+            f"backup id {ref!r} is ambiguous: it matches {', '.join(shorts[i] for i in found[:5])}"
+            f"{' …' if len(found) > 5 else ''}; give more characters",
+            code=2,
+            kind="AmbiguousId",
+        )
+    fail(f"no backup {ref!r} in {store.backups.repo.dir}; see `hybridstore backup list`", kind="BackupNotFoundError")
 
 
-def _show(info: BackupInfo) -> None:
-    table = Table(show_header=False, title=f"backup {info.id}")
+def _with_short(info: BackupInfo, short: str) -> dict[str, object]:
+    return {"short_id": short, **info.to_dict()}
+
+
+def _show(info: BackupInfo, short: str) -> None:
+    table = Table(show_header=False, title=f"backup {short}")
     rows = [
+        ("id", info.id),
         ("kind", info.kind),
         ("label", info.label),
         ("description", info.description),
@@ -85,13 +116,15 @@ def create(
     as_json: JsonFlag = False,
 ) -> None:
     """Take a backup now (from the primary when reachable, else the local copy), verified before it is kept."""
-    with open_store(ctx) as store, _progress("backing up", quiet=as_json) as progress:
-        info = store.backups.create_manual_backup(label, description, progress=progress)
+    with open_store(ctx) as store:
+        with progress_bar("backing up", quiet=as_json) as progress:
+            info = store.backups.create_manual_backup(label, description, progress=progress)
+        short = short_ids(store.backups.repo.ids())[info.id]
     if as_json:
-        print_json(info.to_dict())
+        print_json(_with_short(info, short))
     else:
         out.print(
-            f"backup {info.id} created: {info.records:,} records from the {info.source} tier, "
+            f"backup {short} created: {plural(info.records, 'record')} from the {info.source} tier, "
             f"{_size(info.size_bytes)}, verified"
         )
 
@@ -99,12 +132,13 @@ def create(
 @backup_app.command("list")
 def list_(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     """List the backups of this node's repository, newest first."""
-    with open_store(ctx) as store:
+    with open_store(ctx, access="read") as store:
         backups = store.backups.list_backups()
+    shorts = short_ids(b.id for b in backups)
     if as_json:
-        print_json([b.to_dict() for b in backups])
+        print_json([_with_short(b, shorts[b.id]) for b in backups])
         return
-    table = Table(title=f"{len(backups)} backup{'s' if len(backups) != 1 else ''}")
+    table = Table(title=plural(len(backups), "backup"))
     table.add_column("id", no_wrap=True)  # ids are copied from here: never split
     for col in ("created", "kind", "label", "records", "size", "flags"):
         table.add_column(col, justify="right" if col in ("records", "size") else "left", overflow="fold")
@@ -112,32 +146,37 @@ def list_(ctx: typer.Context, as_json: JsonFlag = False) -> None:
         flags = " ".join(
             f for f, on in (("verified", b.verified), ("encrypted", b.encrypted), ("pinned", b.pinned)) if on
         )
-        table.add_row(b.id, _when(b.created_at), b.kind, escape(b.label), f"{b.records:,}", _size(b.size_bytes), flags)
+        table.add_row(
+            shorts[b.id], _when(b.created_at), b.kind, escape(b.label), f"{b.records:,}", _size(b.size_bytes), flags
+        )
     out.print(table)
 
 
 @backup_app.command("show")
 def show(ctx: typer.Context, backup_id: IdArg, as_json: JsonFlag = False) -> None:
     """Show one backup's manifest: kind, source tier, collections and counts, sizes, cipher, verification."""
-    with open_store(ctx) as store:
-        info = store.backups.get_backup(backup_id)
+    with open_store(ctx, access="read") as store:
+        info = store.backups.get_backup(resolve_id(store, backup_id))
+        short = short_ids(store.backups.repo.ids())[info.id]
     if as_json:
-        print_json(info.to_dict())
+        print_json(_with_short(info, short))
     else:
-        _show(info)
+        _show(info, short)
 
 
 @backup_app.command("verify")
 def verify(ctx: typer.Context, backup_id: IdArg, as_json: JsonFlag = False) -> None:
     """Check a backup completely: decrypt, decompress, every chunk's tag and every checksum."""
-    with open_store(ctx) as store, _progress("verifying", quiet=as_json, as_bytes=True) as progress:
-        report = store.backups.verify_backup(backup_id, progress=progress)
+    with open_store(ctx, access="existing") as store:
+        full_id = resolve_id(store, backup_id)
+        with progress_bar("verifying", quiet=as_json, as_bytes=True) as progress:
+            report = store.backups.verify_backup(full_id, progress=progress)
     if as_json:
         print_json(vars(report))
     else:
         out.print(
-            f"backup {report.id} is intact: {report.chunks} chunks, {report.records:,} records, "
-            f"{report.pending_ops:,} pending ops ({report.duration_s:.2f}s)"
+            f"backup {backup_id} is intact: {plural(report.chunks, 'chunk')}, {plural(report.records, 'record')}, "
+            f"{plural(report.pending_ops, 'pending op')} ({report.duration_s:.2f}s)"
         )
 
 
@@ -160,22 +199,24 @@ def restore(
     as_json: JsonFlag = False,
 ) -> None:
     """Restore a backup through the normal write path (a pre-restore backup is taken first)."""
-    if not dry_run and not yes and not as_json:
-        typer.confirm(f"Restore backup {backup_id} into this store?", abort=True)
-    with open_store(ctx) as store, _progress("restoring", quiet=as_json) as progress:
-        report = store.backups.restore_backup(
-            backup_id,
-            overwrite=overwrite,
-            validate_data=validate,
-            collections=collection or None,
-            keys=key or None,
-            dry_run=dry_run,
-            progress=progress,
-        )
+    if not dry_run:
+        confirm(f"Restore backup {backup_id} into this store?", yes=yes)
+    with open_store(ctx, access="read" if dry_run else "write") as store:
+        full_id = resolve_id(store, backup_id)
+        with progress_bar("restoring", quiet=as_json) as progress:
+            report = store.backups.restore_backup(
+                full_id,
+                overwrite=overwrite,
+                validate_data=validate,
+                collections=collection or None,
+                keys=key or None,
+                dry_run=dry_run,
+                progress=progress,
+            )
     if as_json:
         print_json(report.to_dict())
         return
-    table = Table(title=f"{'dry run of ' if dry_run else ''}restore of {report.backup_id}")
+    table = Table(title=f"{'dry run of ' if dry_run else ''}restore of backup {backup_id}")
     table.add_column("collection")
     for action in ("added", "overwritten", "skipped", "unchanged"):
         table.add_column(action, justify="right")
@@ -189,7 +230,8 @@ def restore(
             out.print("  … (--json for the full diff)")
     else:
         out.print(
-            f"{report.written:,} records written (queued for the primary); safety backup {report.pre_restore_backup}"
+            f"{plural(report.written, 'record')} written (queued for the primary); "
+            f"safety backup {report.pre_restore_backup}"
         )
 
 
@@ -201,10 +243,11 @@ def export(
     as_json: JsonFlag = False,
 ) -> None:
     """Copy a backup file out of the repository (it is verified first)."""
-    with open_store(ctx) as store:
-        target = store.backups.export_backup(backup_id, path)
+    with open_store(ctx, access="existing") as store:
+        full_id = resolve_id(store, backup_id)
+        target = store.backups.export_backup(full_id, path)
     if as_json:
-        print_json({"id": backup_id, "path": str(target)})
+        print_json({"id": full_id, "path": str(target)})
     else:
         out.print(f"exported to {escape(str(target))}")
 
@@ -216,25 +259,28 @@ def import_(
     as_json: JsonFlag = False,
 ) -> None:
     """Add a backup file to the repository; it is verified completely before it is registered."""
-    with open_store(ctx) as store, _progress("verifying", quiet=as_json, as_bytes=True) as progress:
-        info = store.backups.import_backup(path, progress=progress)
+    with open_store(ctx) as store:
+        with progress_bar("verifying", quiet=as_json, as_bytes=True) as progress:
+            info = store.backups.import_backup(path, progress=progress)
+        short = short_ids(store.backups.repo.ids())[info.id]
     if as_json:
-        print_json(info.to_dict())
+        print_json(_with_short(info, short))
     else:
-        out.print(f"imported backup {info.id} ({info.records:,} records, {info.kind}, taken on node {info.node_id})")
+        out.print(
+            f"imported backup {short} ({plural(info.records, 'record')}, {info.kind}, taken on node {info.node_id})"
+        )
 
 
 @backup_app.command("delete")
 def delete(ctx: typer.Context, backup_id: IdArg, yes: YesFlag = False, as_json: JsonFlag = False) -> None:
     """Delete a backup (pinned and emergency ones too)."""
-    if not yes and not as_json:
-        typer.confirm(f"Delete backup {backup_id}?", abort=True)
-    with open_store(ctx) as store:
-        info = store.backups.delete_backup(backup_id)
+    confirm(f"Delete backup {backup_id}?", yes=yes)
+    with open_store(ctx, access="existing") as store:
+        info = store.backups.delete_backup(resolve_id(store, backup_id))
     if as_json:
         print_json(info.to_dict())
     else:
-        out.print(f"deleted backup {info.id}")
+        out.print(f"deleted backup {backup_id} ({info.id})")
 
 
 @backup_app.command("prune")
@@ -245,13 +291,13 @@ def prune(
 ) -> None:
     """Delete manual and scheduled backups beyond max_backups (never the newest verified, emergency,
     pre-restore or pinned ones)."""
-    with open_store(ctx) as store:
+    with open_store(ctx, access="read" if dry_run else "existing") as store:
         gone = store.backups.prune(dry_run=dry_run)
     if as_json:
         print_json({"dry_run": dry_run, "deleted": [b.to_dict() for b in gone]})
         return
     verb = "would delete" if dry_run else "deleted"
-    out.print(f"{verb} {len(gone)} backup{'s' if len(gone) != 1 else ''}")
+    out.print(f"{verb} {plural(len(gone), 'backup')}")
     for b in gone:
         out.print(f"  {b.id}  {_when(b.created_at)}  {b.kind}  {escape(b.label)}")
 
@@ -264,27 +310,27 @@ def pin(
     as_json: JsonFlag = False,
 ) -> None:
     """Pin a backup so automatic pruning never deletes it (or --unpin)."""
-    with open_store(ctx) as store:
-        info = store.backups.pin_backup(backup_id, not unpin)
+    with open_store(ctx, access="existing") as store:
+        info = store.backups.pin_backup(resolve_id(store, backup_id), not unpin)
     if as_json:
         print_json(info.to_dict())
     else:
-        out.print(f"backup {info.id} {'pinned' if info.pinned else 'unpinned'}")
+        out.print(f"backup {backup_id} {'pinned' if info.pinned else 'unpinned'}")
 
 
 @backup_app.command("rekey")
 def rekey(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     """Re-wrap every encrypted backup's data key under a new passphrase (the current one comes from
     HYBRIDSTORE_BACKUP_PASSPHRASE; the new one is asked for)."""
-    new = typer.prompt("New passphrase", hide_input=True, confirmation_prompt=True)
+    new = typer.prompt("New passphrase", hide_input=True, confirmation_prompt=True, err=True)
     if not new:
         fail("the new passphrase is empty", code=2)
-    with open_store(ctx) as store:
+    with open_store(ctx, access="existing") as store:
         done = store.backups.rotate_passphrase(new)
     if as_json:
         print_json({"rewrapped": done})
     else:
-        out.print(f"re-wrapped {len(done)} backup(s); set HYBRIDSTORE_BACKUP_PASSPHRASE to the new passphrase")
+        out.print(f"re-wrapped {plural(len(done), 'backup')}; set HYBRIDSTORE_BACKUP_PASSPHRASE to the new passphrase")
 
 
 @backup_app.command("config")
@@ -321,7 +367,7 @@ def config(
         )
         if value is not None
     }
-    with open_store(ctx) as store:
+    with open_store(ctx, access="write" if changes else "read") as store:
         cfg = store.backups.update_config(**changes) if changes else store.backups.get_config()
         stats = store.backups.stats()
     data = cfg.to_dict()

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import datetime
 import json
+from dataclasses import asdict
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from ..errors import ValidationError
-from .app import app, fail, open_store, out, print_json
+from ..model import Conflict
+from .app import app, open_store
+from .output import confirm, err, fail, interactive, out, print_json
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+YesFlag = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
 
 conflicts_app = typer.Typer(
     help="Sync conflicts: list, show and resolve the ones queued for an admin.", no_args_is_help=True
@@ -41,12 +48,12 @@ def conflicts_list(
     status: Annotated[str, typer.Option("--status", help="open, resolved or all.")] = "open",
     collection: Annotated[str | None, typer.Option("--collection", "-c", help="Only this collection.")] = None,
     limit: Annotated[int, typer.Option("--limit", help="At most this many.")] = 100,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """List conflicts (open ones by default)."""
     if status not in ("open", "resolved", "all"):
         fail("--status must be open, resolved or all", code=2)
-    with open_store(ctx) as store:
+    with open_store(ctx, access="read") as store:
         found = store.conflicts(None if status == "all" else status, collection=collection, limit=limit)
     if as_json:
         print_json([c.to_dict() for c in found])
@@ -72,25 +79,32 @@ def conflicts_list(
 def conflicts_show(
     ctx: typer.Context,
     conflict_id: Annotated[int, typer.Argument(help="Conflict id (from `conflicts list`).")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Show one conflict with its base, local and remote values."""
-    with open_store(ctx) as store:
+    with open_store(ctx, access="read") as store:
         conflict = store.get_conflict(conflict_id)
     if conflict is None:
-        fail(f"no conflict with id {conflict_id}")
+        fail(f"no conflict with id {conflict_id}", kind="NotFound")
     if as_json:
         print_json(conflict.to_dict())
         return
-    out.print(f"conflict {conflict.id} on {escape(conflict.collection)}/{escape(conflict.key)}", highlight=False)
-    out.print(f"strategy {conflict.strategy}, {conflict.status}, created {_when(conflict.created_at)} UTC")
+    _print_conflict(conflict)
+
+
+def _print_conflict(conflict: Conflict, console: Console = out) -> None:
+    console.print(f"conflict {conflict.id} on {escape(conflict.collection)}/{escape(conflict.key)}", highlight=False)
+    console.print(f"strategy {conflict.strategy}, {conflict.status}, created {_when(conflict.created_at)} UTC")
     for side in ("base", "local", "remote"):
-        out.print(f"[bold]{side}:[/] {escape(json.dumps(getattr(conflict, side), ensure_ascii=False, indent=2))}")
+        console.print(f"[bold]{side}:[/] {escape(json.dumps(getattr(conflict, side), ensure_ascii=False, indent=2))}")
     if conflict.status != "open":
-        out.print(
+        console.print(
             f"resolved by {escape(conflict.resolved_by or '?')} at {_when(conflict.resolved_at)} UTC: "
             f"{escape(json.dumps(conflict.resolution))}"
         )
+
+
+CHOICES = ("local", "remote", "value")
 
 
 @conflicts_app.command("resolve")
@@ -98,39 +112,67 @@ def conflicts_resolve(
     ctx: typer.Context,
     conflict_id: Annotated[int, typer.Argument(help="Conflict id (from `conflicts list`).")],
     choice: Annotated[
-        str,
+        str | None,
         typer.Option(
-            "--choice", help="local (the queued write), remote (keep the primary's), or value (write --value)."
+            "--choice",
+            help="local (the queued write), remote (keep the primary's), or value (write --value). Asked for on a "
+            "terminal; required anywhere else.",
         ),
-    ] = "local",
+    ] = None,
     value: Annotated[str | None, typer.Option("--value", help="JSON value to write with --choice value.")] = None,
     actor: Annotated[str, typer.Option("--actor", help="Who resolves it (recorded in the audit log).")] = "admin",
+    as_json: JsonFlag = False,
 ) -> None:
     """Resolve an open manual conflict; the choice is audited."""
-    decoded: Any = None
-    if choice == "value":
-        if value is None:
-            fail("--choice value needs --value JSON", code=2)
-        try:
-            decoded = json.loads(value)
-        except json.JSONDecodeError as exc:
-            fail(f"--value is not JSON: {exc}", code=2)
-    elif value is not None:
+    if choice is not None and choice not in CHOICES:
+        fail("--choice must be local, remote or value", code=2)
+    if choice is None and not interactive():
+        fail("--choice is required (local, remote or value): standard input is not a terminal", code=2)
+    if value is not None and choice not in (None, "value"):
         fail("--value goes with --choice value", code=2)
+    if choice == "value" and value is None:
+        fail("--choice value needs --value JSON", code=2)
     with open_store(ctx) as store:
+        if choice is None:
+            conflict = store.get_conflict(conflict_id)
+            if conflict is None:
+                fail(f"no conflict with id {conflict_id}", kind="NotFound")
+            _print_conflict(conflict, err)  # part of the question: standard output stays the result's
+            choice = _ask_choice()
+            if choice == "value" and value is None:
+                value = typer.prompt("JSON value to write", err=True)
+        decoded = _decode_value(value) if choice == "value" else None
         result = store.resolve_conflict(conflict_id, choice, decoded, actor=actor)
+    if as_json:
+        print_json({"id": conflict_id, "choice": choice, "write": None if result is None else asdict(result)})
+        return
     where = "kept the primary's value" if result is None else f"wrote it ({result.tier})"
     out.print(f"conflict {conflict_id} resolved: {choice}, {where}")
+
+
+def _ask_choice() -> str:
+    while True:
+        answer = str(typer.prompt("Keep which value? local, remote, or value (write a new one)", err=True)).strip()
+        if answer in CHOICES:
+            return answer
+        err.print("answer local, remote or value")
+
+
+def _decode_value(text: str | None) -> Any:
+    try:
+        return json.loads(text or "")
+    except json.JSONDecodeError as exc:
+        fail(f"--value is not JSON: {exc}", code=2)
 
 
 @deadletters_app.command("list")
 def deadletters_list(
     ctx: typer.Context,
     limit: Annotated[int, typer.Option("--limit", help="At most this many.")] = 100,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """List dead letters of this node."""
-    with open_store(ctx) as store:
+    with open_store(ctx, access="read") as store:
         letters = store.dead_letters(limit=limit)
     if as_json:
         print_json(letters)
@@ -155,15 +197,19 @@ def deadletters_list(
 def deadletters_retry(
     ctx: typer.Context,
     letter_id: Annotated[int, typer.Argument(help="Dead letter id (from `deadletters list`).")],
+    as_json: JsonFlag = False,
 ) -> None:
     """Write a dead letter's value again, as a new write."""
-    with open_store(ctx) as store:
+    with open_store(ctx, access="existing") as store:
         try:
             result = store.retry_dead_letter(letter_id)
         except ValidationError as exc:
-            fail(str(exc))
+            fail(str(exc), kind="NotFound")
         store.sync_now()
-    out.print(f"dead letter {letter_id} written again ({result.tier}{', queued' if result.queued else ''})")
+    if as_json:
+        print_json({"id": letter_id, "write": asdict(result)})
+    else:
+        out.print(f"dead letter {letter_id} written again ({result.tier}{', queued' if result.queued else ''})")
 
 
 @deadletters_app.command("discard")
@@ -171,14 +217,17 @@ def deadletters_discard(
     ctx: typer.Context,
     letter_id: Annotated[int, typer.Argument(help="Dead letter id (from `deadletters list`).")],
     actor: Annotated[str, typer.Option("--actor", help="Who discards it (recorded in the audit log).")] = "admin",
-    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    yes: YesFlag = False,
+    as_json: JsonFlag = False,
 ) -> None:
-    """Drop a dead letter for good."""
-    if not yes:
-        typer.confirm(f"discard dead letter {letter_id} for good?", abort=True)
-    with open_store(ctx) as store:
+    """Drop a dead letter for good (asks first on a terminal; --yes anywhere else)."""
+    confirm(f"Discard dead letter {letter_id} for good?", yes=yes)
+    with open_store(ctx, access="existing") as store:
         try:
             letter = store.discard_dead_letter(letter_id, actor=actor)
         except ValidationError as exc:
-            fail(str(exc))
-    out.print(f"dead letter {letter_id} ({escape(letter['collection'])}/{escape(letter['key'])}) discarded")
+            fail(str(exc), kind="NotFound")
+    if as_json:
+        print_json({"id": letter_id, "discarded": letter})
+    else:
+        out.print(f"dead letter {letter_id} ({escape(letter['collection'])}/{escape(letter['key'])}) discarded")

@@ -7,10 +7,10 @@ from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .app import app, open_store, out, print_json
+from .app import app, open_store, real_paths
+from .output import out, plural, print_json, progress_bars
 
 _STYLE = {"healthy": "green", "degraded": "yellow", "down": "red", "disabled": "dim", "unknown": "dim"}
 
@@ -25,11 +25,12 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
 ) -> None:
     """Show each tier's health, the circuit breaker and the outbox."""
-    with open_store(ctx) as store:
+    with open_store(ctx, access="read") as store:
         health = store.health()
         recovery = store.recovery.get_health_status(refresh=True)
         health["overall"] = recovery["overall"]
         health["alerts"] = recovery["alerts"]
+    health = real_paths(ctx, health)
     if as_json:
         print_json(health)
         return
@@ -43,7 +44,7 @@ def status(
         latency = f"{tier['latency_ms']:.2f} ms" if tier.get("latency_ms") is not None else ""
         detail = tier.get("detail") or tier.get("url") or tier.get("path") or ""
         if name == "journal":
-            detail = f"{tier.get('entries', 0)} entr{'y' if tier.get('entries') == 1 else 'ies'} {detail}".strip()
+            detail = f"{plural(tier.get('entries', 0), 'entry', 'entries')} {detail}".strip()
         table.add_row(name, _state(tier["state"]), latency, escape(str(detail)))
     out.print(table)
     circuit = health["circuit"]
@@ -77,37 +78,26 @@ def sync(
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the sync report as JSON.")] = False,
 ) -> None:
-    """Push every queued write to the primary, then pull the primary's changes — now, with progress bars."""
-    with open_store(ctx) as store:
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=out,
-            disable=as_json,
-            transient=False,
-        ) as progress:
-            tasks: dict[str, Any] = {}
-
-            def advance(phase: str, done: int, total: int | None) -> None:
-                if phase not in tasks:
-                    label = "pushing outbox" if phase == "push" else ("full resync" if full else "pulling changes")
-                    tasks[phase] = progress.add_task(label, total=total)
-                progress.update(tasks[phase], completed=done, total=total)
-
-            report = store.sync_now(full=full, progress=advance)
+    """Push every queued write to the primary, then pull the primary's changes — now, with progress bars. Exit
+    code 1 if writes remain queued (no primary, or it is unreachable)."""
+    with open_store(ctx) as store, progress_bars(quiet=as_json) as bars:
+        labels = {"push": "pushing outbox", "pull": "full resync" if full else "pulling changes"}
+        report = store.sync_now(full=full, progress=lambda phase, done, total: bars.update(labels[phase], done, total))
         configured = store.node.gateway.configured
     if as_json:
         print_json(dataclasses.asdict(report))
-        return
-    out.print(
-        f"pushed {report.pushed}, superseded {report.superseded}, duplicates {report.duplicates}, "
-        f"conflicts {report.conflicts}, failed {report.failed}, remaining {report.remaining}, pulled {report.pulled}"
-    )
-    if report.remaining and not configured:
-        out.print("no primary configured: writes stay queued until one is (--primary-url or $HYBRIDSTORE_PRIMARY_URL)")
-    elif report.errors:
-        out.print(f"[red]last error:[/] {escape(report.errors[-1])}")
-    if (report.remaining or (full and report.errors)) and configured:
+    else:
+        out.print(
+            f"pushed {report.pushed}, superseded {report.superseded}, duplicates {report.duplicates}, "
+            f"conflicts {report.conflicts}, failed {report.failed}, remaining {report.remaining}, "
+            f"pulled {report.pulled}"
+        )
+        if report.remaining and not configured:
+            out.print(
+                f"no primary configured: {plural(report.remaining, 'write')} will stay queued until one is "
+                "(--primary-url or $HYBRIDSTORE_PRIMARY_URL)"
+            )
+        elif report.errors:
+            out.print(f"[red]last error:[/] {escape(report.errors[-1])}")
+    if report.remaining or (full and report.errors):
         raise typer.Exit(1)
