@@ -346,3 +346,16 @@ def test_a_failing_journal_replay_backs_off(tmp_path: Path) -> None:
         free_sqlite(store)
         store.sync_now()  # an explicit sync replays at once
         assert len(journal) == 0
+
+
+def test_changing_an_unrelated_backup_setting_needs_no_passphrase(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HYBRIDSTORE_BACKUP_PASSPHRASE", "pw")
+    with hybridstore.open(data_dir=tmp_path / "n", background=False) as store:
+        b = service(store)
+        b.update_config(encrypt=True)
+        monkeypatch.delenv("HYBRIDSTORE_BACKUP_PASSPHRASE")
+        assert b.update_config(interval_hours=6).interval_hours == 6
+        with pytest.raises(hybridstore.ConfigError, match="passphrase"):
+            b.update_config(encrypt=True)

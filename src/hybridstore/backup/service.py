@@ -256,7 +256,8 @@ class BackupService:
         """Validate and apply settings (``enabled``, ``automatic``, ``interval_hours``, ``max_backups``,
         ``compress``, ``encrypt``, ``source``); persisted locally and on the primary when reachable."""
         new = settings.BackupSettings.from_dict({**changes, "updated_at": self.clock()}, self.get_config())
-        if new.encrypt and not self.passphrase:
+        if new.encrypt and changes.get("encrypt") and not self.passphrase:
+            # Only when turning encryption on: changing an unrelated setting must not need the passphrase.
             raise ConfigError(f"encrypt=True needs a passphrase: set {crypto.PASSPHRASE_ENV}")
         settings.save_local(self._config_path, new)
         self._settings = new

@@ -17,7 +17,6 @@ from typing import Annotated, Any, Literal
 import typer
 from typer.core import TyperGroup
 
-from .. import __version__
 from ..config import DEFAULT_DATA_DIR, StoreConfig, parse_strategies, redact, resolve
 from ..errors import (
     ConfigError,
@@ -99,7 +98,7 @@ class Settings:
 
 def _print_version(value: bool) -> None:
     if value:
-        typer.echo(f"hybridstore {__version__}")
+        typer.echo(f"hybridstore {_version()}")
         raise typer.Exit()
 
 
@@ -397,3 +396,12 @@ def main() -> None:
 
 
 __all__ = ["Settings", "app", "configuration", "err", "fail", "main", "open_store", "out", "print_json", "real_paths"]
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("hybridstore")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree without an install
+        return "unknown"

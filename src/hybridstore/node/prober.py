@@ -60,9 +60,10 @@ class PrimaryProber:
             return ProbeResult(False, now, error=f"{type(exc).__name__}: {exc}", exc=exc)
         return ProbeResult(True, now, latency)
 
-    def close(self, timeout: float = 2.0) -> None:
-        """Wait (up to ``timeout`` in all) for probes still running; they are daemon threads bounded by the
-        primary tier's own deadline, so any left over end by themselves."""
+    def close(self, timeout: float | None = None) -> None:
+        """Wait (up to ``timeout`` in all, default the probe deadline) for probes still running; they are daemon
+        threads bounded by the primary tier's own deadline, so any left over end by themselves."""
+        timeout = self.timeout if timeout is None else timeout
         for thread in self._threads:
             thread.join(timeout / max(1, len(self._threads)))
         self._inflight = []
