@@ -120,6 +120,6 @@ def print_json(data: Any) -> None:
 
 
 def main() -> None:
-    from . import admin, backup, conflicts, data, health, status  # noqa: F401  (registers the commands)
+    from . import admin, apikey, backup, conflicts, data, health, serve, status  # noqa: F401  (registers the commands)
 
     app()
