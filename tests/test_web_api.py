@@ -370,3 +370,27 @@ def test_jobs_listing_and_limits(web: Web) -> None:
     job = web.job(web.post("/api/v1/sync"))
     assert job["actor"] == "key:node-admin" and job["kind"] == "sync"
     assert web.get("/api/v1/jobs").json()["jobs"][0]["id"] == job["id"]
+
+
+def test_mounted_in_an_application_of_ones_own(web: Web) -> None:
+    from fastapi import FastAPI
+
+    outer = FastAPI()
+
+    @outer.get("/")
+    async def home() -> dict[str, str]:
+        return {"app": "mine"}
+
+    outer.mount("/store", web.client.app)
+    with TestClient(outer) as client:
+        assert client.get("/").json() == {"app": "mine"}
+        assert client.get("/store/healthz").status_code == 200
+        assert client.get("/store/api/v1/status").status_code == 401
+        headers = web.auth("admin")
+        assert client.put("/store/api/v1/collections/c/items/k", json=1, headers=headers).status_code == 200
+        assert client.get("/store/api/v1/collections/c/items/k", headers=headers).json()["value"] == 1
+        job = client.post("/store/api/v1/sync", headers=headers)
+        assert job.status_code == 202 and job.headers["location"].endswith(f"/store/api/v1/jobs/{job.json()['id']}")
+        assert client.get("/store/api/v1/docs").status_code == 200
+        schema = client.get("/store/api/v1/openapi.json", headers=headers).json()
+        assert "/api/v1/status" in schema["paths"]

@@ -172,3 +172,11 @@ def test_serve_refuses_to_start_open(tmp_path: Path, monkeypatch: pytest.MonkeyP
     for command in (["serve"], ["apikey", "create"], ["apikey", "list"], ["apikey", "revoke"]):
         code, out = cli(*command, "--help")
         assert code == 0 and len(out.split("Usage")[1]) > 40
+
+
+def test_websockets_are_refused(web: Web) -> None:
+    from starlette.websockets import WebSocketDisconnect
+
+    with pytest.raises(WebSocketDisconnect) as refused, web.client.websocket_connect("/api/v1/status") as ws:
+        ws.receive_text()
+    assert refused.value.code == 1008

@@ -114,6 +114,9 @@ class AuthMiddleware:
         self.public = public
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":  # the API has none: refuse rather than let one through unauthenticated
+            await send({"type": "websocket.close", "code": 1008})
+            return
         if scope["type"] != "http" or self.public(route_path(scope)):
             await self.app(scope, receive, send)
             return
