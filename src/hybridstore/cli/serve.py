@@ -106,7 +106,7 @@ def serve(
             ssl_keyfile=ssl_keyfile,
             ssl_keyfile_password=ssl_keyfile_password,
             ssl_ca_certs=ssl_ca_certs,
-            timeout_graceful_shutdown=int(graceful_timeout) if graceful_timeout > 0 else None,
+            timeout_graceful_shutdown=max(1, round(graceful_timeout)),
             access_log=access_log,
             log_level=logging.getLogger().getEffectiveLevel(),
             log_config=None,  # the CLI's logging (--log-level) applies to uvicorn too

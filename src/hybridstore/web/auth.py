@@ -9,8 +9,7 @@ Two steps, so that nothing is routed, parsed or validated for an anonymous calle
 2. Each route declares the scope it needs (`Requirement`, a FastAPI dependency): 403 if the caller lacks it.
 
 Looking a key up reads ``web.db`` (in a worker thread); a successful lookup is remembered for ``cache_ttl``
-seconds (1 s), so a key revoked by the CLI stops working within a second, and at once when revoked through
-this process.
+seconds (1 s), so a key revoked by the CLI stops working within a second.
 """
 
 from __future__ import annotations
@@ -74,10 +73,6 @@ class Authenticator:
         self._ttl = cache_ttl
         self._clock = clock
         self._cache: dict[bytes, tuple[float, Principal]] = {}  # by the token's digest
-
-    def forget(self) -> None:
-        """Drop every remembered lookup (a key was revoked through this process)."""
-        self._cache.clear()
 
     async def authenticate(self, token: str) -> Principal | None:
         digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -103,10 +104,13 @@ class ApiKeyStore:
             raise ValidationError(f"a key named {name!r} exists already (revoke it, or pick another name)")
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         key = ApiKey(secrets.token_hex(6), name, wanted, token[:8], self._wall())
-        self._db.execute(
-            "INSERT INTO api_keys (id, name, scopes, token_hash, hint, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-            (key.id, key.name, " ".join(sorted(wanted)), hash_token(token), key.hint, key.created_at),
-        )
+        try:
+            self._db.execute(
+                "INSERT INTO api_keys (id, name, scopes, token_hash, hint, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (key.id, key.name, " ".join(sorted(wanted)), hash_token(token), key.hint, key.created_at),
+            )
+        except sqlite3.IntegrityError:  # created meanwhile by another process
+            raise ValidationError(f"a key named {name!r} exists already (revoke it, or pick another name)") from None
         return key, token
 
     def list(self, *, include_revoked: bool = True) -> list[ApiKey]:

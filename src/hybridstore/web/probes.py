@@ -36,7 +36,7 @@ def build(ctx: WebContext) -> tuple[APIRouter, ScopedRouter]:
     async def readyz() -> JSONResponse:
         if ctx.draining or store.node.closed:
             return JSONResponse({"ready": False, "reason": "stopping"}, status_code=503)
-        ready = await ctx.run(lambda: _readiness(ctx))
+        ready = _readiness(ctx)  # in-memory states only: answered from the loop, even when every thread is busy
         return JSONResponse(ready, status_code=200 if ready["ready"] else 503)
 
     @scoped.get("/metrics", "read", summary="Prometheus metrics (text exposition format)")
@@ -50,6 +50,9 @@ def build(ctx: WebContext) -> tuple[APIRouter, ScopedRouter]:
 def _readiness(ctx: WebContext) -> dict[str, Any]:
     node = ctx.store.node
     local_ok = node.slot.writable() is not None
-    journal_ok = node.status.snapshot().journal.get("state") != "down"
-    ready = local_ok or journal_ok
-    return {"ready": ready, "local": "writable" if local_ok else "not writable", "journal_usable": journal_ok}
+    journal_ok = node.journal.last_error is None  # its last append worked (or none failed yet)
+    return {
+        "ready": local_ok or journal_ok,
+        "local": "writable" if local_ok else "not writable",
+        "journal": "usable" if journal_ok else f"failing: {node.journal.last_error}",
+    }
