@@ -98,3 +98,11 @@ def test_audit_log_is_local_without_a_primary(tmp_path: Path) -> None:
         "details": {"why": "test"},
     }
     assert [e.id for e in log.entries(limit=5, before_id=2)] == [1]
+
+
+def test_data_responses_never_fail_on_what_json_cannot_hold() -> None:
+    from hybridstore.web.responses import DataResponse
+
+    body = DataResponse({"next_in_s": float("inf"), "rate": float("nan"), "at": Path("/x"), "ok": [1.5]}).body
+    assert body == b'{"next_in_s":null,"rate":null,"at":"/x","ok":[1.5]}'
+    assert DataResponse({"é": "€"}).body == '{"é":"€"}'.encode()

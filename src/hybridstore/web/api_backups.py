@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import Path, Query, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse
 
 from ..backup.repository import BackupInfo
 from ..errors import BackupTamperedError
@@ -18,6 +18,7 @@ from .confirm import require_confirmation
 from .context import WebContext, accepted
 from .jobs import Progress
 from .problems import problem_for
+from .responses import DataResponse
 from .routing import ScopedRouter
 from .schemas import (
     BackupConfigChange,
@@ -45,9 +46,9 @@ def build(ctx: WebContext) -> ScopedRouter:
     store = ctx.store
 
     @routes.get("/backups", "read", summary="Backups of this node's repository, newest first")
-    async def list_backups() -> JSONResponse:
+    async def list_backups() -> DataResponse:
         found = await ctx.run(lambda: [info_json(b) for b in store.backups.list_backups()])
-        return JSONResponse({"backups": found})
+        return DataResponse({"backups": found})
 
     @routes.post(
         "/backups",
@@ -56,7 +57,7 @@ def build(ctx: WebContext) -> ScopedRouter:
         status_code=202,
         responses={202: {"model": JobOut}, **problems(429)},
     )
-    async def create_backup(request: Request, body: BackupCreateRequest | None = None) -> JSONResponse:
+    async def create_backup(request: Request, body: BackupCreateRequest | None = None) -> DataResponse:
         wanted = body or BackupCreateRequest()
 
         def work(progress: Progress) -> dict[str, Any]:
@@ -69,8 +70,8 @@ def build(ctx: WebContext) -> ScopedRouter:
         return accepted(request, job)
 
     @routes.get("/backups/config", "read", summary="Backup settings (shared by every node)")
-    async def get_config() -> JSONResponse:
-        return JSONResponse(await ctx.run(lambda: store.backups.get_config().to_dict()))
+    async def get_config() -> DataResponse:
+        return DataResponse(await ctx.run(lambda: store.backups.get_config().to_dict()))
 
     @routes.put(
         "/backups/config",
@@ -78,18 +79,18 @@ def build(ctx: WebContext) -> ScopedRouter:
         summary='Change backup settings (type "config" in `confirm`)',
         responses=problems(),
     )
-    async def put_config(request: Request, body: BackupConfigChange) -> JSONResponse:
+    async def put_config(request: Request, body: BackupConfigChange) -> DataResponse:
         changes = body.model_dump(exclude_none=True, exclude={"confirm"})
 
         def change() -> dict[str, Any]:
             require_confirmation(body.confirm, CONFIG_TARGET)
             return store.backups.update_config(**changes).to_dict()
 
-        return JSONResponse(await ctx.audited(request, "backup.config", CONFIG_TARGET, change, details=changes))
+        return DataResponse(await ctx.audited(request, "backup.config", CONFIG_TARGET, change, details=changes))
 
     @routes.get("/backups/stats", "read", summary="Counts and sizes by kind, newest backup, next scheduled one")
-    async def stats() -> JSONResponse:
-        return JSONResponse(await ctx.run(store.backups.stats))
+    async def stats() -> DataResponse:
+        return DataResponse(await ctx.run(store.backups.stats))
 
     @routes.post(
         "/backups/prune",
@@ -97,18 +98,18 @@ def build(ctx: WebContext) -> ScopedRouter:
         summary="Remove manual and scheduled backups beyond max_backups (dry_run: only list them)",
         responses=problems(),
     )
-    async def prune(request: Request, body: PruneRequest | None = None) -> JSONResponse:
+    async def prune(request: Request, body: PruneRequest | None = None) -> DataResponse:
         dry_run = body.dry_run if body is not None else False
 
         def work() -> dict[str, Any]:
             gone = store.backups.prune(dry_run=dry_run)
             return {"dry_run": dry_run, "removed": [info_json(b) for b in gone]}
 
-        return JSONResponse(await ctx.audited(request, "backup.prune", "backups", work, details={"dry_run": dry_run}))
+        return DataResponse(await ctx.audited(request, "backup.prune", "backups", work, details={"dry_run": dry_run}))
 
     @routes.get("/backups/{backup_id}", "read", summary="One backup's manifest", responses=problems(404))
-    async def show(backup_id: BackupId) -> JSONResponse:
-        return JSONResponse(await ctx.run(lambda: info_json(store.backups.get_backup(backup_id))))
+    async def show(backup_id: BackupId) -> DataResponse:
+        return DataResponse(await ctx.run(lambda: info_json(store.backups.get_backup(backup_id))))
 
     @routes.delete(
         "/backups/{backup_id}",
@@ -121,13 +122,13 @@ def build(ctx: WebContext) -> ScopedRouter:
         backup_id: BackupId,
         body: Confirmation | None = None,
         confirm: Annotated[str | None, Query(max_length=200, description="Instead of the body's confirm.")] = None,
-    ) -> JSONResponse:
+    ) -> DataResponse:
         def drop() -> dict[str, Any]:
             info = store.backups.get_backup(backup_id)
             require_confirmation(body.confirm if body is not None else confirm, info.id, backup_id)
             return info_json(store.backups.delete_backup(info.id))
 
-        return JSONResponse({"deleted": await ctx.audited(request, "backup.delete", backup_id, drop)})
+        return DataResponse({"deleted": await ctx.audited(request, "backup.delete", backup_id, drop)})
 
     @routes.post(
         "/backups/{backup_id}/verify",
@@ -135,7 +136,7 @@ def build(ctx: WebContext) -> ScopedRouter:
         summary="Check a backup completely (decrypt, decompress, every checksum)",
         responses=problems(404),
     )
-    async def verify(request: Request, backup_id: BackupId) -> JSONResponse:
+    async def verify(request: Request, backup_id: BackupId) -> DataResponse:
         def check() -> dict[str, Any]:
             try:
                 report = store.backups.verify_backup(backup_id)
@@ -143,7 +144,7 @@ def build(ctx: WebContext) -> ScopedRouter:
                 return {"id": backup_id, "verified": False, "problem": problem_for(exc).to_dict()}
             return {"verified": True, **vars(report)}
 
-        return JSONResponse(await ctx.audited(request, "backup.verify", backup_id, check))
+        return DataResponse(await ctx.audited(request, "backup.verify", backup_id, check))
 
     @routes.post(
         "/backups/{backup_id}/restore",
@@ -152,7 +153,7 @@ def build(ctx: WebContext) -> ScopedRouter:
         status_code=202,
         responses={202: {"model": JobOut}, **problems(404, 429)},
     )
-    async def restore(request: Request, backup_id: BackupId, body: RestoreRequest | None = None) -> JSONResponse:
+    async def restore(request: Request, backup_id: BackupId, body: RestoreRequest | None = None) -> DataResponse:
         wanted = body or RestoreRequest()
         details = wanted.model_dump(exclude={"confirm", "keys"})
         try:

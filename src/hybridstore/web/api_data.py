@@ -12,13 +12,13 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import Header, Query, Request
-from fastapi.responses import JSONResponse
 
 from ..model import Record, WriteResult
 from .conditions import check_preconditions, etag_for
 from .context import WebContext
 from .limits import read_json_value
 from .problems import not_found, unavailable
+from .responses import DataResponse
 from .routing import ScopedRouter
 from .schemas import ItemOut, PageOut, WriteOut, problems
 
@@ -66,7 +66,7 @@ def build(ctx: WebContext) -> ScopedRouter:
     store = ctx.store
 
     @routes.get("/collections", "read", summary="Collections this node holds, with live record counts")
-    async def list_collections() -> JSONResponse:
+    async def list_collections() -> DataResponse:
         def counts() -> dict[str, int]:
             local = store.node.slot.tier
             if local is None:
@@ -74,7 +74,7 @@ def build(ctx: WebContext) -> ScopedRouter:
             return local.collection_counts()
 
         found = await ctx.run(counts)
-        return JSONResponse(
+        return DataResponse(
             {"collections": [{"name": n, "records": c} for n, c in sorted(found.items())], "source": "local"}
         )
 
@@ -89,16 +89,16 @@ def build(ctx: WebContext) -> ScopedRouter:
         prefix: Annotated[str, Query(max_length=512, description="Only keys starting with this.")] = "",
         after: Annotated[str | None, Query(max_length=512, description="The previous page's next_after.")] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    ) -> JSONResponse:
+    ) -> DataResponse:
         page = await ctx.run(lambda: store.list(collection, prefix=prefix, limit=limit, after=after))
-        return JSONResponse({"items": [record_json(r) for r in page.records], "next_after": page.next_after})
+        return DataResponse({"items": [record_json(r) for r in page.records], "next_after": page.next_after})
 
     @routes.get(ITEM, "read", summary="One item", responses={200: {"model": ItemOut}, **problems(404)})
-    async def get_item(collection: str, key: str) -> JSONResponse:
+    async def get_item(collection: str, key: str) -> DataResponse:
         record = await ctx.run(lambda: store.get(collection, key))
         if record is None:
             raise not_found(f"no item {key!r} in {collection!r}")
-        return JSONResponse(record_json(record), headers={"ETag": record_etag(record)})
+        return DataResponse(record_json(record), headers={"ETag": record_etag(record)})
 
     @routes.put(
         ITEM,
@@ -109,13 +109,13 @@ def build(ctx: WebContext) -> ScopedRouter:
     )
     async def put_item(
         request: Request, collection: str, key: str, if_match: IfMatch = None, if_none_match: IfNoneMatch = None
-    ) -> JSONResponse:
+    ) -> DataResponse:
         value = await read_json_value(request)
         if if_match is None and if_none_match is None:
             result = await ctx.run(lambda: store.set(collection, key, value))
         else:
             result = await ctx.run(lambda: _conditional(ctx, collection, key, if_match, if_none_match, value, True))
-        return JSONResponse(
+        return DataResponse(
             write_json(collection, key, result), headers={"ETag": etag_for(result.version, result.hlc, result.queued)}
         )
 
@@ -127,12 +127,12 @@ def build(ctx: WebContext) -> ScopedRouter:
     )
     async def delete_item(
         collection: str, key: str, if_match: IfMatch = None, if_none_match: IfNoneMatch = None
-    ) -> JSONResponse:
+    ) -> DataResponse:
         if if_match is None and if_none_match is None:
             result = await ctx.run(lambda: store.delete(collection, key))
         else:
             result = await ctx.run(lambda: _conditional(ctx, collection, key, if_match, if_none_match, None, False))
-        return JSONResponse(write_json(collection, key, result))
+        return DataResponse(write_json(collection, key, result))
 
     return routes
 

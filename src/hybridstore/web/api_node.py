@@ -11,11 +11,11 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import Path, Query, Request
-from fastapi.responses import JSONResponse
 
 from .context import WebContext, accepted
 from .jobs import Progress
 from .problems import not_found
+from .responses import DataResponse
 from .routing import ScopedRouter
 from .schemas import JobOut, SyncRequest, problems
 
@@ -29,9 +29,9 @@ def build(ctx: WebContext) -> ScopedRouter:
     @routes.get("/status", "read", summary="The node's status snapshot (tiers, circuit, outbox, sync, health, backups)")
     async def status(
         fresh: Annotated[bool, Query(description="Sample the local outbox now (a cheap local count).")] = False,
-    ) -> JSONResponse:
+    ) -> DataResponse:
         snapshot = await ctx.run(lambda: store.status(fresh=fresh).to_dict())
-        return JSONResponse(snapshot)
+        return DataResponse(snapshot)
 
     @routes.get(
         "/health",
@@ -39,29 +39,29 @@ def build(ctx: WebContext) -> ScopedRouter:
         summary="Overall health: 200 healthy / degraded / recovering, 503 outage / misconfigured",
         responses=problems(),
     )
-    async def health() -> JSONResponse:
+    async def health() -> DataResponse:
         data = await ctx.run(store.recovery.get_health_status)
-        return JSONResponse(data, status_code=503 if data.get("overall") in UNHEALTHY else 200)
+        return DataResponse(data, status_code=503 if data.get("overall") in UNHEALTHY else 200)
 
     @routes.get("/alerts", "read", summary="Alerts, newest first")
     async def alerts(
         active: Annotated[bool | None, Query(description="true: only active; false: only resolved.")] = None,
-    ) -> JSONResponse:
+    ) -> DataResponse:
         found = await ctx.run(lambda: [a.to_dict() for a in store.recovery.alerts(active)])
-        return JSONResponse({"alerts": found})
+        return DataResponse({"alerts": found})
 
     @routes.get("/events", "read", summary="The node's recent state-change events, oldest first")
     async def events(
         since: Annotated[int, Query(ge=0, le=2**63 - 1, description="Only events after this seq.")] = 0,
         limit: Annotated[int, Query(ge=1, le=1000)] = 200,
-    ) -> JSONResponse:
+    ) -> DataResponse:
         found = [e.to_dict() for e in store.node.events.since(since)][:limit]  # in memory: no I/O
         last = found[-1]["seq"] if found else since
-        return JSONResponse({"events": found, "last_seq": last})
+        return DataResponse({"events": found, "last_seq": last})
 
     @routes.get("/sync", "read", summary="Sync state: outbox, counts, conflicts, dead letters, history")
-    async def sync_status() -> JSONResponse:
-        return JSONResponse(await ctx.run(store.sync_status))
+    async def sync_status() -> DataResponse:
+        return DataResponse(await ctx.run(store.sync_status))
 
     @routes.post(
         "/sync",
@@ -70,7 +70,7 @@ def build(ctx: WebContext) -> ScopedRouter:
         status_code=202,
         responses={202: {"model": JobOut}, **problems(429)},
     )
-    async def start_sync(request: Request, body: SyncRequest | None = None) -> JSONResponse:
+    async def start_sync(request: Request, body: SyncRequest | None = None) -> DataResponse:
         full = body.full if body is not None else False
 
         def work(progress: Progress) -> dict[str, Any]:
@@ -81,22 +81,22 @@ def build(ctx: WebContext) -> ScopedRouter:
         return accepted(request, job)
 
     @routes.get("/jobs", "read", summary="Jobs started over HTTP since the server started, newest first")
-    async def jobs() -> JSONResponse:
-        return JSONResponse({"jobs": [j.to_dict() for j in ctx.jobs.list()]})
+    async def jobs() -> DataResponse:
+        return DataResponse({"jobs": [j.to_dict() for j in ctx.jobs.list()]})
 
     @routes.get("/jobs/{job_id}", "read", summary="One job: progress, then result or problem", responses=problems(404))
-    async def job(job_id: Annotated[str, Path(max_length=64)]) -> JSONResponse:
+    async def job(job_id: Annotated[str, Path(max_length=64)]) -> DataResponse:
         found = ctx.jobs.get(job_id)
         if found is None:
             raise not_found(f"no job {job_id!r} (jobs are kept in memory, for this server's lifetime)")
-        return JSONResponse(found.to_dict())
+        return DataResponse(found.to_dict())
 
     @routes.get("/audit", "admin", summary="This node's audit log of administrative calls, newest first")
     async def audit(
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         before_id: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
-    ) -> JSONResponse:
+    ) -> DataResponse:
         entries = await ctx.run(lambda: ctx.audit.entries(limit=limit, before_id=before_id))
-        return JSONResponse({"entries": [e.to_dict() for e in entries]})
+        return DataResponse({"entries": [e.to_dict() for e in entries]})
 
     return routes

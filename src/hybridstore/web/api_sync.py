@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import Path, Query, Request
-from fastapi.responses import JSONResponse
 
 from ..model import Conflict
 from .api_data import write_json
@@ -14,6 +13,7 @@ from .auth import principal_of
 from .confirm import require_confirmation
 from .context import WebContext
 from .problems import not_found
+from .responses import DataResponse
 from .routing import ScopedRouter
 from .schemas import Confirmation, ResolveRequest, WriteOut, problems
 
@@ -31,17 +31,17 @@ def build(ctx: WebContext) -> ScopedRouter:
         collection: Annotated[str | None, Query(max_length=64)] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         after_id: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
-    ) -> JSONResponse:
+    ) -> DataResponse:
         wanted = None if status == "all" else status
         found = await ctx.run(lambda: store.conflicts(wanted, collection=collection, limit=limit, after_id=after_id))
-        return JSONResponse({"conflicts": [_conflict(c) for c in found]})
+        return DataResponse({"conflicts": [_conflict(c) for c in found]})
 
     @routes.get("/conflicts/{conflict_id}", "read", summary="One conflict", responses=problems(404))
-    async def conflict(conflict_id: Id) -> JSONResponse:
+    async def conflict(conflict_id: Id) -> DataResponse:
         found = await ctx.run(lambda: store.get_conflict(conflict_id))
         if found is None:
             raise not_found(f"no conflict with id {conflict_id}")
-        return JSONResponse(_conflict(found))
+        return DataResponse(_conflict(found))
 
     @routes.post(
         "/conflicts/{conflict_id}/resolve",
@@ -49,7 +49,7 @@ def build(ctx: WebContext) -> ScopedRouter:
         summary="Settle an open conflict: keep the local value, the remote one, or write a new one",
         responses={200: {"model": WriteOut}, **problems(404, 409)},
     )
-    async def resolve(request: Request, conflict_id: Id, body: ResolveRequest) -> JSONResponse:
+    async def resolve(request: Request, conflict_id: Id, body: ResolveRequest) -> DataResponse:
         actor = principal_of(request).actor
 
         def settle() -> dict[str, Any]:
@@ -66,15 +66,15 @@ def build(ctx: WebContext) -> ScopedRouter:
         done = await ctx.audited(
             request, "conflict.resolve", f"conflict/{conflict_id}", settle, details={"choice": body.choice}
         )
-        return JSONResponse(done)
+        return DataResponse(done)
 
     @routes.get("/dead-letters", "read", summary="Ops the primary refused for good (they block nothing)")
     async def dead_letters(
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         after_id: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
-    ) -> JSONResponse:
+    ) -> DataResponse:
         found = await ctx.run(lambda: store.dead_letters(limit=limit, after_id=after_id))
-        return JSONResponse({"dead_letters": found})
+        return DataResponse({"dead_letters": found})
 
     def _letter(letter_id: int) -> dict[str, Any]:
         found = store.dead_letters(limit=1, after_id=letter_id - 1)
@@ -88,7 +88,7 @@ def build(ctx: WebContext) -> ScopedRouter:
         summary="Write a dead letter's value again, as a new write",
         responses={200: {"model": WriteOut}, **problems(404)},
     )
-    async def retry(request: Request, letter_id: Id) -> JSONResponse:
+    async def retry(request: Request, letter_id: Id) -> DataResponse:
         actor = principal_of(request).actor
 
         def again() -> dict[str, Any]:
@@ -96,7 +96,7 @@ def build(ctx: WebContext) -> ScopedRouter:
             result = store.retry_dead_letter(letter_id, actor=actor)
             return write_json(letter["collection"], letter["key"], result)
 
-        return JSONResponse(await ctx.audited(request, "deadletter.retry", f"dead-letter/{letter_id}", again))
+        return DataResponse(await ctx.audited(request, "deadletter.retry", f"dead-letter/{letter_id}", again))
 
     @routes.delete(
         "/dead-letters/{letter_id}",
@@ -109,7 +109,7 @@ def build(ctx: WebContext) -> ScopedRouter:
         letter_id: Id,
         body: Confirmation | None = None,
         confirm: Annotated[str | None, Query(max_length=200, description="Instead of the body's confirm.")] = None,
-    ) -> JSONResponse:
+    ) -> DataResponse:
         actor = principal_of(request).actor
 
         def drop() -> dict[str, Any]:
@@ -118,7 +118,7 @@ def build(ctx: WebContext) -> ScopedRouter:
             return store.discard_dead_letter(letter_id, actor=actor)
 
         letter = await ctx.audited(request, "deadletter.discard", f"dead-letter/{letter_id}", drop)
-        return JSONResponse({"discarded": letter})
+        return DataResponse({"discarded": letter})
 
     return routes
 

@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio
 import anyio.to_thread
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 
 from .audit import AuditLog
 from .auth import Authenticator, principal_of
 from .jobs import Job, JobRunner, Progress
 from .keys import ApiKeyStore
 from .problems import problem_for
+from .responses import DataResponse
 from .webdb import WebDatabase
 
 if TYPE_CHECKING:
@@ -134,7 +134,7 @@ def _client(request: Request) -> str | None:
     return None if request.client is None else request.client.host
 
 
-def accepted(request: Request, job: Job) -> JSONResponse:
+def accepted(request: Request, job: Job) -> DataResponse:
     """202 for a job just started, with its URL in ``Location``."""
     location = str(request.url_for("job", job_id=job.id))
-    return JSONResponse(job.to_dict(), status_code=202, headers={"Location": location})
+    return DataResponse(job.to_dict(), status_code=202, headers={"Location": location})

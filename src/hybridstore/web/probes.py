@@ -13,10 +13,11 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from .context import WebContext
+from .responses import DataResponse
 from .routing import ScopedRouter
 
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
@@ -29,15 +30,15 @@ def build(ctx: WebContext) -> tuple[APIRouter, ScopedRouter]:
     store = ctx.store
 
     @public.get("/healthz", summary="Liveness: the process answers (no credentials)")
-    async def healthz() -> JSONResponse:
-        return JSONResponse({"status": "alive"})
+    async def healthz() -> DataResponse:
+        return DataResponse({"status": "alive"})
 
     @public.get("/readyz", summary="Readiness: writes can be acknowledged (no credentials)")
-    async def readyz() -> JSONResponse:
+    async def readyz() -> DataResponse:
         if ctx.draining or store.node.closed:
-            return JSONResponse({"ready": False, "reason": "stopping"}, status_code=503)
+            return DataResponse({"ready": False, "reason": "stopping"}, status_code=503)
         ready = _readiness(ctx)  # in-memory states only: answered from the loop, even when every thread is busy
-        return JSONResponse(ready, status_code=200 if ready["ready"] else 503)
+        return DataResponse(ready, status_code=200 if ready["ready"] else 503)
 
     @scoped.get("/metrics", "read", summary="Prometheus metrics (text exposition format)")
     async def metrics() -> Response:
