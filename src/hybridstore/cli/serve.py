@@ -83,7 +83,7 @@ def serve(
         fail(str(exc), code=2)
     if token is None and not _has_keys(config.data_dir):
         dir_option = f" --data-dir {settings.data_dir}" if settings.data_dir else ""
-        err.print(NO_CREDENTIALS.format(dir=dir_option), highlight=False, markup=False)
+        err.print(NO_CREDENTIALS.format(dir=dir_option), highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(2)
     try:
         store = HybridStore(config)
@@ -118,7 +118,10 @@ def serve(
 
         server = _server(server_config, on_exit=drain)
         scheme = "https" if ssl_certfile else "http"
-        err.print(f"hybridstore node {store.node_id} serving on {scheme}://{host}:{port} (data in {store.data_dir})")
+        err.print(
+            f"hybridstore node {store.node_id} serving on {scheme}://{host}:{port} (data in {store.data_dir})",
+            soft_wrap=True,
+        )
         server.run()
         web_ctx.draining = True
         if not web_ctx.jobs.wait(jobs_timeout):
