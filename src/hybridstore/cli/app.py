@@ -390,7 +390,7 @@ def _close(store: HybridStore) -> None:
 
 
 def main() -> None:
-    from . import admin, backup, conflicts, data, health, inventory, status, transfer  # noqa: F401  (registers them)
+    from . import admin, apikey, backup, conflicts, data, health, inventory, serve, status, transfer  # noqa: F401
 
     app()
 

@@ -1,0 +1,169 @@
+"""``serve``: run the node as a service — the store with its background work (sync, health monitor, scheduled and
+emergency backups) and the HTTP API (`hybridstore.web.create_app`) under uvicorn.
+
+It never starts open, and it needs no configuration: with no active API key in the data directory and no
+``HYBRIDSTORE_ADMIN_TOKEN``, it creates one admin key (named ``setup``), prints it once on standard error with how
+to replace it, and serves. On SIGTERM or SIGINT it stops accepting connections, lets the
+requests in flight finish (at most ``--graceful-timeout`` seconds), waits for running jobs (sync, backup,
+restore; at most ``--jobs-timeout`` seconds), then closes the store cleanly (queued writes stay queued for the next
+start) and exits with status 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, Any
+
+import typer
+
+from ..config import resolve
+from ..errors import ConfigError, HybridStoreError
+from ..store import HybridStore
+from ..web.keys import ApiKeyStore
+from ..web.webdb import WebDatabase
+from .app import Settings, app, err, fail
+
+log = logging.getLogger("hybridstore.serve")
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8080
+SETUP_KEY = """no API key was configured and HYBRIDSTORE_ADMIN_TOKEN is not set, so an admin key was created.
+It is shown this once; keep it (it is stored hashed):
+    {token}
+Use it as `Authorization: Bearer <key>`. Create your own keys with `hybridstore{dir} apikey create --name NAME
+--scope read|write|admin`, then revoke this one: `hybridstore{dir} apikey revoke setup`."""
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    host: Annotated[
+        str, typer.Option("--host", envvar="HYBRIDSTORE_HTTP_HOST", help="Address to listen on.")
+    ] = DEFAULT_HOST,
+    port: Annotated[
+        int, typer.Option("--port", "-p", envvar="HYBRIDSTORE_HTTP_PORT", help="TCP port.", min=1, max=65535)
+    ] = DEFAULT_PORT,
+    ssl_certfile: Annotated[str | None, typer.Option("--ssl-certfile", help="TLS certificate (PEM).")] = None,
+    ssl_keyfile: Annotated[str | None, typer.Option("--ssl-keyfile", help="TLS private key (PEM).")] = None,
+    ssl_keyfile_password: Annotated[
+        str | None,
+        typer.Option("--ssl-keyfile-password", envvar="HYBRIDSTORE_SSL_KEYFILE_PASSWORD", help="The key's password."),
+    ] = None,
+    ssl_ca_certs: Annotated[
+        str | None, typer.Option("--ssl-ca-certs", help="CA bundle to verify client certificates.")
+    ] = None,
+    graceful_timeout: Annotated[
+        float, typer.Option("--graceful-timeout", help="Seconds to let requests in flight finish on shutdown.")
+    ] = 30.0,
+    jobs_timeout: Annotated[
+        float, typer.Option("--jobs-timeout", help="Seconds to wait for running jobs before closing the store.")
+    ] = 300.0,
+    access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="Log every request.")] = True,
+    docs_ui: Annotated[bool, typer.Option("--docs/--no-docs", help="Serve the API docs page at /api/v1/docs.")] = True,
+) -> None:
+    """Serve the REST API (/api/v1), /metrics, /healthz and /readyz, with sync, health monitor and backups running."""
+    try:
+        import uvicorn
+
+        from ..web.app import context_of, create_app
+        from ..web.auth import admin_token_from_env
+    except ImportError as exc:
+        fail(f"the HTTP service needs the web extra ({exc.name} is missing): pip install 'hybridstore[web]'", code=2)
+    settings: Settings = ctx.obj
+    options: dict[str, Any] = {"background": True}
+    if settings.schema:
+        options["primary_schema"] = settings.schema
+    if settings.timeout:
+        options["primary_timeout"] = settings.timeout
+    try:
+        config = resolve(primary_url=settings.primary_url, data_dir=settings.data_dir, **options)
+        token = admin_token_from_env()
+    except (ConfigError, ValueError) as exc:
+        fail(str(exc), code=2)
+    if token is None and not _has_keys(config.data_dir):
+        dir_option = f" --data-dir {settings.data_dir}" if settings.data_dir else ""
+        setup = _create_setup_key(config.data_dir)
+        err.print(SETUP_KEY.format(token=setup, dir=dir_option), highlight=False, markup=False, soft_wrap=True)
+    try:
+        store = HybridStore(config)
+    except HybridStoreError as exc:
+        fail(str(exc), code=2 if isinstance(exc, ConfigError) else 1)
+    stopping: list[int] = []
+
+    def note_signal(sig: int, frame: FrameType | None) -> None:
+        stopping.append(sig)  # uvicorn handles the signal while it runs, then raises it again here: already done
+
+    previous = {sig: signal.signal(sig, note_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        web = create_app(store, admin_token=token, docs_ui=docs_ui)
+        web_ctx = context_of(web)
+        server_config = uvicorn.Config(
+            web,
+            host=host,
+            port=port,
+            ssl_certfile=ssl_certfile,
+            ssl_keyfile=ssl_keyfile,
+            ssl_keyfile_password=ssl_keyfile_password,
+            ssl_ca_certs=ssl_ca_certs,
+            timeout_graceful_shutdown=max(1, round(graceful_timeout)),
+            access_log=access_log,
+            log_level=logging.getLogger().getEffectiveLevel(),
+            log_config=None,  # the CLI's logging (--log-level) applies to uvicorn too
+            server_header=False,
+        )
+
+        def drain() -> None:
+            web_ctx.draining = True
+
+        server = _server(server_config, on_exit=drain)
+        scheme = "https" if ssl_certfile else "http"
+        err.print(
+            f"hybridstore node {store.node_id} serving on {scheme}://{host}:{port} (data in {store.data_dir})",
+            soft_wrap=True,
+        )
+        server.run()
+        web_ctx.draining = True
+        if not web_ctx.jobs.wait(jobs_timeout):
+            log.error("jobs still running after %.0f s: closing the store under them", jobs_timeout)
+        web_ctx.close()
+    finally:
+        store.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    err.print("stopped: the store is closed (queued writes stay queued for the next start)")
+
+
+def _create_setup_key(data_dir: os.PathLike[str] | str) -> str:
+    Path(data_dir).mkdir(parents=True, exist_ok=True)
+    db = WebDatabase.in_dir(data_dir)
+    try:
+        _, token = ApiKeyStore(db).create("setup", ["admin"])
+    finally:
+        db.close()
+    return token
+
+
+def _has_keys(data_dir: os.PathLike[str] | str) -> bool:
+    if not (Path(data_dir) / "web.db").exists():
+        return False
+    db = WebDatabase.in_dir(data_dir)
+    try:
+        return ApiKeyStore(db).has_active()
+    finally:
+        db.close()
+
+
+def _server(config: Any, *, on_exit: Callable[[], None]) -> Any:
+    """A uvicorn server that calls ``on_exit`` as soon as it starts stopping (so /readyz answers 503 from then)."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            on_exit()
+            super().handle_exit(sig, frame)
+
+    return Server(config)
