@@ -24,7 +24,9 @@ from ..keyrange import key_range
 from .database import ROW_COLUMNS, LocalDatabase, as_row
 
 # After a push: a key whose newest pending op was pushed (pending_seq <= pushed seq) takes the primary's row and
-# is synced; a key with later pending ops keeps its value and learns the new version and merge base. SET
+# is synced; a key with later pending ops keeps its value and, when the pushed op reached the primary (?10: applied
+# or duplicate), learns the new version and merge base: its later ops follow that write. After an op that lost
+# (superseded, manual) they keep the base they were written on, so they are judged as the conflict they are. SET
 # expressions all see the old row, so every CASE tests the same pending_seq.
 _COMPLETE = """
 UPDATE records SET
@@ -33,11 +35,13 @@ UPDATE records SET
     origin = CASE WHEN pending_seq <= ?7 THEN ?3 ELSE origin END,
     updated_at = CASE WHEN pending_seq <= ?7 THEN ?4 ELSE updated_at END,
     synced_at = CASE WHEN pending_seq <= ?7 THEN ?5 ELSE synced_at END,
-    base_value = CASE WHEN pending_seq <= ?7 THEN NULL ELSE ?1 END,
+    base_value = CASE WHEN pending_seq <= ?7 THEN NULL WHEN ?10 THEN ?1 ELSE base_value END,
     pending_seq = CASE WHEN pending_seq <= ?7 THEN NULL ELSE pending_seq END,
-    version = ?6
+    version = CASE WHEN pending_seq <= ?7 OR ?10 THEN ?6 ELSE version END
 WHERE collection = ?8 AND key = ?9
 """
+# Outcomes whose row a key's later pending ops follow: the pushed op reached the primary.
+FOLLOWED = ("applied", "duplicate")
 _DEAD_LETTER_FIELDS = (
     "id",
     "op_id",
@@ -107,18 +111,18 @@ class LocalOutbox(LocalDatabase):
         """Remove pushed ops from the outbox and record what the primary now holds for their keys.
 
         A key whose newest pending op was pushed becomes synced and takes the primary's row (our value, or a
-        newer one that won under last-writer-wins); a key with later pending ops keeps its local value and
-        only learns the new primary version."""
+        newer one that won under last-writer-wins); a key with later pending ops keeps its local value and, if
+        the pushed op reached the primary, learns the new primary version and merge base."""
         now = self._clock()
-        last: dict[tuple[str, str], tuple[int, StoredRow | None]] = {}
+        last: dict[tuple[str, str], tuple[int, ApplyOutcome]] = {}
         for seq, op, outcome in done:
-            last[(op.collection, op.key)] = (seq, outcome.current)
+            last[(op.collection, op.key)] = (seq, outcome)
         adopt = [
-            (cur.value_json, cur.hlc, cur.origin, cur.updated_at, now, cur.version, seq, c, k)
-            for (c, k), (seq, cur) in last.items()
-            if cur is not None
+            (cur.value_json, cur.hlc, cur.origin, cur.updated_at, now, cur.version, seq, c, k, out.outcome in FOLLOWED)
+            for (c, k), (seq, out) in last.items()
+            if (cur := out.current) is not None
         ]
-        gone = [(now, c, k, seq) for (c, k), (seq, cur) in last.items() if cur is None]
+        gone = [(now, c, k, seq) for (c, k), (seq, out) in last.items() if out.current is None]
         with self._transaction() as conn:
             if exact:  # some entries in between stay (e.g. rejected by the primary)
                 conn.executemany("DELETE FROM outbox WHERE seq = ?", [(seq,) for seq, _, _ in done])
