@@ -560,6 +560,64 @@ def test_a_newer_queued_write_still_wins_after_an_older_one_lost(
         assert local_value(a, "reg", key) == local_value(b, "reg", key) == {"v": "a2"}
 
 
+def test_a_row_pulled_while_the_key_is_pending_is_not_lost(
+    make_store: StoreFactory, pg: psycopg.Connection[Any], pg_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The exact interleaving, by hand: A's push commits v2; B writes v3; A's puller pulls v3 while the key is
+    still pending (skipped, cursor moves on); only then does A settle its batch (v2). A must end at v3."""
+    a = make_store("a", write_mode="local_first", background=False)
+    b = make_store("b", background=False)
+    a.set("c", "k", "v1")
+    a.set("c", "other", 0)
+    converge(a, b)
+    pushed = a.set("c", "k", "v2")
+    replayer = a.node.replayer
+    push = replayer._put
+    raced: list[str] = []
+
+    def push_then_race(ops: Any) -> Any:
+        outcomes = push(ops)  # the primary has committed v2; A has not settled it yet
+        if not raced:
+            wall_clock_past(pushed.hlc)
+            raced.append(b.set("c", "k", "v3").hlc)
+            b.set("c", "other", 1)
+            caught_up(a)  # k is pending: skipped; "other" is applied and the cursor moves past both
+            assert local_value(a, "c", "other") == 1 and local_value(a, "c", "k") == "v2"
+        return outcomes
+
+    monkeypatch.setattr(replayer, "_put", push_then_race)
+    a.sync_now()
+    assert raced, "the race ran"
+    converge(a, b)
+    assert primary_rows(pg, pg_schema)["k"] == ("v3", 3)
+    assert local_value(a, "c", "k") == "v3", "A kept its own older value"
+    assert a.node.slot.tier is not None
+    row = a.node.slot.tier.get("c", "k")
+    assert row is not None and row.version == 3 and row.synced_at is not None and row.hlc == raced[0]
+
+
+def test_a_dead_letter_gives_way_to_a_row_pulled_while_it_was_pending(
+    make_store: StoreFactory, pg: psycopg.Connection[Any], pg_schema: str
+) -> None:
+    """A refused op ends in the dead letters and its key goes back to the primary's row: the newest one the
+    node has seen, even if the feed delivered it while the key was pending (and the cursor moved past it)."""
+    a = make_store("a", write_mode="local_first", background=False, sync_retry_attempts=2)
+    b = make_store("b", background=False)
+    a.set("c", "k", {"n": 1})
+    converge(a, b)
+    refuse_poison(pg, pg_schema)
+    a.set("c", "k", {"poison": 1})
+    b.set("c", "k", {"n": 2})
+    caught_up(a)  # k is pending: the row is not adopted, the cursor moves past it
+    assert local_value(a, "c", "k") == {"poison": 1}
+    a.sync_now()
+    a.sync_now()  # second refusal: dead letter
+    assert len(a.dead_letters()) == 1
+    assert local_value(a, "c", "k") == {"n": 2}, "back to a stale value"
+    converge(a, b)
+    assert primary_rows(pg, pg_schema)["k"][0] == local_value(a, "c", "k") == {"n": 2}
+
+
 def test_a_queued_write_after_one_in_manual_conflict_waits_for_the_admin_too(
     make_store: StoreFactory, pg: psycopg.Connection[Any], pg_schema: str
 ) -> None:
@@ -578,3 +636,41 @@ def test_a_queued_write_after_one_in_manual_conflict_waits_for_the_admin_too(
     assert primary_rows(pg, pg_schema)["o"][0] == {"s": "b"}, "a write in conflict overwrote the primary's value"
     assert local_value(a, "orders", "o") == {"s": "b"}
     assert sorted(k.local["s"] for k in a.conflicts(status="open")) == ["a1", "a2"]
+
+
+def test_rows_pulled_by_the_puller_thread_during_a_push_are_not_lost(
+    make_store: StoreFactory, pg: psycopg.Connection[Any], pg_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same race under the real threads: A's replayer pushes 20 keys; before its answer is back (a slow
+    link), B rewrites them and A's puller thread pulls B's rows — skipped, since the keys are still pending.
+    After the push settles, every key must end at B's value on A too."""
+    a = make_store("a", write_mode="local_first", pull_interval=0.05)
+    b = make_store("b", background=False)
+    keys = [f"k{i:02d}" for i in range(20)]
+    a.set_many("c", [(k, "a0") for k in keys])
+    wait_for(lambda: a.sync_status()["outbox"]["depth"] == 0)
+    converge(b)
+    replayer = a.node.replayer
+    push = replayer._put
+    raced: list[int] = []
+
+    def slow_answer(ops: Any) -> Any:
+        outcomes = push(ops)  # committed on the primary; the answer is "on its way back"
+        if not raced and len(ops) == len(keys):
+            wall_clock_past(max(op.hlc for op in ops))
+            for k in keys:
+                b.set("c", k, "b")
+            b.set("c", "sentinel", "b")
+            # A's own puller thread pulls B's rows (the keys are pending: skipped) and moves its cursor past them.
+            wait_for(lambda: local_value(a, "c", "sentinel") == "b")
+            raced.append(1)
+        return outcomes
+
+    monkeypatch.setattr(replayer, "_put", slow_answer)
+    a.set_many("c", [(k, "a1") for k in keys])  # one transaction, one wake-up: one batch
+    wait_for(lambda: bool(raced) and a.sync_status()["outbox"]["depth"] == 0)
+    converge(a, b)
+    stale = [k for k in keys if local_value(a, "c", k) != "b"]
+    assert stale == [], f"A kept its own older value for {len(stale)} key(s)"
+    rows = primary_rows(pg, pg_schema, "c")
+    assert all(rows[k][0] == "b" for k in keys)
