@@ -500,3 +500,187 @@ def test_write_through_logs_the_conflict_it_settles(
     audit = pg.execute(f'SELECT actor, action, target FROM "{pg_schema}".audit_log').fetchall()
     assert audit == [("system:last_wins", "conflict.resolved", "c/k")]
     assert a.sync_status(refresh=True)["conflicts"] == {"last_wins": {"resolved": 1}}
+
+
+# -- convergence (items 12 and 13 of the data-safety issue) ----------------------------------------------------
+
+
+def caught_up(store: HybridStore) -> None:
+    """Pull until the feed holds nothing back: a transaction running elsewhere on the server (another test
+    process) holds committed rows back for its duration."""
+    puller = store.node.puller
+    assert puller is not None
+    wait_for(lambda: puller.pull() >= 0 and not puller.held_back, timeout=30)
+
+
+def converge(*stores: HybridStore, timeout: float = 30.0) -> None:
+    """Push and pull on every node until a whole round moves nothing, fails nothing and nothing is held back."""
+    deadline = time.monotonic() + timeout
+    while True:
+        moved = 0
+        quiet = True
+        for store in stores:
+            report = store.sync_now()
+            moved += report.pushed + report.pulled + report.superseded + report.conflicts + report.remaining
+            puller = store.node.puller
+            quiet = quiet and not report.errors and not report.failed and not (puller and puller.held_back)
+        if not moved and quiet:
+            return
+        assert time.monotonic() < deadline, "nodes did not settle"
+        time.sleep(0.01)  # something is held back or failing: let it pass
+
+
+def test_an_older_queued_write_never_beats_a_newer_acknowledged_one(
+    make_store: StoreFactory, pg: psycopg.Connection[Any], pg_schema: str
+) -> None:
+    """last_wins: the greatest HLC wins, whatever the push order and batching. A second queued write is not a
+    follow-up of the version its node learned when its first write lost."""
+    a = make_store("a", write_mode="local_first", background=False, batch_size=1)
+    b = make_store("b", background=False)
+    a1 = a.set("reg", "k", {"v": "a1"})
+    a2 = a.set("reg", "k", {"v": "a2"})
+    wall_clock_past(a2.hlc)
+    acked_b = b.set("reg", "k", {"v": "b"})
+    assert a1.queued and a2.queued and acked_b.tier == "primary" and acked_b.hlc > a2.hlc
+    converge(a, b)
+    assert primary_rows(pg, pg_schema)["k"][0] == {"v": "b"}, "an older write overwrote a newer acknowledged one"
+    assert local_value(a, "reg", "k") == local_value(b, "reg", "k") == {"v": "b"}
+    # Both of a's writes lost, each logged as a resolved last_wins conflict.
+    lost = pg.execute(
+        f'SELECT local::text, resolution::text FROM "{pg_schema}".conflicts WHERE key = %s ORDER BY id', ("k",)
+    ).fetchall()
+    assert lost == [('{"v": "a1"}', '{"winner": "remote"}'), ('{"v": "a2"}', '{"winner": "remote"}')]
+
+
+def test_a_newer_queued_write_still_wins_after_an_older_one_lost(
+    make_store: StoreFactory, pg: psycopg.Connection[Any], pg_schema: str
+) -> None:
+    """The other side of the rule: a1 < b < a2 by HLC, pushed one op per batch or both in one batch."""
+    for batch_size, key in ((1, "one-per-batch"), (1000, "one-batch")):
+        a = make_store(f"a-{key}", write_mode="local_first", background=False, batch_size=batch_size)
+        b = make_store(f"b-{key}", background=False)
+        a.set("reg", key, {"v": "a1"})
+        wall_clock_past(a.node.clock.now())
+        b_ack = b.set("reg", key, {"v": "b"})
+        wall_clock_past(b_ack.hlc)
+        a2 = a.set("reg", key, {"v": "a2"})
+        assert a2.hlc > b_ack.hlc
+        converge(a, b)
+        assert primary_rows(pg, pg_schema)[key][0] == {"v": "a2"}
+        assert local_value(a, "reg", key) == local_value(b, "reg", key) == {"v": "a2"}
+
+
+def test_a_row_pulled_while_the_key_is_pending_is_not_lost(
+    make_store: StoreFactory, pg: psycopg.Connection[Any], pg_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The exact interleaving, by hand: A's push commits v2; B writes v3; A's puller pulls v3 while the key is
+    still pending (skipped, cursor moves on); only then does A settle its batch (v2). A must end at v3."""
+    a = make_store("a", write_mode="local_first", background=False)
+    b = make_store("b", background=False)
+    a.set("c", "k", "v1")
+    a.set("c", "other", 0)
+    converge(a, b)
+    pushed = a.set("c", "k", "v2")
+    replayer = a.node.replayer
+    push = replayer._put
+    raced: list[str] = []
+
+    def push_then_race(ops: Any) -> Any:
+        outcomes = push(ops)  # the primary has committed v2; A has not settled it yet
+        if not raced:
+            wall_clock_past(pushed.hlc)
+            raced.append(b.set("c", "k", "v3").hlc)
+            b.set("c", "other", 1)
+            caught_up(a)  # k is pending: skipped; "other" is applied and the cursor moves past both
+            assert local_value(a, "c", "other") == 1 and local_value(a, "c", "k") == "v2"
+        return outcomes
+
+    monkeypatch.setattr(replayer, "_put", push_then_race)
+    a.sync_now()
+    assert raced, "the race ran"
+    converge(a, b)
+    assert primary_rows(pg, pg_schema)["k"] == ("v3", 3)
+    assert local_value(a, "c", "k") == "v3", "A kept its own older value"
+    assert a.node.slot.tier is not None
+    row = a.node.slot.tier.get("c", "k")
+    assert row is not None and row.version == 3 and row.synced_at is not None and row.hlc == raced[0]
+
+
+def test_a_dead_letter_gives_way_to_a_row_pulled_while_it_was_pending(
+    make_store: StoreFactory, pg: psycopg.Connection[Any], pg_schema: str
+) -> None:
+    """A refused op ends in the dead letters and its key goes back to the primary's row: the newest one the
+    node has seen, even if the feed delivered it while the key was pending (and the cursor moved past it)."""
+    a = make_store("a", write_mode="local_first", background=False, sync_retry_attempts=2)
+    b = make_store("b", background=False)
+    a.set("c", "k", {"n": 1})
+    converge(a, b)
+    refuse_poison(pg, pg_schema)
+    a.set("c", "k", {"poison": 1})
+    b.set("c", "k", {"n": 2})
+    caught_up(a)  # k is pending: the row is not adopted, the cursor moves past it
+    assert local_value(a, "c", "k") == {"poison": 1}
+    a.sync_now()
+    a.sync_now()  # second refusal: dead letter
+    assert len(a.dead_letters()) == 1
+    assert local_value(a, "c", "k") == {"n": 2}, "back to a stale value"
+    converge(a, b)
+    assert primary_rows(pg, pg_schema)["k"][0] == local_value(a, "c", "k") == {"n": 2}
+
+
+def test_a_queued_write_after_one_in_manual_conflict_waits_for_the_admin_too(
+    make_store: StoreFactory, pg: psycopg.Connection[Any], pg_schema: str
+) -> None:
+    """manual: a key's second queued write is not a follow-up of the remote value its first write conflicted
+    with; it is queued for the admin as well, and the primary keeps its value."""
+    opts: dict[str, Any] = {"background": False, "conflict_strategies": {"orders": "manual"}}
+    a = make_store("a", write_mode="local_first", batch_size=1, **opts)  # one op per batch
+    b = make_store("b", **opts)
+    b.set("orders", "o", {"s": "new"})
+    caught_up(a)  # a learns version 1 (a pull: no push, so the batch size stays at 1)
+    assert local_value(a, "orders", "o") == {"s": "new"}
+    a.set("orders", "o", {"s": "a1"})
+    a.set("orders", "o", {"s": "a2"})
+    b.set("orders", "o", {"s": "b"})
+    converge(a, b)
+    assert primary_rows(pg, pg_schema)["o"][0] == {"s": "b"}, "a write in conflict overwrote the primary's value"
+    assert local_value(a, "orders", "o") == {"s": "b"}
+    assert sorted(k.local["s"] for k in a.conflicts(status="open")) == ["a1", "a2"]
+
+
+def test_rows_pulled_by_the_puller_thread_during_a_push_are_not_lost(
+    make_store: StoreFactory, pg: psycopg.Connection[Any], pg_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same race under the real threads: A's replayer pushes 20 keys; before its answer is back (a slow
+    link), B rewrites them and A's puller thread pulls B's rows — skipped, since the keys are still pending.
+    After the push settles, every key must end at B's value on A too."""
+    a = make_store("a", write_mode="local_first", pull_interval=0.05)
+    b = make_store("b", background=False)
+    keys = [f"k{i:02d}" for i in range(20)]
+    a.set_many("c", [(k, "a0") for k in keys])
+    wait_for(lambda: a.sync_status()["outbox"]["depth"] == 0)
+    converge(b)
+    replayer = a.node.replayer
+    push = replayer._put
+    raced: list[int] = []
+
+    def slow_answer(ops: Any) -> Any:
+        outcomes = push(ops)  # committed on the primary; the answer is "on its way back"
+        if not raced and len(ops) == len(keys):
+            wall_clock_past(max(op.hlc for op in ops))
+            for k in keys:
+                b.set("c", k, "b")
+            b.set("c", "sentinel", "b")
+            # A's own puller thread pulls B's rows (the keys are pending: skipped) and moves its cursor past them.
+            wait_for(lambda: local_value(a, "c", "sentinel") == "b")
+            raced.append(1)
+        return outcomes
+
+    monkeypatch.setattr(replayer, "_put", slow_answer)
+    a.set_many("c", [(k, "a1") for k in keys])  # one transaction, one wake-up: one batch
+    wait_for(lambda: bool(raced) and a.sync_status()["outbox"]["depth"] == 0)
+    converge(a, b)
+    stale = [k for k in keys if local_value(a, "c", k) != "b"]
+    assert stale == [], f"A kept its own older value for {len(stale)} key(s)"
+    rows = primary_rows(pg, pg_schema, "c")
+    assert all(rows[k][0] == "b" for k in keys)

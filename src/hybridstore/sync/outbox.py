@@ -33,6 +33,7 @@ from ..errors import (
 from ..events import Event, EventBus
 from ..merge import MISSING, StrategyTable, merge3
 from ..model import ApplyOutcome, Op, StoredRow, SyncReport
+from ..tiers.local.outbox import FOLLOWED
 from ..worker import Worker
 
 if TYPE_CHECKING:
@@ -240,9 +241,10 @@ class OutboxReplayer:
         Pipelined: while the primary works on one batch, this thread settles the previous batch in SQLite and
         reads the next one, so SQLite's share of the time hides behind the primary's. The next batch is read
         before the current one is settled, so its base versions for keys in the current batch are patched from
-        the current batch's results before it is sent. On a failure the batch in flight stays in the outbox
-        (pushing it again is harmless) and the error is raised; a batch the primary rejects is pushed op by op so
-        that only the poison ops stay behind (`_isolate`)."""
+        the current batch's results before it is sent — from ops that reached the primary only: after an op that
+        lost, the key's later ops keep the base they were written on (see `_followed_versions`). On a failure the
+        batch in flight stays in the outbox (pushing it again is harmless) and the error is raised; a batch the
+        primary rejects is pushed op by op so that only the poison ops stay behind (`_isolate`)."""
         local = self._slot.tier
         if local is None or not self._gateway.configured:
             return 0
@@ -279,7 +281,7 @@ class OutboxReplayer:
                         break
                     self._batch_done(len(entries), time.perf_counter() - started)
                     previous = [(seq, op, out) for (seq, op, _), out in zip(entries, outcomes, strict=True)]
-                    versions = {(o.current.collection, o.current.key): o.current.version for o in outcomes if o.current}
+                    versions = _followed_versions(outcomes)
                     entries = [
                         (seq, op._replace(base_version=versions.get((op.collection, op.key), op.base_version)), base)
                         for seq, op, base in following
@@ -393,8 +395,8 @@ class OutboxReplayer:
                         log.error("op %s on %s/%s moved to dead letters: %s", op.op_id, op.collection, op.key, exc)
                     continue
                 if out.current is not None:
-                    versions[key] = out.current.version
                     self._observe(out.current.hlc)
+                versions.update(_followed_versions([out]))
                 done.append((seq, op, out))
         finally:
             if done:
@@ -506,3 +508,16 @@ class OutboxReplayer:
             except LocalStoreError as exc:
                 report.errors.append(f"outbox not readable: {exc}")
         return report
+
+
+def _followed_versions(outcomes: Sequence[ApplyOutcome]) -> dict[tuple[str, str], int]:
+    """The primary versions that the keys' later queued ops are based on after these outcomes: the versions of
+    ops that reached the primary (applied, or applied before: duplicate). An op that lost (superseded, manual)
+    teaches nothing: the key's next op was written on top of it, not on top of the winner, so it must be judged
+    against the winner as a conflict — under last_wins by HLC, under manual by an admin — never be taken for a
+    follow-up of a write its node had not seen when it was made."""
+    return {
+        (o.current.collection, o.current.key): o.current.version
+        for o in outcomes
+        if o.current is not None and o.outcome in FOLLOWED
+    }

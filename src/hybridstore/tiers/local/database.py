@@ -91,6 +91,9 @@ class LocalDatabase:
                 self._conn.close()
             raise map_sqlite_error(exc) from exc
         self._next_seq = (row[0] or 0) + 1  # the outbox seq the next queued op gets
+        # Rows the change feed delivered for keys with pending ops (so not adopted), newest per key: settling a
+        # push never adopts a row older than one of these (`LocalPullCursor.apply_pulled`). Guarded by ``_lock``.
+        self._pulled_aside: dict[tuple[str, str], StoredRow] = {}
 
     # -- plumbing ---------------------------------------------------------------------------------------------
 

@@ -9,13 +9,16 @@ Contract:
   the stored row's) is neither stored nor queued, and ``queue`` says so by returning False.
 - ``pending_ops`` returns entries oldest first, each with the primary version this node knows for its key (the
   base of the write) and the merge base; ``pending_rows`` the records that have entries.
-- ``complete`` records what the primary holds for the keys pushed; a key with later entries keeps its local value.
+- ``complete`` records what the primary holds for the keys pushed — or a newer row the change feed delivered
+  while they were pending, if any (``apply_pulled``); a key with later entries keeps its local value.
 - ``reject`` counts the primary's refusals of an entry; at the limit the entry becomes a dead letter and the key
-  goes back to the last value agreed with the primary. Dead letters stay until ``take_dead_letter``.
+  goes back to the last value agreed with the primary (or that newer pulled row). Dead letters stay until
+  ``take_dead_letter``.
 """
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,7 +27,9 @@ from ..keyrange import key_range
 from .database import ROW_COLUMNS, LocalDatabase, as_row
 
 # After a push: a key whose newest pending op was pushed (pending_seq <= pushed seq) takes the primary's row and
-# is synced; a key with later pending ops keeps its value and learns the new version and merge base. SET
+# is synced; a key with later pending ops keeps its value and, when the pushed op reached the primary (?10: applied
+# or duplicate), learns the new version and merge base: its later ops follow that write. After an op that lost
+# (superseded, manual) they keep the base they were written on, so they are judged as the conflict they are. SET
 # expressions all see the old row, so every CASE tests the same pending_seq.
 _COMPLETE = """
 UPDATE records SET
@@ -33,11 +38,19 @@ UPDATE records SET
     origin = CASE WHEN pending_seq <= ?7 THEN ?3 ELSE origin END,
     updated_at = CASE WHEN pending_seq <= ?7 THEN ?4 ELSE updated_at END,
     synced_at = CASE WHEN pending_seq <= ?7 THEN ?5 ELSE synced_at END,
-    base_value = CASE WHEN pending_seq <= ?7 THEN NULL ELSE ?1 END,
+    base_value = CASE WHEN pending_seq <= ?7 THEN NULL WHEN ?10 THEN ?1 ELSE base_value END,
     pending_seq = CASE WHEN pending_seq <= ?7 THEN NULL ELSE pending_seq END,
-    version = ?6
+    version = CASE WHEN pending_seq <= ?7 OR ?10 THEN ?6 ELSE version END
 WHERE collection = ?8 AND key = ?9
 """
+# A key that has just settled takes the row the feed delivered while it was pending, when that one is newer.
+_ADOPT_ASIDE = """
+UPDATE records SET value = ?3, version = ?4, hlc = ?5, origin = ?6, updated_at = ?7, synced_at = ?8,
+    base_value = NULL, pending_seq = NULL
+WHERE collection = ?1 AND key = ?2 AND version < ?4 AND pending_seq IS NULL
+"""
+# Outcomes whose row a key's later pending ops follow: the pushed op reached the primary.
+FOLLOWED = ("applied", "duplicate")
 _DEAD_LETTER_FIELDS = (
     "id",
     "op_id",
@@ -113,18 +126,20 @@ class LocalOutbox(LocalDatabase):
         """Remove pushed ops from the outbox and record what the primary now holds for their keys.
 
         A key whose newest pending op was pushed becomes synced and takes the primary's row (our value, or a
-        newer one that won under last-writer-wins); a key with later pending ops keeps its local value and
-        only learns the new primary version."""
+        newer one that won under last-writer-wins) — or, if the change feed delivered a newer row while the key
+        was pending, that one (see `apply_pulled`). A key with later pending ops keeps its local value and, if
+        the pushed op reached the primary, learns the new primary version and merge base."""
         now = self._clock()
-        last: dict[tuple[str, str], tuple[int, StoredRow | None]] = {}
+        last: dict[tuple[str, str], tuple[int, ApplyOutcome]] = {}
         for seq, op, outcome in done:
-            last[(op.collection, op.key)] = (seq, outcome.current)
+            last[(op.collection, op.key)] = (seq, outcome)
         adopt = [
-            (cur.value_json, cur.hlc, cur.origin, cur.updated_at, now, cur.version, seq, c, k)
-            for (c, k), (seq, cur) in last.items()
-            if cur is not None
+            (cur.value_json, cur.hlc, cur.origin, cur.updated_at, now, cur.version, seq, c, k, out.outcome in FOLLOWED)
+            for (c, k), (seq, out) in last.items()
+            if (cur := out.current) is not None
         ]
-        gone = [(now, c, k, seq) for (c, k), (seq, cur) in last.items() if cur is None]
+        gone = [(now, c, k, seq) for (c, k), (seq, out) in last.items() if out.current is None]
+        drop: list[tuple[tuple[str, str], StoredRow]] = []  # rows set aside that are settled now
         with self._transaction() as conn:
             if exact:  # some entries in between stay (e.g. rejected by the primary)
                 conn.executemany("DELETE FROM outbox WHERE seq = ?", [(seq,) for seq, _, _ in done])
@@ -136,6 +151,31 @@ class LocalOutbox(LocalDatabase):
                 "WHERE collection = ? AND key = ? AND pending_seq <= ?",
                 gone,
             )
+            if self._pulled_aside:
+                for key, (_, out) in last.items():
+                    aside = self._pulled_aside.get(key)
+                    if aside is None:
+                        continue
+                    if out.current is None or out.current.version >= aside.version:
+                        drop.append((key, aside))  # the push's row is as new (or the key is gone): not needed
+                    elif self._adopt_aside(conn, aside, now):
+                        drop.append((key, aside))
+                    # else the key still has later pending ops: their push settles it, against this row again
+        self._forget_aside(drop)
+
+    def _adopt_aside(self, conn: sqlite3.Connection, aside: StoredRow, now: float) -> bool:
+        """Give a key that has just settled the newer row pulled while it was pending; False if it is still
+        pending (inside the caller's transaction)."""
+        return conn.execute(_ADOPT_ASIDE, (*aside[:7], now)).rowcount > 0
+
+    def _forget_aside(self, drop: Sequence[tuple[tuple[str, str], StoredRow]]) -> None:
+        """Forget rows set aside once the transaction that used them committed (only if no newer row replaced
+        them meanwhile): a failed transaction leaves them for the next settle."""
+        if drop:
+            with self._lock:
+                for key, row in drop:
+                    if self._pulled_aside.get(key) is row:
+                        del self._pulled_aside[key]
 
     def record_failure(self, seqs: Sequence[int], error: str) -> None:
         """Count a failed push attempt (the primary could not be reached) for these entries."""
@@ -150,6 +190,7 @@ class LocalOutbox(LocalDatabase):
         refusals it moves to the dead letters; if it was the key's newest pending op the record goes back to the
         last value agreed with the primary. Returns True when it was dead-lettered."""
         now = self._clock()
+        drop: list[tuple[tuple[str, str], StoredRow]] = []
         with self._transaction() as conn:
             row = conn.execute(
                 "UPDATE outbox SET rejections = rejections + 1, attempts = attempts + 1, last_error = ? "
@@ -168,22 +209,33 @@ class LocalOutbox(LocalDatabase):
                 "SELECT max(seq) FROM outbox WHERE collection = ? AND key = ?", (row[2], row[3])
             ).fetchone()[0]
             if later is None:
-                # Nothing else pending for the key: back to what the primary holds (a never-synced key: gone).
-                conn.execute(
-                    "DELETE FROM records WHERE collection = ? AND key = ? AND version = 0 AND pending_seq = ?",
-                    (row[2], row[3], seq),
-                )
+                # Nothing else pending for the key: back to what the primary holds (a never-synced key: gone) — or
+                # to the newer row the feed delivered meanwhile.
                 conn.execute(
                     "UPDATE records SET value = base_value, base_value = NULL, pending_seq = NULL, synced_at = ? "
-                    "WHERE collection = ? AND key = ? AND pending_seq = ?",
+                    "WHERE collection = ? AND key = ? AND pending_seq = ? AND version > 0",
                     (now, row[2], row[3], seq),
                 )
+                aside = self._pulled_aside.get((row[2], row[3]))
+                if aside is not None:
+                    conn.execute(
+                        "UPDATE records SET pending_seq = NULL WHERE collection = ? AND key = ? AND pending_seq = ?",
+                        (row[2], row[3], seq),
+                    )
+                    self._adopt_aside(conn, aside, now)
+                    drop.append(((row[2], row[3]), aside))
+                else:
+                    conn.execute(
+                        "DELETE FROM records WHERE collection = ? AND key = ? AND version = 0 AND pending_seq = ?",
+                        (row[2], row[3], seq),
+                    )
             else:
                 conn.execute(
                     "UPDATE records SET pending_seq = ? WHERE collection = ? AND key = ? AND pending_seq = ?",
                     (later, row[2], row[3], seq),
                 )
-            return True
+        self._forget_aside(drop)
+        return True
 
     def outbox_stats(self) -> tuple[int, float | None]:
         """(depth, created_at of the oldest pending op)."""

@@ -5,7 +5,9 @@ Contract:
 
 - ``apply_pulled`` adopts feed rows and saves the cursor in one transaction, so after a crash the feed resumes
   from the last cursor whose rows are stored. A key with pending local ops keeps them (they reach the primary
-  first); otherwise only a newer version replaces the local row (any version with ``force``).
+  first) and the row is kept aside instead, so that settling those ops ends at the newest row the node has seen
+  (see `LocalPullCursor.apply_pulled`); otherwise only a newer version replaces the local row (any version with
+  ``force``).
 - ``begin_resync`` … ``end_resync``: rows the full resync did not confirm (gone from the primary) are dropped;
   rows with pending local ops are never touched.
 - ``meta_get`` / ``meta_set``: small named strings kept with the data (the cursor is ``pull_cursor``).
@@ -13,12 +15,21 @@ Contract:
 
 from __future__ import annotations
 
+import json
+import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
+from ...model import StoredRow
 from .database import LocalDatabase
 
 _SAVE_META = "INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value"
+# Which rows of a page (by position) are for keys with pending local ops, with the version the node knows.
+_PENDING_IN_PAGE = """
+SELECT j.key, r.version FROM json_each(?) AS j
+JOIN records AS r ON r.collection = json_extract(j.value, '$[0]') AND r.key = json_extract(j.value, '$[1]')
+WHERE r.pending_seq IS NOT NULL
+"""
 
 
 class LocalPullCursor(LocalDatabase):
@@ -27,8 +38,17 @@ class LocalPullCursor(LocalDatabase):
     def apply_pulled(self, rows: Sequence[Sequence[Any]], cursor: str | None, *, force: bool = False) -> int:
         """Adopt rows pulled from the primary's change feed and save the feed cursor, in one transaction. ``rows``
         are ``(collection, key, value, version, hlc, origin, updated_at, …)`` (a `StoredRow` or a feed row). A
-        key with pending local ops keeps them (they reach the primary first); otherwise a newer version replaces
-        the local row (``force``: any version, for a full resync). Returns how many rows changed."""
+        newer version replaces the local row (``force``: any version, for a full resync). Returns how many rows
+        changed.
+
+        A key with pending local ops keeps them: they reach the primary first and the push settles the key. But
+        the cursor moves past the row all the same, and the push may have been applied *before* that row was
+        written (its answer still on the way back): settling it would then adopt an older row than one already
+        pulled, and the feed would never bring the newer one again — the node would keep a stale value for good.
+        So such a row is kept aside (the newest per key, in memory: ``_pulled_aside``) and `complete` / `reject`
+        end the key at whichever is newer, the push's row or the one set aside. Memory is enough: a push that
+        is not settled yet stays in the outbox, so after a crash it is pushed again, and the primary answers a
+        replayed op with its current row — newer than anything pulled before."""
         cond = "records.pending_seq IS NULL" + ("" if force else " AND excluded.version > records.version")
         width = len(rows[0]) if rows else 7
         # Rows go to SQLite as they come (no per-row tuple is built): extra columns (the feed's stamp) are bound to
@@ -45,9 +65,23 @@ class LocalPullCursor(LocalDatabase):
                 rows,
             )
             changed = cur.rowcount
+            if changed < len(rows) and conn.execute("SELECT EXISTS (SELECT 1 FROM outbox)").fetchone()[0]:
+                self._set_aside(conn, rows)
             if cursor is not None:
                 conn.execute(_SAVE_META, ("pull_cursor", cursor))
         return changed
+
+    def _set_aside(self, conn: sqlite3.Connection, rows: Sequence[Sequence[Any]]) -> None:
+        """Keep aside the rows of keys with pending ops that are newer than what the node knows (inside the
+        caller's transaction, under the lock). Should that transaction fail, what was set aside is still a row
+        the primary held: adopting it later, when it is the newest, is right."""
+        page = json.dumps([(r[0], r[1]) for r in rows])
+        for i, known in conn.execute(_PENDING_IN_PAGE, (page,)).fetchall():
+            row = rows[i]
+            key = (row[0], row[1])
+            kept = self._pulled_aside.get(key)
+            if row[3] > known and (kept is None or row[3] > kept.version):
+                self._pulled_aside[key] = StoredRow(*row[:7])
 
     def begin_resync(self) -> None:
         """Mark every synced row as unconfirmed; a full resync confirms what the primary still holds."""
