@@ -1,0 +1,196 @@
+"""Backup files on the primary (migration 0005): the ``primary`` target of the backup service, so any node can
+list, verify, download and restore any backup, and losing a node's disk loses no backup.
+
+A file is stored in ``backup_chunks`` in blocks of `BLOCK` bytes, one statement per block, streamed from disk
+(memory stays flat), under a fresh upload id; one last statement points the backup's ``system_backups`` row at
+that upload (``upload_id``, ``stored_*``). Until then readers see no stored copy, so an interrupted upload never
+looks complete; the next upload of the same backup deletes what an interrupted one left. A download streams the
+blocks into a file and checks its size and SHA-256 against the row; the caller then verifies the backup
+completely before it registers or uses it.
+
+Every statement goes through the gateway (admitted by the circuit, bounded by the primary timeout, its outcome
+recorded). Unlike the catalogue, these methods raise: `UnavailableError` when the primary cannot be reached,
+`BackupNotFoundError` when the primary holds no copy, `BackupTamperedError` when the stored bytes are damaged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import BackupNotFoundError, BackupTamperedError
+from .catalogue import upsert_params
+from .repository import BackupInfo
+
+if TYPE_CHECKING:
+    from ..node.gateway import PrimaryGateway
+
+BLOCK = 1 << 20  # bytes per stored chunk: one statement each, well within the primary timeout
+
+_COLUMNS = (
+    "id, kind, label, description, manifest, size_bytes, verified, pinned, "
+    "extract(epoch FROM created_at)::float8, stored_by, extract(epoch FROM stored_at)::float8"
+)
+_INSERT_CHUNK = "INSERT INTO {schema}.backup_chunks (upload_id, idx, backup_id, data) VALUES (%s, %s, %s, %b)"
+# One statement: the row points at the new upload only when every chunk is there (so it is atomic).
+_FINISH = (
+    "UPDATE {schema}.system_backups SET upload_id = %s, stored_chunks = %s, stored_bytes = %s, "
+    "stored_sha256 = %s, stored_by = %s, stored_at = now() "
+    "WHERE id = %s AND (SELECT count(*) FROM {schema}.backup_chunks WHERE upload_id = %s) = %s RETURNING id"
+)
+_DELETE_OTHER_UPLOADS = (
+    "DELETE FROM {schema}.backup_chunks c WHERE c.backup_id = %s AND c.upload_id IS DISTINCT FROM "
+    "(SELECT upload_id FROM {schema}.system_backups WHERE id = %s)"
+)
+
+
+class PrimaryBackupStore:
+    """The primary as a place to keep backup files (see the module docstring)."""
+
+    def __init__(self, gateway: PrimaryGateway, node_id: str, *, block_size: int = BLOCK) -> None:
+        self._gateway = gateway
+        self._node_id = node_id
+        self.block_size = block_size
+
+    def available(self) -> bool:
+        """Is the primary configured and its circuit closed (worth asking now)?"""
+        return self._gateway.allow()
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        return self._gateway.call(lambda p: p.query(sql, params))
+
+    # -- listing ----------------------------------------------------------------------------------------------
+
+    def stored(self, ids: Sequence[str] | None = None) -> list[BackupInfo]:
+        """Every backup with a complete copy on the primary (``ids``: only these), as `BackupInfo` with
+        ``locations=["primary"]`` and no path."""
+        sql = f"SELECT {_COLUMNS} FROM {{schema}}.system_backups WHERE upload_id IS NOT NULL"
+        params: tuple[Any, ...] = ()
+        if ids is not None:
+            sql += " AND id = ANY(%s)"
+            params = (list(ids),)
+        return [_info_from_row(r) for r in self._query(sql, params)]
+
+    # -- upload -----------------------------------------------------------------------------------------------
+
+    def upload(self, path: Path, info: BackupInfo) -> None:
+        """Store the (verified) file at ``path`` on the primary; when it returns, the copy is complete. A copy
+        stored before (e.g. before a passphrase rotation) is replaced atomically."""
+        self._query(*upsert_params(info))  # the row the upload completes
+        upload_id = uuid.uuid4()
+        sha = hashlib.sha256()
+        size = 0
+        index = 0
+        with open(path, "rb") as f:
+            while block := f.read(self.block_size):
+                sha.update(block)
+                size += len(block)
+                self._query(_INSERT_CHUNK, (upload_id, index, info.id, block))
+                index += 1
+        params = (upload_id, index, size, sha.hexdigest(), self._node_id, info.id, upload_id, index)
+        if not self._query(_FINISH, params):
+            # the row was deleted meanwhile (another node deleted the backup): do not leave our chunks behind
+            self._query("DELETE FROM {schema}.backup_chunks WHERE upload_id = %s", (upload_id,))
+            raise BackupNotFoundError(f"backup {info.id} was deleted from the primary during its upload")
+        self._query(_DELETE_OTHER_UPLOADS, (info.id, info.id))
+
+    # -- download ---------------------------------------------------------------------------------------------
+
+    def download(self, backup_id: str, target: Path) -> None:
+        """Write the primary's copy of a backup to ``target`` (fsync'd), checking its size and SHA-256 against
+        what the upload recorded. ``target`` is removed if anything fails. The caller verifies the file."""
+        rows = self._query(
+            "SELECT upload_id, stored_chunks, stored_bytes, stored_sha256 FROM {schema}.system_backups "
+            "WHERE id = %s AND upload_id IS NOT NULL",
+            (backup_id,),
+        )
+        if not rows:
+            raise BackupNotFoundError(f"backup {backup_id} is not stored on the primary")
+        upload_id, chunks, size, expected = rows[0]
+        sha = hashlib.sha256()
+        written = 0
+        try:
+            with open(target, "wb") as out:
+                for index in range(chunks):
+                    found = self._query(
+                        "SELECT data FROM {schema}.backup_chunks WHERE upload_id = %s AND idx = %s",
+                        (upload_id, index),
+                    )
+                    if not found:
+                        raise BackupTamperedError(
+                            f"backup {backup_id} on the primary is incomplete: chunk {index} of {chunks} is missing"
+                        )
+                    block = bytes(found[0][0])
+                    sha.update(block)
+                    written += len(block)
+                    out.write(block)
+                out.flush()
+                os.fsync(out.fileno())
+            if written != size or sha.hexdigest() != expected:
+                raise BackupTamperedError(
+                    f"backup {backup_id} on the primary is damaged: its bytes do not match the checksum recorded "
+                    "when it was uploaded (delete it, or restore another backup)"
+                )
+        except BaseException:
+            with contextlib.suppress(OSError):
+                target.unlink()
+            raise
+
+    # -- removing ---------------------------------------------------------------------------------------------
+
+    def delete(self, ids: Sequence[str]) -> None:
+        """Remove these backups from the primary altogether: their files and their rows."""
+        if ids:
+            self._query(
+                "WITH gone AS (DELETE FROM {schema}.system_backups WHERE id = ANY(%s)) "
+                "DELETE FROM {schema}.backup_chunks WHERE backup_id = ANY(%s)",
+                (list(ids), list(ids)),
+            )
+
+    def drop_files(self, ids: Sequence[str]) -> None:
+        """Remove only the stored files of these backups (retention of the primary target); their rows stay
+        as listings of the copies nodes still hold, and the catalogue drops a row when no node does."""
+        if ids:
+            self._query(
+                "WITH cleared AS (UPDATE {schema}.system_backups SET upload_id = NULL, stored_chunks = NULL, "
+                "stored_bytes = NULL, stored_sha256 = NULL, stored_by = NULL, stored_at = NULL WHERE id = ANY(%s)) "
+                "DELETE FROM {schema}.backup_chunks WHERE backup_id = ANY(%s)",
+                (list(ids), list(ids)),
+            )
+
+    def set_flags(self, backup_id: str, **flags: bool) -> None:
+        """Set ``verified`` and/or ``pinned`` on the primary's row of a backup."""
+        for name, value in flags.items():
+            if name not in ("verified", "pinned"):
+                raise ValueError(f"unknown backup flag {name!r}")
+            self._query(f"UPDATE {{schema}}.system_backups SET {name} = %s WHERE id = %s", (value, backup_id))
+
+
+def _info_from_row(r: Sequence[Any]) -> BackupInfo:
+    bid, kind, label, description, manifest, size, verified, pinned, created_at, stored_by, stored_at = r
+    m: dict[str, Any] = manifest if isinstance(manifest, dict) else {}
+    return BackupInfo(
+        id=bid,
+        kind=kind or "manual",
+        label=label or "",
+        description=description or "",
+        created_at=float(m.get("created_at", created_at or 0.0)),
+        source=str(m.get("source", "")),
+        node_id=str(m.get("node_id", "")),
+        records=int(m.get("records", 0)),
+        pending_ops=int(m.get("pending_ops", 0)),
+        collections={str(k): int(v) for k, v in dict(m.get("collections", {})).items()},
+        content_bytes=int(m.get("content_bytes", 0)),
+        size_bytes=int(size or 0),
+        compressed=bool(m.get("compressed", False)),
+        encrypted=bool(m.get("encrypted", False)),
+        verified=bool(verified),
+        pinned=bool(pinned),
+        locations=["primary"],
+        extra={"stored_by": stored_by, "stored_at": stored_at},
+    )
