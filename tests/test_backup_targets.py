@@ -336,3 +336,17 @@ def test_prune_applies_retention_to_each_target(
         theirs.id: ["primary"],
     }
     assert [x.id for x in bb.list_backups() if x.node_id == b.node_id] == [theirs.id]
+
+
+def test_a_new_passphrase_reaches_the_primarys_copies(make_store: StoreFactory, tmp_path: Path) -> None:
+    a = make_store("a", background=False)
+    fill(a, 30)
+    ba = service(a, passphrase="old secret")
+    ba.update_config(encrypt=True)
+    info = ba.create_manual_backup()
+    assert info.encrypted and info.locations == ["local", "primary"]
+    assert ba.rotate_passphrase("new secret") == [info.id]
+    b = make_store("b", background=False)
+    with pytest.raises(hybridstore.WrongPassphraseError):
+        service(b, passphrase="old secret", directory=tmp_path / "old").verify_backup(info.id)
+    assert service(b, passphrase="new secret", directory=tmp_path / "new").verify_backup(info.id).records == 30
