@@ -43,6 +43,7 @@ _FINISH = (
     "stored_sha256 = %s, stored_by = %s, stored_at = now() "
     "WHERE id = %s AND (SELECT count(*) FROM {schema}.backup_chunks WHERE upload_id = %s) = %s RETURNING id"
 )
+_SELECT_CHUNK = "SELECT data FROM {schema}.backup_chunks WHERE upload_id = %s AND idx = %s"
 _DELETE_OTHER_UPLOADS = (
     "DELETE FROM {schema}.backup_chunks c WHERE c.backup_id = %s AND c.upload_id IS DISTINCT FROM "
     "(SELECT upload_id FROM {schema}.system_backups WHERE id = %s)"
@@ -63,6 +64,9 @@ class PrimaryBackupStore:
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         return self._gateway.call(lambda p: p.query(sql, params))
+
+    def _query_binary(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        return self._gateway.call(lambda p: p.query_binary(sql, params))
 
     # -- listing ----------------------------------------------------------------------------------------------
 
@@ -117,10 +121,7 @@ class PrimaryBackupStore:
         try:
             with open(target, "wb") as out:
                 for index in range(chunks):
-                    found = self._query(
-                        "SELECT data FROM {schema}.backup_chunks WHERE upload_id = %s AND idx = %s",
-                        (upload_id, index),
-                    )
+                    found = self._query_binary(_SELECT_CHUNK, (upload_id, index))
                     if not found:
                         raise BackupTamperedError(
                             f"backup {backup_id} on the primary is incomplete: chunk {index} of {chunks} is missing"

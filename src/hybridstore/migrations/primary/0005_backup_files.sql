@@ -14,6 +14,8 @@ CREATE TABLE {schema}.backup_chunks (
     data      bytea NOT NULL,
     PRIMARY KEY (upload_id, idx)
 );
+-- The blocks are zstd-compressed or encrypted already: no TOAST compression attempt (it would only burn CPU).
+ALTER TABLE {schema}.backup_chunks ALTER COLUMN data SET STORAGE EXTERNAL;
 CREATE INDEX backup_chunks_backup_idx ON {schema}.backup_chunks (backup_id);
 
 ALTER TABLE {schema}.system_backups
