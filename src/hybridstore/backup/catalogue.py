@@ -29,8 +29,9 @@ _UPSERT = (
 )
 
 
-def upsert_params(b: BackupInfo) -> tuple[str, tuple[Any, ...]]:
-    """The statement and parameters that create or refresh a backup's row (flags, size; never its stored copy)."""
+def row_values(b: BackupInfo) -> tuple[Any, ...]:
+    """A backup's row values, in the order of `_UPSERT`'s columns: id, kind, label, description, manifest
+    summary, size, verified, pinned, created_at (epoch seconds)."""
     from psycopg.types.json import Jsonb
 
     manifest = {
@@ -44,8 +45,7 @@ def upsert_params(b: BackupInfo) -> tuple[str, tuple[Any, ...]]:
         "compressed": b.compressed,
         "encrypted": b.encrypted,
     }
-    params = (b.id, b.kind, b.label, b.description, Jsonb(manifest), b.size_bytes, b.verified, b.pinned)
-    return _UPSERT, (*params, b.created_at)
+    return (b.id, b.kind, b.label, b.description, Jsonb(manifest), b.size_bytes, b.verified, b.pinned, b.created_at)
 
 
 class PrimaryCatalogue:
@@ -93,7 +93,7 @@ class PrimaryCatalogue:
         readable = [b for b in backups if b.kind != "unknown"]
         try:
             for b in readable:
-                self._query(*upsert_params(b))
+                self._query(_UPSERT, row_values(b))
             self._query(
                 "DELETE FROM {schema}.system_backups WHERE manifest->>'node_id' = %s AND NOT (id = ANY(%s)) "
                 "AND upload_id IS NULL",

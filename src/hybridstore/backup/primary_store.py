@@ -1,12 +1,12 @@
 """Backup files on the primary (migration 0005): the ``primary`` target of the backup service, so any node can
 list, verify, download and restore any backup, and losing a node's disk loses no backup.
 
-A file is stored in ``backup_chunks`` in blocks of `BLOCK` bytes, one statement per block, streamed from disk
-(memory stays flat), under a fresh upload id; one last statement points the backup's ``system_backups`` row at
-that upload (``upload_id``, ``stored_*``). Until then readers see no stored copy, so an interrupted upload never
-looks complete; the next upload of the same backup deletes what an interrupted one left. A download streams the
-blocks into a file and checks its size and SHA-256 against the row; the caller then verifies the backup
-completely before it registers or uses it.
+A file is stored in ``backup_chunks`` in blocks of `BLOCK` bytes under a fresh upload id, in one transaction:
+the blocks are streamed from disk with ``COPY`` (memory stays flat), then one statement creates or updates the
+backup's ``system_backups`` row pointing at that upload (``upload_id``, ``stored_*``) and deletes the blocks of
+the copy it replaces. Nothing is visible before the commit, so an interrupted upload leaves nothing behind and
+never looks complete. A download reads the blocks one by one into a file and checks its size and SHA-256
+against the row; the caller then verifies the backup completely before it registers or uses it.
 
 Every statement goes through the gateway (admitted by the circuit, bounded by the primary timeout, its outcome
 recorded). Unlike the catalogue, these methods raise: `UnavailableError` when the primary cannot be reached,
@@ -19,35 +19,44 @@ import contextlib
 import hashlib
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ..errors import BackupNotFoundError, BackupTamperedError
-from .catalogue import upsert_params
+from .catalogue import row_values
 from .repository import BackupInfo
 
 if TYPE_CHECKING:
     from ..node.gateway import PrimaryGateway
 
-BLOCK = 1 << 20  # bytes per stored chunk: one statement each, well within the primary timeout
+BLOCK = 1 << 20  # bytes per stored chunk
 
 _COLUMNS = (
     "id, kind, label, description, manifest, size_bytes, verified, pinned, "
     "extract(epoch FROM created_at)::float8, stored_by, extract(epoch FROM stored_at)::float8"
 )
-_INSERT_CHUNK = "INSERT INTO {schema}.backup_chunks (upload_id, idx, backup_id, data) VALUES (%s, %s, %s, %b)"
-# One statement: the row points at the new upload only when every chunk is there (so it is atomic).
-_FINISH = (
-    "UPDATE {schema}.system_backups SET upload_id = %s, stored_chunks = %s, stored_bytes = %s, "
-    "stored_sha256 = %s, stored_by = %s, stored_at = now() "
-    "WHERE id = %s AND (SELECT count(*) FROM {schema}.backup_chunks WHERE upload_id = %s) = %s RETURNING id"
+_COPY_CHUNKS = "COPY {schema}.backup_chunks (upload_id, idx, backup_id, data) FROM STDIN (FORMAT BINARY)"
+_CHUNK_TYPES = ("uuid", "int4", "text", "bytea")
+# After the blocks, in the same transaction: the row says where the complete copy is; a replaced copy goes.
+_STORE = (
+    "WITH stored AS (INSERT INTO {schema}.system_backups (id, kind, label, description, manifest, size_bytes, "
+    "verified, pinned, created_at, upload_id, stored_chunks, stored_bytes, stored_sha256, stored_by, stored_at) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, to_timestamp(%s), %s, %s, %s, %s, %s, now()) "
+    "ON CONFLICT (id) DO UPDATE SET verified = excluded.verified, pinned = excluded.pinned, "
+    "size_bytes = excluded.size_bytes, upload_id = excluded.upload_id, stored_chunks = excluded.stored_chunks, "
+    "stored_bytes = excluded.stored_bytes, stored_sha256 = excluded.stored_sha256, "
+    "stored_by = excluded.stored_by, stored_at = excluded.stored_at RETURNING id), "
+    "replaced AS (DELETE FROM {schema}.backup_chunks WHERE backup_id = %s AND upload_id <> %s) "
+    "SELECT id FROM stored"
 )
 _SELECT_CHUNK = "SELECT data FROM {schema}.backup_chunks WHERE upload_id = %s AND idx = %s"
-_DELETE_OTHER_UPLOADS = (
-    "DELETE FROM {schema}.backup_chunks c WHERE c.backup_id = %s AND c.upload_id IS DISTINCT FROM "
-    "(SELECT upload_id FROM {schema}.system_backups WHERE id = %s)"
-)
+
+
+def read_blocks(f: BinaryIO, size: int) -> Iterator[bytes]:
+    """The file's bytes in blocks of ``size`` (the last one shorter)."""
+    while block := f.read(size):
+        yield block
 
 
 class PrimaryBackupStore:
@@ -83,25 +92,29 @@ class PrimaryBackupStore:
     # -- upload -----------------------------------------------------------------------------------------------
 
     def upload(self, path: Path, info: BackupInfo) -> None:
-        """Store the (verified) file at ``path`` on the primary; when it returns, the copy is complete. A copy
-        stored before (e.g. before a passphrase rotation) is replaced atomically."""
-        self._query(*upsert_params(info))  # the row the upload completes
+        """Store the (verified) file at ``path`` on the primary, in one transaction; when it returns, the copy is
+        complete. A copy stored before (e.g. before a passphrase rotation) is replaced atomically."""
         upload_id = uuid.uuid4()
         sha = hashlib.sha256()
-        size = 0
-        index = 0
-        with open(path, "rb") as f:
-            while block := f.read(self.block_size):
-                sha.update(block)
-                size += len(block)
-                self._query(_INSERT_CHUNK, (upload_id, index, info.id, block))
-                index += 1
-        params = (upload_id, index, size, sha.hexdigest(), self._node_id, info.id, upload_id, index)
-        if not self._query(_FINISH, params):
-            # the row was deleted meanwhile (another node deleted the backup): do not leave our chunks behind
-            self._query("DELETE FROM {schema}.backup_chunks WHERE upload_id = %s", (upload_id,))
-            raise BackupNotFoundError(f"backup {info.id} was deleted from the primary during its upload")
-        self._query(_DELETE_OTHER_UPLOADS, (info.id, info.id))
+        sent = [0, 0]  # blocks, bytes
+
+        def rows() -> Iterator[tuple[Any, ...]]:
+            with open(path, "rb") as f:
+                for block in read_blocks(f, self.block_size):
+                    sha.update(block)
+                    yield (upload_id, sent[0], info.id, block)
+                    sent[0] += 1
+                    sent[1] += len(block)
+
+        def store() -> tuple[str, tuple[Any, ...]]:
+            stored = (upload_id, sent[0], sent[1], sha.hexdigest(), self._node_id)
+            return _STORE, (*row_values(info), *stored, info.id, upload_id)
+
+        blocks = -(-path.stat().st_size // self.block_size)
+        self._gateway.call(
+            # each block within the primary timeout (the tier's watchdog); the whole within one timeout per block
+            lambda p: p.copy_in(_COPY_CHUNKS, _CHUNK_TYPES, rows(), store, budget=p.timeout * (2 + blocks))
+        )
 
     # -- download ---------------------------------------------------------------------------------------------
 

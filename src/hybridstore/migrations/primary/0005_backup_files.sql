@@ -2,10 +2,9 @@
 -- node's disk loses no backup. system_backups keeps one row per backup (metadata and manifest summary);
 -- the file itself is stored in backup_chunks, in pieces of about 1 MiB, under an upload id.
 --
--- An upload writes its chunks under a fresh upload_id, then one statement points the backup's row at it
--- (upload_id, stored_*): until that statement commits, readers see no stored copy (or the previous one), so
--- an interrupted upload never looks complete. Chunks of other upload ids of the same backup (an interrupted
--- attempt, the copy a re-upload replaced) are deleted after the switch.
+-- An upload is one transaction: its chunks (COPY, under a fresh upload_id), then the row pointing at them
+-- (upload_id, stored_*), and the chunks of the copy it replaces deleted. Until it commits readers see no
+-- stored copy (or the previous one), so an interrupted upload never looks complete and leaves nothing behind.
 
 CREATE TABLE {schema}.backup_chunks (
     upload_id uuid NOT NULL,
