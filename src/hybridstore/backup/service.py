@@ -291,12 +291,12 @@ class BackupService:
         self.worker.wake()
         return new
 
-    def targets(self) -> tuple[str, ...]:
+    def _targets(self) -> tuple[str, ...]:
         """Where backups are kept now: ``("local",)``, ``("primary",)`` or both (from the ``targets`` setting)."""
         return policy.kept_on(self.get_config().targets, self._node.gateway.configured)
 
     def _keeps_local(self) -> bool:
-        return "local" in self.targets()
+        return "local" in self._targets()
 
     # -- creating ---------------------------------------------------------------------------------------------
 
@@ -309,7 +309,7 @@ class BackupService:
             raise ConfigError("label (at most 200 characters) and description must be text")
         info = self._create("manual", label, description, progress=progress)
         if self._store_off_node([info.id]):
-            info.locations = list(self.targets())
+            info.locations = list(self._targets())
             info.path = info.path if "local" in info.locations else ""
         self.prune()
         return info
@@ -686,7 +686,7 @@ class BackupService:
         primary among this node's uploads. Returns what was (or, with ``dry_run``, would be) removed;
         ``extra["pruned_from"]`` says from which targets."""
         with self._lock:
-            gone = self.locations.prune(self.targets(), self.get_config().max_backups, dry_run=dry_run)
+            gone = self.locations.prune(self._targets(), self.get_config().max_backups, dry_run=dry_run)
             if not dry_run:
                 self.counts["pruned"] += len(gone)
         if gone and not dry_run:
@@ -744,7 +744,7 @@ class BackupService:
         """Plain data: counts and sizes by kind, where backups are kept, newest backup, next scheduled backup,
         settings, errors."""
         backups = self.locations.list_all()
-        targets = self.targets()
+        targets = self._targets()
         by_kind: dict[str, int] = {}
         for b in backups:
             by_kind[b.kind] = by_kind.get(b.kind, 0) + 1
@@ -778,7 +778,7 @@ class BackupService:
             "count": len(backups),
             "last_at": backups[0].created_at if backups else None,
             "last_scheduled_at": scheduled[0].created_at if scheduled else None,
-            "pending_upload": len(self.locations.pending_upload(self.targets())),
+            "pending_upload": len(self.locations.pending_upload(self._targets())),
             "next_scheduled_in_s": round(self.seconds_until_due(), 1),
             "last_error": self.last_error,
             "running": self.worker.running,
@@ -789,7 +789,7 @@ class BackupService:
     def _store_off_node(self, ids: Collection[str] | None = None) -> int:
         """Store pending backups (``ids``: only these) on the primary when it is a target and can be reached;
         what fails stays pending for the next round. Returns how many were stored."""
-        targets = self.targets()
+        targets = self._targets()
         if "primary" not in targets:
             return 0
         with self._lock:
