@@ -1,8 +1,8 @@
 """Backups: throughput against raw zstd level 3 on the same bytes, with and without encryption; a backup from
-the primary against ``pg_dump -Fc`` of the same table; restore rate against the raw local write limit; peak
-memory.
+the primary against ``pg_dump -Fc`` of the same table; restore rate against the raw local write limit; upload
+to and download from the primary against raw psycopg on the same bytes; peak memory.
 
-    python bench/bench_backup.py [--records 500000] [--value-bytes 240] [--rounds 3]
+    python bench/bench_backup.py [--records 500000] [--value-bytes 240] [--rounds 3] [--transfer-only]
 
 Setup: a store on a throwaway schema gets ``--records`` records (about 300 bytes of JSON each, ~150 MB at
 500k), pushed to the primary, so the local SQLite copy and the primary's table hold the same data and the
@@ -16,6 +16,14 @@ outbox is empty.
 (c) restore of the backup into an empty embedded store (queued writes: records + outbox rows), records/s, vs
     raw sqlite3 inserting the same rows (value text ready) into a ``records`` and an ``outbox`` table in
     transactions of 1000 rows (WAL, synchronous=NORMAL).
+(d) the backup file of (a) (zstd-3) stored on the primary and fetched back, through the gateway as the service
+    does: upload = 1 MiB blocks streamed from disk with COPY (binary) and the statement that makes the copy
+    visible, in one transaction; download = one SELECT per 4 blocks into a file, fsync, size and SHA-256 checked (and,
+    as ``verify_backup`` of a backup only the primary holds pays, plus the full verification). Raw, same bytes,
+    same 1 MiB blocks, same table layout (bytea, STORAGE EXTERNAL), a plain psycopg connection:
+    ``COPY … FROM STDIN (FORMAT BINARY)`` in one transaction
+    and one INSERT per block in one transaction; ``COPY (SELECT …) TO STDOUT (FORMAT BINARY)`` and one
+    binary SELECT per block into a file. ``--transfer-only`` runs (d) alone.
 Rounds alternate between the cases; the median is reported.
 """
 
@@ -40,15 +48,14 @@ HERE = Path(__file__).resolve().parent
 CHILD = """
 import json, sys, time
 import hybridstore
-from hybridstore.backup import BackupService
 def status(field):
     for line in open("/proc/self/status"):
         if line.startswith(field + ":"):
             return int(line.split()[1])
 data_dir, dsn, schema, encrypt, source = sys.argv[1:6]
 store = hybridstore.open(dsn or None, data_dir=data_dir, primary_schema=schema, background=False)
-b = BackupService(store, start=False)
-b.update_config(encrypt=encrypt == "1", source=source)
+b = store.backups
+b.update_config(encrypt=encrypt == "1", source=source, targets="local")  # (d) measures the upload alone
 import zstandard
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 zstandard.ZstdCompressor(level=3).compress(b"x"); AESGCM(bytes(32)).encrypt(bytes(12), b"x", b"")
@@ -151,11 +158,141 @@ def pg_dump(schema: str, target: Path) -> tuple[float, int]:
     return time.perf_counter() - start, target.stat().st_size
 
 
+BLOCK = 1 << 20
+
+
+def blocks(path: Path) -> Any:
+    with open(path, "rb") as f:
+        while block := f.read(BLOCK):
+            yield block
+
+
+def raw_transfer(schema: str, path: Path, target: Path) -> dict[str, float]:
+    """Seconds for each raw psycopg way of moving the file's bytes in and out, on a connection of its own."""
+    import psycopg
+
+    out: dict[str, float] = {}
+    table = f'"{schema}".raw_blobs'
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE IF NOT EXISTS {table} (idx int PRIMARY KEY, data bytea NOT NULL)")
+        conn.execute(f"ALTER TABLE {table} ALTER COLUMN data SET STORAGE EXTERNAL")  # as backup_chunks
+        conn.execute(f"TRUNCATE {table}")
+        t = time.perf_counter()
+        with (
+            conn.transaction(),
+            conn.cursor() as cur,
+            cur.copy(f"COPY {table} (idx, data) FROM STDIN (FORMAT BINARY)") as cp,
+        ):
+            cp.set_types(["int4", "bytea"])
+            for i, block in enumerate(blocks(path)):
+                cp.write_row((i, block))
+        out["copy in"] = time.perf_counter() - t
+        t = time.perf_counter()
+        with open(target, "wb") as f, conn.cursor() as cur:
+            with cur.copy(f"COPY (SELECT data FROM {table} ORDER BY idx) TO STDOUT (FORMAT BINARY)") as cp:
+                cp.set_types(["bytea"])
+                for (data,) in cp.rows():
+                    f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        out["copy out"] = time.perf_counter() - t
+        n = sum(1 for _ in blocks(path))
+        conn.execute(f"TRUNCATE {table}")
+        t = time.perf_counter()
+        with conn.transaction():
+            for i, block in enumerate(blocks(path)):
+                conn.execute(f"INSERT INTO {table} (idx, data) VALUES (%s, %b)", (i, block))
+        out["insert"] = time.perf_counter() - t
+        t = time.perf_counter()
+        with open(target, "wb") as f:
+            for i in range(n):
+                row = conn.execute(f"SELECT data FROM {table} WHERE idx = %s", (i,), binary=True).fetchone()
+                assert row is not None
+                f.write(row[0])
+            f.flush()
+            os.fsync(f.fileno())
+        out["select"] = time.perf_counter() - t
+        conn.execute(f"DROP TABLE {table}")
+    assert target.stat().st_size == path.stat().st_size
+    return out
+
+
+def transfer(tmp: Path, schema: str, backup_path: Path, rounds: int) -> None:
+    import hybridstore
+
+    runs: dict[str, list[float]] = {
+        k: [] for k in ("upload", "download", "download + verify", "copy in", "insert", "copy out", "select")
+    }
+    size = backup_path.stat().st_size
+    with hybridstore.open(DSN, data_dir=tmp / "transfer", primary_schema=schema, background=False) as store:
+        b = store.backups
+        b.update_config(targets="local")
+        info = b.import_backup(backup_path)
+        files = b.locations.primary
+        target = tmp / "fetched.hsb"
+        for r in range(rounds):
+            ours = r % 2 == 0
+            for step in (0, 1) if ours else (1, 0):
+                if step == 1:
+                    for case, seconds in raw_transfer(schema, backup_path, target).items():
+                        runs[case].append(seconds)
+                    continue
+                t = time.perf_counter()
+                files.upload(Path(info.path), info)
+                runs["upload"].append(time.perf_counter() - t)
+                t = time.perf_counter()
+                files.download(info.id, target)
+                runs["download"].append(time.perf_counter() - t)
+                b.check_file(target)
+                runs["download + verify"].append(time.perf_counter() - t)
+                files.delete([info.id])
+    mb = size / 1e6
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    best_in = min(med["copy in"], med["insert"])
+    best_out = min(med["copy out"], med["select"])
+    print_table(
+        f"(d) a {mb:,.1f} MB backup file to and from the primary (1 MiB blocks, median of {rounds})",
+        ["case", "MB/s", "x best raw"],
+        [
+            [
+                "upload (hybridstore: COPY + row, one transaction, gateway)",
+                f"{mb / med['upload']:,.0f}",
+                f"{best_in / med['upload']:.2f}",
+            ],
+            [
+                "raw COPY FROM STDIN (binary), one transaction",
+                f"{mb / med['copy in']:,.0f}",
+                f"{best_in / med['copy in']:.2f}",
+            ],
+            [
+                "raw INSERT per block (binary), one transaction",
+                f"{mb / med['insert']:,.0f}",
+                f"{best_in / med['insert']:.2f}",
+            ],
+            [
+                "download (hybridstore: SELECT per 4 blocks, fsync, SHA-256)",
+                f"{mb / med['download']:,.0f}",
+                f"{best_out / med['download']:.2f}",
+            ],
+            [
+                "download + full verification (a fetch)",
+                f"{mb / med['download + verify']:,.0f}",
+                f"{best_out / med['download + verify']:.2f}",
+            ],
+            ["raw COPY TO STDOUT (binary), fsync", f"{mb / med['copy out']:,.0f}", f"{best_out / med['copy out']:.2f}"],
+            ["raw SELECT per block (binary), fsync", f"{mb / med['select']:,.0f}", f"{best_out / med['select']:.2f}"],
+        ],
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=500_000)
     parser.add_argument("--value-bytes", type=int, default=170, help="text per record (about 300 B of JSON)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--transfer-only", action="store_true", help="only (d): upload to and download from the primary"
+    )
     args = parser.parse_args()
     header("bench_backup")
     import hybridstore
@@ -192,6 +329,10 @@ def main() -> None:
             assert report.remaining == 0, report
         print(f"setup: {args.records:,} records written and pushed in {time.perf_counter() - t:.1f}s", flush=True)
 
+        if args.transfer_only:
+            res = child_backup(data_dir, DSN, schema, encrypt=False, source="local")
+            transfer(tmp, schema, Path(res["path"]), args.rounds)
+            return
         chunks, content = content_chunks(data_dir)
         runs: dict[str, list[float]] = {
             "raw zstd-3": [],
@@ -311,6 +452,8 @@ def main() -> None:
                 ["raw sqlite3: same rows, 1000 per transaction, records + outbox", f"{lim:,.0f}", "1.00"],
             ],
         )
+
+        transfer(tmp, schema, backup_path, args.rounds)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """Backups: compressed, encrypted, verified, restorable snapshots of a store (see docs/backups.md).
 
 ``format`` (the file), ``crypto`` (keys and sealing), ``snapshot`` (where records come from), ``repository``
-(the directory of backups), ``catalogue`` (their rows and settings on the primary), ``policy`` (retention and
-schedule decisions), ``settings`` (runtime config), ``restore`` (validation and apply), ``service``
-(`BackupService`, reached as ``store.backups``).
+(the directory of backups), ``primary_store`` (backup files on the primary), ``locations`` (both targets as
+one: listing, fetching, uploading, deleting, pruning), ``catalogue`` (their rows and settings on the primary),
+``policy`` (targets, retention and schedule decisions), ``settings`` (runtime config), ``restore`` (validation
+and apply), ``service`` (`BackupService`, reached as ``store.backups``).
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""The primary's side of a node's backups: one row per backup in ``system_backups`` (metadata; the file stays
-on the node) and the backup settings in ``system_config`` under the key ``backup``.
+"""The primary's side of a node's backups: one row per backup in ``system_backups`` (metadata and a manifest
+summary; the file itself is stored by `primary_store` when the primary is a target) and the backup settings in
+``system_config`` under the key ``backup``.
 
 Best effort by design: backups work with the primary down, so every method does nothing while the primary's
 circuit is not closed, and a failing statement is logged, never raised. The service calls `sync` again until
@@ -26,6 +27,25 @@ _UPSERT = (
     "ON CONFLICT (id) DO UPDATE SET verified = excluded.verified, pinned = excluded.pinned, "
     "size_bytes = excluded.size_bytes"
 )
+
+
+def row_values(b: BackupInfo) -> tuple[Any, ...]:
+    """A backup's row values, in the order of `_UPSERT`'s columns: id, kind, label, description, manifest
+    summary, size, verified, pinned, created_at (epoch seconds)."""
+    from psycopg.types.json import Jsonb
+
+    manifest = {
+        "node_id": b.node_id,
+        "source": b.source,
+        "records": b.records,
+        "pending_ops": b.pending_ops,
+        "collections": b.collections,
+        "content_bytes": b.content_bytes,
+        "created_at": b.created_at,  # exact: the column's timestamp rounds to microseconds
+        "compressed": b.compressed,
+        "encrypted": b.encrypted,
+    }
+    return (b.id, b.kind, b.label, b.description, Jsonb(manifest), b.size_bytes, b.verified, b.pinned, b.created_at)
 
 
 class PrimaryCatalogue:
@@ -66,28 +86,17 @@ class PrimaryCatalogue:
             log.warning("backup settings not saved on the primary (kept locally): %s", exc)
 
     def sync(self, backups: Sequence[BackupInfo]) -> bool:
-        """Upsert a row for each of this node's backups and drop rows of its backups that are gone. True when
-        the primary is up to date."""
+        """Upsert a row for each backup in this node's directory and drop rows of its backups that are gone
+        from it and have no copy on the primary either. True when the primary is up to date."""
         if not self.available():
             return False
-        from psycopg.types.json import Jsonb
-
         readable = [b for b in backups if b.kind != "unknown"]
         try:
             for b in readable:
-                manifest = {
-                    "node_id": b.node_id,
-                    "source": b.source,
-                    "records": b.records,
-                    "pending_ops": b.pending_ops,
-                    "collections": b.collections,
-                    "compressed": b.compressed,
-                    "encrypted": b.encrypted,
-                }
-                params = (b.id, b.kind, b.label, b.description, Jsonb(manifest), b.size_bytes, b.verified, b.pinned)
-                self._query(_UPSERT, (*params, b.created_at))
+                self._query(_UPSERT, row_values(b))
             self._query(
-                "DELETE FROM {schema}.system_backups WHERE manifest->>'node_id' = %s AND NOT (id = ANY(%s))",
+                "DELETE FROM {schema}.system_backups WHERE manifest->>'node_id' = %s AND NOT (id = ANY(%s)) "
+                "AND upload_id IS NULL",
                 (self._node_id, [b.id for b in backups]),
             )
         except HybridStoreError as exc:
@@ -96,9 +105,10 @@ class PrimaryCatalogue:
         return True
 
     def forget(self, ids: Sequence[str]) -> None:
+        """Drop the rows of backups gone from this node's directory, unless the primary stores their files."""
         if not ids or not self.available():
             return
         try:
-            self._query("DELETE FROM {schema}.system_backups WHERE id = ANY(%s)", (list(ids),))
+            self._query("DELETE FROM {schema}.system_backups WHERE id = ANY(%s) AND upload_id IS NULL", (list(ids),))
         except HybridStoreError as exc:
             log.debug("deleted backups still listed on the primary: %s", exc)

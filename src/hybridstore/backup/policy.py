@@ -1,5 +1,5 @@
-"""Pure decisions of the backup service: which backups automatic pruning removes, and when the next scheduled
-backup is due. No I/O; times are epoch seconds passed in."""
+"""Pure decisions of the backup service: where backups are kept, which ones automatic pruning removes (per
+target), and when the next scheduled backup is due. No I/O; times are epoch seconds passed in."""
 
 from __future__ import annotations
 
@@ -33,6 +33,14 @@ def choose_prunable(backups: Sequence[Prunable], max_backups: int) -> list[Pruna
     newest_verified = max((b for b in backups if b.verified), key=lambda b: (b.created_at, b.id), default=None)
     candidates = sorted((b for b in backups if not exempt(b)), key=lambda b: (b.created_at, b.id), reverse=True)
     return [b for b in candidates[max_backups:] if b is not newest_verified]
+
+
+def kept_on(targets: str, primary_configured: bool) -> tuple[str, ...]:
+    """Where backups are kept, from the ``targets`` setting: ``("local",)``, ``("primary",)`` or both. A node
+    without a primary keeps them in its directory, whatever the (shared) setting says."""
+    if not primary_configured:
+        return ("local",)
+    return {"local": ("local",), "primary": ("primary",)}.get(targets, ("local", "primary"))
 
 
 def seconds_until_due(last_scheduled: float | None, now: float, interval_s: float) -> float:

@@ -9,6 +9,7 @@ import contextlib
 import json
 import logging
 import os
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,8 @@ TMP_PREFIX = ".tmp-"
 
 @dataclass
 class BackupInfo:
-    """What the repository knows about one backup (plain data for the CLI, UI and API)."""
+    """What is known about one backup (plain data for the CLI, UI and API). ``locations``: where its file is
+    kept, ``"local"`` (this node's directory; ``path``) and/or ``"primary"``."""
 
     id: str
     kind: str
@@ -44,6 +46,7 @@ class BackupInfo:
     pinned: bool = False
     path: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    locations: list[str] = field(default_factory=lambda: ["local"])
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,7 +73,21 @@ class BackupInfo:
             verified_at=meta.get("verified_at"),
             pinned=bool(meta.get("pinned", False)),
             path=str(path),
+            # as last known here; the service corrects it from the primary's own list when it can ask
+            locations=["local", "primary"] if meta.get("uploaded") else ["local"],
         )
+
+
+def resolve_id(ref: str, ids: Collection[str], where: str) -> str:
+    """The one id of ``ids`` that ``ref`` names (the id itself, or a unique prefix of at least 4 characters)."""
+    if ref in ids:
+        return ref
+    found = sorted(i for i in ids if len(ref) >= 4 and i.startswith(ref))
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise BackupError(f"backup id {ref!r} is ambiguous: {', '.join(found[:5])}")
+    raise BackupNotFoundError(f"no backup {ref!r} in {where}; see `hybridstore backup list`")
 
 
 class Repository:
@@ -100,15 +117,7 @@ class Repository:
 
     def resolve(self, ref: str) -> str:
         """A full backup id from an id or a unique prefix of one (at least 4 characters)."""
-        ids = self.ids()
-        if ref in ids:
-            return ref
-        found = [i for i in ids if len(ref) >= 4 and i.startswith(ref)]
-        if len(found) == 1:
-            return found[0]
-        if found:
-            raise BackupError(f"backup id {ref!r} is ambiguous: {', '.join(found[:5])}")
-        raise BackupNotFoundError(f"no backup {ref!r} in {self.dir}; see `hybridstore backup list`")
+        return resolve_id(ref, self.ids(), str(self.dir))
 
     def meta(self, backup_id: str) -> dict[str, Any]:
         try:

@@ -6,6 +6,12 @@ store runs background work. An emergency backup is requested by the gateway's ``
 listener only sets a flag; the backup is taken in the service's thread) and is taken from the node's own
 state (SQLite + outbox + journal), so it holds what has not reached the primary. Only one backup or restore
 runs at a time.
+
+Each backup is kept on the ``targets`` of the settings: the node's directory, the primary, or both (the default
+when a primary is configured). A manual backup is stored on the primary at once when it can be reached; any
+other, or one the primary could not take, stays pending and is stored by the service's thread, which the
+gateway's ``circuit_closed`` / ``primary_up`` wake. Listing, verifying, restoring and exporting see the backups
+of both targets (see `locations`), so any node can use any node's backups.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from ..errors import (
     ConfigError,
     HybridStoreError,
     LocalStoreError,
+    PrimaryUnavailableError,
     UnavailableError,
     WrongPassphraseError,
 )
@@ -35,6 +42,8 @@ from ..worker import Worker
 from . import crypto, policy, restore, settings
 from .catalogue import PrimaryCatalogue
 from .format import CHUNK_TARGET, BackupReader, BodyWriter, assemble, read_header, rewrite_header
+from .locations import BackupLocations
+from .primary_store import PrimaryBackupStore
 from .repository import BackupInfo, Repository
 from .snapshot import source_sections
 
@@ -98,11 +107,22 @@ class BackupService:
         self.counts = dict.fromkeys(("created", "failed", "restored", "pruned"), 0)
         self.catalogue = PrimaryCatalogue(node.gateway, node.node_id)
         self._catalogue_dirty = True  # system_backups on the primary may lag behind the repository
+        self.locations = BackupLocations(
+            self.repo,
+            PrimaryBackupStore(node.gateway, node.node_id),
+            node_id=node.node_id,
+            verify=lambda path, progress: self._verify_file(path, passphrase=self.passphrase, progress=progress),
+            clock=lambda: self.clock(),
+        )
+        # the newest scheduled backup of this node that the directory may no longer hold (targets=primary)
+        self._scheduled_elsewhere: float | None = None
+        self._asked_primary_for_schedule = False
         self._retry_at = 0.0  # after a failed scheduled backup: not again before this time (clock())
         self.repo.remove_stale_temporaries()
         self._section: dict[str, Any] | None = None
         node.events.subscribe(self._on_circuit_open, "circuit_open")
         node.events.subscribe(self._on_local_swapped, "local_swapped")
+        node.events.subscribe(self._on_primary_back, "circuit_closed", "primary_up")
         node.on_close(self.stop)
         node.status.provide("backups", self.status_section)
         if start if start is not None else node.config.background:
@@ -137,6 +157,10 @@ class BackupService:
             self._retry_at = 0.0
             self.worker.wake()
 
+    def _on_primary_back(self, event: Event) -> None:
+        # pending uploads are stored by our thread, not by the one that saw the primary answer
+        self.worker.wake()
+
     def _run_once(self) -> float:
         try:
             self.tick()
@@ -150,8 +174,8 @@ class BackupService:
 
     def tick(self) -> list[BackupInfo]:
         """One round of background work, now: an emergency backup if one was requested, a scheduled backup
-        if one is due (at most one: a catch-up after downtime), the catalogue mirrored to the primary.
-        Returns the backups taken."""
+        if one is due (at most one: a catch-up after downtime), the catalogue mirrored to the primary, pending
+        backups stored on the primary. Returns the backups taken."""
         taken: list[BackupInfo | None] = []
         cfg = self.get_config()
         if self._emergency_requested:
@@ -170,6 +194,7 @@ class BackupService:
             else:
                 taken.append(self._guarded("scheduled", "Scheduled backup", ""))
         self._mirror_catalogue(changed=False)
+        self._store_off_node()
         return [t for t in taken if t is not None]
 
     def _guarded(self, kind: str, label: str, description: str) -> BackupInfo | None:
@@ -202,6 +227,14 @@ class BackupService:
         if not (cfg.enabled and cfg.automatic):
             return IDLE_WAIT
         scheduled = [b.created_at for b in self.repo.list() if b.kind == "scheduled"]
+        if self._scheduled_elsewhere is None and not self._asked_primary_for_schedule and self.catalogue.available():
+            # once: the directory may not hold this node's last scheduled backup (targets=primary, a new disk)
+            self._asked_primary_for_schedule = True
+            remote = self.locations.on_primary() or {}
+            mine = [b.created_at for b in remote.values() if b.kind == "scheduled" and b.node_id == self._node.node_id]
+            self._scheduled_elsewhere = max(mine, default=None)
+        if self._scheduled_elsewhere is not None:
+            scheduled.append(self._scheduled_elsewhere)
         now = self.clock()
         due = policy.seconds_until_due(max(scheduled, default=None), now, cfg.interval_hours * 3600)
         return max(due, self._retry_at - now)
@@ -254,26 +287,40 @@ class BackupService:
 
     def update_config(self, **changes: Any) -> settings.BackupSettings:
         """Validate and apply settings (``enabled``, ``automatic``, ``interval_hours``, ``max_backups``,
-        ``compress``, ``encrypt``, ``source``); persisted locally and on the primary when reachable."""
+        ``compress``, ``encrypt``, ``source``, ``targets``); persisted locally and on the primary when
+        reachable."""
         new = settings.BackupSettings.from_dict({**changes, "updated_at": self.clock()}, self.get_config())
         if new.encrypt and changes.get("encrypt") and not self.passphrase:
             # Only when turning encryption on: changing an unrelated setting must not need the passphrase.
             raise ConfigError(f"encrypt=True needs a passphrase: set {crypto.PASSPHRASE_ENV}")
+        if new.targets == "primary" and not self._node.gateway.configured:
+            raise ConfigError("targets=primary needs a primary: this node has none (use local or both)")
         settings.save_local(self._config_path, new)
         self._settings = new
         self.catalogue.save_settings(new.to_dict())
         self.worker.wake()
         return new
 
+    def _targets(self) -> tuple[str, ...]:
+        """Where backups are kept now: ``("local",)``, ``("primary",)`` or both (from the ``targets`` setting)."""
+        return policy.kept_on(self.get_config().targets, self._node.gateway.configured)
+
+    def _keeps_local(self) -> bool:
+        return "local" in self._targets()
+
     # -- creating ---------------------------------------------------------------------------------------------
 
     def create_manual_backup(
         self, label: str = "Manual backup", description: str = "", *, progress: Progress | None = None
     ) -> BackupInfo:
-        """Take a backup now (written, fsync'd and verified before it is registered)."""
+        """Take a backup now (written, fsync'd and verified before it is registered), and store it on the
+        primary now when that is a target and can be reached (else it is pending: see `tick`)."""
         if not isinstance(label, str) or not isinstance(description, str) or len(label) > 200:
             raise ConfigError("label (at most 200 characters) and description must be text")
         info = self._create("manual", label, description, progress=progress)
+        if self._store_off_node([info.id]):
+            info.locations = list(self._targets())
+            info.path = info.path if "local" in info.locations else ""
         self.prune()
         return info
 
@@ -286,6 +333,8 @@ class BackupService:
             self.counts["failed"] += 1
             raise
         self.counts["created"] += 1
+        if kind == "scheduled":
+            self._scheduled_elsewhere = max(info.created_at, self._scheduled_elsewhere or info.created_at)
         log.info("%s backup %s: %d records, %d bytes", kind, info.id, info.records, info.size_bytes)
         self._mirror_catalogue()
         return info
@@ -426,12 +475,13 @@ class BackupService:
     # -- reading ----------------------------------------------------------------------------------------------
 
     def list_backups(self) -> list[BackupInfo]:
-        """Every backup in the repository, newest first."""
-        return self.repo.list()
+        """Every backup in the repository or on the primary (any node's), newest first; ``locations`` says where
+        each is kept. While the primary cannot be reached: the repository's."""
+        return self.locations.list_all()
 
     def get_backup(self, backup_id: str) -> BackupInfo:
         """One backup by id (or a unique prefix of at least 4 characters); `BackupNotFoundError` if absent."""
-        return self.repo.info(self.repo.resolve(backup_id))
+        return self.locations.info(self.locations.resolve(backup_id))
 
     def _verify_file(
         self, path: Path, *, passphrase: str | None, progress: Progress | None = None
@@ -460,8 +510,10 @@ class BackupService:
         """Check a backup completely (decrypt, decompress, checksums). Raises `BackupTamperedError` /
         `WrongPassphraseError`; on success the backup is marked verified."""
         start = time.monotonic()
-        bid = self.repo.resolve(backup_id)
+        bid = self.locations.resolve(backup_id)
         path = self.repo.path(bid)
+        if not path.exists():
+            return self._verify_on_primary(bid, start, progress)
         try:
             chunks, records, ops = self._verify_file(path, passphrase=self.passphrase, progress=progress)
         except WrongPassphraseError:
@@ -475,11 +527,34 @@ class BackupService:
         info = self.repo.info(bid)
         return VerifyReport(bid, chunks, records, ops, info.content_bytes, info.size_bytes, time.monotonic() - start)
 
+    def _verify_on_primary(self, bid: str, start: float, progress: Progress | None) -> VerifyReport:
+        """Verify a backup only the primary holds: download, check everything; kept in the repository when it
+        is a target (a damaged copy is never registered, and is marked unverified on the primary)."""
+        keep = self._keeps_local()
+        with self._lock:
+            path, (chunks, records, ops) = self.locations.fetch(bid, register=keep, progress=progress)
+        try:
+            size = path.stat().st_size
+            content = int(read_header(path)["manifest"].get("content_bytes", 0))
+        finally:
+            if not keep:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+        if keep:
+            self._mirror_catalogue()
+        else:
+            self.locations.primary.set_flags(bid, verified=True)
+        return VerifyReport(bid, chunks, records, ops, content, size, time.monotonic() - start)
+
     def read_records(self, backup_id: str) -> Iterator[tuple[str, str, Any]]:
         """Every (section kind, section name, parsed line) of a verified-on-the-fly backup: for inspection."""
         import json
 
-        with BackupReader(self.repo.path(self.repo.resolve(backup_id)), self.passphrase) as reader:
+        bid = self.locations.resolve(backup_id)
+        with (
+            self.locations.local_copy(bid, register=self._keeps_local()) as path,
+            BackupReader(path, self.passphrase) as reader,
+        ):
             for (kind, name), body in reader.sections():
                 for line in body.split(b"\n")[:-1]:
                     yield kind, name, json.loads(line)
@@ -502,12 +577,11 @@ class BackupService:
         ``overwrite=False`` keeps records that exist; ``validate_data`` checks the whole backup before writing
         anything; ``dry_run`` only reports what would change. A pre-restore backup is taken first."""
         self._node.check_open()
-        bid = self.repo.resolve(backup_id)
+        bid = self.locations.resolve(backup_id)
         selection = restore.Selection.of(collections, keys)
         report = restore.RestoreReport(bid, dry_run, overwrite)
         start = time.monotonic()
-        with self._lock:
-            path = self.repo.path(bid)
+        with self._lock, self.locations.local_copy(bid, register=self._keeps_local()) as path:
             if validate_data:
                 with BackupReader(path, self.passphrase) as reader:
                     restore.validate(reader, selection, self._node.config.max_value_bytes, None)
@@ -523,6 +597,8 @@ class BackupService:
         if not dry_run:
             self.counts["restored"] += 1
             self._push_restored(report)
+            if report.pre_restore_backup:
+                self._store_off_node([report.pre_restore_backup])
         report.duration_s = time.monotonic() - start
         return report
 
@@ -542,12 +618,15 @@ class BackupService:
     # -- moving, deleting, pruning ----------------------------------------------------------------------------
 
     def export_backup(self, backup_id: str, path: str | os.PathLike[str]) -> Path:
-        """Copy a backup file out of the repository (verified first, fsync'd, atomically renamed into place)."""
-        bid = self.repo.resolve(backup_id)
-        src = self.repo.path(bid)
-        target = Path(path)
+        """Copy a backup file out (verified first, fsync'd, atomically renamed into place); a backup only the
+        primary holds is downloaded (and verified) first."""
+        bid = self.locations.resolve(backup_id)
+        with self.locations.local_copy(bid, register=self._keeps_local()) as src:
+            return self._export_file(src, bid, Path(path))
+
+    def _export_file(self, src: Path, bid: str, target: Path) -> Path:
         if target.is_dir():
-            target = target / src.name
+            target = target / f"{bid}.hsb"
         self._verify_file(src, passphrase=self.passphrase)
         tmp = target.with_name(f".{target.name}.tmp")
         try:
@@ -589,38 +668,41 @@ class BackupService:
                     tmp.unlink()
             self.repo.set_meta(bid, verified=True, verified_at=self.clock(), pinned=False, imported=True)
         self._mirror_catalogue()
-        return self.repo.info(bid)
+        self._store_off_node([bid])
+        return self.locations.info(bid)
 
     def delete_backup(self, backup_id: str) -> BackupInfo:
-        """Delete a backup (pinned and emergency ones too: this is an explicit request)."""
+        """Delete a backup from every target (pinned and emergency ones too: this is an explicit request). One
+        stored on the primary is not deleted while the primary cannot be reached (`PrimaryUnavailableError`)."""
         with self._lock:
-            info = self.get_backup(backup_id)
-            self.repo.delete(info.id)
+            info = self.locations.delete(self.locations.resolve(backup_id))
         self.catalogue.forget([info.id])
+        self._mirror_catalogue()
         return info
 
     def pin_backup(self, backup_id: str, pinned: bool = True) -> BackupInfo:
-        """Pin (or unpin) a backup: pinned backups are never pruned automatically."""
-        bid = self.repo.resolve(backup_id)
-        self.repo.set_meta(bid, pinned=pinned)
-        self._mirror_catalogue()
-        return self.repo.info(bid)
+        """Pin (or unpin) a backup: pinned backups are never pruned automatically (on any target)."""
+        bid = self.locations.resolve(backup_id)
+        if self.repo.path(bid).exists():
+            self.repo.set_meta(bid, pinned=pinned)
+            self._mirror_catalogue()  # the row's pin follows
+        else:
+            self.locations.primary.set_flags(bid, pinned=pinned)
+        return self.locations.info(bid)
 
     def prune(self, *, dry_run: bool = False) -> list[BackupInfo]:
-        """Remove manual and scheduled backups beyond ``max_backups`` (never the newest verified backup, never
-        emergency, pre-restore or pinned ones). Returns what was (or, with ``dry_run``, would be) removed."""
+        """Apply retention to each target: remove manual and scheduled backups beyond ``max_backups`` (never the
+        newest verified backup, never emergency, pre-restore or pinned ones) from the repository, and from the
+        primary among this node's uploads. Returns what was (or, with ``dry_run``, would be) removed;
+        ``extra["pruned_from"]`` says from which targets."""
         with self._lock:
-            # a file whose header cannot be read is kept for inspection (delete it by hand)
-            readable = [b for b in self.repo.list() if b.kind != "unknown"]
-            doomed = policy.choose_prunable(readable, self.get_config().max_backups)
-            gone = [b for b in doomed if isinstance(b, BackupInfo)]
+            gone = self.locations.prune(self._targets(), self.get_config().max_backups, dry_run=dry_run)
             if not dry_run:
-                for b in gone:
-                    self.repo.delete(b.id)
                 self.counts["pruned"] += len(gone)
         if gone and not dry_run:
             log.info("pruned %d backup(s)", len(gone))
             self.catalogue.forget([b.id for b in gone])
+            self._mirror_catalogue()
         return gone
 
     def rotate_passphrase(self, new_passphrase: str, *, old_passphrase: str | None = None) -> list[str]:
@@ -630,28 +712,49 @@ class BackupService:
         old = old_passphrase or self.passphrase
         done: list[str] = []
         with self._lock:
-            for info in self.repo.list():
-                if not info.encrypted:
-                    continue
-                src = self.repo.path(info.id)
-                with BackupReader(src, old) as reader:
-                    header = dict(reader.header)
-                    data_key = crypto.unwrap_key(header["cipher"], old, bytes.fromhex(info.id))
-                header["cipher"] = crypto.wrap_key(data_key, new_passphrase, bytes.fromhex(info.id), self.kdf)
-                tmp = self.repo.tmp_path(info.id, ".hsb")
-                try:
-                    rewrite_header(src, tmp, header, crypto.ChunkSealer(data_key))
-                    self._verify_file(tmp, passphrase=new_passphrase)
-                    os.replace(tmp, src)
-                finally:
-                    with contextlib.suppress(OSError):
-                        tmp.unlink()
+            encrypted = [b for b in self.locations.list_all() if b.encrypted]
+            if any("primary" in b.locations for b in encrypted) and not self.catalogue.available():
+                raise PrimaryUnavailableError(
+                    "some encrypted backups are stored on the primary, which cannot be reached now: nothing "
+                    "re-wrapped; try again when it is back"
+                )
+            keep = self._keeps_local()
+            for info in encrypted:
+                # the file as read with the old passphrase (a backup only the primary holds is fetched first)
+                with self.locations.local_copy(info.id, register=keep) as src:
+                    self._rewrap(src, info, old, new_passphrase)
                 done.append(info.id)
         return done
 
+    def _rewrap(self, src: Path, info: BackupInfo, old: str | None, new_passphrase: str) -> None:
+        with BackupReader(src, old) as reader:
+            header = dict(reader.header)
+            data_key = crypto.unwrap_key(header["cipher"], old, bytes.fromhex(info.id))
+        header["cipher"] = crypto.wrap_key(data_key, new_passphrase, bytes.fromhex(info.id), self.kdf)
+        tmp = self.repo.tmp_path(info.id, ".hsb")
+        try:
+            rewrite_header(src, tmp, header, crypto.ChunkSealer(data_key))
+            self._verify_file(tmp, passphrase=new_passphrase)
+            os.replace(tmp, src)
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        if "primary" not in info.locations:
+            return
+        in_repo = src == self.repo.path(info.id)
+        try:
+            self.locations.primary.upload(src, info)  # replaces the primary's copy atomically
+        except (HybridStoreError, OSError) as exc:
+            if not in_repo:
+                raise
+            log.warning("backup %s re-wrapped here, not yet on the primary (stored later): %s", info.id, exc)
+            self.repo.set_meta(info.id, uploaded=False)  # pending: the next upload replaces the old copy
+
     def stats(self) -> dict[str, Any]:
-        """Plain data: counts and sizes by kind, newest backup, next scheduled backup, settings, errors."""
-        backups = self.repo.list()
+        """Plain data: counts and sizes by kind, where backups are kept, newest backup, next scheduled backup,
+        settings, errors."""
+        backups = self.locations.list_all()
+        targets = self._targets()
         by_kind: dict[str, int] = {}
         for b in backups:
             by_kind[b.kind] = by_kind.get(b.kind, 0) + 1
@@ -663,6 +766,10 @@ class BackupService:
             "total_bytes": sum(b.size_bytes for b in backups),
             "newest": None if newest is None else {"id": newest.id, "kind": newest.kind, "at": newest.created_at},
             "verified": sum(1 for b in backups if b.verified),
+            "targets": list(targets),
+            "locations": {t: sum(1 for b in backups if t in b.locations) for t in ("local", "primary")},
+            "pending_upload": len(self.locations.pending_upload(targets)),
+            "last_upload_error": self.locations.last_upload_error,
             "next_scheduled_in_s": round(self.seconds_until_due(), 1),
             "config": self.get_config().to_dict(),
             "counts": dict(self.counts),
@@ -681,12 +788,22 @@ class BackupService:
             "count": len(backups),
             "last_at": backups[0].created_at if backups else None,
             "last_scheduled_at": scheduled[0].created_at if scheduled else None,
+            "pending_upload": len(self.locations.pending_upload(self._targets())),
             "next_scheduled_in_s": round(self.seconds_until_due(), 1),
             "last_error": self.last_error,
             "running": self.worker.running,
         }
 
     # -- the primary's catalogue (system_backups) -------------------------------------------------------------
+
+    def _store_off_node(self, ids: Collection[str] | None = None) -> int:
+        """Store pending backups (``ids``: only these) on the primary when it is a target and can be reached;
+        what fails stays pending for the next round. Returns how many were stored."""
+        targets = self._targets()
+        if "primary" not in targets:
+            return 0
+        with self._lock:
+            return self.locations.upload_pending(targets, ids)
 
     def _mirror_catalogue(self, *, changed: bool = True) -> None:
         """Bring ``system_backups`` up to date, primary permitting (retried by the service's thread)."""

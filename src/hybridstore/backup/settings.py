@@ -15,6 +15,7 @@ from typing import Any
 from ..errors import ConfigError
 
 SOURCES = ("auto", "local", "primary")
+TARGETS = ("local", "primary", "both")
 # The original platform's camelCase names are accepted too.
 _ALIASES = {"intervalHours": "interval_hours", "maxBackups": "max_backups"}
 
@@ -24,7 +25,9 @@ class BackupSettings:
     """``enabled``: backups may be taken at all; ``automatic``: scheduled backups every ``interval_hours``
     (and emergency backups on an outage); ``max_backups``: how many manual + scheduled backups automatic
     pruning keeps; ``compress``: zstd; ``encrypt``: AES-256-GCM (needs HYBRIDSTORE_BACKUP_PASSPHRASE);
-    ``source``: ``auto`` (the primary when reachable, else local), ``local`` or ``primary``."""
+    ``source``: ``auto`` (the primary when reachable, else local), ``local`` or ``primary``; ``targets``: where
+    each backup is kept — ``local`` (the node's directory), ``primary`` (its tables) or ``both`` (on a node
+    without a primary, ``both`` means the directory only)."""
 
     enabled: bool = True
     automatic: bool = True
@@ -33,6 +36,7 @@ class BackupSettings:
     compress: bool = True
     encrypt: bool = False
     source: str = "auto"
+    targets: str = "both"
     updated_at: float = 0.0
 
     def __post_init__(self) -> None:
@@ -47,6 +51,8 @@ class BackupSettings:
             raise ConfigError(f"backup max_backups must be an integer from 1 to 100000, not {n!r}")
         if self.source not in SOURCES:
             raise ConfigError(f"backup source must be one of {', '.join(SOURCES)}, not {self.source!r}")
+        if self.targets not in TARGETS:
+            raise ConfigError(f"backup targets must be one of {', '.join(TARGETS)}, not {self.targets!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

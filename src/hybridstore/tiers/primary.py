@@ -16,7 +16,7 @@ import math
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -614,6 +614,39 @@ class PrimaryTier:
             return cur.fetchall() if cur.description else []
 
         return self._run(run)
+
+    def query_binary(self, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """`query` with results in binary format: a ``bytea`` column arrives as its bytes, not as hex text to
+        decode (a backup file's blocks: twice the bytes on the wire and a decode otherwise)."""
+        text = statement.replace("{schema}", self._q)
+        return self._run(lambda conn: conn.execute(text.encode(), params, binary=True).fetchall())
+
+    def copy_in(
+        self,
+        copy: str,
+        types: Sequence[str],
+        rows: Iterable[Sequence[Any]],
+        then: Callable[[], tuple[str, Sequence[Any]]],
+        *,
+        budget: float,
+    ) -> list[tuple[Any, ...]]:
+        """Stream ``rows`` (columns of ``types``) into ``copy``, a ``COPY … FROM STDIN (FORMAT BINARY)``, then run
+        the statement ``then()`` returns (built once every row is sent), in one transaction on one pooled
+        connection: nothing is committed unless all of it succeeds. Returns that statement's rows. Each row must
+        be sent within the tier timeout (a stalled peer is cut at once), the whole within ``budget`` seconds
+        (also the server's statement timeout for this transaction). ``{schema}`` is replaced in both."""
+        if not self._ready:
+            self.migrate()
+        with self._conn(budget=budget) as conn, conn.transaction(), conn.cursor() as cur:
+            cur.execute(f"SET LOCAL statement_timeout = {int(budget * 1000)}".encode())
+            with cur.copy(copy.replace("{schema}", self._q).encode()) as cp:
+                cp.set_types(list(types))
+                for row in rows:
+                    with self._watchdog.guard(conn.pgconn.socket, self.timeout):
+                        cp.write_row(row)
+            statement, params = then()
+            cur.execute(statement.replace("{schema}", self._q).encode(), params)
+            return cur.fetchall() if cur.description else []
 
     def iter_snapshot(self, batch_size: int = 5000, *, fetch_timeout: float | None = None) -> Iterator[list[Any]]:
         """Every live record as ``(collection, key, value_text, version, hlc, origin, updated_at)``, ordered by
