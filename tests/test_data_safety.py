@@ -176,7 +176,7 @@ def test_no_backup_is_taken_from_a_local_store_awaiting_its_rebuild(tmp_path: Pa
         store.set("orders", "o1", {"n": 1})
         b = service(store)
         store.node.slot.hold("integrity check failed (test)")
-        with pytest.raises(hybridstore.BackupError, match="awaits a rebuild"):
+        with pytest.raises(hybridstore.BackupError, match="not usable"):
             b.create_manual_backup()
         assert b.list_backups() == []
 
@@ -359,3 +359,23 @@ def test_changing_an_unrelated_backup_setting_needs_no_passphrase(
         assert b.update_config(interval_hours=6).interval_hours == 6
         with pytest.raises(hybridstore.ConfigError, match="passphrase"):
             b.update_config(encrypt=True)
+
+
+def test_a_restore_that_cannot_read_the_current_values_writes_nothing(tmp_path: Path) -> None:
+    """`overwrite=False` must never overwrite: when the current values cannot be read (no usable local copy and
+    no primary to ask), the restore stops with an error instead of taking every key for absent."""
+    with hybridstore.open(data_dir=tmp_path / "n", background=False, read_policy="local_first") as store:
+        store.set("orders", "o1", {"v": "original"})
+        b = service(store)
+        info = b.create_manual_backup()
+        store.set("orders", "o1", {"v": "edited since"})
+        local = store.node.slot.take()  # the local copy is unusable (as during a rebuild)
+        try:
+            with pytest.raises(hybridstore.LocalStoreError, match="current values"):
+                b.restore_backup(info.id, overwrite=False, dry_run=True)
+            with pytest.raises((hybridstore.LocalStoreError, hybridstore.BackupError)):  # no safety backup either
+                b.restore_backup(info.id, overwrite=False)
+        finally:
+            assert local is not None
+            store.node.slot.swap(local)
+        assert store.get("orders", "o1").value == {"v": "edited since"}  # type: ignore[union-attr]

@@ -402,8 +402,8 @@ class BackupService:
         if primary is None and (local is None or node.slot.held is not None):
             # A copy of a file flagged broken (or of none) must never be what a later rebuild starts from.
             raise BackupError(
-                f"no backup taken from the local store: it awaits a rebuild ({node.slot.held or node.slot.error}); "
-                "the journal keeps new writes meanwhile"
+                "no backup taken from the local store: it is not usable "
+                f"({node.slot.held or node.slot.error or 'being rebuilt'}); the journal keeps new writes meanwhile"
             )
         db_path = local.path if local is not None and node.slot.held is None else None
         source, sections = source_sections(
