@@ -188,7 +188,8 @@ class LocalOutbox(LocalDatabase):
     def reject(self, seq: int, error: str, max_rejections: int) -> bool:
         """The primary refused outbox entry ``seq`` (the data, not the connection). After ``max_rejections``
         refusals it moves to the dead letters; if it was the key's newest pending op the record goes back to the
-        last value agreed with the primary. Returns True when it was dead-lettered."""
+        last value agreed with the primary, or to a newer row the feed delivered while the key was pending (see
+        `apply_pulled`). Returns True when it was dead-lettered."""
         now = self._clock()
         drop: list[tuple[tuple[str, str], StoredRow]] = []
         with self._transaction() as conn:

@@ -24,6 +24,8 @@ from ...model import StoredRow
 from .database import LocalDatabase
 
 _SAVE_META = "INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value"
+# The version the node knows for a key with pending local ops (no row: none pending).
+_KNOWN_VERSION = "SELECT version FROM records WHERE collection = ? AND key = ? AND pending_seq IS NOT NULL"
 # Which rows of a page (by position) are for keys with pending local ops, with the version the node knows.
 _PENDING_IN_PAGE = """
 SELECT j.key, r.version FROM json_each(?) AS j
@@ -65,7 +67,7 @@ class LocalPullCursor(LocalDatabase):
                 rows,
             )
             changed = cur.rowcount
-            if changed < len(rows) and conn.execute("SELECT EXISTS (SELECT 1 FROM outbox)").fetchone()[0]:
+            if changed < len(rows):
                 self._set_aside(conn, rows)
             if cursor is not None:
                 conn.execute(_SAVE_META, ("pull_cursor", cursor))
@@ -75,8 +77,22 @@ class LocalPullCursor(LocalDatabase):
         """Keep aside the rows of keys with pending ops that are newer than what the node knows (inside the
         caller's transaction, under the lock). Should that transaction fail, what was set aside is still a row
         the primary held: adopting it later, when it is the newest, is right."""
-        page = json.dumps([(r[0], r[1]) for r in rows])
-        for i, known in conn.execute(_PENDING_IN_PAGE, (page,)).fetchall():
+        # The keys with pending ops are the outbox's: when it holds fewer entries than the page (the usual case:
+        # none or a few), they are read from it; otherwise the page's keys are looked up in records.
+        queued = conn.execute("SELECT collection, key FROM outbox LIMIT ?", (len(rows) + 1,)).fetchall()
+        if not queued:
+            return
+        if len(queued) <= len(rows):
+            keys = set(queued)
+            found = [
+                (i, known)
+                for i, r in enumerate(rows)
+                if (r[0], r[1]) in keys
+                for (known,) in conn.execute(_KNOWN_VERSION, (r[0], r[1])).fetchall()
+            ]
+        else:
+            found = conn.execute(_PENDING_IN_PAGE, (json.dumps([(r[0], r[1]) for r in rows]),)).fetchall()
+        for i, known in found:
             row = rows[i]
             key = (row[0], row[1])
             kept = self._pulled_aside.get(key)
