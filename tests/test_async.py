@@ -228,7 +228,7 @@ def test_services_run_in_the_pool(tmp_path: Path) -> None:
             s.recovery.thresholds.conflicts_alert_at = 5
             assert s.sync_store.recovery.thresholds.conflicts_alert_at == 5
             text = await s.metrics.prometheus_text()
-            assert b'hybridstore_op_seconds_count{op="set",tier="local"} 1.0' in text
+            assert 'hybridstore_op_seconds_count{op="set",tier="local"} 1.0' in text
             assert (await s.metrics.data())["records"] == {"c": 2}
             assert s.metrics.op_stats()[("set_many", "local")][0][-1] == 1
 

@@ -14,7 +14,7 @@ from .fix_db import StoreFactory
 
 
 def samples(store: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    text = store.metrics.prometheus_text().decode()
+    text = store.metrics.prometheus_text()
     out = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:

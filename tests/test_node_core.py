@@ -252,7 +252,7 @@ def test_status_reads_change_nothing_and_agree(make_store: StoreFactory, proxy: 
     assert (gateway.probes, gateway.circuit.snapshot()) == (probes, circuit), "no probe, no circuit change"
     assert len(store.node.events.since(0)) == events
     assert health["outbox"]["depth"] == sync["outbox"]["depth"] == status.outbox["depth"] == 3
-    assert b"hybridstore_outbox_depth 3.0" in text
+    assert "hybridstore_outbox_depth 3.0" in text
     assert health["primary"]["state"] == status.primary["state"] == "down"
 
 

@@ -181,7 +181,7 @@ def test_async_store_exposes_recovery_and_metrics(tmp_path: Path) -> None:
         try:
             await astore.set("c", "k", 1)
             assert (await astore.recovery.get_health_status())["overall"] == "healthy"
-            assert b'hybridstore_op_seconds_count{op="set",tier="local"} 1.0' in await astore.metrics.prometheus_text()
+            assert 'hybridstore_op_seconds_count{op="set",tier="local"} 1.0' in await astore.metrics.prometheus_text()
         finally:
             await astore.close()
 

@@ -277,7 +277,7 @@ class AsyncRecovery(_Face[RecoveryService]):
 
 class AsyncMetrics(_Face[StoreMetrics]):
     """``store.metrics`` for asyncio code (see `hybridstore.metrics.StoreMetrics`). A scrape reads SQLite and
-    may ask the primary: `prometheus_text` and `data` are coroutines. Per-operation figures are in memory."""
+    reads SQLite: `prometheus_text` and `data` are coroutines. Per-operation figures are in memory."""
 
     MIRRORS = StoreMetrics
     PLAIN = frozenset({"op_stats"})

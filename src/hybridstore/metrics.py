@@ -94,9 +94,9 @@ class StoreMetrics:
 
     # -- views ----------------------------------------------------------------------------------------------------
 
-    def prometheus_text(self) -> bytes:
-        """Every metric in the Prometheus text exposition format (serve with `CONTENT_TYPE`)."""
-        return generate_latest(self.registry)
+    def prometheus_text(self) -> str:
+        """Every metric in the Prometheus text exposition format (serve with `CONTENT_TYPE`; UTF-8 on the wire)."""
+        return generate_latest(self.registry).decode("utf-8")
 
     def data(self) -> dict[str, Any]:
         """The same figures as plain data: per-op counts and latencies, failures, and the store figures."""
