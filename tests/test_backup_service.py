@@ -19,7 +19,7 @@ import hybridstore
 
 from .backup_helpers import service
 from .faults import wait_for
-from .fix_db import StoreFactory, primary_rows
+from .fix_db import StoreFactory
 from .fix_proxy import Proxy
 
 CHILD = Path(__file__).with_name("backup_child.py")
@@ -70,22 +70,6 @@ def test_backup_from_the_primary_with_local_pending_and_catalogue(
     (settings,) = pg.execute(f"SELECT settings FROM \"{pg_schema}\".system_config WHERE key = 'backup'").fetchone()
     assert settings["max_backups"] == 4
     assert service(other).get_config().max_backups == 4
-
-
-def test_restore_reaches_the_primary(make_store: StoreFactory, pg: psycopg.Connection[Any], pg_schema: str) -> None:
-    store = make_store("a", background=False)
-    for i in range(20):
-        store.set("orders", f"o{i:02d}", {"i": i})
-    b = service(store)
-    info = b.create_manual_backup()
-    for i in range(10):
-        store.delete("orders", f"o{i:02d}")
-    store.set("orders", "o10", "damaged")
-    report = b.restore_backup(info.id)
-    assert report.total("added") == 10 and report.total("overwritten") == 1 and report.total("unchanged") == 9
-    store.sync_now()
-    rows = primary_rows(pg, pg_schema, "orders")
-    assert {k: v for k, (v, _) in rows.items()} == {f"o{i:02d}": {"i": i} for i in range(20)}
 
 
 def test_scheduled_backups_with_an_injected_clock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

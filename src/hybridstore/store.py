@@ -171,9 +171,9 @@ class HybridStore:
         ``"pull"`` (rows pulled, rows in total when known)."""
         node = self._node
         node.check_open()
-        before = node.status.snapshot(fresh=True).outbox["depth"]
         push_progress = None
-        if progress is not None:
+        if progress is not None:  # the queue's size is read only for a caller that shows progress
+            before = node.status.snapshot(fresh=True).outbox["depth"]
             settled0 = _settled(node.replayer.totals)
 
             def push_progress() -> None:
