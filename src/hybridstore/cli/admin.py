@@ -1,4 +1,5 @@
-"""``migrate``: bring the primary's schema up to date."""
+"""``migrate``: bring the primary's schema up to date. (The ``admin …`` group — the web UI's users — is in
+`hybridstore.cli.users`, registered by importing it here.)"""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Annotated
 import typer
 
 from ..migrations import primary_migrations
+from . import users  # noqa: F401  (registers the ``admin`` group)
 from .app import app, configuration, open_store
 from .output import fail, out, print_json
 

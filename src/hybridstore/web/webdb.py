@@ -1,4 +1,5 @@
-"""``data_dir/web.db``: the web service's own SQLite file (API keys, the local audit log).
+"""``data_dir/web.db``: the web service's own SQLite file (API keys, the local audit log, the admin UI's users,
+its one-time setup link and the key that signs its session cookies).
 
 Kept apart from ``local.db`` on purpose: the store's schema home (``migrations/``) is the store's; this file is the
 web package's, versioned with ``PRAGMA user_version`` like the store's SQLite files. WAL mode, so the CLI
@@ -40,6 +41,24 @@ MIGRATIONS: tuple[str, ...] = (
         outcome  TEXT NOT NULL,
         client   TEXT,
         details  TEXT NOT NULL DEFAULT '{}'   -- JSON
+    );
+    """,
+    # admin users of the web UI (argon2id hashes), the one-time setup link, the key that signs session cookies
+    """
+    CREATE TABLE admin_users (
+        name          TEXT PRIMARY KEY,
+        password_hash TEXT NOT NULL,          -- argon2id, in the PHC string format
+        created_at    REAL NOT NULL,
+        last_login_at REAL
+    );
+    CREATE TABLE setup_tokens (
+        token_hash TEXT PRIMARY KEY,          -- sha256 hex of the link's token
+        created_at REAL NOT NULL,
+        used_at    REAL
+    );
+    CREATE TABLE secrets (
+        name  TEXT PRIMARY KEY,
+        value BLOB NOT NULL
     );
     """,
 )
