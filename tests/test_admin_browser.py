@@ -269,13 +269,13 @@ def test_backup_selective_restore_download_and_upload(ui: Any, node: Node, tmp_p
         node.put(collection, "k", {"v": "original"})
     page.goto(node.base + "/admin/backups")
     page.get_by_label("Label").fill("before the change")
-    page.get_by_role("button", name="Create backup").click()
+    with page.expect_navigation():  # the page reloads itself once the action is done
+        page.get_by_role("button", name="Create backup").click()
     found = until(
         lambda: [b for b in node.api.get("/api/v1/backups").json()["backups"] if b["label"] == "before the change"],
         "the backup",
     )
     backup_id = found[0]["id"]
-    page.wait_for_load_state()
     row = until(lambda: backup_row(page, backup_id).count() and backup_row(page, backup_id), "the backup listed")
     for collection in ("alpha", "beta", "gamma"):
         node.put(collection, "k", {"v": "changed"})
@@ -292,11 +292,11 @@ def test_backup_selective_restore_download_and_upload(ui: Any, node: Node, tmp_p
     assert "overwritten 2" in result.inner_text() and result.locator("table tbody tr").count() == 2
     assert "gamma" not in result.inner_text()
     assert confirm.is_enabled()
-    confirm.click()
-    until(lambda: "Restored:" in result.inner_text(), "the restore")
+    with page.expect_navigation():  # the page reloads itself once the action is done
+        confirm.click()
+        until(lambda: "Restored:" in result.inner_text(), "the restore's report")
     assert node.get("alpha", "k")["value"] == {"v": "original"} and node.get("beta", "k")["value"] == {"v": "original"}
     assert node.get("gamma", "k")["value"] == {"v": "changed"}  # not selected: untouched
-    page.wait_for_load_state()
 
     row = until(lambda: backup_row(page, backup_id).count() and backup_row(page, backup_id), "the backup listed")
     with page.expect_download() as download:
@@ -310,12 +310,13 @@ def test_backup_selective_restore_download_and_upload(ui: Any, node: Node, tmp_p
     assert delete.is_disabled()
     row.get_by_label(re.compile("to delete this backup")).fill(backup_id)
     assert delete.is_enabled()
-    delete.click()
+    with page.expect_navigation():  # the page reloads itself once the action is done
+        delete.click()
     until(lambda: node.api.get(f"/api/v1/backups/{backup_id}").status_code == 404, "the backup deleted")
-    page.wait_for_load_state()
 
     page.get_by_label("Backup file (.hsb)").set_input_files(str(saved))
-    page.get_by_role("button", name="Upload and import").click()
+    with page.expect_navigation():  # the page reloads itself once the action is done
+        page.get_by_role("button", name="Upload and import").click()
     until(lambda: node.api.get(f"/api/v1/backups/{backup_id}").status_code == 200, "the backup imported again")
     audit = node.api.get("/api/v1/audit", params={"limit": 200}).json()["entries"]
     done = {(e["action"], e["outcome"]) for e in audit if e["actor"] == f"user:{USER}"}
@@ -352,22 +353,23 @@ def test_conflict_resolved_by_editing_and_dead_letters(ui: Any, node: Node) -> N
     assert save.is_disabled() and "Invalid JSON" in article.locator("[data-json-error]").inner_text()
     editor.fill('{"status": "merged", "qty": 3}')
     assert save.is_enabled()
-    save.click()
+    with page.expect_navigation():  # the page reloads itself once the action is done
+        save.click()
     until(lambda: node.get("orders", "o1")["value"] == {"status": "merged", "qty": 3}, "the edited value")
-    page.wait_for_load_state()
     until(lambda: page.locator(f"article[data-conflict='{cid}']").count() == 0, "the conflict gone from the page")
 
     with psycopg.connect(node.dsn, autocommit=True) as pg:  # the primary accepts them from now on
         pg.execute(f'DROP TRIGGER no_poison ON "{node.schema}".records')
     letters = {d["key"]: d["id"] for d in node.api.get("/api/v1/dead-letters").json()["dead_letters"]}
     page.reload()
-    page.get_by_role("button", name=f"Retry dead letter {letters['p1']}").click()
+    with page.expect_navigation():  # the page reloads itself once the action is done
+        page.get_by_role("button", name=f"Retry dead letter {letters['p1']}").click()
     until(lambda: (node.get("c", "p1") or {}).get("pending") is False, "the retried write on the primary")
-    page.wait_for_load_state()
     row = page.locator(f"tr[data-dead-letter='{letters['p2']}']")
     row.get_by_text("Discard…").click()
     row.get_by_label(re.compile("to discard")).fill(str(letters["p2"]))
-    row.get_by_role("button", name="Discard dead letter").click()
+    with page.expect_navigation():  # the page reloads itself once the action is done
+        row.get_by_role("button", name="Discard dead letter").click()
     until(lambda: node.api.get("/api/v1/dead-letters").json()["dead_letters"] == [], "no dead letter left")
 
 

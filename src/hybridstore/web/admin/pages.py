@@ -61,7 +61,7 @@ def build(ctx: WebContext, codec: SessionCodec, feed: LiveFeed, users: UserStore
                 "status": status or store.status().to_dict(),
                 "collections": sorted(counts.items()),
                 "counts_error": counts_error,
-                "alerts": [a.to_dict() for a in store.recovery.alerts(True)],
+                "alerts": [a.to_dict() for a in store.recovery.alerts(True)],  # the history's active ones
                 "data_bytes": _data_bytes(store.data_dir),
             }
 
