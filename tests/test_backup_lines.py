@@ -116,3 +116,18 @@ def test_a_new_backup_is_read_back_before_it_is_published(tmp_path: Path) -> Non
     path.write_bytes(data)
     with pytest.raises(BackupError, match="header"):
         check_written(path, {**header, "format": 2}, stats)
+
+
+@pytest.mark.parametrize("big", [{"text": "x" * 300}, {"n": 1e300}])
+def test_a_value_over_the_restoring_stores_limit_is_refused_before_anything_is_written(
+    tmp_path: Path, big: object
+) -> None:
+    """The limit is the restoring store's (``max_value_bytes``), however small the chunk; a float written in
+    plain decimal (1e300 → 301 digits) counts at its stored size."""
+    lines = [line(f"p{i}", {"i": i}) for i in range(50)] + [line("big", big)]
+    with hybridstore.open(None, data_dir=tmp_path / "node", background=False, max_value_bytes=256) as store:
+        backups = service(store)
+        imported = backups.import_backup(forge(tmp_path / "forged.hsb", lines))
+        with pytest.raises(ValidationError, match="limit is 256"):
+            backups.restore_backup(imported.id)
+        assert len(store.list("products").records) == 0

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 Progress = Callable[[int, int], None]
 BATCH = 1000
+_encode_all = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 ACTIONS = ("added", "overwritten", "skipped", "unchanged")
 
 
@@ -109,13 +110,28 @@ def validate(reader: BackupReader, selection: Selection, max_value_bytes: int, p
         if kind != "collection" or not selection.wants(name):
             continue
         check_collection(name)
-        for key, value in _records(body, name, selection):
+        records = list(_records(body, name, selection))
+        for key, _ in records:
             check_key(key)
-            encode_value(value, max_bytes=max_value_bytes)
-            done += 1
+        if not _values_fit(records, max_value_bytes):
+            for _, value in records:
+                encode_value(value, max_bytes=max_value_bytes)  # raises the exact error
+        done += len(records)
         if progress is not None:
             progress(done, total)
     return done
+
+
+def _values_fit(records: list[tuple[str, Any]], max_value_bytes: int) -> bool:
+    """True when every value is one `encode_value` accepts, decided with one encoding of them all: JSON
+    without NaN or Infinity, valid Unicode, no NUL, and all of them together within the limit (so each is).
+    False means "check them one by one" (a large float, a NUL escape, a large chunk, or an error)."""
+    try:
+        text = _encode_all([v for _, v in records])
+        size = len(text.encode("utf-8"))
+    except (TypeError, ValueError, RecursionError):
+        return False
+    return size <= max_value_bytes and "e+" not in text and "\\u0000" not in text
 
 
 def current_texts(node: NodeCore, collection: str, keys: list[str]) -> dict[str, str]:
