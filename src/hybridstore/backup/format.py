@@ -262,9 +262,7 @@ class BodyWriter:
         if self._error is not None:
             raise self._error
         self._out.flush()
-        return BodyStats(
-            self._stats, self._content, self._written, self._body_sha.digest(), self._body_bytes
-        )
+        return BodyStats(self._stats, self._content, self._written, self._body_sha.digest(), self._body_bytes)
 
     def abort(self) -> None:
         if self._thread.is_alive():
