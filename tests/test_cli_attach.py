@@ -113,6 +113,11 @@ def test_commands_attach_to_a_running_serve(served: Served) -> None:
     assert status["overall"] in ("healthy", "degraded")
     code, health = cli(d, "health", "--json")
     assert code == 0 and health["overall"] != "outage"
+    code, collections = cli(d, "collections", "--json")
+    assert code == 0 and collections == [{"collection": "orders", "records": 1, "bytes": 7, "pending": 1}]  # {"n":1}
+    code, pending = cli(d, "pending", "--json")
+    assert code == 0 and pending["depth"] == 1 and [e["key"] for e in pending["entries"]] == ["o/1"]
+    assert pending["reason"].startswith("no primary is configured")
     code, alerts = cli(d, "alerts", "--json")
     assert code == 0 and isinstance(alerts, list)
     code, nodes = cli(d, "nodes", "--json")
