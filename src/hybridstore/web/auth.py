@@ -5,7 +5,8 @@ Two steps, so that nothing is routed, parsed or validated for an anonymous calle
 1. `AuthMiddleware` (pure ASGI, outermost but for the body limit) authenticates: every path except the public
    ones (``/healthz``, ``/readyz``, the docs page and its static assets) needs ``Authorization: Bearer <token>``
    naming an active key (or the admin token); otherwise 401, for unknown paths too (no route map for
-   strangers). The caller (`Principal`) is put in the ASGI scope.
+   strangers). The caller (`Principal`) is put in the ASGI scope. A request that came in on the node's
+   owner-only Unix socket (`local_socket`) is the node's own user: every scope, actor ``local:<user>``.
 2. Each route declares the scope it needs (`Requirement`, a FastAPI dependency): 403 if the caller lacks it.
 
 Looking a key up reads ``web.db`` (in a worker thread); a successful lookup is remembered for ``cache_ttl``
@@ -28,6 +29,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .keys import SCOPES, ApiKeyStore, grants
+from .local_socket import LOCAL_PEER_KEY, local_actor
 from .problems import MEDIA_TYPE, Problem, WebError
 
 ADMIN_TOKEN_ENV = "HYBRIDSTORE_ADMIN_TOKEN"
@@ -113,6 +115,10 @@ class AuthMiddleware:
             await send({"type": "websocket.close", "code": 1008})
             return
         if scope["type"] != "http" or self.public(route_path(scope)):
+            await self.app(scope, receive, send)
+            return
+        if scope.get(LOCAL_PEER_KEY) is True:  # came in on the node's owner-only Unix socket (local_socket.py)
+            scope[PRINCIPAL_KEY] = Principal(local_actor(), frozenset(SCOPES))
             await self.app(scope, receive, send)
             return
         token = _bearer(scope)
