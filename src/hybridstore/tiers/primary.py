@@ -206,7 +206,7 @@ class PrimaryTier:
         where = f" (statement: {statement})" if statement else ""
         return PrimaryMisconfiguredError(
             f"primary refuses this node: {str(exc).strip()}{where}; "
-            f"grant what `hybridstore grants ROLE --schema {self.schema}` prints"
+            f"grant what `hybridstore --schema {self.schema} grants ROLE` prints"
         )
 
     def _connect(self, conninfo: str | None = None) -> psycopg.Connection[Any]:
@@ -324,7 +324,7 @@ class PrimaryTier:
         if missing:
             raise PrimaryMisconfiguredError(
                 f"primary refuses this node: its role lacks {'; '.join(missing)}; "
-                f"grant what `hybridstore grants ROLE --schema {self.schema}` prints"
+                f"grant what `hybridstore --schema {self.schema} grants ROLE` prints"
             )
 
     def migrate(self, *, budget: float = 60.0) -> list[int]:
