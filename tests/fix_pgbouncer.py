@@ -1,6 +1,7 @@
 """A PgBouncer of the test's own, in transaction mode, in front of the test server.
 
-Debian's ``pgbouncer`` package; it refuses to run as root, so it runs as the ``postgres`` user with its files in
+Debian's ``pgbouncer`` package; it refuses to run as root, so it runs as the ``postgres`` user (started directly
+as that user, not through ``runuser``, so that a stopped pgbouncer does not stop a parent too) with its files in
 a directory of its own. It listens on a free local port that says nothing about pooling (not 6543), so a store
 must tell from the server's behaviour that it talks to a transaction-mode pooler. ``kill()`` (SIGKILL),
 ``freeze()`` / ``thaw()`` (SIGSTOP / SIGCONT) and ``start()`` let a test break it.
@@ -17,6 +18,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -78,9 +80,8 @@ class PgBouncer:
 
     def start(self) -> None:
         cmd = [PGBOUNCER, str(self.dir / "pgbouncer.ini")]
-        if self._as_postgres:
-            cmd = ["runuser", "-u", "postgres", "--", *cmd]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        who: dict[str, Any] = {"user": "postgres", "group": "postgres", "extra_groups": []} if self._as_postgres else {}
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **who)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -92,16 +93,9 @@ class PgBouncer:
             time.sleep(0.02)
         raise RuntimeError(f"pgbouncer did not listen on {self.port}: {self.log()}")
 
-    def _pid(self) -> int:
-        """The pgbouncer process itself (``runuser`` forks it as a child)."""
-        assert self.proc is not None
-        try:
-            return int((self.dir / "pgbouncer.pid").read_text().strip())
-        except (FileNotFoundError, ValueError):
-            return self.proc.pid
-
     def _signal(self, sig: signal.Signals) -> None:
-        subprocess.run(["kill", f"-{sig.name[3:]}", str(self._pid())], check=True, capture_output=True)
+        assert self.proc is not None
+        self.proc.send_signal(sig)
 
     def kill(self) -> None:
         """SIGKILL: every client connection drops at once."""
@@ -129,11 +123,8 @@ class PgBouncer:
 
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            try:
-                self._signal(signal.SIGCONT)
-                self._signal(signal.SIGKILL)
-            except subprocess.CalledProcessError:
-                pass
+            self._signal(signal.SIGCONT)
+            self._signal(signal.SIGKILL)
             self.proc.wait(timeout=10)
         shutil.rmtree(self.dir, ignore_errors=True)
 

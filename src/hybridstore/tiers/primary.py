@@ -191,7 +191,7 @@ class PrimaryTier:
             raise PrimaryUnavailableError(f"primary unavailable: {self.last_error}") from exc
         except psycopg.Error as exc:
             self.last_error = str(exc).strip()
-            if is_prepared_statement_error(exc) and not self.pooled:
+            if is_prepared_statement_error(exc):  # a connection from before the switch may still meet one
                 self._switch_to_pooled(f"prepared statements fail ({self.last_error})")
                 raise _PoolerFound(f"primary unavailable: {self.last_error}") from exc
             if is_privilege_error(exc):
