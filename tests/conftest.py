@@ -8,6 +8,7 @@ pytest_plugins = [
     "tests.fix_cluster",
     "tests.fix_webhook",
     "tests.fix_pgbouncer",
+    "tests.fix_tls",
 ]
 
 _ENV = (

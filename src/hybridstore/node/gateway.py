@@ -56,8 +56,15 @@ _MISCONFIGURED_TEXT = (
     "does not exist",
     "permission denied",
     "no pg_hba.conf entry",
-    "certificate verify failed",  # sslmode=verify-ca/verify-full with a CA that did not sign the server's
-    "server certificate for",  # ... whose name does not match the host
+    # TLS (sslmode=verify-ca / verify-full): a CA that did not sign the server's certificate, a name that does
+    # not match the host, a CA file that is missing
+    "certificate verify failed",
+    "signature failure",
+    "unable to get local issuer certificate",
+    "self-signed certificate",
+    "self signed certificate",
+    "server certificate for",
+    "root certificate file",
 )
 
 
