@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..compose import LOCAL_DB
+from ..config import resolve
 from ..errors import ConfigError
 from ..store import HybridStore
 from .checker import Key, Row
@@ -78,16 +79,15 @@ class Sandbox:
     def open_node(self, name: str, url: str | None = None, **options: Any) -> HybridStore:
         """A node of the run: its own data directory, node id and the run's schema; ``url`` defaults to the
         primary's (pass a proxy's URL to put faults between them)."""
-        import hybridstore
-
         options.setdefault("backups", False)
-        return hybridstore.open(
-            url or self.primary_url,
+        config = resolve(
+            primary_url=url or self.primary_url,
             data_dir=self.data_dir(name),
             node_id=self.node_id(name),
             primary_schema=self.schema,
             **options,
         )
+        return HybridStore(config)
 
     # -- final states -----------------------------------------------------------------------------------------
 
