@@ -7,7 +7,8 @@ Two steps, so that nothing is routed, parsed or validated for an anonymous calle
    needs ``Authorization: Bearer <token>`` naming an active key (or the admin token), or the admin UI's session
    cookie (`SessionAuth`: then a state-changing request must also carry its CSRF token, else 403); otherwise
    401, for unknown paths too (no route map for strangers), or a redirect to the login page for a browser
-   asking for an admin page. The caller (`Principal`) is put in the ASGI scope.
+   asking for an admin page. The caller (`Principal`) is put in the ASGI scope. A request that came in on the
+   node's owner-only Unix socket (`local_socket`) is the node's own user: every scope, actor ``local:<user>``.
 2. Each route declares the scope it needs (`Requirement`, a FastAPI dependency): 403 if the caller lacks it.
 
 Looking a key up reads ``web.db`` (in a worker thread); a successful lookup is remembered for ``cache_ttl``
@@ -30,6 +31,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .keys import SCOPES, ApiKeyStore, grants
+from .local_socket import LOCAL_PEER_KEY, local_actor
 from .problems import MEDIA_TYPE, Problem, WebError
 
 ADMIN_TOKEN_ENV = "HYBRIDSTORE_ADMIN_TOKEN"
@@ -134,6 +136,10 @@ class AuthMiddleware:
             await send({"type": "websocket.close", "code": 1008})
             return
         if scope["type"] != "http" or self.public(route_path(scope)):
+            await self.app(scope, receive, send)
+            return
+        if scope.get(LOCAL_PEER_KEY) is True:  # came in on the node's owner-only Unix socket (local_socket.py)
+            scope[PRINCIPAL_KEY] = Principal(local_actor(), frozenset(SCOPES))
             await self.app(scope, receive, send)
             return
         token = _bearer(scope)
