@@ -382,9 +382,49 @@ def test_health_page_and_resilience_tester(ui: Any, node: Node) -> None:
         assert "not available on this node" in section.inner_text()
         assert section.get_by_role("button", name="Run resilience test").is_disabled()
         return
+    section.get_by_label("Scenario").select_option("primary_outage")
+    section.get_by_label("Seconds per scenario").fill("2")
     section.get_by_role("button", name="Run resilience test").click()
     result = section.locator("[data-result]")
-    until(lambda: "status" in result.inner_text() and "Running" not in result.inner_text(), "a report", timeout=120)
+    until(lambda: "Full report" in result.inner_text(), "the run's report", timeout=120)
+    assert "primary_outage" in result.inner_text()
+    assert section.locator("[data-resilience-runs] li").count() >= 1  # past runs, with their reports
+
+
+def test_nodes_page_lists_this_node(ui: Any, node: Node) -> None:
+    page = ui
+    page.goto(node.base + "/admin/nodes")
+    row = page.locator("tr", has_text="this node")
+    assert row.count() == 1 and "silent" not in row.inner_text()
+
+
+def test_api_clients_get_a_live_event_stream(node: Node) -> None:
+    """``GET /api/v1/events/stream`` (read scope) streams samples and snapshots, and the node's events as they
+    happen: here the circuit opening when the primary is cut."""
+    kinds: list[str] = []
+    seen_outage = threading.Event()
+
+    def read() -> None:
+        headers = {"Authorization": f"Bearer {TOKEN}", "Accept": "text/event-stream"}
+        with httpx.stream("GET", f"{node.base}/api/v1/events/stream", headers=headers, timeout=30) as r:
+            assert r.headers["content-type"].startswith("text/event-stream")
+            for line in r.iter_lines():
+                if line.startswith("event: "):
+                    kinds.append(line[7:])
+                if line.startswith("data: ") and kinds and kinds[-1] == "node-event" and "circuit_open" in line:
+                    seen_outage.set()
+                    return
+
+    reader = threading.Thread(target=read, name="sse-reader")
+    reader.start()
+    until(lambda: "sample" in kinds and "status" in kinds, "samples and snapshots on the stream")
+    node.proxy.cut()
+    try:
+        assert seen_outage.wait(20), kinds
+    finally:
+        node.proxy.restore()
+    reader.join(10)
+    until(lambda: node.sample()["primary"] == "healthy", "the primary back", timeout=30)
 
 
 def shot(name: str) -> Path:
