@@ -382,7 +382,7 @@ def test_health_page_and_resilience_tester(ui: Any, node: Node) -> None:
         assert "not available on this node" in section.inner_text()
         assert section.get_by_role("button", name="Run resilience test").is_disabled()
         return
-    section.get_by_label("Scenario").select_option("primary_outage")
+    section.get_by_label("Scenario", exact=True).select_option("primary_outage")
     section.get_by_label("Seconds per scenario").fill("2")
     section.get_by_role("button", name="Run resilience test").click()
     result = section.locator("[data-result]")
