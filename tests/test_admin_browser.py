@@ -391,6 +391,61 @@ def test_health_page_and_resilience_tester(ui: Any, node: Node) -> None:
     assert section.locator("[data-resilience-runs] li").count() >= 1  # past runs, with their reports
 
 
+def test_data_audit_and_settings(ui: Any, node: Node) -> None:
+    page = ui
+    for i in range(3):
+        node.put("products", f"p{i}", {"name": f"item {i}", "price": i})
+    node.put("products", "other", {"name": "x"})
+    page.goto(node.base + "/admin/data?collection=products")
+    page.get_by_label("Key prefix").fill("p")
+    page.get_by_role("button", name="Search").click()
+    page.wait_for_url(re.compile(r".*prefix=p.*"))
+    assert page.locator("tbody tr").count() == 3  # "other" does not start with p
+    page.get_by_role("link", name="p1").click()
+    editor = page.get_by_label("Value (JSON)")
+    assert '"price": 1' in editor.input_value()
+    assert "primary" in page.locator("dl.figures").inner_text()  # the source tier, among the metadata
+    editor.fill('{"name": "item 1", "price": 11}')
+    with page.expect_navigation():
+        page.get_by_role("button", name="Save value").click()
+    assert node.get("products", "p1")["value"] == {"name": "item 1", "price": 11}
+    page.get_by_text("Delete…").click()
+    page.get_by_label(re.compile("to delete this record")).fill("p1")
+    with page.expect_navigation():
+        page.get_by_role("button", name="Delete record").click()
+    assert node.get("products", "p1") is None
+
+    page.goto(node.base + "/admin/settings")
+    page.get_by_label("Key name").fill("reporting")
+    page.get_by_label("Scope").select_option("read")
+    page.get_by_role("button", name="Create key").click()
+    shown = page.locator("[data-new-key]")
+    shown.wait_for()
+    key = shown.inner_text()
+    assert key.startswith("hsk_")
+    assert httpx.get(f"{node.base}/api/v1/status", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+    page.reload()
+    row = page.locator("tr", has_text="reporting")
+    row.get_by_text("Revoke…").click()
+    row.get_by_label(re.compile("to revoke")).fill("reporting")
+    with page.expect_navigation():
+        row.get_by_role("button", name="Revoke key").click()
+    until(
+        lambda: httpx.get(f"{node.base}/api/v1/status", headers={"Authorization": f"Bearer {key}"}).status_code == 401,
+        "the revoked key refused",
+    )
+    page.get_by_label("User name").fill("second")
+    page.get_by_label("Password (at least 10 characters)").fill("another long password")
+    with page.expect_navigation():
+        page.get_by_role("button", name="Add user").click()
+    assert page.get_by_role("cell", name="second", exact=True).count() == 1
+
+    page.goto(node.base + f"/admin/audit?actor=user%3A{USER}&action=apikey")
+    actions = page.locator("tbody tr td:nth-child(3)").all_inner_texts()
+    assert sorted(set(actions)) == ["apikey.create", "apikey.revoke"]
+    assert page.get_by_label("Actor").input_value() == f"user:{USER}"
+
+
 def test_nodes_page_lists_this_node(ui: Any, node: Node) -> None:
     page = ui
     page.goto(node.base + "/admin/nodes")

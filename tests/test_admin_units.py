@@ -277,3 +277,20 @@ def test_pages_render_and_the_stream_answers_plain_clients(client: TestClient) -
     assert client.get("/admin/static/vendor/uPlot.LICENSE.txt").status_code == 200
     assert client.get("/admin/static/../users.py").status_code == 404
     assert client.get("/admin/static/%2e%2e/users.py").status_code == 404
+
+
+def test_assets_ship_in_the_package_and_point_nowhere_else() -> None:
+    """Nothing the pages load may come from outside the node: templates and our scripts name no other host, and
+    the vendored chart library ships with its licence."""
+    from importlib import resources
+
+    root = resources.files("hybridstore.web.admin")
+    vendor = root / "static" / "vendor"
+    assert (vendor / "uPlot.iife.min.js").is_file() and (vendor / "uPlot.min.css").is_file()
+    assert "MIT" in (vendor / "uPlot.LICENSE.txt").read_text()
+    ours = [*(root / "templates").iterdir(), *(f for f in (root / "static").iterdir() if f.is_file())]
+    assert len(ours) >= 14
+    for item in ours:
+        text = item.read_text()
+        assert not re.search(r"(src|href)\s*=\s*[\"']?(https?:)?//", text), item.name
+        assert "url(http" not in text and "@import" not in text, item.name
