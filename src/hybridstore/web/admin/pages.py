@@ -28,6 +28,7 @@ from .session import SessionCodec
 PAGE_SIZE = 50
 NODE_SILENT_S = 60.0  # a node whose heartbeat is older than this is flagged
 RESILIENCE_RUNS = "/api/v1/resilience/runs"
+API_IMPORT = "/api/v1/backups/import"
 
 
 def _safe(fn: Any, default: Any = None) -> tuple[Any, str | None]:
@@ -88,7 +89,9 @@ def build(ctx: WebContext, codec: SessionCodec, feed: LiveFeed, users: UserStore
                 "collections": sorted(store.node.slot.tier.collection_counts()) if store.node.slot.tier else [],
             }
 
-        return show(request, "backups.html", "backups", "Backups", **await ctx.run(gather))
+        # the API's streamed import (a job) when the node has it, else the admin UI's own
+        upload = API_IMPORT if views.route_exists(request.app, API_IMPORT) else "/admin/backups/import"
+        return show(request, "backups.html", "backups", "Backups", upload_url=upload, **await ctx.run(gather))
 
     @routes.get("/admin/sync", "admin", include_in_schema=False)
     async def sync(request: Request) -> Response:

@@ -158,7 +158,7 @@
         const file = form.querySelector('input[type="file"]').files[0];
         if (!file) { say(out, "Pick a file first.", "bad"); return; }
         say(out, `Uploading ${file.name}…`);
-        finish(form, await call("POST", form.dataset.upload, file, "application/octet-stream"), out);
+        finish(form, await follow(await call("POST", form.dataset.upload, file, "application/octet-stream"), out), out);
       } else if (form.dataset.restore) {
         await restorePreview(form, out);
       } else if (form.dataset.resilience) {
