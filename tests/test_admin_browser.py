@@ -446,6 +446,41 @@ def test_data_audit_and_settings(ui: Any, node: Node) -> None:
     assert page.get_by_label("Actor").input_value() == f"user:{USER}"
 
 
+def test_serve_prints_a_one_time_setup_link(chromium: Any, tmp_path: Path) -> None:
+    """``serve`` with no admin user and no admin token prints a setup link (and still never starts open): the
+    link creates the first user, who is then logged in; the link works once."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HYBRIDSTORE_", "SUPABASE_", "DATABASE_URL"))}
+    env["PYTHONPATH"] = str(SRC)
+    port = free_port()
+    log = tmp_path / "serve.log"
+    cmd = [sys.executable, "-m", "hybridstore", "-d", str(tmp_path / "node"), "serve", "--port", str(port)]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(base, proc)
+        link = until(lambda: re.search(r"http://\S+/admin/setup\?token=\S+", log.read_text()), "the setup link")[0]
+        assert httpx.get(f"{base}/admin/data-storage").status_code == 401  # never open
+        context = chromium.new_context(viewport=PHONE)
+        page = context.new_page()
+        watch = Watch(base)
+        watch.attach(page)
+        page.goto(link)
+        page.get_by_label("Username").fill("first")
+        page.get_by_label("Password", exact=True).fill(PASSWORD)
+        page.get_by_label("Password again").fill(PASSWORD)
+        page.get_by_role("button", name="Create the admin user").click()
+        page.wait_for_url(re.compile(r".*/admin/data-storage$"))
+        assert page.locator(".who").inner_text() == "first"
+        watch.check()
+        page.goto(link)
+        assert "not valid" in page.get_by_role("alert").inner_text()  # spent
+        context.close()
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0, log.read_text()
+
+
 def test_nodes_page_lists_this_node(ui: Any, node: Node) -> None:
     page = ui
     page.goto(node.base + "/admin/nodes")
