@@ -30,6 +30,8 @@ PGBOUNCER = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
 
 class PgBouncer:
     def __init__(self, target_dsn: str, *, ignore_options: bool = True, pool_size: int = 10) -> None:
+        if not os.path.exists(PGBOUNCER):
+            raise RuntimeError("these tests need PgBouncer: apt-get install pgbouncer (Debian's package)")
         parts = urlsplit(target_dsn)
         self.target_host = parts.hostname or "127.0.0.1"
         self.target_port = parts.port or 5432
