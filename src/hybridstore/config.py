@@ -72,6 +72,7 @@ class StoreConfig:
     sync_failure_after: float = 300.0
     conflicts_alert_at: int = 100
     quick_check_interval: float = 300.0
+    heartbeat_interval: float = 15.0  # seconds between this node's heartbeat rows on the primary (`store.nodes()`)
 
     def __post_init__(self) -> None:
         if self.write_mode not in ("write_through", "local_first"):
@@ -94,7 +95,7 @@ class StoreConfig:
         for name in ("max_value_bytes", "batch_size", "circuit_failures", "sync_retry_attempts"):
             if not getattr(self, name) >= 1:
                 raise ConfigError(f"{name} must be at least 1")
-        for name in ("health_interval", "sync_failure_after", "quick_check_interval"):
+        for name in ("health_interval", "sync_failure_after", "quick_check_interval", "heartbeat_interval"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive")
         if self.low_storage_bytes < 0 or self.conflicts_alert_at < 1:

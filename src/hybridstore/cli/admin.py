@@ -1,4 +1,5 @@
-"""``migrate``: bring the primary's schema up to date (as the node's role, or as the owner with ``--admin-url``)."""
+"""``migrate``: bring the primary's schema up to date (as the node's role, or as the owner with ``--admin-url``).
+(The ``admin …`` group — the web UI's users — is in `hybridstore.cli.users`, registered by importing it here.)"""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import typer
 
 from ..errors import HybridStoreError
 from ..migrations import primary_migrations
+from . import users  # noqa: F401  (registers the ``admin`` group)
 from .app import app, configuration, open_store
 from .output import fail, out, print_json
 

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+from .. import faults
 from ..errors import LocalStoreError, PrimaryRejectedError, PrimaryUnavailableError
 from ..worker import Worker
 
@@ -258,6 +259,8 @@ class ChangePuller:
     def _apply(self, local: LocalTier, rows: list[tuple[Any, ...]], full: bool) -> int:
         self._observe(max(r[4] for r in rows))
         last = rows[-1]
+        if faults.active and faults.PULLER_SKIP_PAGE in faults.active and faults.due(faults.PULLER_SKIP_PAGE):
+            rows = []  # test-only: a broken puller skips the page (see hybridstore.faults)
         return local.apply_pulled(rows, json.dumps([last[7], last[0], last[1]]), force=full)
 
 
