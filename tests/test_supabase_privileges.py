@@ -139,6 +139,8 @@ def test_every_store_operation_works_as_a_least_privilege_role(
         assert a.backups.delete_backup(info.id).id == info.id
         assert info.id not in {x.id for x in b.backups.list_backups()}
         a.sync_status(refresh=True)  # conflict counts
+        assert a.node.heartbeat.beat() and b.node.heartbeat.beat()  # heartbeat rows (upsert)
+        assert {n["node_id"] for n in a.nodes()} == {a.node_id, b.node_id}
         assert a.health()["primary"]["state"] == "healthy"
         assert a.node.gateway.misconfigured is None and b.node.gateway.misconfigured is None
     finally:
