@@ -95,9 +95,29 @@ def test_a_pooler_that_refuses_startup_options_is_used_without_them(
 ) -> None:
     store = ready(make_store(primary=pgbouncer_strict.url(pg_dsn), background=False))
     tier = store.node.gateway.tier
-    assert tier.pooled and "refuses startup options" in tier.pooled_reason
+    assert tier.pooled and not tier.startup_options and tier.per_transaction_limits
+    assert "options" not in tier._conninfo
     assert store.set("c", "k", 1).tier == "primary" and not store.set("c", "k2", 2).queued
     assert primary_rows(pg, pg_schema) == {"k": (1, 1), "k2": (2, 1)}
+
+
+def test_a_session_pooler_that_refuses_startup_options_keeps_listen(
+    make_store: StoreFactory, pg_dsn: str, pg_schema: str
+) -> None:
+    """Session mode: one server connection per client, so not a transaction pooler (LISTEN and prepared statements
+    work), but no ``options`` either: the limits go per transaction."""
+    bouncer = PgBouncer(pg_dsn, ignore_options=False, pool_mode="session")
+    try:
+        url = bouncer.url(pg_dsn)
+        writer = ready(make_store("w", primary=url, background=False))
+        tier = writer.node.gateway.tier
+        assert not tier.pooled and not tier.startup_options and tier.per_transaction_limits and tier.can_listen
+        reader = make_store("r", primary=url, pull_interval=30.0)
+        wait_for(lambda: reader.sync_status()["listening"], timeout=10)
+        writer.set("c", "k", 1)
+        wait_for(lambda: local_value(reader, "c", "k") == 1, timeout=5)  # a notification, not a 30 s poll
+    finally:
+        bouncer.close()
 
 
 def test_no_prepared_statement_error_reaches_a_caller(

@@ -11,8 +11,10 @@ one client may see its backend change. `detect_transaction_pooler` checks exactl
 Directly connected, or through a session-mode pooler, every client keeps one backend: the pids never match and
 never change. The check costs two connections and four short round trips, once per tier.
 
-A pooler that refuses the ``options`` startup parameter (PgBouncer's default) is recognised by its error; and any
-prepared-statement error (``prepared statement "_pg3_0" does not exist / already exists``) also means one.
+A server that refuses the ``options`` startup parameter (PgBouncer's default; a session pooler may too) is
+connected to without it, its limits set per transaction; whether it pools by transaction is still told by the
+check above. Any prepared-statement error (``prepared statement "_pg3_0" does not exist / already exists``)
+means a transaction pooler too.
 """
 
 from __future__ import annotations

@@ -90,7 +90,8 @@ class PrimaryConnection:
         session_params = check_url(split_pooled_param(session_url)[0]) if session_url else None
         self._settings = ConnectionSettings(params, timeout, session_params)
         self.session_url = session_url
-        self._conninfo = self._settings.conninfo(pooled=self.pooled)
+        self.startup_options = True  # False once the server refused them (a pooler): limits go per transaction
+        self._conninfo = self._settings.conninfo(limits=not self.pooled)
         limit_ms = int(timeout * 1000)
         # Behind a pooler every call is one transaction whose limits are set by its first statement: a call
         # abandoned by our watchdog must not leave a server connection waiting on a lock for ever.
@@ -190,15 +191,30 @@ class PrimaryConnection:
         )
 
     def _connect(self, conninfo: str | None = None) -> psycopg.Connection[Any]:
-        """A new autocommit connection outside the pool. A server that refuses the startup options is a pooler:
-        the tier switches to pooled mode and connects again without them."""
+        """A new autocommit connection outside the pool. A server that refuses startup options (a pooler:
+        PgBouncer by default, maybe a session pooler too) is connected to without them from then on."""
         try:
             return psycopg.connect(conninfo or self._conninfo, autocommit=True, cursor_factory=StatementCursor)
         except psycopg.OperationalError as exc:
-            if conninfo is not None or self.pooled or not refuses_startup_options(exc):
+            if conninfo is not None or not self.startup_options or not refuses_startup_options(exc):
                 raise
-            self._switch_to_pooled(f"the server refuses startup options ({str(exc).strip()})")
+            self._drop_startup_options(str(exc).strip())
             return psycopg.connect(self._conninfo, autocommit=True, cursor_factory=StatementCursor)
+
+    def _drop_startup_options(self, error: str) -> None:
+        with self._lock:
+            if not self.startup_options:
+                return
+            self.startup_options = False
+            self._conninfo = self._settings.conninfo(limits=False, options=False)
+        log.warning("the primary refuses startup options: server-side limits are set per transaction (%s)", error)
+        self.reset_pool()
+
+    @property
+    def per_transaction_limits(self) -> bool:
+        """Are ``statement_timeout`` / ``lock_timeout`` set by ``SET LOCAL`` in each call's transaction (behind a
+        transaction pooler, or a server that refuses startup options) rather than once per connection?"""
+        return self.pooled or not self.startup_options
 
     def _switch_to_pooled(self, reason: str) -> None:
         """From now on: no server-side prepared statements, no startup options, timeouts per transaction, no
@@ -207,7 +223,7 @@ class PrimaryConnection:
             if self.pooled:
                 return
             self.pooled, self._pooling_known, self.pooled_reason = True, True, reason
-            self._conninfo = self._settings.conninfo(pooled=True)
+            self._conninfo = self._settings.conninfo(limits=False, options=self.startup_options)
         log.warning("the primary is reached through a transaction-mode pooler: %s", reason)
         self.reset_pool()
 
@@ -247,7 +263,7 @@ class PrimaryConnection:
 
     def _call(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
         with self._conn() as conn:
-            if not self.pooled:
+            if not self.per_transaction_limits:
                 return fn(conn)
             conn.execute(self._bounded_begin)
             try:
