@@ -4,6 +4,7 @@ missing, and writes still fall back locally."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -161,7 +162,7 @@ def test_a_missing_grant_is_misconfigured_names_it_and_writes_fall_back(
         assert "grants ROLE" in snap["detail"]
         result = store.set("c", "k", 1)
         assert result.tier == "local" and result.queued, "the write is queued, not lost"
-        store.node.gateway.tick()
+        assert store.node.gateway.tick() == 2.0, "probed every 2 s, not 4 times a second, while refused"
         assert store.node.gateway.snapshot()["state"] == "misconfigured", "it stays misconfigured while it is"
         assert store.recovery.check()["components"]["primary"]["misconfigured"] is True
 
@@ -235,6 +236,9 @@ def test_a_schema_behind_with_migration_off_or_without_ddl_rights_is_misconfigur
         assert res.exit_code == 0 and res.output.startswith("-- hybridstore runtime role")
         assert f'GRANT USAGE ON SCHEMA "{pg_schema}" TO "{role}";' in res.output
         pg.execute(res.output.encode())
+        res = runner.invoke(app, ["--schema", pg_schema, "grants", role, "--database", "test", "--json"])
+        doc = json.loads(res.stdout)
+        assert doc["role"] == role and doc["database"] == "test" and "GRANT CONNECT ON DATABASE" in doc["sql"]
         for store in (off, on):
             store.node.gateway.tick()
             assert store.node.gateway.snapshot()["state"] == "healthy"

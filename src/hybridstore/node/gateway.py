@@ -45,6 +45,9 @@ T = TypeVar("T")
 Outcome = Literal["ok", "timeout", "unreachable", "refused", "misconfigured"]
 SUSPECT_INTERVAL = 0.25  # seconds between probes while the primary is failing
 MIGRATION_BUDGET = 60.0  # seconds the prober gives a schema migration (DDL may wait for locks)
+# Seconds between probes while the primary refuses this node: a grant or a URL is fixed by a person, not in
+# milliseconds, and each such probe also re-checks the schema and privileges (many nodes may be refused at once).
+MISCONFIGURED_INTERVAL = 2.0
 
 # SQLSTATE classes and messages that say "this node is not allowed in", not "the primary is down".
 _MISCONFIGURED_STATES = ("28000", "28P01", "3D000", "42501", "3F000")
@@ -240,6 +243,8 @@ class PrimaryGateway:
             return 3600.0
         with self._lock:
             self._probe_once(prepare_schema)
+        if self.misconfigured is not None:
+            return max(self.interval, MISCONFIGURED_INTERVAL)
         d = self.detector
         if d.suspect or d.in_outage or not self.circuit.allow():
             return min(self.interval, SUSPECT_INTERVAL)
