@@ -130,15 +130,22 @@ def test_every_store_operation_works_as_a_least_privilege_role(
         assert a.resolve_conflict(conflict.id, choice="local", actor="ops") is not None
         assert a.conflicts(status="open") == []
         assert primary_rows(pg, pg_schema, "orders")["o1"][0] == {"status": "b"}
+        assert b.sync_now(full=True).remaining == 0  # a full resync: count, then the whole feed
+        assert b.get("orders", "o1").value == {"status": "b"}  # type: ignore[union-attr]
 
         # backups kept on the primary (system_backups, backup_chunks by COPY), listed from the other node, pruned
         info = a.backups.create_manual_backup("least privilege")
         assert "primary" in info.locations
         assert info.id in {x.id for x in b.backups.list_backups()}
         assert a.backups.verify_backup(info.id).records == 3  # p1, p2, o1
+        a.set("products", "p1", {"price": 99})
+        b.backups.restore_backup(info.id, collections=["products"])  # downloaded from the primary, written back
+        assert b.sync_now().remaining == 0
+        assert primary_rows(pg, pg_schema, "products")["p1"][0] == {"price": 1}
         a.backups.update_config(max_backups=5)  # system_config upsert
         assert a.backups.delete_backup(info.id).id == info.id
-        assert info.id not in {x.id for x in b.backups.list_backups()}
+        gone = pg.execute(f'SELECT count(*) FROM "{pg_schema}".system_backups WHERE id = %s', (info.id,)).fetchone()
+        assert gone == (0,), "deleted from the primary too (its chunks with it)"
         a.sync_status(refresh=True)  # conflict counts
         assert a.node.heartbeat.beat() and b.node.heartbeat.beat()  # heartbeat rows (upsert)
         assert {n["node_id"] for n in a.nodes()} == {a.node_id, b.node_id}
