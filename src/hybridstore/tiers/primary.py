@@ -227,9 +227,11 @@ class PrimaryTier(PrimaryConnection):
             # generic plan knows it and still picks the index scan.
             f"ORDER BY r.stamp, r.collection, r.key LIMIT {int(limit)}"
         )
+        # Any committed row past the cursor that the page did not return: held back behind a running transaction,
+        # or visible since (this is a new snapshot: the transaction may have ended between the two statements, and
+        # asking only for rows still held back would miss those, leaving them for the next poll). Look again soon.
         held = (
-            f"SELECT EXISTS (SELECT 1 FROM {self._q}.records WHERE stamp >= pg_snapshot_xmin(pg_current_snapshot()) "
-            f"AND (stamp, collection, key) > (%s::text::xid8, %s, %s))"
+            f"SELECT EXISTS (SELECT 1 FROM {self._q}.records WHERE (stamp, collection, key) > (%s::text::xid8, %s, %s))"
         )
 
         def fetch(conn: psycopg.Connection[Any]) -> tuple[list[Any], bool]:
