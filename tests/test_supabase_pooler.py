@@ -164,7 +164,10 @@ def test_a_lock_held_longer_than_the_timeout_leaves_no_server_connection_waiting
 ) -> None:
     store = ready(make_store(primary=pgbouncer.url(pg_dsn), primary_timeout=0.5, background=False))
     assert store.set("c", "hot", 0).tier == "primary"
-    app = store.node.gateway.tier.application_name
+    tier = store.node.gateway.tier
+    app = tier.application_name
+    limits = "SELECT current_setting('statement_timeout'), current_setting('lock_timeout')"
+    assert tier.query(limits) == [("500ms", "500ms")], "set per transaction, through the pooler"
 
     def waiting() -> int:
         row = pg.execute(
