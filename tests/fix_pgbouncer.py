@@ -72,7 +72,6 @@ class PgBouncer:
             "max_client_conn = 500\n"
             f"logfile = {self.dir / 'pgbouncer.log'}\n"
             f"pidfile = {self.dir / 'pgbouncer.pid'}\n"
-            "server_reset_query =\n"
             "server_check_delay = 0\n" + ignore
         )
 

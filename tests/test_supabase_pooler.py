@@ -111,7 +111,8 @@ def test_a_session_pooler_that_refuses_startup_options_keeps_listen(
         url = bouncer.url(pg_dsn)
         writer = ready(make_store("w", primary=url, background=False))
         tier = writer.node.gateway.tier
-        assert not tier.pooled and not tier.startup_options and tier.per_transaction_limits and tier.can_listen
+        assert not tier.pooled, tier.pooled_reason
+        assert not tier.startup_options and tier.per_transaction_limits and tier.can_listen
         reader = make_store("r", primary=url, pull_interval=30.0)
         wait_for(lambda: reader.sync_status()["listening"], timeout=10)
         writer.set("c", "k", 1)
