@@ -82,6 +82,9 @@ def test_a_pooler_on_any_port_is_recognised_by_its_behaviour(
     tier = pooled.node.gateway.tier
     assert tier.pooled and "changes between transactions" in tier.pooled_reason
     assert "statement_timeout" not in tier._conninfo and not tier.can_listen
+    facts = pooled.health()["primary"]["connection"]  # what status, health and the API show
+    assert facts["pooled"] is True and facts["limits"] == "per transaction (SET LOCAL)"
+    assert facts["listen"] == "off: polling" and "changes between transactions" in facts["pooled_because"]
     direct = ready(make_store("direct", background=False))
     assert not direct.node.gateway.tier.pooled and direct.node.gateway.tier.can_listen
     tcp = ready(make_store("tcp", primary=proxied_dsn, background=False))
@@ -270,6 +273,8 @@ def test_two_nodes_sync_through_the_pooler_and_listen_on_the_session_url(
     listening = make_store("l", primary=url, primary_session_url=pg_dsn, pull_interval=30.0)
     wait_for(lambda: listening.sync_status()["listening"], timeout=10)
     assert listening.node.gateway.tier.pooled and not polling.sync_status()["listening"]
+    facts = listening.health()["primary"]["connection"]
+    assert facts["listen"] == "session URL" and facts["session_url"] == pg_dsn
     for i in range(5):
         start = time.monotonic()
         writer.set("c", f"k{i}", i)

@@ -219,10 +219,27 @@ class PrimaryGateway:
             "consecutive_failures": d.failures,
             "last_probe_at": self.last_probe_at,
             "circuit": self.circuit.snapshot(),
+            "connection": self._connection_facts(),
         }
         if probe is not None and probe.latency_ms is not None:
             out["latency_ms"] = round(probe.latency_ms, 3)
         return out
+
+    def _connection_facts(self) -> dict[str, Any]:
+        """How this node reaches the primary (pooler mode, where limits are set, how it hears of changes)."""
+        tier = self._primary
+        assert tier is not None
+        if tier.can_listen:
+            listen = "session URL" if tier.session_url else "primary URL"
+        else:
+            listen = "off: polling" if tier.schema_ready else "not settled yet"
+        return {
+            "pooled": tier.pooled,
+            "pooled_because": tier.pooled_reason or None,
+            "limits": "per transaction (SET LOCAL)" if tier.per_transaction_limits else "per connection",
+            "listen": listen,
+            "session_url": redact(tier.session_url) if tier.session_url else None,
+        }
 
     # -- the prober ---------------------------------------------------------------------------------------------
 
