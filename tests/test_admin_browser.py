@@ -481,6 +481,21 @@ def test_serve_prints_a_one_time_setup_link(chromium: Any, tmp_path: Path) -> No
         assert proc.wait(timeout=30) == 0, log.read_text()
 
 
+def test_keyboard_alone_runs_a_quick_action(ui: Any, node: Node) -> None:
+    page = ui
+    page.goto(node.base + "/admin/data-storage")
+    for _ in range(40):  # Tab through the page until the "Sync now" button has the focus
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.textContent") == "Sync now":
+            break
+    else:
+        raise AssertionError("Tab never reached the Sync now button")
+    assert page.evaluate("getComputedStyle(document.activeElement).outlineStyle") != "none"  # focus is visible
+    page.keyboard.press("Enter")
+    result = page.locator("section[aria-labelledby=actions-h] [data-result]")
+    until(lambda: "pushed" in result.inner_text(), "the sync job's report")
+
+
 def test_nodes_page_lists_this_node(ui: Any, node: Node) -> None:
     page = ui
     page.goto(node.base + "/admin/nodes")
