@@ -335,6 +335,10 @@ def test_conflict_resolved_by_editing_and_dead_letters(ui: Any, node: Node) -> N
         node.put("c", "p2", {"poison": 2})
         with hybridstore.open(node.dsn, data_dir=node.data.parent / "other", primary_schema=node.schema) as other:
             other.set("orders", "o1", {"status": "theirs", "qty": 2})
+        page.goto(node.base + "/admin/sync")  # during the outage: the queue, and why conflicts cannot be listed
+        pending = page.locator("section[aria-labelledby=pending-h] tbody").inner_text()
+        assert "orders/o1" in pending and "c/p1" in pending and "c/p2" in pending
+        assert "Conflicts live on the primary" in page.locator("section[aria-labelledby=conflicts-h]").inner_text()
     finally:
         node.proxy.restore()
     conflicts = until(lambda: node.api.get("/api/v1/conflicts").json().get("conflicts"), "the manual conflict")

@@ -18,6 +18,7 @@ from starlette.responses import RedirectResponse, Response
 
 from ...errors import HybridStoreError
 from ..context import WebContext
+from ..localview import outbox_view
 from ..routing import ScopedRouter
 from ..sse import LiveFeed
 from ..users import UserStore
@@ -97,11 +98,13 @@ def build(ctx: WebContext, codec: SessionCodec, feed: LiveFeed, users: UserStore
     async def sync(request: Request) -> Response:
         def gather() -> dict[str, Any]:
             status = store.sync_status()
+            outbox, outbox_error = _safe(lambda: outbox_view(store, collection=None, limit=PAGE_SIZE * 2), None)
             conflicts, conflicts_error = _safe(lambda: store.conflicts("open", limit=50), [])
             shown = [{**c.to_dict(), "diff": views.field_diff(c.base, c.local, c.remote)} for c in conflicts or []]
             return {
                 "sync": status,
-                "pending": views.pending_entries(store.data_dir, limit=100),
+                "pending": views.pending_rows(outbox or {}, time.time()),
+                "pending_error": outbox_error,
                 "dead_letters": store.dead_letters(limit=100),
                 "conflicts": shown,
                 "conflicts_error": conflicts_error,
