@@ -210,9 +210,12 @@ def test_login_session_and_csrf(client: TestClient) -> None:
     assert client.get("/api/v1/status").status_code == 200  # reading needs no token
     # a plain HTML form carries it as a field
     assert client.post("/admin/logout", data={"csrf": "nope"}, follow_redirects=False).status_code == 403
+    kept = client.cookies.get(COOKIE)
     out = client.post("/admin/logout", data={"csrf": token}, follow_redirects=False)
     assert out.status_code == 303 and "Max-Age=0" in out.headers["set-cookie"]
     client.cookies.clear()
+    assert client.get("/admin/data-storage", follow_redirects=False).status_code == 401
+    client.cookies.set(COOKIE, kept)  # a copy of the cookie kept from before the logout: refused too
     assert client.get("/admin/data-storage", follow_redirects=False).status_code == 401
     audit = client.app.state.hybridstore.audit.entries(limit=50)  # type: ignore[attr-defined]
     seen = {(e.actor, e.action, e.outcome) for e in audit}
