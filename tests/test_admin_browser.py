@@ -323,6 +323,35 @@ def test_backup_selective_restore_download_and_upload(ui: Any, node: Node, tmp_p
     assert {("backup.create", "ok"), ("backup.restore", "ok"), ("backup.delete", "ok"), ("backup.import", "ok")} <= done
 
 
+def test_backup_verify_pin_prune_and_settings(ui: Any, node: Node) -> None:
+    page = ui
+    page.goto(node.base + "/admin/backups")
+    backup_id = node.api.get("/api/v1/backups").json()["backups"][0]["id"]
+    row = backup_row(page, backup_id)
+    with page.expect_navigation():
+        row.get_by_role("button", name=f"Verify {backup_id}").click()
+    assert node.api.get(f"/api/v1/backups/{backup_id}").json()["verified"] is True
+    with page.expect_navigation():
+        backup_row(page, backup_id).get_by_role("button", name=f"Pin {backup_id}").click()
+    assert node.api.get(f"/api/v1/backups/{backup_id}").json()["pinned"] is True
+    assert backup_row(page, backup_id).get_by_role("button", name=f"Unpin {backup_id}").is_visible()
+
+    prune = page.locator("section[aria-labelledby=prune-h]")
+    prune.get_by_role("button", name="Preview prune").click()
+    until(lambda: "Would remove" in prune.inner_text(), "the prune preview")
+    assert prune.get_by_role("button", name="Prune now").is_disabled()
+    prune.get_by_label(re.compile("to remove them")).fill("prune")
+    assert prune.get_by_role("button", name="Prune now").is_enabled()
+
+    settings = page.locator("section[aria-labelledby=settings-h]")
+    settings.get_by_label("Max backups").fill("12")
+    settings.get_by_label(re.compile("to save")).fill("config")
+    with page.expect_navigation():
+        settings.get_by_role("button", name="Save settings").click()
+    assert node.api.get("/api/v1/backups/config").json()["max_backups"] == 12
+    assert page.get_by_label("Max backups").input_value() == "12"
+
+
 def test_conflict_resolved_by_editing_and_dead_letters(ui: Any, node: Node) -> None:
     page = ui
     node.put("orders", "o1", {"status": "new", "qty": 1})
@@ -405,6 +434,12 @@ def test_data_audit_and_settings(ui: Any, node: Node) -> None:
     page.get_by_role("button", name="Search").click()
     page.wait_for_url(re.compile(r".*prefix=p.*"))
     assert page.locator("tbody tr").count() == 3  # "other" does not start with p
+    page.goto(node.base + "/admin/data?collection=orders")  # many records: pages of 50
+    first = page.locator("tbody tr td a").first.inner_text()
+    page.get_by_role("link", name="Next page").click()
+    page.wait_for_url(re.compile(r".*after=.*"))
+    assert page.locator("tbody tr td a").first.inner_text() > first
+    page.goto(node.base + "/admin/data?collection=products&prefix=p")
     page.get_by_role("link", name="p1").click()
     editor = page.get_by_label("Value (JSON)")
     assert '"price": 1' in editor.input_value()
@@ -444,10 +479,12 @@ def test_data_audit_and_settings(ui: Any, node: Node) -> None:
         page.get_by_role("button", name="Add user").click()
     assert page.get_by_role("cell", name="second", exact=True).count() == 1
 
-    page.goto(node.base + f"/admin/audit?actor=user%3A{USER}&action=apikey")
+    page.goto(node.base + f"/admin/audit?actor=user%3A{USER}&action=apikey&hours=1")
     actions = page.locator("tbody tr td:nth-child(3)").all_inner_texts()
     assert sorted(set(actions)) == ["apikey.create", "apikey.revoke"]
     assert page.get_by_label("Actor").input_value() == f"user:{USER}"
+    page.goto(node.base + "/admin/audit?action=apikey&hours=0.0001")  # the last third of a second: nothing
+    assert page.locator("tbody").inner_text().strip() == "No entries."
 
 
 def test_serve_prints_a_one_time_setup_link(chromium: Any, tmp_path: Path) -> None:
