@@ -516,10 +516,30 @@ def test_serve_prints_a_one_time_setup_link(chromium: Any, tmp_path: Path) -> No
         watch.check()
         page.goto(link)
         assert "not valid" in page.get_by_role("alert").inner_text()  # spent
-        context.close()
-    finally:
+        page.goto(f"{base}/admin/data-storage")  # a page with its live stream open while the server stops
+        key = re.search(r"hsk_\S+", log.read_text())
+        assert key, "serve printed its setup API key"
+        ended = threading.Event()
+
+        def listen() -> None:
+            headers = {"Authorization": f"Bearer {key[0]}", "Accept": "text/event-stream"}
+            with httpx.stream("GET", f"{base}/api/v1/events/stream", headers=headers, timeout=30) as r:
+                for _ in r.iter_lines():
+                    pass
+            ended.set()
+
+        threading.Thread(target=listen, name="sse-until-stop", daemon=True).start()
+        time.sleep(0.5)
+        started = time.monotonic()
         proc.terminate()
         assert proc.wait(timeout=30) == 0, log.read_text()
+        # open streams end when the server drains: they do not hold the shutdown for the graceful timeout (30 s)
+        assert time.monotonic() - started < 10 and ended.wait(5)
+        context.close()
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=30)
 
 
 def test_keyboard_alone_runs_a_quick_action(ui: Any, node: Node) -> None:
