@@ -275,7 +275,8 @@ def test_pages_render_and_the_stream_answers_plain_clients(client: TestClient) -
     assert "Secrets are masked" in client.get("/admin/settings").text
     snapshot = client.get("/admin/stream").json()  # no Accept: text/event-stream: one JSON document
     assert snapshot["sample"]["overall"] == "healthy" and snapshot["status"]["node_id"]
-    assert client.get("/admin/series").json()["samples"]
+    series = client.get("/admin/series").json()["samples"]
+    assert series and set(series[0]) == {"t", "p50_ms", "p99_ms", "writes", "outbox_depth", "push_rate", "pull_rate"}
     assert client.get("/admin/static/vendor/uPlot.iife.min.js").status_code == 200
     assert client.get("/admin/static/vendor/uPlot.LICENSE.txt").status_code == 200
     assert client.get("/admin/static/../users.py").status_code == 404
