@@ -243,8 +243,15 @@ def test_overview_is_live_and_shows_an_outage(ui: Any, node: Node) -> None:
         until(lambda: float(page.get_by_test_id("writes-rate").inner_text()) > 0, "the write rate on the page")
         until(lambda: points() >= before + 2, "new points on the charts")
         assert page.locator("[data-live=p99_ms]").first.inner_text() != "—"
+        page.evaluate(  # every announcement of the page's live region, as they come
+            """window.toasts = []; const live = document.getElementById('toast');
+               new MutationObserver(() => window.toasts.push(live.textContent))
+                 .observe(live, {childList: true, characterData: true, subtree: true})"""
+        )
         node.proxy.cut()
         until(lambda: state() == "outage", "outage shown", timeout=15)
+        announced = lambda: page.evaluate("window.toasts.join('|')")  # noqa: E731
+        until(lambda: "circuit open" in announced() or "primary down" in announced(), "the outage announced")
         assert primary.text_content() == "down"
         assert "state-bad" in (page.locator(".hero").get_attribute("class") or "")
         until(lambda: int(page.get_by_test_id("outbox-depth").inner_text()) > 0, "writes queued during the outage")

@@ -288,6 +288,15 @@
   if (csrf && window.EventSource) {
     const source = new EventSource("/admin/stream");
     source.addEventListener("sample", (e) => apply(JSON.parse(e.data)));
+    // node events (primary down, circuit open, backup taken…) are announced as they happen
+    const toast = document.getElementById("toast");
+    let hide;
+    source.addEventListener("node-event", (e) => {
+      const ev = JSON.parse(e.data);
+      toast.textContent = `${ev.kind.replace(/_/g, " ")}${ev.detail ? ": " + ev.detail : ""}`;
+      clearTimeout(hide);
+      hide = setTimeout(() => { toast.textContent = ""; }, 8000);
+    });
     window.addEventListener("pagehide", () => source.close());
   }
   document.querySelectorAll("[data-load]").forEach(async (el) => {
