@@ -281,6 +281,9 @@ def test_pages_render_and_the_stream_answers_plain_clients(client: TestClient) -
     assert client.get("/admin/static/vendor/uPlot.LICENSE.txt").status_code == 200
     assert client.get("/admin/static/../users.py").status_code == 404
     assert client.get("/admin/static/%2e%2e/users.py").status_code == 404
+    outside = Path(hybridstore.__file__).parent / "web" / "admin" / "static" / "admin.css"
+    assert client.get(f"/admin/static/{outside}").status_code == 404  # an absolute path: never outside static/
+    assert client.get(f"/admin/static//{outside}").status_code == 404
 
 
 def test_assets_ship_in_the_package_and_point_nowhere_else() -> None:
