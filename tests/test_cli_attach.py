@@ -126,6 +126,12 @@ def test_commands_attach_to_a_running_serve(served: Served) -> None:
     assert code == 0 and made["label"] == "from-cli" and made["records"] == 1
     code, backups = cli(d, "backup", "list", "--json")
     assert code == 0 and [b["label"] for b in backups] == ["from-cli"]
+    code, exported = cli(d, "backup", "export", made["id"], str(d.parent / "copy.hsb"), "--json")
+    assert code == 2 and "in use by another process" in str(exported)  # not done through the node: says so
+    copy = d.parent / "copy.hsb"
+    copy.write_bytes(next((d / "backups").glob("*.hsb")).read_bytes())
+    code, again = cli(d, "backup", "import", str(copy), "--json")  # streamed to the node, which refuses a twin
+    assert code == 2 and "already" in again["error"]["message"], again
     code, deleted = cli(d, "delete", "orders", "o/1", "--json")
     assert code == 0 and deleted["deleted"] is True
     code, _ = cli(d, "get", "orders", "o/1")

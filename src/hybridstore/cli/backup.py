@@ -272,17 +272,39 @@ def export(
         out.print(f"exported to {escape(str(target))}")
 
 
+def _upload(remote: attach.Attached, path: Path) -> Any:
+    """Stream a backup file to the running node's import (``POST /api/v1/backups/import``); its job."""
+    try:
+        f = path.open("rb")
+    except OSError as exc:
+        fail(f"cannot read {path}: {exc.strerror or exc}", code=2, kind="OSError")
+    with f:
+        return remote.send(
+            "POST",
+            "/backups/import",
+            content=iter(lambda: f.read(1 << 20), b""),
+            headers={"content-type": "application/octet-stream"},
+        )
+
+
 @backup_app.command("import")
 def import_(
     ctx: typer.Context,
     path: Annotated[Path, typer.Argument(help="A backup file (.hsb).")],
     as_json: JsonFlag = False,
 ) -> None:
-    """Add a backup file to the repository; it is verified completely before it is registered."""
-    with open_store(ctx) as store:
-        with progress_bar("verifying", quiet=as_json, as_bytes=True) as progress:
-            info = store.backups.import_backup(path, progress=progress)
-        short = short_ids(store.backups.repo.ids())[info.id]
+    """Add a backup file to the repository; it is verified completely before it is registered. While a node
+    serves the data directory, the file is streamed to it and the node imports it."""
+    remote = attach.connect(ctx)
+    if remote is not None:
+        with remote, progress_bar("verifying", quiet=as_json, as_bytes=True) as progress:
+            info = _info(remote.follow(_upload(remote, path), lambda p: progress(p["done"], p["total"])))
+            short = short_ids(b["id"] for b in remote.get("/backups")["backups"])[info.id]
+    else:
+        with open_store(ctx) as store:
+            with progress_bar("verifying", quiet=as_json, as_bytes=True) as progress:
+                info = store.backups.import_backup(path, progress=progress)
+            short = short_ids(store.backups.repo.ids())[info.id]
     if as_json:
         print_json(_with_short(info, short))
     else:

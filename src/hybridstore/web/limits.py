@@ -23,15 +23,25 @@ def too_large(limit: int) -> WebError:
 
 
 class BodyLimitMiddleware:
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+    """``max_bytes`` for every request, but for the paths in ``overrides`` (streamed uploads: their own limit,
+    ``None`` for none)."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int, overrides: dict[str, int | None] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.overrides = dict(overrides or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.max_bytes
+        from .auth import route_path
+
+        path = route_path(scope)
+        limit = self.overrides.get(path, self.max_bytes)
+        if limit is None:
+            await self.app(scope, receive, send)
+            return
         for name, value in scope["headers"]:
             if name == b"content-length":
                 try:
