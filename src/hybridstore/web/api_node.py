@@ -1,5 +1,5 @@
-"""``/api/v1`` views of the node — status snapshot, health, alerts, events, nodes, sync state, jobs, audit log — and the
-sync job (``POST /api/v1/sync``).
+"""``/api/v1`` views of the node — status snapshot, health, alerts, events, nodes, configuration, sync state, jobs,
+audit log — the sync job (``POST /api/v1/sync``) and the run-time settings (``PUT /api/v1/config``).
 
 Every view reads what the node already knows (`NodeStatus`, the recovery monitor's last check, the event bus):
 none probes the primary. ``/health`` answers 200 while the node serves (healthy, degraded, recovering) and 503
@@ -12,14 +12,17 @@ from typing import Annotated, Any
 
 from fastapi import Path, Query, Request
 
+from .confirm import require_confirmation
 from .context import WebContext, accepted
 from .jobs import Progress
 from .problems import not_found
 from .responses import DataResponse
 from .routing import ScopedRouter
-from .schemas import JobOut, SyncRequest, problems
+from .schemas import ConfigChange, JobOut, SyncRequest, problems
+from .settings import apply_runtime, effective_config
 
 UNHEALTHY = ("outage", "misconfigured")
+CONFIG_TARGET = "config"
 
 
 def build(ctx: WebContext) -> ScopedRouter:
@@ -67,6 +70,25 @@ def build(ctx: WebContext) -> ScopedRouter:
     )
     async def nodes() -> DataResponse:
         return DataResponse({"nodes": await ctx.run(store.nodes)})
+
+    @routes.get("/config", "admin", summary="The node's configuration (secrets masked) and its run-time settings")
+    async def get_config() -> DataResponse:
+        return DataResponse(await ctx.run(lambda: effective_config(store, ctx.web_settings())))
+
+    @routes.put(
+        "/config",
+        "admin",
+        summary='Change run-time settings of this node, until it restarts (type "config" in `confirm`)',
+        responses=problems(),
+    )
+    async def put_config(request: Request, body: ConfigChange) -> DataResponse:
+        changes = body.model_dump(exclude_none=True, exclude={"confirm"})
+
+        def change() -> dict[str, Any]:
+            require_confirmation(body.confirm, CONFIG_TARGET)
+            return apply_runtime(store, changes)
+
+        return DataResponse(await ctx.audited(request, "config.change", CONFIG_TARGET, change, details=changes))
 
     @routes.get("/sync", "read", summary="Sync state: outbox, counts, conflicts, dead letters, history")
     async def sync_status() -> DataResponse:

@@ -53,8 +53,18 @@ class WebContext:
         self.max_body_bytes = max_body_bytes
         self._limiter: anyio.CapacityLimiter | None = None
         self.auth = Authenticator(self.keys, admin_token=admin_token, run=self.run)
+        self._admin_token_set = admin_token is not None
         self._key_locks = [threading.Lock() for _ in range(KEY_LOCKS)]
         self.draining = False  # set when the server stops taking requests: /readyz answers 503
+
+    def web_settings(self) -> dict[str, Any]:
+        """The HTTP service's own settings, for ``GET /api/v1/config`` (the admin token only as set or not)."""
+        return {
+            "max_threads": self.max_threads,
+            "max_jobs": self.jobs.max_running,
+            "max_body_bytes": self.max_body_bytes,
+            "admin_token": "set" if self._admin_token_set else None,
+        }
 
     def close(self) -> None:
         """Close ``web.db`` (after the server stopped; the store is closed by whoever opened it)."""
