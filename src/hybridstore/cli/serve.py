@@ -17,22 +17,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
+import secrets
 import signal
 import socket
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any
 
 import typer
 
 from ..config import resolve
-from ..errors import ConfigError, HybridStoreError
+from ..errors import ConfigError, HybridStoreError, PrimaryRejectedError, PrimaryUnavailableError, ValidationError
 from ..store import HybridStore
 from ..web import local_socket
-from ..web.keys import ApiKeyStore
-from ..web.webdb import WebDatabase
+from ..web.keys import ApiKeyStore, KeyStore
 from .app import Settings, app, err, fail
 
 log = logging.getLogger("hybridstore.serve")
@@ -42,7 +40,7 @@ SETUP_KEY = """no API key was configured and HYBRIDSTORE_ADMIN_TOKEN is not set,
 It is shown this once; keep it (it is stored hashed):
     {token}
 Use it as `Authorization: Bearer <key>`. Create your own keys with `hybridstore{dir} apikey create --name NAME
---scope read|write|admin`, then revoke this one: `hybridstore{dir} apikey revoke setup`."""
+--scope read|write|admin`, then revoke this one: `hybridstore{dir} apikey revoke {name}`."""
 
 
 @app.command()
@@ -91,10 +89,6 @@ def serve(
         token = admin_token_from_env()
     except (ConfigError, ValueError) as exc:
         fail(str(exc), code=2)
-    if token is None and not _has_keys(config.data_dir):
-        dir_option = f" --data-dir {settings.data_dir}" if settings.data_dir else ""
-        setup = _create_setup_key(config.data_dir)
-        err.print(SETUP_KEY.format(token=setup, dir=dir_option), highlight=False, markup=False, soft_wrap=True)
     try:
         store = HybridStore(config)
     except HybridStoreError as exc:
@@ -108,6 +102,12 @@ def serve(
     try:
         web = create_app(store, admin_token=token, docs_ui=docs_ui)
         web_ctx = context_of(web)
+        if token is None:
+            created = _setup_key(web_ctx.keys, web_ctx.local_keys)
+            if created is not None:
+                dir_option = f" --data-dir {settings.data_dir}" if settings.data_dir else ""
+                text = SETUP_KEY.format(token=created[1], dir=dir_option, name=created[0])
+                err.print(text, highlight=False, markup=False, soft_wrap=True)
         server_config = uvicorn.Config(
             web,
             host=host,
@@ -151,24 +151,26 @@ def serve(
     err.print("stopped: the store is closed (queued writes stay queued for the next start)")
 
 
-def _create_setup_key(data_dir: os.PathLike[str] | str) -> str:
-    Path(data_dir).mkdir(parents=True, exist_ok=True)
-    db = WebDatabase.in_dir(data_dir)
+def _setup_key(keys: KeyStore, local: ApiKeyStore) -> tuple[str, str] | None:
+    """With no active key where keys live (the primary when one is configured, else ``web.db``), create an admin
+    key named ``setup`` there; (name, token), or ``None`` when there are keys. A primary that cannot be reached
+    at start: the key is this node's own (``web.db``), so the node never starts open nor locked out."""
     try:
-        _, token = ApiKeyStore(db).create("setup", ["admin"])
-    finally:
-        db.close()
-    return token
-
-
-def _has_keys(data_dir: os.PathLike[str] | str) -> bool:
-    if not (Path(data_dir) / "web.db").exists():
-        return False
-    db = WebDatabase.in_dir(data_dir)
-    try:
-        return ApiKeyStore(db).has_active()
-    finally:
-        db.close()
+        if keys.has_active():
+            return None
+        where: KeyStore = keys
+    except (PrimaryUnavailableError, PrimaryRejectedError) as exc:
+        log.warning("cannot ask the primary for API keys (%s): looking at this node's own", exc)
+        if local.has_active():
+            return None
+        where = local
+    for name in ("setup", f"setup-{secrets.token_hex(3)}"):  # "setup" may exist already, revoked
+        try:
+            key, token = where.create(name, ["admin"])
+        except ValidationError:
+            continue
+        return key.name, token
+    raise ConfigError("could not create a setup API key; create one with `hybridstore apikey create`")
 
 
 async def _serve_both(server: Any, local: Any, unix_socket: socket.socket) -> None:

@@ -21,9 +21,10 @@ from starlette.requests import Request
 from .audit import AuditLog
 from .auth import Authenticator, principal_of
 from .jobs import Job, JobRunner, Progress
-from .keys import ApiKeyStore
+from .keys import ApiKeyStore, KeyStore
 from .problems import problem_for
 from .responses import DataResponse
+from .shared_keys import SharedKeyStore
 from .webdb import WebDatabase
 
 if TYPE_CHECKING:
@@ -46,7 +47,13 @@ class WebContext:
     ) -> None:
         self.store = store
         self.db = db
-        self.keys = ApiKeyStore(db)
+        self.local_keys = ApiKeyStore(db)
+        gateway = store.node.gateway
+        self.keys: KeyStore = (
+            SharedKeyStore(gateway.call, self.local_keys, available=gateway.allow, origin=store.node_id)
+            if gateway.configured
+            else self.local_keys
+        )
         self.audit = AuditLog(db, store.node.gateway)
         self.jobs = JobRunner(max_running=max_jobs)
         self.max_threads = max_threads
