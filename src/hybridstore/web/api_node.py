@@ -111,7 +111,7 @@ def build(ctx: WebContext) -> ScopedRouter:
         job = await ctx.start_job(request, "sync", "full" if full else "incremental", work, details={"full": full})
         return accepted(request, job)
 
-    @routes.get("/jobs", "read", summary="Jobs started over HTTP since the server started, newest first")
+    @routes.get("/jobs", "read", summary="Jobs started over HTTP (kept across restarts), newest first")
     async def jobs() -> DataResponse:
         return DataResponse({"jobs": [j.to_dict() for j in ctx.jobs.list()]})
 
@@ -119,7 +119,7 @@ def build(ctx: WebContext) -> ScopedRouter:
     async def job(job_id: Annotated[str, Path(max_length=64)]) -> DataResponse:
         found = ctx.jobs.get(job_id)
         if found is None:
-            raise not_found(f"no job {job_id!r} (jobs are kept in memory, for this server's lifetime)")
+            raise not_found(f"no job {job_id!r} (the newest 1000 are kept)")
         return DataResponse(found.to_dict())
 
     @routes.get("/audit", "admin", summary="This node's audit log of administrative calls, newest first")

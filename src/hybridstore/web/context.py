@@ -20,6 +20,7 @@ from starlette.requests import Request
 
 from .audit import AuditLog
 from .auth import Authenticator, principal_of
+from .joblog import JobLog
 from .jobs import Job, JobRunner, Progress
 from .keys import ApiKeyStore, KeyStore
 from .problems import problem_for
@@ -55,7 +56,7 @@ class WebContext:
             else self.local_keys
         )
         self.audit = AuditLog(db, store.node.gateway)
-        self.jobs = JobRunner(max_running=max_jobs)
+        self.jobs = JobRunner(max_running=max_jobs, log=JobLog(db))
         self.max_threads = max_threads
         self.max_body_bytes = max_body_bytes
         self._limiter: anyio.CapacityLimiter | None = None

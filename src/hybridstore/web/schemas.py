@@ -117,7 +117,7 @@ class JobOut(BaseModel):
     kind: str
     target: str
     actor: str
-    state: Literal["running", "succeeded", "failed"]
+    state: Literal["running", "succeeded", "failed", "interrupted"]
     created_at: float
     finished_at: float | None
     progress: dict[str, Any]
