@@ -217,3 +217,28 @@ def test_an_application_serves_its_socket_and_health_sees_its_outage(
     assert listener.stop() and not (d / SOCKET_FILE).exists()  # stopped with the store
     code, record = cli(d, "get", "c", "during", "--json")  # nobody serves: the command opens the store
     assert code == 0 and record["value"] == 2
+
+
+def test_a_deep_data_directory_still_gets_its_socket(tmp_path: Path) -> None:
+    """Unix socket addresses hold about 100 bytes: a deeper directory is reached through its descriptor."""
+    import socket
+
+    from hybridstore.web import local_socket
+
+    deep = tmp_path.joinpath(*(["d" * 40] * 5))
+    deep.mkdir(parents=True)
+    assert len(str(local_socket.socket_path(deep))) > 200
+    server = local_socket.bind(deep)
+    try:
+        server.listen(1)
+        assert stat.S_IMODE(local_socket.socket_path(deep).stat().st_mode) == 0o600
+        with local_socket.short_path(local_socket.socket_path(deep)) as address, socket.socket(socket.AF_UNIX) as c:
+            c.connect(address)
+            peer, _ = server.accept()
+            c.sendall(b"ping")
+            assert peer.recv(4) == b"ping"
+            peer.close()
+    finally:
+        server.close()
+        local_socket.remove(deep)
+    assert not local_socket.socket_path(deep).exists()

@@ -128,18 +128,24 @@ def serve(
 
         server = _server(server_config, on_exit=drain)
         local = _local_server(web, log_level=server_config.log_level, graceful_timeout=graceful_timeout)
-        unix_socket = local_socket.bind(store.data_dir)
+        unix_socket: socket.socket | None = None
+        try:
+            unix_socket = local_socket.bind(store.data_dir)
+            also = f" and on the local socket {local_socket.socket_path(store.data_dir)}"
+        except OSError as exc:  # e.g. a file system without sockets: the CLI cannot attach, the API still serves
+            log.warning("no local socket (the CLI cannot attach to this node): %s", exc)
+            also = ""
         scheme = "https" if ssl_certfile else "http"
         err.print(
-            f"hybridstore node {store.node_id} serving on {scheme}://{host}:{port} and on the local socket "
-            f"{local_socket.socket_path(store.data_dir)} (data in {store.data_dir})",
+            f"hybridstore node {store.node_id} serving on {scheme}://{host}:{port}{also} (data in {store.data_dir})",
             soft_wrap=True,
         )
         try:
             asyncio.run(_serve_both(server, local, unix_socket))
         finally:
-            unix_socket.close()
-            local_socket.remove(store.data_dir)
+            if unix_socket is not None:
+                unix_socket.close()
+                local_socket.remove(store.data_dir)
         web_ctx.draining = True
         if not web_ctx.jobs.wait(jobs_timeout):
             log.error("jobs still running after %.0f s: closing the store under them", jobs_timeout)
@@ -173,10 +179,13 @@ def _setup_key(keys: KeyStore, local: ApiKeyStore) -> tuple[str, str] | None:
     raise ConfigError("could not create a setup API key; create one with `hybridstore apikey create`")
 
 
-async def _serve_both(server: Any, local: Any, unix_socket: socket.socket) -> None:
+async def _serve_both(server: Any, local: Any, unix_socket: socket.socket | None) -> None:
     """The TCP server and the local socket's server on one event loop (so they share the app and its state).
     The TCP server handles the signals; when it has stopped, the local one stops too (letting its requests
     finish)."""
+    if unix_socket is None:
+        await server.serve()
+        return
     local_task = asyncio.create_task(local.serve(sockets=[unix_socket]), name="hybridstore-local-socket")
     try:
         await server.serve()
