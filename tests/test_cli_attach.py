@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from typer.testing import CliRunner
 
 import hybridstore
 from hybridstore.cli import app as cli_app
-from hybridstore.web import serve_local_socket
+from hybridstore.web import local_socket, serve_local_socket
 from hybridstore.web.local_socket import SOCKET_FILE
 
 from .fix_db import primary_rows
@@ -221,10 +222,6 @@ def test_an_application_serves_its_socket_and_health_sees_its_outage(
 
 def test_a_deep_data_directory_still_gets_its_socket(tmp_path: Path) -> None:
     """Unix socket addresses hold about 100 bytes: a deeper directory is reached through its descriptor."""
-    import socket
-
-    from hybridstore.web import local_socket
-
     deep = tmp_path.joinpath(*(["d" * 40] * 5))
     deep.mkdir(parents=True)
     assert len(str(local_socket.socket_path(deep))) > 200
