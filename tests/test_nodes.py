@@ -18,6 +18,7 @@ import hybridstore
 from hybridstore.cli import app as cli_app
 from hybridstore.errors import PrimaryUnavailableError
 from hybridstore.node.heartbeat import FIELDS, is_stale, node_view
+from hybridstore.node.timing import FakeClock
 
 from . import test_web_api as base
 from .fix_db import StoreFactory
@@ -90,6 +91,21 @@ def test_heartbeats_skip_an_open_circuit_and_the_list_survives_it(make_store: St
     fresh.node.gateway.circuit.trip()
     with pytest.raises(PrimaryUnavailableError):
         fresh.nodes()  # nothing read yet: say so rather than pretend it is alone
+
+
+def test_staleness_goes_on_while_the_primary_cannot_be_asked(make_store: StoreFactory) -> None:
+    clock = FakeClock()
+    a = make_store("a", background=False, backups=False, time=clock.source())
+    b = make_store("b", background=False, backups=False)
+    for store in (a, b):
+        store.node.heartbeat.beat()
+    assert not {n["node_id"]: n for n in a.nodes()}[b.node_id]["stale"]
+    a.node.gateway.circuit.trip()
+    clock.advance(40.0)  # < 3 intervals of 15 s since the rows were read
+    assert not {n["node_id"]: n for n in a.nodes()}[b.node_id]["stale"]
+    clock.advance(10.0)  # > 45 s: b has not been heard of for too long, as far as a can tell
+    during = {n["node_id"]: n for n in a.nodes()}
+    assert during[b.node_id]["stale"] and not during[a.node_id]["stale"]  # a is alive: it answers
 
 
 def test_a_node_that_stops_says_so(make_store: StoreFactory, pg: psycopg.Connection[Any], pg_schema: str) -> None:
