@@ -1,4 +1,4 @@
-"""Jobs are recorded in web.db (web migration 0003): ``GET /api/v1/jobs/{id}`` answers after a restart, and a job
+"""Jobs are recorded in web.db (web migration 0004): ``GET /api/v1/jobs/{id}`` answers after a restart, and a job
 that was running when its server stopped is reported ``interrupted``."""
 
 from __future__ import annotations

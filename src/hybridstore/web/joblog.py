@@ -1,4 +1,4 @@
-"""`JobLog`: the jobs of `jobs.JobRunner` recorded in ``web.db`` (web migration 0003), so a job can be looked up
+"""`JobLog`: the jobs of `jobs.JobRunner` recorded in ``web.db`` (web migration 0004), so a job can be looked up
 after the server restarted: a finished job keeps its result or problem; a job that was still running when the
 server stopped is reported ``interrupted`` (its work may have been partly done: look at what it acts on).
 
