@@ -20,9 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import select
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -55,45 +53,14 @@ def pick_key(rng: Random) -> str:
     return rng.choice(HOT) if rng.random() < 0.4 else rng.choice(KEYS)
 
 
-class Link(Proxy):
-    """The test proxy, whose ``cut()`` also wakes the thread blocked in ``accept()`` on the listener: closing a
-    socket does not, so the old listener would stay bound (and accept new connections) until a client came, and
-    ``restore()`` could not listen on the port again."""
-
-    def cut(self) -> None:
-        if self._listener is not None:
-            with contextlib.suppress(OSError):
-                self._listener.shutdown(socket.SHUT_RDWR)
-        super().cut()
+Link = Proxy  # its cut() closes the listener for real: restore() listens on the same port again
 
 
-class SlowLink(Link):
-    """A `Link` whose answers from the server arrive late: each chunk waits a random time within ``latency``."""
+class SlowLink(Proxy):
+    """A proxy whose answers from the server can be made late (``latency``: each chunk waits a random time)."""
 
     def __init__(self, target_host: str, target_port: int, *, seed: int) -> None:
-        self.latency = (0.0, 0.0)
-        self._delays = Random(seed)
-        super().__init__(target_host, target_port)
-
-    def _pump(self, a: socket.socket, b: socket.socket) -> None:
-        peers = {a: b, b: a}  # a: the client, b: the server
-        try:
-            while not self._stop.is_set():
-                r, _, _ = select.select([a, b], [], [], 0.2)
-                for s in r:
-                    data = s.recv(65536)
-                    if not data:
-                        return
-                    if s is b and self.latency[1] > 0:
-                        time.sleep(self._delays.uniform(*self.latency))
-                    if self.mode == "pass":
-                        peers[s].sendall(data)
-        except (OSError, ValueError):
-            return
-        finally:
-            for s in (a, b):
-                with contextlib.suppress(OSError):
-                    s.close()
+        super().__init__(target_host, target_port, seed=seed)
 
 
 @dataclass
@@ -350,7 +317,7 @@ def test_three_nodes_converge_under_faults_and_a_kill(
         acked_before = sum(len(w) for w in history.acked.values())
         for run in range(3):
             nodes.pop("C").close()
-            link_c.latency = (0.0, 0.3)
+            link_c.latency(150, 150)  # 0-300 ms
             child = Child(link_c.url(pg_dsn), tmp_path / "C", pg_schema, rng.randrange(1 << 30), run)
             children.append(child)
             for _ in range(60):
@@ -363,7 +330,7 @@ def test_three_nodes_converge_under_faults_and_a_kill(
                     history.record(key, f"B-{written[0]}", nodes["B"].set(COLLECTION, key, f"B-{written[0]}"), "B")
                 child.stop_writing()
             assert child.kill(history) > 10, "the child node had time to write"
-            link_c.latency = (0.0, 0.0)
+            link_c.latency(0)
             nodes["C"] = open_node("C")
             heal_and_check()
         assert sum(len(w) for w in history.acked.values()) - acked_before > 150, "everyone had time to write"

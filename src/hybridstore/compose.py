@@ -113,6 +113,8 @@ class Node:
                 timeout=config.primary_timeout,
                 pooled=config.primary_pooled,
                 node_id=self.node_id,
+                migrate=config.migrate,
+                session_url=config.primary_session_url,
             )
             self._resources.append(primary.close)
         self.gateway = PrimaryGateway(

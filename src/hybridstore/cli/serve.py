@@ -6,10 +6,11 @@ It also serves the same API on an owner-only Unix socket in the data directory (
 
 It never starts open, and it needs no configuration: with no active API key in the data directory and no
 ``HYBRIDSTORE_ADMIN_TOKEN``, it creates one admin key (named ``setup``), prints it once on standard error with how
-to replace it, and serves. On SIGTERM or SIGINT it stops accepting connections, lets the
-requests in flight finish (at most ``--graceful-timeout`` seconds), waits for running jobs (sync, backup,
-restore; at most ``--jobs-timeout`` seconds), then closes the store cleanly (queued writes stay queued for the next
-start) and exits with status 0.
+to replace it, and serves. With no admin user of the web UI and no ``HYBRIDSTORE_ADMIN_TOKEN``, it prints a
+one-time setup link (``/admin/setup?token=…``) that creates the first user (a new link at each start, until a
+user exists). On SIGTERM or SIGINT it stops accepting connections, lets the requests in flight finish (at most
+``--graceful-timeout`` seconds), waits for running jobs (sync, backup, restore; at most ``--jobs-timeout``
+seconds), then closes the store cleanly (queued writes stay queued for the next start) and exits with status 0.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import secrets
 import signal
 import socket
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any
 
@@ -31,6 +34,8 @@ from ..errors import ConfigError, HybridStoreError, PrimaryRejectedError, Primar
 from ..store import HybridStore
 from ..web import local_socket
 from ..web.keys import ApiKeyStore, KeyStore
+from ..web.users import SetupTokens
+from ..web.webdb import WebDatabase
 from .app import Settings, app, err, fail
 
 log = logging.getLogger("hybridstore.serve")
@@ -41,6 +46,9 @@ It is shown this once; keep it (it is stored hashed):
     {token}
 Use it as `Authorization: Bearer <key>`. Create your own keys with `hybridstore{dir} apikey create --name NAME
 --scope read|write|admin`, then revoke this one: `hybridstore{dir} apikey revoke {name}`."""
+SETUP_LINK = """no admin user exists for the web UI: open this one-time link to create the first one
+    {url}
+(or run `hybridstore{dir} admin add-user NAME`)."""
 
 
 @app.command()
@@ -89,6 +97,7 @@ def serve(
         token = admin_token_from_env()
     except (ConfigError, ValueError) as exc:
         fail(str(exc), code=2)
+    setup_link = None if token is not None else _setup_link(config.data_dir)
     try:
         store = HybridStore(config)
     except HybridStoreError as exc:
@@ -140,6 +149,12 @@ def serve(
             f"hybridstore node {store.node_id} serving on {scheme}://{host}:{port}{also} (data in {store.data_dir})",
             soft_wrap=True,
         )
+        err.print(f"admin UI: {scheme}://{_browsable(host)}:{port}/admin/", soft_wrap=True, highlight=False)
+        if setup_link is not None:
+            url = f"{scheme}://{_browsable(host)}:{port}/admin/setup?token={setup_link}"
+            dir_option = f" --data-dir {settings.data_dir}" if settings.data_dir else ""
+            err.print(SETUP_LINK.format(url=url, dir=dir_option), highlight=False, markup=False, soft_wrap=True)
+        web.state.live.start()  # the overview's charts cover the node's whole last hour
         try:
             asyncio.run(_serve_both(server, local, unix_socket))
         finally:
@@ -147,6 +162,7 @@ def serve(
                 unix_socket.close()
                 local_socket.remove(store.data_dir)
         web_ctx.draining = True
+        web.state.live.stop()
         if not web_ctx.jobs.wait(jobs_timeout):
             log.error("jobs still running after %.0f s: closing the store under them", jobs_timeout)
         web_ctx.close()
@@ -177,6 +193,25 @@ def _setup_key(keys: KeyStore, local: ApiKeyStore) -> tuple[str, str] | None:
             continue
         return key.name, token
     raise ConfigError("could not create a setup API key; create one with `hybridstore apikey create`")
+
+
+def _setup_link(data_dir: os.PathLike[str] | str) -> str | None:
+    """A one-time setup token when the web UI has no admin user yet, else ``None``."""
+    Path(data_dir).mkdir(parents=True, exist_ok=True)
+    db = WebDatabase.in_dir(data_dir)
+    try:
+        if db.query("SELECT 1 FROM admin_users LIMIT 1"):
+            return None
+        return SetupTokens(db).create()
+    finally:
+        db.close()
+
+
+def _browsable(host: str) -> str:
+    """The host to put in a link: a wildcard address is not one a browser can open."""
+    if host in ("0.0.0.0", "", "::"):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
 
 
 async def _serve_both(server: Any, local: Any, unix_socket: socket.socket | None) -> None:

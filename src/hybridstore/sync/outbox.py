@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+from .. import faults
 from ..backoff import full_jitter
 from ..errors import (
     HybridStoreError,
@@ -296,6 +297,8 @@ class OutboxReplayer:
         return settled
 
     def _put(self, ops: Sequence[Op]) -> list[ApplyOutcome]:
+        if faults.active and faults.OUTBOX_DROP in faults.active:
+            return _dropping_put(self._gateway, ops)  # test-only: a broken store (see hybridstore.faults)
         return self._gateway.call(lambda p: p.put_many(ops))
 
     def _push_resolution(
@@ -521,3 +524,20 @@ def _followed_versions(outcomes: Sequence[ApplyOutcome]) -> dict[tuple[str, str]
         for o in outcomes
         if o.current is not None and o.outcome in FOLLOWED
     }
+
+
+def _dropping_put(gateway: PrimaryGateway, ops: Sequence[Op]) -> list[ApplyOutcome]:
+    """Test-only (`hybridstore.faults`): push all but one op in ``faults.EVERY``, and report the dropped ones as
+    applied (with their own value as the primary's row), so the node settles them and they are lost."""
+    dropped = {i for i in range(len(ops)) if faults.due(faults.OUTBOX_DROP)}
+    kept = iter(gateway.call(lambda p: p.put_many([op for i, op in enumerate(ops) if i not in dropped])))
+    return [
+        ApplyOutcome(
+            op.op_id,
+            "applied",
+            StoredRow(op.collection, op.key, op.value_json, op.base_version + 1, op.hlc, op.origin, time.time()),
+        )
+        if i in dropped
+        else next(kept)
+        for i, op in enumerate(ops)
+    ]

@@ -15,6 +15,7 @@ import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .. import faults
 from ..errors import JournalError
 from ..model import Op, StoredRow, TierName
 from .base import TierHealth, TierState
@@ -59,6 +60,7 @@ class JournalTier:
         self._lock = threading.Lock()
         self._ops: list[Op] = []
         self._latest: dict[tuple[str, str], Op] = {}
+        self._unsynced: list[bytes] = []  # test-only (hybridstore.faults): lines held back in memory
         self.damaged_lines = 0
         self.last_error: str | None = None
         self._load()
@@ -104,6 +106,10 @@ class JournalTier:
             if prev is not None and prev.hlc >= op.hlc:
                 return self._as_row(prev)
             line = _encode(op)
+            if faults.active and faults.JOURNAL_NO_FSYNC in faults.active:
+                self._hold_back(line)  # test-only: a broken journal (see hybridstore.faults)
+                self._remember(op)
+                return self._as_row(op)
             try:
                 new = not self.path.exists()
                 fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -120,6 +126,14 @@ class JournalTier:
                 raise JournalError(f"cannot append to journal {self.path}: {exc}") from exc
             self._remember(op)
             return self._as_row(op)
+
+    def _hold_back(self, line: bytes) -> None:
+        """Test-only (`hybridstore.faults`): acknowledge a line without writing it; write every ``EVERY``-th."""
+        self._unsynced.append(line)
+        if faults.due(faults.JOURNAL_NO_FSYNC):
+            with open(self.path, "ab") as f:
+                f.write(b"".join(self._unsynced))
+            self._unsynced.clear()
 
     def get(self, collection: str, key: str) -> StoredRow | None:
         with self._lock:

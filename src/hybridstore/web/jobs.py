@@ -10,6 +10,7 @@ running jobs before it closes the store.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import secrets
@@ -127,9 +128,9 @@ class JobRunner:
             job.problem = problem.to_dict()
             state = "failed"
         job.finished_at = self._wall()
+        if self._log is not None:  # recorded first: whoever sees the end here finds it recorded too
+            self._log.save(dataclasses.replace(job, state=state))
         job.state = state  # last: a client that sees the end sees everything else too
-        if self._log is not None:
-            self._log.save(job)
         try:
             if on_done is not None:
                 on_done(job)  # before the job stops counting as running: `wait` covers its audit entry too

@@ -84,7 +84,10 @@ class SharedKeyStore:
         return key, token
 
     def list(self, *, include_revoked: bool = True) -> list[ApiKey]:
-        """The shared keys (from the primary) and this node's own, by creation."""
+        """The shared keys (from the primary) and this node's own, by creation. While the primary's circuit is
+        open: the copies this node holds (the keys it has seen) and its own."""
+        if not self._available():
+            return self.local.list(include_revoked=include_revoked)
         sql = f"SELECT {_COLUMNS} FROM {{schema}}.api_keys" + ("" if include_revoked else " WHERE revoked_at IS NULL")
         shared = [_key(r) for r in self._query(sql)]
         own = self.local.list(include_revoked=include_revoked, local_only=True)

@@ -1,4 +1,5 @@
-"""``data_dir/web.db``: the web service's own SQLite file (API keys, the local audit log, jobs).
+"""``data_dir/web.db``: the web service's own SQLite file (API keys, the local audit log, jobs, the admin UI's
+users, its one-time setup link and the key that signs its session cookies).
 
 Kept apart from ``local.db`` on purpose (the web service's state is not the store's data), but its schema lives
 with every other database's: versioned SQL under ``migrations/web/`` (a change is a new ``NNNN_name.sql`` file,
