@@ -61,6 +61,7 @@ def test_a_node_cut_off_accepts_the_keys_it_has_seen(make_web: base.WebFactory) 
     gateway.circuit.trip()  # a can no longer ask the primary
     assert keys.lookup(seen_token) is not None
     assert keys.lookup(unseen_token) is None  # never seen: refused
+    assert "seen" in {k.name for k in keys.list()} and "unseen" not in {k.name for k in keys.list()}  # the copies
     b.ctx.keys.revoke("seen")
     assert keys.lookup(seen_token) is not None  # revoked while a is cut off: a does not know yet (documented)
     assert gateway.probe_now()  # the primary answers again
