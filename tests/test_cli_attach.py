@@ -139,7 +139,22 @@ def test_commands_attach_to_a_running_serve(served: Served) -> None:
     assert code == 1
     code, missing = cli(d, "delete", "orders", "o/1", "--json")
     assert code == 0 and missing["absent"] is True
-    code, text = cli(d, "conflicts", "resolve", "1", "--choice", "local")  # not done through the node: says who
+    bid = made["id"]
+    code, dry = cli(d, "backup", "restore", bid, "--dry-run", "--json")  # through the node, as a job
+    assert code == 0 and dry["dry_run"] is True and dry["totals"]["added"] == 1, dry
+    code, restored = cli(d, "backup", "restore", bid, "-y", "--json")
+    assert code == 0 and restored["written"] == 1 and restored["pre_restore_backup"]
+    code, record = cli(d, "get", "orders", "o/1", "--json")
+    assert code == 0 and record["value"] == {"n": 1}
+    code, pruned = cli(d, "backup", "prune", "--dry-run", "--json")
+    assert code == 0 and pruned == {"dry_run": True, "deleted": []}
+    code, gone = cli(d, "backup", "delete", bid, "-y", "--json")
+    assert code == 0 and gone["id"] == bid
+    code, text = cli(d, "deadletters", "retry", "5")
+    assert code == 1 and "no dead letter" in text
+    code, text = cli(d, "conflicts", "resolve", "1", "--choice", "local")  # the node says: no primary
+    assert code == 1 and "needs a primary" in text, text
+    code, text = cli(d, "backup", "pin", made["id"][:8])  # not done through the node: says who holds it
     assert code == 2 and f"pid {served.proc.pid}" in text and "hybridstore serve" in text, text
     # the node audited what was done over the socket, as the local user
     r = httpx.get(f"{served.base}/api/v1/audit", headers={"Authorization": f"Bearer {TOKEN}"})
