@@ -13,6 +13,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .auth import route_path
 from .problems import WebError
 
 JSON_TYPES = ("application/json",)
@@ -35,8 +36,6 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        from .auth import route_path
-
         path = route_path(scope)
         limit = self.overrides.get(path, self.max_bytes)
         if limit is None:
