@@ -39,7 +39,7 @@ def test_config_is_shown_with_secrets_masked(
     monkeypatch.setenv("HYBRIDSTORE_BACKUP_PASSPHRASE", PASSPHRASE)
     with_password = pg_dsn.replace("postgres@", "postgres:s3cr3t-pw@")  # trust auth: the password is not checked
     assert "s3cr3t-pw" in with_password
-    web = make_web("a", primary=with_password, alert_webhook_url=WEBHOOK)
+    web = make_web("a", primary=with_password, alert_webhook_url=WEBHOOK, primary_session_url=with_password)
     assert web.get("/api/v1/config", scope="read").status_code == 403
     r = web.get("/api/v1/config", scope="admin")
     assert r.status_code == 200, r.text
@@ -47,6 +47,7 @@ def test_config_is_shown_with_secrets_masked(
         assert secret not in r.text
     config = r.json()
     assert config["store"]["primary_url"] == with_password.replace("s3cr3t-pw", "***")
+    assert config["store"]["primary_session_url"] == config["store"]["primary_url"]
     assert config["store"]["alert_webhook_url"] == "https://hooks.example.com/***"
     assert config["store"]["node_id"] == web.store.node_id and config["store"]["write_mode"] == "write_through"
     assert config["secrets"] == {"backup_passphrase": "***"} and config["web"]["admin_token"] == "***"

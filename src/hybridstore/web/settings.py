@@ -1,9 +1,10 @@
 """The node's configuration as the API shows it, secrets masked, and the few settings that can change while it runs.
 
 **Shown** (``GET /api/v1/config``): every `StoreConfig` field as this node uses it, the HTTP service's own limits,
-and whether each secret is set — never a secret itself: passwords in URLs (``postgresql://u:***@h/db``,
-``password=***``), the alert webhook's path and query (they often carry a token), the admin token, the backup
-passphrase, values of ``extra``. A conflict-strategy callable shows as ``"<callable>"``.
+and whether each secret is set — never a secret itself: passwords in any URL (``postgresql://u:***@h/db``,
+``password=***``; the primary's, its session URL), the alert webhook's path and query (they often carry a
+token), the admin token, the backup passphrase, values of ``extra``. A conflict-strategy callable shows as
+``"<callable>"``.
 
 **Changed at run time** (``PUT /api/v1/config``, admin, audited, ``"confirm": "config"``): `RUNTIME` — the
 ``hybridstore`` log level, the heartbeat interval, the change-feed poll interval and the number of refusals after
@@ -52,7 +53,9 @@ def _plain(name: str, value: Any) -> Any:
         return "<callable>"
     if isinstance(value, Mapping):
         return {str(k): _plain(str(k), v) for k, v in value.items()}
-    if isinstance(value, str | int | float | bool):
+    if isinstance(value, str):
+        return redact(value)  # any URL with a password (the primary's, its session URL, …)
+    if isinstance(value, int | float | bool):
         return value
     return str(value)
 
