@@ -188,6 +188,8 @@ def test_health_sees_the_outage_of_a_running_serve(
         wait_for("a healthy node", lambda: cli(d, "health", "--json")[1]["overall"] == "healthy")
         code, _ = cli(d, "set", "orders", "before", "1")
         assert code == 0
+        code, nodes = cli(d, "nodes", "--json")  # serve's heartbeat wrote its row on the primary at start
+        assert code == 0 and [n["stale"] for n in nodes] == [False] and nodes[0]["version"]
         proxy.cut()
         wait_for("the outage", lambda: cli(d, "health", "--json")[0] == 1)
         code, health = cli(d, "health", "--json")
@@ -203,6 +205,8 @@ def test_health_sees_the_outage_of_a_running_serve(
         assert set(primary_rows(pg, pg_schema, "orders")) == {"before", "during"}
     finally:
         assert node.stop() == 0
+    (state,) = pg.execute(f'SELECT state FROM "{pg_schema}".nodes').fetchone()
+    assert state == "stopped"  # its last heartbeat said so
 
 
 @pytest.mark.resilience
