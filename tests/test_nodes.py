@@ -153,3 +153,33 @@ def test_nodes_over_http_and_the_cli(make_web: base.WebFactory, tmp_path: Path) 
     assert result.exit_code == 0, result.output
     (me,) = json.loads(result.stdout)
     assert me["node_id"] == node_id and tuple(me) == FIELDS
+
+
+def test_an_admin_forgets_a_node_taken_out_of_service(
+    make_web: base.WebFactory, make_store: StoreFactory, pg: psycopg.Connection[Any], pg_schema: str
+) -> None:
+    web = make_web("a")
+    gone = make_store("gone", background=False, backups=False)
+    for node in (web.store.node, gone.node):
+        node.heartbeat.beat()
+    url = f"/api/v1/nodes/{gone.node_id}"
+    admin = web.auth("admin")
+    assert web.client.delete(url, headers=web.auth("read")).status_code == 403
+    refused = web.client.delete(url, headers=admin)
+    assert refused.status_code == 422 and refused.json()["type"].endswith("confirmation-required")
+    alive = web.client.delete(url, headers=admin, params={"confirm": gone.node_id})
+    assert alive.status_code == 409 and "alive" in alive.json()["detail"]  # it would write its row again
+    itself = f"/api/v1/nodes/{web.store.node_id}"
+    assert web.client.delete(itself, headers=admin, params={"confirm": web.store.node_id}).status_code == 409
+    pg.execute(
+        f"UPDATE \"{pg_schema}\".nodes SET last_heartbeat = now() - interval '1 hour' WHERE node_id = %s",
+        (gone.node_id,),
+    )
+    done = web.client.delete(url, headers=admin, params={"confirm": gone.node_id})
+    assert done.status_code == 200 and done.json()["forgotten"]["stale"] is True
+    assert [n["node_id"] for n in web.get("/api/v1/nodes").json()["nodes"]] == [web.store.node_id]
+    unknown = web.client.delete(url, headers=admin, params={"confirm": gone.node_id})
+    assert unknown.status_code == 422
+    entries = web.get("/api/v1/audit", scope="admin").json()["entries"]
+    outcomes = [e["outcome"] for e in entries if e["action"] == "node.forget"]
+    assert outcomes.count("ok") == 1 and "failed: conflict" in outcomes

@@ -21,6 +21,7 @@ ITEMS = "/api/v1/collections/{collection}/items/{key:path}"
 # A valid request for each route (the call may still fail or be refused: it must be audited either way).
 CALLS: dict[tuple[str, str], dict[str, Any]] = {
     ("PUT", "/api/v1/config"): {"json": {"log_level": "warning", "confirm": "config"}},
+    ("DELETE", "/api/v1/nodes/{node_id}"): {"params": {"confirm": "swagger-ui.css"}},  # the sample path value
     ("POST", "/api/v1/sync"): {"json": {"full": False}},
     ("POST", "/api/v1/conflicts/{conflict_id}/resolve"): {"json": {"choice": "remote"}},
     ("POST", "/api/v1/dead-letters/{letter_id}/retry"): {},

@@ -18,7 +18,7 @@ from .jobs import Progress
 from .problems import not_found
 from .responses import DataResponse
 from .routing import ScopedRouter
-from .schemas import ConfigChange, JobOut, SyncRequest, problems
+from .schemas import ConfigChange, Confirmation, JobOut, SyncRequest, problems
 from .settings import apply_runtime, effective_config
 
 UNHEALTHY = ("outage", "misconfigured")
@@ -70,6 +70,24 @@ def build(ctx: WebContext) -> ScopedRouter:
     )
     async def nodes() -> DataResponse:
         return DataResponse({"nodes": await ctx.run(store.nodes)})
+
+    @routes.delete(
+        "/nodes/{node_id}",
+        "admin",
+        summary="Remove a stopped or stale node from the list (type its id in `confirm`)",
+        responses=problems(409),
+    )
+    async def forget_node(
+        request: Request,
+        node_id: Annotated[str, Path(min_length=1, max_length=64)],
+        body: Confirmation | None = None,
+        confirm: Annotated[str | None, Query(max_length=200, description="Instead of the body's confirm.")] = None,
+    ) -> DataResponse:
+        def forget() -> dict[str, Any]:
+            require_confirmation(body.confirm if body is not None else confirm, node_id)
+            return store.node.heartbeat.forget(node_id)
+
+        return DataResponse({"forgotten": await ctx.audited(request, "node.forget", node_id, forget)})
 
     @routes.get("/config", "admin", summary="The node's configuration (secrets masked) and its run-time settings")
     async def get_config() -> DataResponse:
