@@ -76,9 +76,13 @@ class PrimaryConnection:
         # Behind a transaction-mode pooler (PgBouncer, Supabase's pooler on port 6543) server-side prepared
         # statements, startup options and LISTEN do not work. Forced by the option or the URL parameter; else the
         # URL's port or host may say so; else the server's behaviour tells, once, before the first call.
+        # A "not pooled" (configured, or read from the URL) is still checked against the server's behaviour once:
+        # behind a transaction pooler, a prepared statement can be run by another client's connection, and the
+        # error that follows is anything (a type error of someone else's statement), not always one we can tell.
         hint = pooled if pooled is not None else forced if forced is not None else pooling_from_url(params)
         self.pooled = bool(hint)
         self._pooling_known = hint is not None
+        self._behaviour_checked = False
         self.pooled_reason = "" if hint is None else "configured" if pooled is not None or forced is not None else "URL"
         self.url = url
         self.schema = schema
@@ -229,7 +233,7 @@ class PrimaryConnection:
 
     def _settle_pooling(self, budget: float) -> None:
         """Tell, once, whether the URL leads to a transaction-mode pooler (see `pooling`)."""
-        if self._pooling_known:
+        if self.pooled or self._behaviour_checked:
             return
         try:
             with (
@@ -245,7 +249,10 @@ class PrimaryConnection:
             if is_privilege_error(exc):
                 raise self._refused(exc) from exc
             raise PrimaryRejectedError(f"primary rejected the operation: {str(exc).strip()}") from exc
+        self._behaviour_checked = True
         if found:
+            if self.pooled_reason == "configured":
+                log.warning("primary_pooled=False is configured, but the server behaves like a transaction pooler")
             self._switch_to_pooled("a client's server connection changes between transactions")
         else:
             self._pooling_known = True
