@@ -26,7 +26,7 @@ from .output import err, fail, out, print_json
 def _quiet_faults() -> Iterator[None]:
     """The faults a run injects make the store and the driver warn (that is their job in production): under the
     default log level those expected warnings would bury the progress view, so only errors are shown meanwhile."""
-    loggers = [logging.getLogger(name) for name in ("hybridstore", "psycopg")]
+    loggers = [logging.getLogger(name) for name in ("hybridstore", "psycopg", "psycopg.pool")]
     levels = [lg.level for lg in loggers]
     if logging.getLogger("hybridstore").getEffectiveLevel() >= logging.WARNING:
         for lg in loggers:

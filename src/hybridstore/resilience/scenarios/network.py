@@ -85,6 +85,7 @@ class HighLatency(Scenario):
     summary = "Every answer of the primary arrives 500 ± 200 ms late for the middle half of the run."
     min_duration = 3.0
     timeout = 2.0
+    teeth = "puller_skip_page"
 
     def run(self, ctx: RunContext) -> ScenarioResult:
         with Trial(ctx, self.name) as t:
