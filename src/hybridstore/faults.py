@@ -8,8 +8,8 @@ variable ``HYBRIDSTORE_TEST_FAULTS`` (comma-separated names) read at import.
 - ``outbox_drop``: the outbox replayer drops one op in ``EVERY`` from the batches it pushes, and settles it as if
   the primary had applied it (an acknowledged write silently lost) — `hybridstore.sync.outbox`;
 - ``journal_no_fsync``: the journal keeps appended lines in the process's memory (as the OS page cache holds
-  unsynced data) and writes them out only every ``EVERY`` lines: a SIGKILL then plays the power cut that would
-  lose unsynced data — `hybridstore.tiers.journal`;
+  unsynced data) and writes them out only when it is closed cleanly: a SIGKILL then plays the power cut that
+  loses unsynced data — `hybridstore.tiers.journal`;
 - ``puller_skip_page``: the change puller skips one page in ``SKIP_EVERY`` of the change feed (the cursor moves
   on, the rows are never applied: the node diverges) — `hybridstore.sync.puller`.
 """
