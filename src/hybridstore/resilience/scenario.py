@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from ..errors import HybridStoreError
 from ..store import HybridStore
-from .checker import Rule, Verdict, check
+from .checker import Key, Rule, Verdict, check, checksum
 from .history import History
 from .proxy import FaultProxy
 from .sandbox import Sandbox
@@ -227,13 +227,14 @@ class Trial:
         self.sleep(after)
         self.stop_writers()
 
-    def settle(self, timeout: float | None = None) -> bool:
-        """After the heal: push, pull and compare until every node holds what the primary holds (or time is up);
-        the recovery time runs from the heal to that moment."""
+    def settle(self, timeout: float | None = None, *, quiet: float = 1.5) -> bool:
+        """After the heal: push, pull and compare until every node holds what the primary holds; the recovery time
+        runs from the heal to that moment. Gives up when time is up, or when nothing is left to push and nothing
+        has changed anywhere for ``quiet`` seconds (a node that will never converge by itself)."""
         self.ctx.step(f"{self.name}: settling")
         timeout = timeout if timeout is not None else min(40.0, 10.0 + self.ctx.duration / 2)
         deadline = time.monotonic() + timeout
-        converged = False
+        last: tuple[object, float] | None = None
         while time.monotonic() < deadline:
             remaining = 0
             for store in self.nodes.values():
@@ -242,21 +243,28 @@ class Trial:
                 except HybridStoreError as exc:
                     log.debug("settle: %s", exc)
                     remaining += 1
-            if remaining == 0 and self._same_everywhere():
-                converged = True
-                break
+            states = self._states()
+            if remaining == 0 and states is not None:
+                primary, nodes = states
+                if all(copy == primary for copy in nodes):
+                    if self.healed_at is not None:
+                        self.result.recovery_s = self.history.now() - self.healed_at
+                    return True
+                fingerprint = (checksum(primary), tuple(checksum(copy) for copy in nodes))
+                if last is None or last[0] != fingerprint:
+                    last = (fingerprint, time.monotonic())
+                elif time.monotonic() - last[1] >= quiet:
+                    return False
             time.sleep(0.1)
-        if converged and self.healed_at is not None:
-            self.result.recovery_s = self.history.now() - self.healed_at
-        return converged
+        return False
 
-    def _same_everywhere(self) -> bool:
+    def _states(self) -> tuple[dict[Key, Any], list[dict[Key, Any]]] | None:
         try:
             primary = {k: row.value for k, row in self.ctx.sandbox.primary_state().items()}
-            return all(self.ctx.sandbox.node_state(name) == primary for name in self.nodes)
+            return primary, [self.ctx.sandbox.node_state(name) for name in self.nodes]
         except Exception as exc:  # a node's file being rebuilt, the primary unreachable: not yet
             log.debug("settle: %s", exc)
-            return False
+            return None
 
     def finish(self, *, availability: float = 0.99, extra_nodes: Sequence[str] = ()) -> ScenarioResult:
         """Close the nodes, read the final states, check the history, state the common criteria."""

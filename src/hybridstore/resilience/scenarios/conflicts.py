@@ -58,6 +58,7 @@ class SyncConflicts(Scenario):
         "conflicts for an admin — and every node converges."
     )
     min_duration = 3.0
+    teeth = "puller_skip_page"
 
     def run(self, ctx: RunContext) -> ScenarioResult:
         strategies = {c: s for c, s in STRATEGIES.items() if s != "last_wins"}

@@ -77,6 +77,7 @@ class BackupTamper(Scenario):
         "all refused by verification, while the untouched backup verifies."
     )
     min_duration = 2.0
+    teeth = "puller_skip_page"
 
     def run(self, ctx: RunContext) -> ScenarioResult:
         rng = ctx.rng(self.name)

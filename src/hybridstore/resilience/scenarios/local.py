@@ -30,7 +30,7 @@ class LocalCorruption(Scenario):
             rebuild: dict[str, object] | None = None
             with t.fault("SQLite file garbled"):
                 db = ctx.sandbox.data_dir("a") / LOCAL_DB
-                checkpoint(db)
+                checkpointed = checkpoint(db)
                 damaged_at = time.time()
                 pages = garble_pages(db, "records", 0.25, rng)
                 deadline = time.monotonic() + max(during, self.rebuild_wait)
@@ -46,7 +46,7 @@ class LocalCorruption(Scenario):
             t.stop_writers()
             t.settle()
             r = t.finish(availability=0.99)
-            r.details["pages_garbled"] = pages
+            r.details.update({"pages_garbled": pages, "wal_checkpointed": checkpointed})
             r.require("the node rebuilt its local store", rebuild is not None and rebuild["outcome"] == "succeeded")
             if rebuild is not None:
                 started = float(rebuild["started_at"])  # type: ignore[arg-type]
