@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
@@ -20,6 +21,8 @@ from ..resilience.report import failures, table, write_json
 from ..resilience.runner import DEFAULT_DURATION, DEFAULT_SEED, RunOptions, run
 from .app import Settings, app
 from .output import err, fail, out, print_json
+
+TABLE_WIDTH = 110
 
 
 @contextmanager
@@ -103,7 +106,8 @@ def test_resilience(
     if json_path is not None:
         print_json(report)
     else:
-        out.print(table(report))
+        # wider than a narrow terminal if need be: it wraps the lines, rather than cutting the figures
+        Console(width=max(out.width, TABLE_WIDTH)).print(table(report))
         for line in failures(report):
             out.print(Text(line, style="red"))
     raise typer.Exit(0 if report["passed"] else 1)
