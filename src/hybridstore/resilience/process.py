@@ -3,6 +3,7 @@ entries, kill it with SIGKILL (whatever it was doing: writes still in flight bec
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -33,6 +34,7 @@ class NodeProcess:
         write_mode: str,
         rate: float,
         prefix: str,
+        options: dict[str, object] | None = None,
     ) -> None:
         self.history = history
         self.name = name
@@ -55,6 +57,7 @@ class NodeProcess:
                 write_mode,
                 str(rate),
                 prefix,
+                json.dumps(options or {}),
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,

@@ -11,18 +11,19 @@ from ..process import NodeProcess
 from ..scenario import RunContext, Scenario, ScenarioResult, Trial
 
 
-def _child(t: Trial, name: str, prefix: str, mode: str, url: str | None = None) -> NodeProcess:
+def _child(t: Trial, name: str, prefix: str, mode: str, **options: object) -> NodeProcess:
     ctx = t.ctx
     return NodeProcess(
         t.history,
         name,
         data_dir=ctx.sandbox.data_dir(name),
-        url=url or t.url,
+        url=t.url,
         schema=ctx.sandbox.schema,
         node_id=ctx.sandbox.node_id(name),
         write_mode=mode,
         rate=ctx.rate,
         prefix=prefix,
+        options=options,
     )
 
 
@@ -102,7 +103,9 @@ class PrimaryDownLocalCorrupt(Scenario):
                     for suffix in ("-wal", "-shm"):
                         db.with_name(db.name + suffix).unlink(missing_ok=True)
                     proxy.down()
-                    child = _child(t, "a", "a1", "write_through")
+                    # no automatic rebuild in this process: only the journal can take its writes (the rebuild
+                    # itself is local_corruption's subject; here the node opened again in-process does it)
+                    child = _child(t, "a", "a1", "write_through", auto_recover=False)
                     child.wait_first_ack()
                     t.sleep(during)
                     child.kill()
