@@ -90,3 +90,15 @@ def test_schedule_is_off_by_default_and_monthly_when_asked() -> None:
     assert next_due(None, 1000.0, 30) == 30 * day, "the first run a period after the schedule starts"
     assert next_due(1000.0, 1000.0 + 29 * day, 30) == day
     assert next_due(1000.0, 1000.0 + 31 * day, 30) == 0.0
+
+
+def test_a_run_stops_with_the_node(make_web: WebFactory) -> None:
+    web = make_web()
+    r = web.post(RUNS, json={"scenarios": ["primary_outage", "blackhole"], "duration": 60})
+    assert r.status_code == 202, r.text
+    started = time.monotonic()
+    web.store.close()  # the service stops: the run must not keep it (nor the process) waiting for minutes
+    run = follow(web, r.headers["location"], timeout=30)
+    assert run["status"] == "error" and "cancelled" in run["error"]
+    assert time.monotonic() - started < 30
+    assert run["report"]["cancelled"] and len(run["report"]["scenarios"]) <= 1

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 from .. import faults
@@ -106,6 +105,3 @@ class NodeProcess:
             self.history.unknown(entry, "killed before it answered")
         self._inflight.clear()
 
-
-def sleep_until(deadline: float) -> None:
-    time.sleep(max(0.0, deadline - time.monotonic()))

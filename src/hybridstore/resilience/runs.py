@@ -59,6 +59,7 @@ class RunBook:
         self.keep = keep
         self._lock = threading.Lock()
         self._runs: dict[str, RunRecord] = {}
+        self._cancels: dict[str, threading.Event] = {}
         self._load()
 
     def _load(self) -> None:
@@ -110,6 +111,7 @@ class RunBook:
             )
             rec.progress["total"] = len(options.scenarios)
             self._runs[rec.id] = rec
+            self._cancels[rec.id] = options.cancel
             self._prune()
         self._save(rec)
         return rec
@@ -134,9 +136,20 @@ class RunBook:
         else:
             rec.report = report
             rec.status = "passed" if report["passed"] else "failed"
+            if report.get("cancelled"):
+                rec.error, rec.status = "cancelled: the service stopped", "error"
         rec.finished_at = time.time()
+        with self._lock:
+            self._cancels.pop(rec.id, None)
         self._save(rec)
         return rec
+
+    def cancel_all(self) -> None:
+        """Ask every running run to stop as soon as it can (the service is stopping)."""
+        with self._lock:
+            events = list(self._cancels.values())
+        for event in events:
+            event.set()
 
     def _prune(self) -> None:
         done = sorted((r for r in self._runs.values() if r.status != "running"), key=lambda r: r.started_at)

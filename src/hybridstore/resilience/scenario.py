@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,11 @@ class RunContext:
     seed: int
     rate: float = 100.0  # writes per second per writer
     step: Step = lambda _msg: None
+    cancel: threading.Event = field(default_factory=threading.Event)  # set: end the scenario as soon as possible
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep ``seconds`` (at most); True if the run was cancelled meanwhile."""
+        return self.cancel.wait(max(0.0, seconds))
 
     def rng(self, name: str) -> Random:
         """A generator of its own for each use, all derived from the run's seed (a scenario stays reproducible)."""
@@ -197,7 +203,7 @@ class Trial:
         return 0.25 * d, 0.5 * d, 0.25 * d
 
     def sleep(self, seconds: float) -> None:
-        time.sleep(max(0.0, seconds))
+        self.ctx.wait(seconds)  # a cancelled run goes through the rest of the course at once
 
     @contextlib.contextmanager
     def fault(self, what: str) -> Iterator[None]:
@@ -235,7 +241,7 @@ class Trial:
         timeout = timeout if timeout is not None else min(40.0, 10.0 + self.ctx.duration / 2)
         deadline = time.monotonic() + timeout
         last: tuple[object, float] | None = None
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not self.ctx.cancel.is_set():
             remaining = 0
             for store in self.nodes.values():
                 try:

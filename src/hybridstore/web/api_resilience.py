@@ -35,7 +35,7 @@ class RunRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     scenarios: list[str] | None = Field(default=None, description=f"Any of: {', '.join(SCENARIOS)}.")
-    duration: float = Field(default=DEFAULT_DURATION, gt=0, le=3600, description="Seconds per scenario.")
+    duration: float = Field(default=DEFAULT_DURATION, gt=0, le=600, description="Seconds per scenario.")
     seed: int = Field(default=DEFAULT_SEED, description="Seed of every random choice.")
 
 
@@ -61,6 +61,7 @@ def build(ctx: WebContext) -> ScopedRouter:
     routes = ScopedRouter(tags=["resilience"])
     store = ctx.store
     book = RunBook(store.data_dir / "resilience-runs")
+    store.node.on_close(book.cancel_all)  # a run in progress stops with the node
 
     def options(body: RunRequest) -> RunOptions:
         url = store.config.primary_url

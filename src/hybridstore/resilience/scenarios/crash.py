@@ -46,16 +46,16 @@ class NodeCrash(Scenario):
             rounds = 0
             acked_by_tier: dict[str, int] = {}
             with t.fault("SIGKILL rounds"):
-                while time.monotonic() < end or rounds < 2:
+                while (time.monotonic() < end or rounds < 2) and not ctx.cancel.is_set():
                     mode = rng.choice(("write_through", "local_first"))
                     child = _child(t, "a", f"a{rounds:03d}", mode)
                     try:
                         child.wait_first_ack()
                         if rng.random() < 0.5:
                             proxy.down()  # the kill lands during an outage, or during the return
-                            time.sleep(rng.uniform(0.0, 0.3))
+                            ctx.wait(rng.uniform(0.0, 0.3))
                             proxy.restore()
-                        time.sleep(rng.uniform(0.05, 0.4))
+                        ctx.wait(rng.uniform(0.05, 0.4))
                     finally:
                         child.kill()
                         proxy.restore()

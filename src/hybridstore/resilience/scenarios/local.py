@@ -34,12 +34,12 @@ class LocalCorruption(Scenario):
                 damaged_at = time.time()
                 pages = garble_pages(db, "records", 0.25, rng)
                 deadline = time.monotonic() + max(during, self.rebuild_wait)
-                while time.monotonic() < deadline:
+                while time.monotonic() < deadline and not ctx.cancel.is_set():
                     done = [e for e in a.recovery.events() if e["strategy"] == "rebuild_local"]
                     if done and done[0]["outcome"] != "running":
                         rebuild = done[0]
                         break
-                    time.sleep(0.05)
+                    ctx.wait(0.05)
                 t.sleep(damaged_at + during - time.time())
             t.heal()
             t.sleep(after)

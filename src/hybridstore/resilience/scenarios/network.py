@@ -66,7 +66,7 @@ class FlappingPrimary(Scenario):
             def flap() -> None:
                 nonlocal flaps
                 end = time.monotonic() + t.phases()[1]
-                while time.monotonic() < end:
+                while time.monotonic() < end and not ctx.cancel.is_set():
                     proxy.down()
                     flaps += 1
                     t.sleep(min(rng.uniform(0.2, 0.8), end - time.monotonic()))
