@@ -91,7 +91,7 @@ class DiskFull(Scenario):
                 t.sleep(after)
                 t.stop_writers()
                 t.settle()
-                r = t.finish(availability=0.0)  # refusing writes is right here; losing them is not
+                r = t.finish(availability=0.0)
                 errors = sum(1 for op in t.history.snapshot() if op.outcome == "fail")
                 r.details["refused_writes"] = errors
                 r.require("the disk filled: some writes were refused with an error", errors > 0, errors)
