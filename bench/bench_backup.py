@@ -11,7 +11,9 @@ outbox is empty.
     zstd-3, then also AES-256-GCM; the time includes reading SQLite, hashing, compressing, sealing, writing,
     fsync and the full verification before the file is published. MB/s = content bytes (the JSON lines) per
     second. Raw limit: one ``zstandard.ZstdCompressor(level=3)`` compressing exactly the same content bytes,
-    already in memory, in the same chunks (1 MiB). Target: >= 0.7 x raw.
+    already in memory, in the same chunks (1 MiB). Target: >= 0.7 x raw. The child takes two backups and the
+    second is timed, as in a running node; the first of a process also pays for scrypt once when encrypting
+    (~0.1 s), shown in its own column.
 (b) backup from the primary (``source="primary"``) vs ``pg_dump -Fc -t <schema>.records``: time and size.
 (c) restore of the backup into an empty embedded store (queued writes: records + outbox rows), records/s, vs
     raw sqlite3 inserting the same rows (value text ready) into a ``records`` and an ``outbox`` table in
@@ -61,11 +63,15 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 zstandard.ZstdCompressor(level=3).compress(b"x"); AESGCM(bytes(32)).encrypt(bytes(12), b"x", b"")
 before = status("VmRSS")
 t = time.perf_counter()
+first = b.create_manual_backup("bench (first of this process)")
+first_s = time.perf_counter() - t
+b.delete_backup(first.id)
+t = time.perf_counter()
 info = b.create_manual_backup("bench")
 elapsed = time.perf_counter() - t
-print(json.dumps({"s": elapsed, "content": info.content_bytes, "size": info.size_bytes, "path": info.path,
-                  "rss_growth_kb": status("VmHWM") - before, "records": info.records, "extra": info.extra,
-                  "source": info.source}))
+print(json.dumps({"s": elapsed, "first_s": first_s, "content": info.content_bytes, "size": info.size_bytes,
+                  "path": info.path, "rss_growth_kb": status("VmHWM") - before, "records": info.records,
+                  "extra": info.extra, "source": info.source}))
 store.close()
 """
 
@@ -344,6 +350,7 @@ def main() -> None:
         sizes: dict[str, int] = {}
         extra: dict[str, Any] = {}
         last: dict[str, Any] = {}
+        first: dict[str, list[float]] = {}
         for r in range(args.rounds):
             order = list(runs) if r % 2 == 0 else list(reversed(runs))
             for case in order:
@@ -356,6 +363,7 @@ def main() -> None:
                 res = child_backup(data_dir, DSN, schema, encrypt="AES" in case, source="local")
                 assert res["content"] == content, (res["content"], content)
                 runs[case].append(res["s"])
+                first.setdefault(case, []).append(res["first_s"])
                 growth[case] = max(growth.get(case, 0), res["rss_growth_kb"])
                 sizes[case] = res["size"]
                 extra[case] = res["extra"]
@@ -365,11 +373,12 @@ def main() -> None:
         raw = statistics.median(runs["raw zstd-3"])
         read = statistics.median(runs["raw read"])
         rows = [
-            ["raw zstd-3 (in memory, same bytes, 1 thread)", f"{mb / raw:,.0f}", "1.00", "", "", ""],
+            ["raw zstd-3 (in memory, same bytes, 1 thread)", f"{mb / raw:,.0f}", "1.00", "", "", "", ""],
             [
                 "(context) raw sqlite3 read of the same rows, no processing",
                 f"{mb / read:,.0f}",
                 f"{raw / read:.2f}",
+                "",
                 "",
                 "",
                 "",
@@ -378,6 +387,7 @@ def main() -> None:
                 "(context) raw read, then raw zstd-3 (one after the other)",
                 f"{mb / (read + raw):,.0f}",
                 f"{raw / (read + raw):.2f}",
+                "",
                 "",
                 "",
                 "",
@@ -392,13 +402,14 @@ def main() -> None:
                     f"{mb / s:,.0f}",
                     f"{ratio:.2f} {verdict(ratio, 0.7)}",
                     f"{extra[case].get('write_s', 0):.2f} + {extra[case].get('verify_s', 0):.2f}",
+                    f"{statistics.median(first[case]):.2f}",
                     f"{sizes[case] / 1e6:,.1f}",
                     f"{growth[case] / 1024:,.0f}",
                 ]
             )
         print_table(
             f"(a) backup of {args.records:,} records, {mb:,.0f} MB of JSON lines (median of {args.rounds})",
-            ["case", "MB/s", "x raw (target 0.7)", "write + verify s", "file MB", "RSS growth MiB"],
+            ["case", "MB/s", "x raw (0.7)", "write + check s", "first in process s", "file MB", "RSS growth MiB"],
             rows,
         )
 

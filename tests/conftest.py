@@ -2,7 +2,14 @@ from __future__ import annotations
 
 import pytest
 
-pytest_plugins = ["tests.fix_db", "tests.fix_proxy", "tests.fix_cluster", "tests.fix_webhook"]
+pytest_plugins = [
+    "tests.fix_db",
+    "tests.fix_proxy",
+    "tests.fix_cluster",
+    "tests.fix_webhook",
+    "tests.fix_pgbouncer",
+    "tests.fix_tls",
+]
 
 _ENV = (
     "HYBRIDSTORE_PRIMARY_URL",
@@ -11,6 +18,9 @@ _ENV = (
     "HYBRIDSTORE_DATA_DIR",
     "HYBRIDSTORE_NODE_ID",
     "HYBRIDSTORE_PRIMARY_SCHEMA",
+    "HYBRIDSTORE_PRIMARY_SESSION_URL",
+    "HYBRIDSTORE_PRIMARY_POOLED",
+    "HYBRIDSTORE_AUTO_MIGRATE",
     "STORAGE_SYNC_RETRY_ATTEMPTS",
     "VITE_STORAGE_SYNC_RETRY_ATTEMPTS",
     "STORAGE_BACKUP_INTERVAL",

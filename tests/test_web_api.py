@@ -162,7 +162,14 @@ def test_list_pages_and_collections(web: Web) -> None:
             break
     assert seen == [f"o{i}" for i in range(7)]
     cols = web.get("/api/v1/collections").json()["collections"]
-    assert {"name": "orders", "records": 8} in cols and {"name": "users", "records": 1} in cols
+    by_name = {c["name"]: c for c in cols}
+    assert by_name["orders"]["records"] == 8 and by_name["users"] == {
+        "name": "users",
+        "records": 1,
+        "bytes": 2,
+        "pending": 0,
+    }
+    assert by_name["orders"]["bytes"] > 0
 
 
 def test_outage_writes_are_queued_with_pending_etags(

@@ -2,9 +2,9 @@
 
 Order of construction (and, reversed, of shutdown): directory lock → journal, SQLite tier (in its `LocalSlot`) →
 hybrid clock → circuit + `PrimaryGateway` → sync (replayer, puller) → `StatusBoard` → services (recovery
-monitor, metrics; backups on first use). Time and randomness come from one `TimeSource`. If anything fails half
-way, whatever was already opened or started is stopped and closed again before the error propagates: a failed
-open leaks no thread, pool, file or lock.
+monitor, metrics; backups on first use) → the heartbeat (`node.heartbeat`). Time and randomness come from one
+`TimeSource`. If anything fails half way, whatever was already opened or started is stopped and closed again
+before the error propagates: a failed open leaks no thread, pool, file or lock.
 
 Services receive the node as a `NodeCore` (see `node.core`): they never see the `HybridStore` façade.
 """
@@ -30,6 +30,7 @@ from .metrics import StoreMetrics
 from .model import StoredRow
 from .node.core import Pusher
 from .node.gateway import PrimaryGateway
+from .node.heartbeat import Heartbeat
 from .node.router import Router
 from .node.slot import LocalSlot
 from .node.status import PullerView, StatusBoard
@@ -112,6 +113,8 @@ class Node:
                 timeout=config.primary_timeout,
                 pooled=config.primary_pooled,
                 node_id=self.node_id,
+                migrate=config.migrate,
+                session_url=config.primary_session_url,
             )
             self._resources.append(primary.close)
         self.gateway = PrimaryGateway(
@@ -162,12 +165,23 @@ class Node:
         self.recovery = RecoveryService(self, wal_lost_at_open=wal_lost)
         self.recovery.register_backup_source(self._newest_backup_rows)
         self._workers.append(self.recovery.stop)
+        self.heartbeat = Heartbeat(
+            node_id=self.node_id,
+            gateway=self.gateway,
+            status=lambda: self.status.snapshot(fresh=True),  # the outbox counted now: a cheap local count
+            interval=config.heartbeat_interval,
+            wall=t.wall,
+            monotonic=t.monotonic,
+        )
+        self._workers.append(self.heartbeat.stop)  # stops first: its last row says "stopped"
         if config.background:
             self.gateway.start()
             self.replayer.start()
             if self.puller is not None:
                 self.puller.start()
             self.recovery.start()
+            if primary is not None:
+                self.heartbeat.start()
             if config.backups:
                 self._start_backups()
 
@@ -299,6 +313,9 @@ def _take_dir_lock(data_dir: Path) -> int:
         raise StoreLockedError(
             f"data directory {data_dir} is in use by another process; one store per data directory"
         ) from None
+    with contextlib.suppress(OSError):  # who holds it, for the message another process gives (cli/datadir.py)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
 
 

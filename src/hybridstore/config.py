@@ -5,8 +5,10 @@ Environment: ``HYBRIDSTORE_PRIMARY_URL`` (else ``SUPABASE_DB_URL``, else ``DATAB
 ``STORAGE_SYNC_RETRY_ATTEMPTS`` (also ``VITE_STORAGE_SYNC_RETRY_ATTEMPTS``), ``HYBRIDSTORE_ALERT_WEBHOOK_URL``,
 ``HYBRIDSTORE_WRITE_MODE``, ``HYBRIDSTORE_READ_POLICY``, ``HYBRIDSTORE_MAX_VALUE_BYTES``,
 ``HYBRIDSTORE_CONFLICT_STRATEGY`` (the default strategy), ``HYBRIDSTORE_CONFLICT_STRATEGIES``
-(``"orders=manual,carts=merge"``), ``HYBRIDSTORE_LOG_LEVEL`` (see `apply_log_level`). An option passed to
-`resolve` wins over its variable; a variable that is set but empty counts as unset.
+(``"orders=manual,carts=merge"``), ``HYBRIDSTORE_LOG_LEVEL`` (see `apply_log_level`),
+``HYBRIDSTORE_AUTO_MIGRATE`` (``0`` / ``1``: `StoreConfig.migrate`), ``HYBRIDSTORE_PRIMARY_SESSION_URL`` (a
+session-keeping address used only for LISTEN), ``HYBRIDSTORE_PRIMARY_POOLED`` (``0`` / ``1``: force pooled mode).
+An option passed to `resolve` wins over its variable; a variable that is set but empty counts as unset.
 """
 
 from __future__ import annotations
@@ -37,7 +39,11 @@ class StoreConfig:
     data_dir: Path = Path(DEFAULT_DATA_DIR)
     node_id: str | None = None
     primary_schema: str = "hybridstore"
-    primary_pooled: bool | None = None  # None: detect a transaction-mode pooler from the URL
+    primary_pooled: bool | None = None  # None: detect a transaction-mode pooler (from the URL, else its behaviour)
+    # An address that keeps one server session per client (Supabase's direct or session-pooler address), used
+    # only for LISTEN when primary_url goes through a transaction pooler: notifications stay real time.
+    primary_session_url: str | None = None
+    migrate: bool = True  # apply the primary's migrations when its schema is behind (needs DDL privileges)
     write_mode: WriteMode = "write_through"
     read_policy: ReadPolicy = "primary_first"
     primary_timeout: float = 2.0
@@ -66,6 +72,7 @@ class StoreConfig:
     sync_failure_after: float = 300.0
     conflicts_alert_at: int = 100
     quick_check_interval: float = 300.0
+    heartbeat_interval: float = 15.0  # seconds between this node's heartbeat rows on the primary (`store.nodes()`)
 
     def __post_init__(self) -> None:
         if self.write_mode not in ("write_through", "local_first"):
@@ -88,7 +95,7 @@ class StoreConfig:
         for name in ("max_value_bytes", "batch_size", "circuit_failures", "sync_retry_attempts"):
             if not getattr(self, name) >= 1:
                 raise ConfigError(f"{name} must be at least 1")
-        for name in ("health_interval", "sync_failure_after", "quick_check_interval"):
+        for name in ("health_interval", "sync_failure_after", "quick_check_interval", "heartbeat_interval"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive")
         if self.low_storage_bytes < 0 or self.conflicts_alert_at < 1:
@@ -144,6 +151,17 @@ def _env_choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> 
     return raw or None
 
 
+def _env_flag(env: Mapping[str, str], name: str) -> bool | None:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return None
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be 1 or 0 (true or false), not {raw!r}")
+
+
 def _env_settings(env: Mapping[str, str], options: dict[str, object]) -> None:
     """Fill ``options`` from the environment where the caller did not pass them."""
     found: dict[str, object | None] = {
@@ -153,6 +171,9 @@ def _env_settings(env: Mapping[str, str], options: dict[str, object]) -> None:
         "conflict_strategies": parse_strategies(env.get("HYBRIDSTORE_CONFLICT_STRATEGIES", "")) or None,
         "alert_webhook_url": env.get("HYBRIDSTORE_ALERT_WEBHOOK_URL") or None,
         "primary_schema": env.get("HYBRIDSTORE_PRIMARY_SCHEMA") or None,
+        "primary_session_url": env.get("HYBRIDSTORE_PRIMARY_SESSION_URL") or None,
+        "migrate": _env_flag(env, "HYBRIDSTORE_AUTO_MIGRATE"),
+        "primary_pooled": _env_flag(env, "HYBRIDSTORE_PRIMARY_POOLED"),
     }
     raw = env.get("HYBRIDSTORE_MAX_VALUE_BYTES", "").strip()
     if raw:

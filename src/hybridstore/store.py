@@ -234,6 +234,13 @@ class HybridStore:
             "batch_durations_ms": [{"ops": n, "ms": ms} for n, ms in replayer.batch_durations],
         }
 
+    def nodes(self) -> builtins.list[dict[str, Any]]:
+        """Every node sharing the primary, from their heartbeat rows (see `hybridstore.node.heartbeat`): dicts of
+        exactly ``node_id, host, version, last_heartbeat`` (ISO 8601), ``state, outbox_depth, last_push,
+        last_pull`` (ISO 8601 or ``None``) and ``stale`` (silent for more than 3 heartbeat intervals)."""
+        self._node.check_open()
+        return self._node.heartbeat.nodes()
+
     def health(self) -> dict[str, Any]:
         """Plain data: each tier's state, outbox depth and oldest pending age, circuit state. Reads only: it
         never probes the primary (the gateway's prober does) and changes no state."""

@@ -31,6 +31,7 @@ PASSPHRASE_ENV = "HYBRIDSTORE_BACKUP_PASSPHRASE"
 _WRAP_AAD = b"hybridstore-backup-key\x00"
 _kek_cache: dict[tuple[int, int, int, bytes, bytes], bytes] = {}
 _kek_lock = threading.Lock()
+_wrap_salts: dict[tuple[int, int, int, bytes], bytes] = {}  # (params, passphrase digest) -> this process's salt
 
 
 def require_crypto() -> None:
@@ -97,7 +98,7 @@ def wrap_key(data_key: bytes, passphrase: str, backup_id: bytes, kdf: KdfParams)
     """The header's ``cipher`` entry: KDF parameters, salt, and the data key wrapped under the KEK (AAD: the
     backup id, so a wrapped key cannot be moved to another backup)."""
     require_crypto()
-    salt = os.urandom(16)
+    salt = _wrap_salt(passphrase, kdf)
     kek = kdf.derive(passphrase, salt)
     nonce = os.urandom(12)
     wrapped = AESGCM(kek).encrypt(nonce, data_key, _WRAP_AAD + backup_id)
@@ -106,6 +107,21 @@ def wrap_key(data_key: bytes, passphrase: str, backup_id: bytes, kdf: KdfParams)
         "kdf": {"name": "scrypt", "n": kdf.n, "r": kdf.r, "p": kdf.p, "salt": b64(salt)},
         "wrapped_key": b64(nonce + wrapped),
     }
+
+
+def _wrap_salt(passphrase: str, kdf: KdfParams) -> bytes:
+    """The salt a process wraps data keys with: random, drawn once per process, passphrase and scrypt parameters,
+    so scrypt (~0.1 s) runs once per process rather than once per backup. Each backup still has its own random
+    data key and wrap nonce; what is shared is only that one guess of the passphrase, tried against one of this
+    process's backups, is tried against all of them (as with any per-installation salt)."""
+    key = (kdf.n, kdf.r, kdf.p, hashlib.sha256(passphrase.encode("utf-8")).digest())
+    with _kek_lock:
+        salt = _wrap_salts.get(key)
+        if salt is None:
+            salt = _wrap_salts[key] = os.urandom(16)
+            while len(_wrap_salts) > 8:
+                del _wrap_salts[next(iter(_wrap_salts))]
+    return salt
 
 
 def unwrap_key(cipher: dict[str, Any], passphrase: str | None, backup_id: bytes) -> bytes:

@@ -18,6 +18,7 @@ import shutil
 import struct
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -87,6 +88,8 @@ class BodyStats:
     sections: dict[tuple[str, str], SectionStats]
     content_bytes: int
     chunks: int
+    body_sha256: bytes = b""  # of the frames as written (see `check_written`)
+    body_bytes: int = 0
 
     def manifest(self) -> dict[str, Any]:
         collections = {n: s.entry("records") for (k, n), s in self.sections.items() if k == "collection"}
@@ -103,7 +106,16 @@ class BodyStats:
 
 class BodyWriter:
     """Writes the chunk frames of one backup to ``out``. Call `add` with whole lines (each ending in ``\\n``),
-    section by section, then `finish`. A worker thread hashes, compresses, seals and writes, in order."""
+    section by section, then `finish`.
+
+    Chunks are compressed and sealed by ``threads`` workers at once (zstd, SHA-256 and AES-GCM let go of the
+    GIL), while one writer thread takes their results in chunk order, hashes each section and writes the frames.
+    At most ``2 * threads + 2`` chunks are in flight, so memory stays flat whatever the backup's size.
+
+    Each compressed chunk is decompressed again by its worker and compared with what it holds (a round trip
+    that costs a fraction of the compression, spread over the workers), and the writer keeps a SHA-256 of every
+    byte it writes: `check_written` then proves the file on disk is exactly what was produced, without the full
+    decrypt-and-decompress pass that `BackupReader` makes (and without deriving the key from the passphrase)."""
 
     def __init__(
         self,
@@ -114,6 +126,7 @@ class BodyWriter:
         zstd_level: int | None,
         chunk_target: int = CHUNK_TARGET,
         on_chunk: Callable[[int], None] | None = None,
+        threads: int | None = None,
     ) -> None:
         if zstd_level is not None:
             require_zstd()
@@ -129,8 +142,16 @@ class BodyWriter:
         self._stats: dict[tuple[str, str], SectionStats] = {}
         self._content = 0
         self._index = 0
+        self._written = 0
+        self._body_sha = hashlib.sha256()
+        self._body_bytes = 0
         self._error: BaseException | None = None
-        self._queue: queue.Queue[tuple[tuple[str, str], bytes] | None] = queue.Queue(maxsize=4)
+        workers = threads if threads is not None else default_threads()
+        self._local = threading.local()  # one zstd context per worker thread
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hybridstore-backup-compress")
+        self._queue: queue.Queue[tuple[tuple[str, str], bytes, Future[bytes]] | None] = queue.Queue(
+            maxsize=2 * workers + 2
+        )
         self._thread = threading.Thread(target=self._work, name="hybridstore-backup-writer", daemon=True)
         self._thread.start()
 
@@ -165,9 +186,34 @@ class BodyWriter:
         if self._section is not None and self._parts:
             body = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
             self._parts, self._size = [], 0
-            self._put((self._section, body))
+            self._submit(self._section, body)
 
-    def _put(self, item: tuple[tuple[str, str], bytes] | None) -> None:
+    def _submit(self, section: tuple[str, str], body: bytes) -> None:
+        if self._error is not None:
+            raise self._error
+        index = self._index
+        self._index += 1
+        future = self._pool.submit(self._seal, section, body, index)
+        self._put((section, body, future))
+
+    def _seal(self, section: tuple[str, str], body: bytes, index: int) -> bytes:
+        plain = section_line(section) + body
+        if self._level is not None:
+            cctx = getattr(self._local, "cctx", None)
+            if cctx is None:
+                cctx = self._local.cctx = zstandard.ZstdCompressor(level=self._level, write_checksum=True)
+            payload = cctx.compress(plain)
+            dctx = getattr(self._local, "dctx", None)
+            if dctx is None:
+                dctx = self._local.dctx = zstandard.ZstdDecompressor()
+            if dctx.decompress(payload) != plain:
+                raise BackupError(f"chunk {index} does not decompress to what was compressed (nothing published)")
+        else:
+            payload = plain
+        flags = FLAG_FINAL if section == END_SECTION else 0
+        return self._sealer.seal(payload, chunk_aad(self._id, index, flags), index)
+
+    def _put(self, item: tuple[tuple[str, str], bytes, Future[bytes]] | None) -> None:
         while True:
             if self._error is not None:
                 raise self._error
@@ -178,24 +224,24 @@ class BodyWriter:
                 continue
 
     def _work(self) -> None:
-        cctx = zstandard.ZstdCompressor(level=self._level, write_checksum=True) if self._level is not None else None
         try:
             while True:
                 item = self._queue.get()
                 if item is None:
                     return
-                section, body = item
+                section, body, future = item
                 final = section == END_SECTION
                 if not final:
                     self._stats[section].update(body)
-                plain = section_line(section) + body
+                sealed = future.result()
                 self._content += len(body)
-                payload = cctx.compress(plain) if cctx is not None else plain
-                flags = FLAG_FINAL if final else 0
-                sealed = self._sealer.seal(payload, chunk_aad(self._id, self._index, flags), self._index)
-                self._out.write(FRAME.pack(len(sealed), flags))
+                frame = FRAME.pack(len(sealed), FLAG_FINAL if final else 0)
+                self._out.write(frame)
                 self._out.write(sealed)
-                self._index += 1
+                self._body_sha.update(frame)
+                self._body_sha.update(sealed)
+                self._body_bytes += len(frame) + len(sealed)
+                self._written += 1
                 if self._on_chunk is not None:
                     self._on_chunk(len(body))
         except BaseException as exc:
@@ -205,15 +251,18 @@ class BodyWriter:
                 pass
 
     def finish(self) -> BodyStats:
-        """Flush, write the final chunk, wait for the worker; raises what the worker hit."""
-        self._flush()
-        self._put((END_SECTION, b""))
-        self._put(None)
-        self._thread.join()
+        """Flush, write the final chunk, wait for the workers; raises what a worker hit."""
+        try:
+            self._flush()
+            self._submit(END_SECTION, b"")
+            self._put(None)
+            self._thread.join()
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
         if self._error is not None:
             raise self._error
         self._out.flush()
-        return BodyStats(self._stats, self._content, self._index)
+        return BodyStats(self._stats, self._content, self._written, self._body_sha.digest(), self._body_bytes)
 
     def abort(self) -> None:
         if self._thread.is_alive():
@@ -223,6 +272,12 @@ class BodyWriter:
             except queue.Full:
                 pass
             self._thread.join(timeout=10)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def default_threads() -> int:
+    """Compression workers: two where there are two cores or more (the writer and SQLite need the rest)."""
+    return max(1, min(2, (os.cpu_count() or 1)))
 
 
 def encode_header(header: dict[str, Any]) -> bytes:
@@ -258,6 +313,26 @@ def assemble(path: Path, header: dict[str, Any], sealer: ChunkSealer, body_path:
         out.flush()
         os.fsync(out.fileno())
     return len(head) + size
+
+
+def check_written(path: Path, header: dict[str, Any], stats: BodyStats) -> None:
+    """Read a freshly assembled backup back from disk: its header must be ``header`` (checksum checked) and its
+    body exactly the bytes `BodyWriter` wrote (length and SHA-256). `BackupError` otherwise."""
+    try:
+        with open(path, "rb") as f:
+            found, offset = _read_header(f, path)
+            f.seek(offset)
+            if found != json.loads(encode_header(header)):
+                raise BackupError(f"{path.name}: the header read back differs from the one written")
+            sha = hashlib.sha256()
+            size = 0
+            while block := f.read(1 << 20):
+                sha.update(block)
+                size += len(block)
+    except OSError as exc:
+        raise BackupError(f"cannot read back {path}: {exc}") from exc
+    if size != stats.body_bytes or sha.digest() != stats.body_sha256:
+        raise BackupError(f"{path.name}: the body read back differs from the bytes written (disk or file system)")
 
 
 def rewrite_header(src: Path, dst: Path, header: dict[str, Any], sealer: ChunkSealer) -> int:

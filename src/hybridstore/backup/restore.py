@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 Progress = Callable[[int, int], None]
 BATCH = 1000
+_encode_all = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 ACTIONS = ("added", "overwritten", "skipped", "unchanged")
 
 
@@ -73,22 +74,30 @@ class Selection:
 
 
 def _records(body: bytes, collection: str, selection: Selection) -> Iterator[tuple[str, Any]]:
-    """(key, value) of each selected record line; `BackupTamperedError` on a line of the wrong shape."""
-    for line in body.split(b"\n")[:-1]:
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            raise BackupTamperedError(f"collection {collection!r}: a record line is not valid JSON") from None
+    """(key, value) of each selected record line; `BackupTamperedError` on a line of the wrong shape.
+
+    The lines of a chunk are parsed as one JSON array (one call instead of one per line); a line that is not
+    exactly one JSON value changes the number of elements (or breaks the array) and is refused."""
+    if not body:
+        return
+    try:
+        recs = json.loads(b"[" + body[:-1].replace(b"\n", b",") + b"]")
+    except ValueError:
+        raise BackupTamperedError(f"collection {collection!r}: a record line is not valid JSON") from None
+    if len(recs) != body.count(b"\n"):
+        raise BackupTamperedError(f"collection {collection!r}: a record line is not exactly one JSON value")
+    keys = selection.keys
+    for rec in recs:
         if not (
-            isinstance(rec, list)
+            type(rec) is list
             and len(rec) == 6
-            and isinstance(rec[0], str)
-            and isinstance(rec[2], int)
-            and isinstance(rec[3], str)
-            and isinstance(rec[4], str)
+            and type(rec[0]) is str
+            and type(rec[2]) is int
+            and type(rec[3]) is str
+            and type(rec[4]) is str
         ):
             raise BackupTamperedError(f"collection {collection!r}: a record line has the wrong shape")
-        if selection.keys is None or rec[0] in selection.keys:
+        if keys is None or rec[0] in keys:
             yield rec[0], rec[1]
 
 
@@ -101,19 +110,34 @@ def validate(reader: BackupReader, selection: Selection, max_value_bytes: int, p
         if kind != "collection" or not selection.wants(name):
             continue
         check_collection(name)
-        for key, value in _records(body, name, selection):
+        records = list(_records(body, name, selection))
+        for key, _ in records:
             check_key(key)
-            encode_value(value, max_bytes=max_value_bytes)
-            done += 1
+        if not _values_fit(records, max_value_bytes):
+            for _, value in records:
+                encode_value(value, max_bytes=max_value_bytes)  # raises the exact error
+        done += len(records)
         if progress is not None:
             progress(done, total)
     return done
 
 
-def current_values(node: NodeCore, collection: str, keys: list[str]) -> dict[str, Any]:
-    """The node's live values for ``keys`` as a read would see them: journal, then the node's pending writes,
-    then the primary (when its circuit is closed), then the local copy. Raises `LocalStoreError` when the local
-    copy cannot be read: guessing "absent" would let a restore with ``overwrite=False`` overwrite."""
+def _values_fit(records: list[tuple[str, Any]], max_value_bytes: int) -> bool:
+    """True when every value is one `encode_value` accepts, decided with one encoding of them all: JSON
+    without NaN or Infinity, valid Unicode, no NUL, and all of them together within the limit (so each is).
+    False means "check them one by one" (a large float, a NUL escape, a large chunk, or an error)."""
+    try:
+        text = _encode_all([v for _, v in records])
+        size = len(text.encode("utf-8"))
+    except (TypeError, ValueError, RecursionError):
+        return False
+    return size <= max_value_bytes and "e+" not in text and "\\u0000" not in text
+
+
+def current_texts(node: NodeCore, collection: str, keys: list[str]) -> dict[str, str]:
+    """The node's live values for ``keys`` (as JSON text) as a read would see them: journal, then the node's
+    pending writes, then the primary (when its circuit is closed), then the local copy. Raises `LocalStoreError`
+    when the local copy cannot be read: guessing "absent" would let a restore with ``overwrite=False`` overwrite."""
     texts: dict[str, str | None] = {}
     from_primary = False
     gateway = node.gateway
@@ -139,7 +163,7 @@ def current_values(node: NodeCore, collection: str, keys: list[str]) -> dict[str
             j = node.journal.get(collection, k)
             if j is not None:
                 texts[k] = j.value_json
-    return {k: json.loads(v) for k, v in texts.items() if v is not None}
+    return {k: v for k, v in texts.items() if v is not None}
 
 
 def apply(
@@ -153,23 +177,29 @@ def apply(
     progress: Progress | None,
 ) -> None:
     """The apply pass: classify every selected record against the current state and, unless ``dry_run``,
-    write the added and overwritten ones through the node's write path (``writer.set_many``)."""
+    write the added and overwritten ones through the node's write path (``writer.set_many_encoded``). Values are
+    compared as canonical JSON text first (the common case, no decoding), then as values (a primary's ``jsonb``
+    text is spaced differently; key order does not matter)."""
     started = time.monotonic()
     total = selection.total(reader.manifest)
+    max_bytes = node.config.max_value_bytes
     done = 0
     for (kind, name), body in reader.sections():
         if kind != "collection" or not selection.wants(name):
             continue
+        check_collection(name)
         counts = report.collections.setdefault(name, dict.fromkeys(ACTIONS, 0))
         records = list(_records(body, name, selection))
         for start in range(0, len(records), BATCH):
             batch = records[start : start + BATCH]
-            current = current_values(node, name, [k for k, _ in batch])
-            writes: list[tuple[str, Any]] = []
+            current = current_texts(node, name, [k for k, _ in batch])
+            writes: list[tuple[str, str]] = []
             for key, value in batch:
-                if key not in current:
+                text = encode_value(value, max_bytes=max_bytes)
+                now = current.get(key)
+                if now is None:
                     action = "added"
-                elif current[key] == value and _same_types(current[key], value):
+                elif now == text or _same_value(now, value):
                     action = "unchanged"
                 elif report.overwrite:
                     action = "overwritten"
@@ -177,14 +207,14 @@ def apply(
                     action = "skipped"
                 counts[action] += 1
                 if action in ("added", "overwritten"):
-                    writes.append((key, value))
+                    writes.append((key, text))
                 if action != "unchanged":
                     if len(report.diff) < diff_limit:
                         report.diff.append({"action": action, "collection": name, "key": key})
                     else:
                         report.diff_truncated = True
             if writes and not report.dry_run:
-                writer.set_many(name, writes)
+                writer.set_many_encoded(name, writes)
                 report.written += len(writes)
             done += len(batch)
             if progress is not None:
@@ -192,6 +222,8 @@ def apply(
     report.duration_s += time.monotonic() - started
 
 
-def _same_types(a: Any, b: Any) -> bool:
-    """``1 == 1.0 == True`` in Python; a restore must still rewrite a value whose JSON type changed."""
-    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+def _same_value(current_text: str, value: Any) -> bool:
+    """Equal values of the same JSON types (``1 == 1.0 == True`` in Python; a restore must still rewrite a value
+    whose JSON type changed)."""
+    current = json.loads(current_text)
+    return bool(current == value) and json.dumps(current, sort_keys=True) == json.dumps(value, sort_keys=True)

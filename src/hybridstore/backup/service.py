@@ -41,7 +41,15 @@ from ..validation import encode_value
 from ..worker import Worker
 from . import crypto, policy, restore, settings
 from .catalogue import PrimaryCatalogue
-from .format import CHUNK_TARGET, BackupReader, BodyWriter, assemble, read_header, rewrite_header
+from .format import (
+    CHUNK_TARGET,
+    BackupReader,
+    BodyWriter,
+    assemble,
+    check_written,
+    read_header,
+    rewrite_header,
+)
 from .locations import BackupLocations
 from .primary_store import PrimaryBackupStore
 from .repository import BackupInfo, Repository
@@ -459,7 +467,7 @@ class BackupService:
             assemble(final_tmp, header, sealer, body_tmp)
             body_tmp.unlink()
             timings["write_s"] = time.perf_counter() - started
-            self._verify_file(final_tmp, passphrase=self.passphrase)  # before it is published
+            check_written(final_tmp, header, stats)  # before it is published (round trips checked as written)
             path = self.repo.publish(final_tmp, backup_id)
             timings["verify_s"] = time.perf_counter() - started - timings["write_s"]
         except BaseException:

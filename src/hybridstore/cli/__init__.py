@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 # importing a module registers its commands
-from . import admin, backup, conflicts, data, health, inventory, resilience, status, transfer  # noqa: F401
+from . import admin, backup, conflicts, data, grants, health, inventory, nodes, resilience, status, transfer  # noqa: F401
 from .app import app, main
 
 __all__ = ["app", "main"]

@@ -249,7 +249,11 @@ def open_store(ctx: typer.Context, *, access: Access = "write") -> Iterator[Hybr
             store = _open(config, settings.snapshot or path)
         except StoreLockedError as exc:
             if access != "read":
-                fail(f"{exc}; stop it first, or use a command that only reads", code=2, kind="StoreLockedError")
+                fail(
+                    f"{_holder(exc, path)}; stop it first, or use a command that only reads",
+                    code=2,
+                    kind="StoreLockedError",
+                )
             settings.snapshot = _snapshot(stack, path, "is in use by another process")
             store = _open(config, settings.snapshot)
         if not exists:
@@ -265,6 +269,17 @@ def open_store(ctx: typer.Context, *, access: Access = "write") -> Iterator[Hybr
             fail(f"{exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}", kind="OSError")
         finally:
             _close(store)
+
+
+def _holder(exc: StoreLockedError, path: Path) -> str:
+    """The lock error, with the process that holds the directory and what it is, when known."""
+    from ..web.local_socket import socket_path
+
+    pid = datadir.lock_holder(path)
+    if pid is None:
+        return str(exc)
+    what = "a running `hybridstore serve`, whose REST API can do it" if socket_path(path).exists() else "an application"
+    return f"data directory {path} is in use by another process (pid {pid}: {what})"
 
 
 def configuration(ctx: typer.Context) -> StoreConfig:
@@ -390,7 +405,7 @@ def _close(store: HybridStore) -> None:
 
 
 def main() -> None:
-    from . import admin, apikey, backup, conflicts, data, health, inventory, serve, status, transfer  # noqa: F401
+    from . import admin, apikey, backup, conflicts, data, health, inventory, nodes, serve, status, transfer  # noqa: F401
 
     app()
 

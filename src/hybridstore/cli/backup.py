@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -13,6 +14,7 @@ from rich.table import Table
 
 from ..backup.repository import BackupInfo
 from ..store import HybridStore
+from . import attach
 from .app import app, open_store
 from .output import confirm, fail, out, plural, print_json, progress_bar
 
@@ -108,6 +110,11 @@ def _show(info: BackupInfo, short: str) -> None:
     out.print(table)
 
 
+def _info(data: dict[str, Any]) -> BackupInfo:
+    """A backup as the running node's API shows it (without the file's path on the server)."""
+    return BackupInfo(**{f.name: data[f.name] for f in dataclasses.fields(BackupInfo) if f.name in data})
+
+
 @backup_app.command("create")
 def create(
     ctx: typer.Context,
@@ -115,11 +122,19 @@ def create(
     description: Annotated[str, typer.Option("--description", help="Why it was taken.")] = "",
     as_json: JsonFlag = False,
 ) -> None:
-    """Take a backup now (from the primary when reachable, else the local copy), verified before it is kept."""
-    with open_store(ctx) as store:
-        with progress_bar("backing up", quiet=as_json) as progress:
-            info = store.backups.create_manual_backup(label, description, progress=progress)
-        short = short_ids(store.backups.repo.ids())[info.id]
+    """Take a backup now (from the primary when reachable, else the local copy), verified before it is kept.
+    While a node serves the data directory, the node takes it (a backup job of its own)."""
+    remote = attach.connect(ctx)
+    if remote is not None:
+        with remote, progress_bar("backing up", quiet=as_json) as progress:
+            job = remote.send("POST", "/backups", json={"label": label, "description": description})
+            info = _info(remote.follow(job, lambda p: progress(p["done"], p["total"])))
+            short = short_ids(b["id"] for b in remote.get("/backups")["backups"])[info.id]
+    else:
+        with open_store(ctx) as store:
+            with progress_bar("backing up", quiet=as_json) as progress:
+                info = store.backups.create_manual_backup(label, description, progress=progress)
+            short = short_ids(store.backups.repo.ids())[info.id]
     if as_json:
         print_json(_with_short(info, short))
     else:
@@ -132,8 +147,13 @@ def create(
 @backup_app.command("list")
 def list_(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     """List the backups of this node's repository, newest first."""
-    with open_store(ctx, access="read") as store:
-        backups = store.backups.list_backups()
+    remote = attach.connect(ctx)
+    if remote is not None:
+        with remote:
+            backups = [_info(b) for b in remote.get("/backups")["backups"]]
+    else:
+        with open_store(ctx, access="read") as store:
+            backups = store.backups.list_backups()
     shorts = short_ids(b.id for b in backups)
     if as_json:
         print_json([_with_short(b, shorts[b.id]) for b in backups])

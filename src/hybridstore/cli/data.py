@@ -7,13 +7,16 @@ import json
 import sys
 from collections.abc import Iterator
 from typing import Annotated, Any
+from urllib.parse import quote
 
+import httpx
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ..model import Record
+from ..model import Record, WriteResult
 from ..store import HybridStore
+from . import attach
 from .app import app, open_store
 from .output import fail, out, plural, print_json
 
@@ -41,8 +44,13 @@ def set_(
 ) -> None:
     """Store a JSON value under COLLECTION/KEY."""
     parsed = _parse_value(value)
-    with open_store(ctx) as store:
-        result = store.set(collection, key, parsed)
+    remote = attach.connect(ctx)
+    if remote is not None:  # the running node writes it
+        with remote:
+            result = _write_result(remote.send("PUT", _item(collection, key), json=parsed))
+    else:
+        with open_store(ctx) as store:
+            result = store.set(collection, key, parsed)
     if as_json:
         print_json(dataclasses.asdict(result))
     elif result.queued:  # user data is escaped: a key like "[b]" is text, not markup
@@ -62,14 +70,44 @@ def get(
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole record (value, version, source…).")] = False,
 ) -> None:
     """Print the value stored under COLLECTION/KEY (exit code 1 if there is none)."""
-    with open_store(ctx, access="read") as store:
-        record = store.get(collection, key)
+    remote = attach.connect(ctx)
+    if remote is not None:
+        with remote:
+            record = _remote_record(remote, collection, key)
+    else:
+        with open_store(ctx, access="read") as store:
+            record = store.get(collection, key)
     if record is None:
         fail(f"{collection}/{key} not found", kind="NotFound")
     if as_json:
         print_json(dataclasses.asdict(record))
     else:
         print_json(record.value)
+
+
+def _item(collection: str, key: str) -> str:
+    return f"/collections/{quote(collection, safe='')}/items/{quote(key, safe='')}"
+
+
+def _record(data: dict[str, Any]) -> Record:
+    return Record(**{f.name: data[f.name] for f in dataclasses.fields(Record) if f.name in data})
+
+
+def _remote_record(remote: attach.Attached, collection: str, key: str) -> Record | None:
+    """The running node's answer for one record (``None``: it has none)."""
+    try:
+        response = remote.client.get(attach.API + _item(collection, key))
+    except httpx.TransportError as exc:
+        fail(f"the running node stopped answering: {exc}", kind="UnavailableError")
+    if response.status_code == 404 and response.json().get("type", "").endswith(":not-found"):
+        return None
+    if response.status_code != 200:
+        attach.fail_with(response)
+    return _record(response.json())
+
+
+def _write_result(data: dict[str, Any]) -> WriteResult:
+    return WriteResult(**{f.name: data[f.name] for f in dataclasses.fields(WriteResult) if f.name in data})
 
 
 def _absent(store: HybridStore, collection: str, key: str) -> bool:
@@ -90,14 +128,22 @@ def delete(
 ) -> None:
     """Delete COLLECTION/KEY (a tombstone that reaches the primary and other nodes). A record that does not
     exist is left alone, and the message says so."""
-    with open_store(ctx) as store:
-        if _absent(store, collection, key):
+    remote = attach.connect(ctx)
+    with remote if remote is not None else open_store(ctx) as target:
+        if isinstance(target, attach.Attached):
+            absent = _remote_record(target, collection, key) is None
+        else:
+            absent = _absent(target, collection, key)
+        if absent:
             if as_json:
                 print_json({"collection": collection, "key": key, "deleted": False, "absent": True})
             else:
                 out.print(f"{escape(collection)}/{escape(key)} does not exist: nothing to delete")
             return
-        result = store.delete(collection, key)
+        if isinstance(target, attach.Attached):
+            result = _write_result(target.send("DELETE", _item(collection, key)))
+        else:
+            result = target.delete(collection, key)
     if as_json:
         print_json({"collection": collection, "key": key, "deleted": True, **dataclasses.asdict(result)})
     else:
@@ -116,6 +162,20 @@ def all_records(store: HybridStore, collection: str, prefix: str, limit: int, af
         after = page.next_after
 
 
+def _remote_list(
+    remote: attach.Attached, collection: str, prefix: str, limit: int, after: str | None, every: bool
+) -> tuple[list[Record], str | None]:
+    """A page (or, with ``every``, all pages) from the running node; its pages hold at most 1000 records."""
+    records: list[Record] = []
+    path = f"/collections/{quote(collection, safe='')}/items"
+    while True:
+        page = remote.get(path, params={"prefix": prefix or None, "after": after, "limit": min(limit, 1000)})
+        records += [_record(r) for r in page["items"]]
+        after = page["next_after"]
+        if after is None or (not every and len(records) >= limit):
+            return records, None if every else after
+
+
 @app.command("list")
 def list_(
     ctx: typer.Context,
@@ -129,12 +189,17 @@ def list_(
     as_json: JsonFlag = False,
 ) -> None:
     """List records of COLLECTION ordered by key: one page (--limit, --after) or --all."""
-    with open_store(ctx, access="read") as store:
-        if every:
-            records, next_after = list(all_records(store, collection, prefix, limit, after)), None
-        else:
-            page = store.list(collection, prefix=prefix, limit=limit, after=after)
-            records, next_after = page.records, page.next_after
+    remote = attach.connect(ctx)
+    if remote is not None:
+        with remote:
+            records, next_after = _remote_list(remote, collection, prefix, limit, after, every)
+    else:
+        with open_store(ctx, access="read") as store:
+            if every:
+                records, next_after = list(all_records(store, collection, prefix, limit, after)), None
+            else:
+                page = store.list(collection, prefix=prefix, limit=limit, after=after)
+                records, next_after = page.records, page.next_after
     if as_json:
         print_json({"records": [dataclasses.asdict(r) for r in records], "next_after": next_after})
         return

@@ -62,6 +62,15 @@ def readable(path: Path) -> str | None:
     return None
 
 
+def lock_holder(path: Path) -> int | None:
+    """The process id of the store holding the data directory ``path`` (written in its ``lock`` file), if known."""
+    try:
+        text = (path / "lock").read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return int(text) if text.isdigit() else None
+
+
 @contextlib.contextmanager
 def snapshot(path: Path, backups: Path) -> Iterator[Path]:
     """A temporary copy of the store in ``path``, removed afterwards: SQLite files through SQLite's online backup
@@ -105,4 +114,4 @@ def _copy_database(source: Path, target: Path) -> None:
                 shutil.copyfile(source.with_name(source.name + suffix), target.with_name(target.name + suffix))
 
 
-__all__ = ["STORE_MARKERS", "holds_store", "location_problem", "readable", "snapshot", "writable"]
+__all__ = ["STORE_MARKERS", "holds_store", "location_problem", "lock_holder", "readable", "snapshot", "writable"]

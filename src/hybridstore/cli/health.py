@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -13,7 +14,9 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from ..recovery.alerts import Alert
 from ..store import HybridStore
+from . import attach
 from .app import app, open_store, real_paths
 from .output import fail, out, plural, print_json, print_json_line
 
@@ -116,6 +119,13 @@ def health(
     healthy, degraded, misconfigured, outage or recovering. Exit code 1 during an outage."""
     if interval <= 0 or count < 0:
         fail("--interval must be positive and --count at least 0", code=2)
+    remote = attach.connect(ctx)
+    if remote is not None:  # the running node's own monitor: it sees the outage the node is in
+        with remote:
+            status = _remote(remote, as_json=as_json, watch=watch, interval=interval, count=count)
+        if status["overall"] == "outage":
+            raise typer.Exit(1)
+        return
     with open_store(ctx, access="read") as store:
         if not watch:
             status = _one_shot(ctx, store)
@@ -130,6 +140,43 @@ def health(
                 status = _watch(ctx, store, interval, count, lambda s: live.update(render_health(s)))
     if status["overall"] == "outage":
         raise typer.Exit(1)
+
+
+def _remote(remote: attach.Attached, *, as_json: bool, watch: bool, interval: float, count: int) -> dict[str, Any]:
+    """`health` against a running node: its monitor's last check (``GET /api/v1/health``), once or watched."""
+
+    def check() -> dict[str, Any]:
+        found: dict[str, Any] = remote.get("/health", ok=(200, 503))
+        return found
+
+    if not watch:
+        status = check()
+        if as_json:
+            print_json(status)
+        else:
+            out.print(render_health(status))
+        return status
+    if as_json:
+        return _watch_with(check, interval, count, print_json_line)
+    with Live(console=out, refresh_per_second=4, transient=False) as live:
+        return _watch_with(check, interval, count, lambda s: live.update(render_health(s)))
+
+
+def _watch_with(
+    check: Callable[[], dict[str, Any]], interval: float, count: int, show: Callable[[dict[str, Any]], None]
+) -> dict[str, Any]:
+    status = check()
+    show(status)
+    checks = 1
+    try:
+        while not count or checks < count:
+            time.sleep(interval)
+            status = check()
+            show(status)
+            checks += 1
+    except KeyboardInterrupt:
+        pass
+    return status
 
 
 def _watch(
@@ -161,8 +208,14 @@ def alerts(
     """List this node's alerts (primary outage, local corruption, sync failure, low storage, conflicts
     backlog, manual intervention), newest first, with when each was raised and resolved."""
     which = True if active and not resolved else False if resolved and not active else None
-    with open_store(ctx, access="read") as store:
-        items = store.recovery.alerts(active=which)[:limit]
+    remote = attach.connect(ctx)
+    if remote is not None:
+        with remote:
+            found = remote.get("/alerts", params={"active": None if which is None else str(which).lower()})
+        items = [_alert(a) for a in found["alerts"]][:limit]
+    else:
+        with open_store(ctx, access="read") as store:
+            items = store.recovery.alerts(active=which)[:limit]
     if as_json:
         print_json([a.to_dict() for a in items])
         return
@@ -173,6 +226,11 @@ def alerts(
         resolved_text = _when(a.resolved_at) if a.resolved_at else Text("active", style="bold red")
         table.add_row(a.kind, a.severity, _when(a.raised_at), resolved_text, Text(a.message))
     out.print(table)
+
+
+def _alert(data: dict[str, Any]) -> Alert:
+    fields = {f.name for f in dataclasses.fields(Alert)}
+    return Alert(**{k: v for k, v in data.items() if k in fields})
 
 
 @app.command()

@@ -9,12 +9,12 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ..model import Op
 from ..store import HybridStore
 from ..tiers.local import LocalTier
 from ..validation import check_collection
+from ..web.localview import CollectionFigures, OutboxEntry, collection_figures, outbox_view
+from . import attach
 from .app import app, open_store
-from .localview import collection_figures, outbox_entries
 from .output import fail, out, plural, print_json
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
@@ -44,8 +44,14 @@ def _size(n: int) -> str:
 def collections(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     """The collections this node holds: live records, their size (stored JSON), and writes waiting for the
     primary."""
-    with open_store(ctx, access="read") as store:
-        figures = collection_figures(_local(store).path)
+    remote = attach.connect(ctx)
+    if remote is not None:
+        with remote:
+            found = remote.get("/collections")["collections"]
+        figures = [CollectionFigures(c["name"], c["records"], c["bytes"], c["pending"]) for c in found]
+    else:
+        with open_store(ctx, access="read") as store:
+            figures = collection_figures(_local(store).path)
     if as_json:
         print_json([f.to_dict() for f in figures])
         return
@@ -67,16 +73,15 @@ def collections(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     out.print(table)
 
 
-def _why(store: HybridStore) -> str:
-    """Why queued writes have not reached the primary (the node-wide reason; each entry has its own error)."""
-    gateway = store.node.gateway
-    if not gateway.configured:
+def _why(primary: dict[str, Any], circuit: str) -> str:
+    """Why queued writes have not reached the primary (the node-wide reason; each entry has its own error), from
+    the gateway's snapshot and the circuit's state."""
+    if primary.get("configured") is False:
         return "no primary is configured: writes stay queued until one is (--primary-url or $HYBRIDSTORE_PRIMARY_URL)"
-    snapshot = gateway.snapshot()
-    if snapshot["state"] == "misconfigured":
-        return f"the primary refuses this node: {snapshot['detail']}"
-    if not gateway.allow():
-        return f"the primary is unreachable: {snapshot['detail']}"
+    if primary["state"] == "misconfigured":
+        return f"the primary refuses this node: {primary['detail']}"
+    if circuit != "closed":
+        return f"the primary is unreachable: {primary['detail']}"
     return (
         "the primary answers: the application using this data directory pushes them while it runs; "
         "`hybridstore sync` pushes them now"
@@ -94,16 +99,6 @@ def _age(created_at: float, now: float) -> str:
     return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
-def _journaled(op: Op, now: float) -> dict[str, Any]:
-    return {
-        "tier": "journal",
-        "op_id": op.op_id,
-        "collection": op.collection,
-        "key": op.key,
-        "deleted": op.deleted,
-        "created_at": op.created_at,
-        "age_s": round(now - op.created_at, 3),
-    }
 
 
 @app.command()
@@ -117,16 +112,22 @@ def pending(
     error — and why they have not gone."""
     if limit < 1:
         fail("--limit must be at least 1", code=2)
-    with open_store(ctx, access="read") as store:
-        if collection is not None:
-            check_collection(collection)
-        local = _local(store)
-        depth, oldest = local.outbox_stats()
-        entries = outbox_entries(local.path, limit=limit, collection=collection)
-        journal = [op for op in store.node.journal.entries() if collection in (None, op.collection)]
-        dead = local.dead_letter_count()
-        why = _why(store)
+    if collection is not None:
+        check_collection(collection)
+    remote = attach.connect(ctx)
+    if remote is not None:  # the running node's queue, as it is now
+        with remote:
+            data = remote.get("/outbox", params={"collection": collection, "limit": min(limit, 1000)})
+            status = remote.get("/status")
+        why = _why(status["primary"], status["circuit"]["state"])
+    else:
+        with open_store(ctx, access="read") as store:
+            data = outbox_view(store, collection=collection, limit=limit)
+            why = _why(store.node.gateway.snapshot(), store.node.gateway.circuit.state)
     now = time.time()
+    depth, oldest, dead = data["depth"], data["oldest_created_at"], data["dead_letters"]
+    entries = [OutboxEntry(**e) for e in data["entries"]]
+    journal = data["journal"]
     if as_json:
         print_json(
             {
@@ -135,7 +136,7 @@ def pending(
                 "oldest_age_s": None if oldest is None else round(now - oldest, 3),
                 "dead_letters": dead,
                 "entries": [e.to_dict() | {"tier": "local", "age_s": round(now - e.created_at, 3)} for e in entries],
-                "journal": [_journaled(op, now) for op in journal],
+                "journal": [j | {"age_s": round(now - j["created_at"], 3)} for j in journal],
             }
         )
         return
@@ -159,12 +160,12 @@ def pending(
                 str(e.attempts),
                 escape(error[0][:80] if error else ("" if e.attempts else "not tried yet")),
             )
-        for op in journal:
+        for j in journal:
             table.add_row(
                 "journal",
-                escape(f"{op.collection}/{op.key}"),
-                "delete" if op.deleted else "set",
-                _age(op.created_at, now),
+                escape(f"{j['collection']}/{j['key']}"),
+                "delete" if j["deleted"] else "set",
+                _age(j["created_at"], now),
                 "",
                 "in the emergency journal: SQLite failed",
             )

@@ -1,20 +1,27 @@
 """``serve``: run the node as a service — the store with its background work (sync, health monitor, scheduled and
 emergency backups) and the HTTP API (`hybridstore.web.create_app`) under uvicorn.
 
+It also serves the same API on an owner-only Unix socket in the data directory (``node.sock``, see
+`hybridstore.web.local_socket`), which the CLI's commands use to attach to the running node.
+
 It never starts open, and it needs no configuration: with no active API key in the data directory and no
 ``HYBRIDSTORE_ADMIN_TOKEN``, it creates one admin key (named ``setup``), prints it once on standard error with how
-to replace it, and serves. On SIGTERM or SIGINT it stops accepting connections, lets the
-requests in flight finish (at most ``--graceful-timeout`` seconds), waits for running jobs (sync, backup,
-restore; at most ``--jobs-timeout`` seconds), then closes the store cleanly (queued writes stay queued for the next
-start) and exits with status 0.
+to replace it, and serves. With no admin user of the web UI and no ``HYBRIDSTORE_ADMIN_TOKEN``, it prints a
+one-time setup link (``/admin/setup?token=…``) that creates the first user (a new link at each start, until a
+user exists). On SIGTERM or SIGINT it stops accepting connections, lets the requests in flight finish (at most
+``--graceful-timeout`` seconds), waits for running jobs (sync, backup, restore; at most ``--jobs-timeout``
+seconds), then closes the store cleanly (queued writes stay queued for the next start) and exits with status 0.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import signal
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any
@@ -24,7 +31,9 @@ import typer
 from ..config import resolve
 from ..errors import ConfigError, HybridStoreError
 from ..store import HybridStore
+from ..web import local_socket
 from ..web.keys import ApiKeyStore
+from ..web.users import SetupTokens
 from ..web.webdb import WebDatabase
 from .app import Settings, app, err, fail
 
@@ -36,6 +45,9 @@ It is shown this once; keep it (it is stored hashed):
     {token}
 Use it as `Authorization: Bearer <key>`. Create your own keys with `hybridstore{dir} apikey create --name NAME
 --scope read|write|admin`, then revoke this one: `hybridstore{dir} apikey revoke setup`."""
+SETUP_LINK = """no admin user exists for the web UI: open this one-time link to create the first one
+    {url}
+(or run `hybridstore{dir} admin add-user NAME`)."""
 
 
 @app.command()
@@ -88,6 +100,7 @@ def serve(
         dir_option = f" --data-dir {settings.data_dir}" if settings.data_dir else ""
         setup = _create_setup_key(config.data_dir)
         err.print(SETUP_KEY.format(token=setup, dir=dir_option), highlight=False, markup=False, soft_wrap=True)
+    setup_link = None if token is not None else _setup_link(config.data_dir)
     try:
         store = HybridStore(config)
     except HybridStoreError as exc:
@@ -120,13 +133,27 @@ def serve(
             web_ctx.draining = True
 
         server = _server(server_config, on_exit=drain)
+        local = _local_server(web, log_level=server_config.log_level, graceful_timeout=graceful_timeout)
+        unix_socket = local_socket.bind(store.data_dir)
         scheme = "https" if ssl_certfile else "http"
         err.print(
-            f"hybridstore node {store.node_id} serving on {scheme}://{host}:{port} (data in {store.data_dir})",
+            f"hybridstore node {store.node_id} serving on {scheme}://{host}:{port} and on the local socket "
+            f"{local_socket.socket_path(store.data_dir)} (data in {store.data_dir})",
             soft_wrap=True,
         )
-        server.run()
+        err.print(f"admin UI: {scheme}://{_browsable(host)}:{port}/admin/", soft_wrap=True, highlight=False)
+        if setup_link is not None:
+            url = f"{scheme}://{_browsable(host)}:{port}/admin/setup?token={setup_link}"
+            dir_option = f" --data-dir {settings.data_dir}" if settings.data_dir else ""
+            err.print(SETUP_LINK.format(url=url, dir=dir_option), highlight=False, markup=False, soft_wrap=True)
+        web.state.live.start()  # the overview's charts cover the node's whole last hour
+        try:
+            asyncio.run(_serve_both(server, local, unix_socket))
+        finally:
+            unix_socket.close()
+            local_socket.remove(store.data_dir)
         web_ctx.draining = True
+        web.state.live.stop()
         if not web_ctx.jobs.wait(jobs_timeout):
             log.error("jobs still running after %.0f s: closing the store under them", jobs_timeout)
         web_ctx.close()
@@ -147,6 +174,25 @@ def _create_setup_key(data_dir: os.PathLike[str] | str) -> str:
     return token
 
 
+def _setup_link(data_dir: os.PathLike[str] | str) -> str | None:
+    """A one-time setup token when the web UI has no admin user yet, else ``None``."""
+    Path(data_dir).mkdir(parents=True, exist_ok=True)
+    db = WebDatabase.in_dir(data_dir)
+    try:
+        if db.query("SELECT 1 FROM admin_users LIMIT 1"):
+            return None
+        return SetupTokens(db).create()
+    finally:
+        db.close()
+
+
+def _browsable(host: str) -> str:
+    """The host to put in a link: a wildcard address is not one a browser can open."""
+    if host in ("0.0.0.0", "", "::"):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
 def _has_keys(data_dir: os.PathLike[str] | str) -> bool:
     if not (Path(data_dir) / "web.db").exists():
         return False
@@ -155,6 +201,40 @@ def _has_keys(data_dir: os.PathLike[str] | str) -> bool:
         return ApiKeyStore(db).has_active()
     finally:
         db.close()
+
+
+async def _serve_both(server: Any, local: Any, unix_socket: socket.socket) -> None:
+    """The TCP server and the local socket's server on one event loop (so they share the app and its state).
+    The TCP server handles the signals; when it has stopped, the local one stops too (letting its requests
+    finish)."""
+    local_task = asyncio.create_task(local.serve(sockets=[unix_socket]), name="hybridstore-local-socket")
+    try:
+        await server.serve()
+    finally:
+        local.should_exit = True
+        await local_task
+
+
+def _local_server(app: Any, *, log_level: Any, graceful_timeout: float) -> Any:
+    """The uvicorn server of the local socket (see `hybridstore.web.local_socket`): the same app, marked as a
+    local peer's; no lifespan (the TCP server runs it), no signal handling of its own, no access log."""
+    import uvicorn
+
+    class LocalServer(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield  # the TCP server's handlers stop both
+
+    config = uvicorn.Config(
+        local_socket.LocalPeer(app),
+        lifespan="off",
+        access_log=False,
+        log_level=log_level,
+        log_config=None,
+        timeout_graceful_shutdown=max(1, round(graceful_timeout)),
+        server_header=False,
+    )
+    return LocalServer(config)
 
 
 def _server(config: Any, *, on_exit: Callable[[], None]) -> Any:

@@ -9,6 +9,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from ..model import SyncReport
+from . import attach
 from .app import app, open_store, real_paths
 from .output import out, plural, print_json, progress_bars
 
@@ -24,13 +26,20 @@ def status(
     ctx: typer.Context,
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
 ) -> None:
-    """Show each tier's health, the circuit breaker and the outbox."""
-    with open_store(ctx, access="read") as store:
-        health = store.health()
-        recovery = store.recovery.get_health_status(refresh=True)
-        health["overall"] = recovery["overall"]
-        health["alerts"] = recovery["alerts"]
-    health = real_paths(ctx, health)
+    """Show each tier's health, the circuit breaker and the outbox (of the running node, when one serves the
+    data directory's socket)."""
+    remote = attach.connect(ctx)
+    if remote is not None:
+        with remote:
+            health = health_view(remote.get("/status", params={"fresh": "true"}))
+            recovery = remote.get("/health", ok=(200, 503))
+    else:
+        with open_store(ctx, access="read") as store:
+            health = store.health()
+            recovery = store.recovery.get_health_status(refresh=True)
+        health = real_paths(ctx, health)
+    health["overall"] = recovery["overall"]
+    health["alerts"] = recovery["alerts"]
     if as_json:
         print_json(health)
         return
@@ -69,6 +78,18 @@ def status(
     )
 
 
+def health_view(snapshot: dict[str, Any]) -> dict[str, Any]:
+    """``store.health()``'s shape from a status snapshot (``GET /api/v1/status``): the same figures."""
+    sync = snapshot["sync"]
+    outbox = snapshot["outbox"]
+    return {
+        **{k: snapshot[k] for k in ("node_id", "data_dir", "write_mode", "read_policy")},
+        **{k: snapshot[k] for k in ("primary", "local", "journal", "circuit")},
+        "outbox": {"depth": outbox["depth"], "oldest_pending_age_s": outbox["oldest_pending_age_s"]},
+        "sync": {k: sync[k] for k in ("pushed", "superseded", "duplicates", "failed", "last_push_at", "last_error")},
+    }
+
+
 @app.command()
 def sync(
     ctx: typer.Context,
@@ -79,11 +100,24 @@ def sync(
     as_json: Annotated[bool, typer.Option("--json", help="Print the sync report as JSON.")] = False,
 ) -> None:
     """Push every queued write to the primary, then pull the primary's changes — now, with progress bars. Exit
-    code 1 if writes remain queued (no primary, or it is unreachable)."""
-    with open_store(ctx) as store, progress_bars(quiet=as_json) as bars:
-        labels = {"push": "pushing outbox", "pull": "full resync" if full else "pulling changes"}
-        report = store.sync_now(full=full, progress=lambda phase, done, total: bars.update(labels[phase], done, total))
-        configured = store.node.gateway.configured
+    code 1 if writes remain queued (no primary, or it is unreachable). While a node serves the data directory,
+    the node does it (a sync job of its own)."""
+    labels = {"push": "pushing outbox", "pull": "full resync" if full else "pulling changes"}
+    remote = attach.connect(ctx)
+    if remote is not None:
+        with remote, progress_bars(quiet=as_json) as bars:
+            job = remote.send("POST", "/sync", json={"full": full})
+            result = remote.follow(
+                job, lambda p: bars.update(labels.get(p["phase"], p["phase"]), p["done"], p["total"])
+            )
+            configured = remote.get("/status")["primary"].get("configured", True)
+        report = SyncReport(**{f.name: result[f.name] for f in dataclasses.fields(SyncReport) if f.name in result})
+    else:
+        with open_store(ctx) as store, progress_bars(quiet=as_json) as bars:
+            report = store.sync_now(
+                full=full, progress=lambda phase, done, total: bars.update(labels[phase], done, total)
+            )
+            configured = store.node.gateway.configured
     if as_json:
         print_json(dataclasses.asdict(report))
     else:

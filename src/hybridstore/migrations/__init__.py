@@ -4,6 +4,7 @@
   versions are recorded in ``{schema}.hs_migrations``.
 - ``local/``: the node's SQLite (``local.db``: records, outbox, dead letters, metadata).
 - ``history/``: the recovery service's SQLite (``recovery.db``: alerts and strategy events).
+- ``web/``: the HTTP service's SQLite (``web.db``: API keys, audit log, jobs, admin users).
 
 A migration is a file ``NNNN_name.sql``; versions start at 1 and have no gaps. Steps are applied in order, each
 once, and recorded: in ``hs_migrations`` on the primary, in ``PRAGMA user_version`` for SQLite (the version of the
@@ -25,8 +26,8 @@ if TYPE_CHECKING:
     import psycopg
 
 log = logging.getLogger("hybridstore.migrations")
-Database = Literal["primary", "local", "history"]
-DATABASES: tuple[Database, ...] = ("primary", "local", "history")
+Database = Literal["primary", "local", "history", "web"]
+DATABASES: tuple[Database, ...] = ("primary", "local", "history", "web")
 _NAME = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql")
 
 
@@ -88,7 +89,7 @@ def sqlite_statements(script: str) -> list[str]:
     return statements
 
 
-def migrate_sqlite(conn: sqlite3.Connection, database: Literal["local", "history"]) -> list[int]:
+def migrate_sqlite(conn: sqlite3.Connection, database: Literal["local", "history", "web"]) -> list[int]:
     """Bring a SQLite database (an autocommit connection: ``isolation_level=None``) up to date; returns the
     versions applied now. Each step runs in its own ``BEGIN IMMEDIATE`` transaction that first re-reads the
     version, so processes opening the same file at once apply every step exactly once. A file newer than this

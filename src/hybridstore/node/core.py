@@ -60,6 +60,10 @@ class BulkWriter(Protocol):
 
     def set_many(self, collection: str, items: list[tuple[str, Any]]) -> list[WriteResult]: ...
 
+    def set_many_encoded(self, collection: str, items: list[tuple[str, str]]) -> list[WriteResult]:
+        """``items``: keys with values already encoded by `hybridstore.validation.encode_value`."""
+        ...
+
 
 class NodeCore(Protocol):
     """What a service may use of a node. Everything here is safe to call from any thread."""

@@ -56,6 +56,15 @@ _MISCONFIGURED_TEXT = (
     "does not exist",
     "permission denied",
     "no pg_hba.conf entry",
+    # TLS (sslmode=verify-ca / verify-full): a CA that did not sign the server's certificate, a name that does
+    # not match the host, a CA file that is missing
+    "certificate verify failed",
+    "signature failure",
+    "unable to get local issuer certificate",
+    "self-signed certificate",
+    "self signed certificate",
+    "server certificate for",
+    "root certificate file",
 )
 
 
@@ -252,12 +261,15 @@ class PrimaryGateway:
         self.last_probe_at = self._wall()
         self.probes += 1
         if result.ok:
-            if prepare_schema and not self._primary.schema_ready:
-                self._prepare_schema()
-            if self.misconfigured is not None:
+            ready = self._prepare_schema() if prepare_schema and not self._primary.schema_ready else True
+            if not ready and self.misconfigured is not None:
+                # It answers, but would refuse this node's calls (a missing grant or migration): keep them away,
+                # so writes are queued locally at once, until a probe finds the node's role can work again.
+                self.circuit.trip() if self.circuit.state == "closed" else self.circuit.record_failure()
+            elif self.misconfigured is not None:
                 log.info("primary accepts this node again")
                 self.misconfigured = None
-            if self.circuit.state != "closed" or (fresh and d.failures):
+            if ready and (self.circuit.state != "closed" or (fresh and d.failures)):
                 # Fresh connections work while the circuit was open or the pooled ones failed: the pool is stale
                 # (an outage or a blip reset its connections and it backs off its reconnects). Replace it, then
                 # let calls through.
@@ -281,16 +293,20 @@ class PrimaryGateway:
             log.info("primary is back")
             self._events.publish("primary_up", "answering again")
 
-    def _prepare_schema(self) -> None:
+    def _prepare_schema(self) -> bool:
         """In the prober's thread, with a long budget: the first foreground call then finds the schema current
-        (a call never waits on the primary longer than its timeout; migrations may)."""
+        and the node's privileges checked (a call never waits on the primary longer than its timeout; migrations
+        may). True when the tier is ready."""
         assert self._primary is not None
         try:
             self._primary.ensure_schema(budget=MIGRATION_BUDGET)
         except (PrimaryUnavailableError, PrimaryRejectedError) as exc:
             if classify(exc) == "misconfigured":
                 self._misconfigured(str(exc))
-            log.warning("the primary's schema could not be checked or migrated yet: %s", exc)
+            else:
+                log.warning("the primary's schema could not be checked or migrated yet: %s", exc)
+            return False
+        return True
 
     def _misconfigured(self, detail: str) -> None:
         if self.misconfigured is None:

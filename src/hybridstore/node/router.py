@@ -138,10 +138,12 @@ class Router:
 
     def set_many(self, collection: str, items: list[tuple[str, Any]]) -> list[WriteResult]:
         """`BulkWriter`: queue already validated keys with their values (encoded here)."""
-        ops = [
-            self.new_op(collection, key, encode_value(value, max_bytes=self._node.config.max_value_bytes))
-            for key, value in items
-        ]
+        limit = self._node.config.max_value_bytes
+        return self.set_many_encoded(collection, [(key, encode_value(value, max_bytes=limit)) for key, value in items])
+
+    def set_many_encoded(self, collection: str, items: list[tuple[str, str]]) -> list[WriteResult]:
+        """`BulkWriter`: queue already validated keys with values already encoded by `encode_value`."""
+        ops = [self.new_op(collection, key, text) for key, text in items]
         return self.queue_many(ops) if ops else []
 
     def _wake_pusher(self) -> None:

@@ -5,7 +5,8 @@ from a cursor kept in SQLite — saved in the same transaction as the rows it co
 half-applies a page — and adopts each row unless the key has pending local ops (those reach the primary first
 and settle the key when they do). It wakes on the primary's change notifications (LISTEN, real time) and polls
 every ``poll_interval`` seconds anyway (batch mode: covers a missed notification, a dropped LISTEN connection,
-or a transaction-mode pooler where LISTEN does not work). Every primary call goes through the gateway; while
+or a transaction-mode pooler where LISTEN does not work — unless a session address is configured for LISTEN:
+`PrimaryTier.can_listen`). Every primary call goes through the gateway; while
 its circuit is open the puller waits (the gateway probes and closes the circuit).
 """
 
@@ -58,7 +59,7 @@ class ChangePuller:
         self._wall = wall
         self.poll_interval = poll_interval
         self.page_size = page_size
-        self._listen_enabled = listen and not self._primary.pooled
+        self._listen_enabled = listen  # and the primary tier can (`can_listen`, known once its mode is settled)
         self._listen: psycopg.Connection[Any] | None = None
         self._pull_lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe()
@@ -113,7 +114,9 @@ class ChangePuller:
         if not self._gateway.allow() or self._slot.writable() is None:
             self._close_listen()
             return 0.25
-        if self._listen_enabled and self._listen is None:
+        if not (self._listen_enabled and self._primary.can_listen):
+            self._close_listen()  # e.g. a transaction pooler found under a LISTEN connection
+        elif self._listen is None:
             self._open_listen()
         try:
             self.pull()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 import threading
 import time
@@ -24,6 +23,7 @@ from ..config import redact
 from ..errors import (
     ConfigError,
     HybridStoreError,
+    PrimaryMisconfiguredError,
     PrimaryRejectedError,
     PrimaryTimeoutError,
     PrimaryUnavailableError,
@@ -31,49 +31,33 @@ from ..errors import (
 from ..migrations import migrate_postgres, migrations_for
 from ..model import ApplyOutcome, Op, StoredRow, TierName
 from .base import TierHealth
+from .connection import ConnectionSettings, check_url, is_pooled, pooling_from_url, split_pooled_param
 from .deadline import Watchdog
 from .keyrange import key_range
+from .pooling import detect_transaction_pooler, is_prepared_statement_error, refuses_startup_options
+from .privileges import StatementCursor, is_privilege_error, missing_privileges, statement_of
 
 try:
     import psycopg
     from psycopg import sql
-    from psycopg.conninfo import conninfo_to_dict, make_conninfo
     from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 except ImportError:  # pragma: no cover - exercised only without the [postgres] extra
     psycopg = None  # type: ignore[assignment]
+
+__all__ = ["PrimaryTier", "check_url", "is_pooled"]
 
 log = logging.getLogger("hybridstore.primary")
 SCHEMA_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 T = TypeVar("T")
 
 
-def is_pooled(params: dict[str, Any]) -> bool:
-    """Does this connection go through a transaction-mode pooler? (Supabase's pooler: port 6543 or a
-    ``pooler.`` host; anything else can say so with ``primary_pooled=True``.)"""
-    return str(params.get("port", "")) == "6543" or "pooler." in str(params.get("host", ""))
-
-
-def check_url(url: str) -> dict[str, Any]:
-    """Parse a ``postgresql://`` URL or libpq conninfo string, or raise `ConfigError`."""
-    if psycopg is None:
-        raise ConfigError("a primary URL needs the PostgreSQL driver: pip install 'hybridstore[postgres]'")
-    if not isinstance(url, str) or not url.strip():
-        raise ConfigError("primary URL is empty")
-    if "://" in url and not url.startswith(("postgresql://", "postgres://")):
-        raise ConfigError(f"primary URL must start with postgresql:// (got {url.split('://')[0]}://)")
-    try:
-        params = conninfo_to_dict(url)
-    except psycopg.ProgrammingError as exc:
-        raise ConfigError(f"malformed primary URL: {exc}") from None
-    port = params.get("port")
-    if port is not None and not all(p.isdigit() and 0 < int(p) < 65536 for p in str(port).split(",")):
-        raise ConfigError(f"malformed primary URL: port {port!r} is not a TCP port number")
-    return params
-
-
 def _current_row(collection: str, key: str, r: Sequence[Any]) -> StoredRow:
     """A row read from the primary (columns of ``_current_sql``); it agrees with the primary as of now."""
     return StoredRow(collection, key, r[0], r[1], r[2], r[3], r[4], time.time())
+
+
+class _PoolerFound(PrimaryUnavailableError):
+    """A call failed because a transaction-mode pooler was found under it; the tier switched modes: retry."""
 
 
 class PrimaryTier:
@@ -89,13 +73,19 @@ class PrimaryTier:
         migrate: bool = True,
         pooled: bool | None = None,
         node_id: str | None = None,
+        session_url: str | None = None,
     ) -> None:
-        params = check_url(url)
-        # Behind a transaction-mode pooler (PgBouncer, Supabase's pooler on port 6543) server-side prepared
-        # statements and startup options do not work; the client-side watchdog still bounds every call.
-        self.pooled = is_pooled(params) if pooled is None else pooled
+        url_clean, forced = split_pooled_param(url)
+        params = check_url(url_clean)
         if not SCHEMA_RE.fullmatch(schema):
             raise ConfigError(f"invalid schema name {schema!r}: lower-case letters, digits and '_'")
+        # Behind a transaction-mode pooler (PgBouncer, Supabase's pooler on port 6543) server-side prepared
+        # statements, startup options and LISTEN do not work. Forced by the option or the URL parameter; else the
+        # URL's port or host may say so; else the server's behaviour tells, once, before the first call.
+        hint = pooled if pooled is not None else forced if forced is not None else pooling_from_url(params)
+        self.pooled = bool(hint)
+        self._pooling_known = hint is not None
+        self.pooled_reason = "" if hint is None else "configured" if pooled is not None or forced is not None else "URL"
         self.url = url
         self.schema = schema
         self.timeout = timeout
@@ -103,21 +93,16 @@ class PrimaryTier:
         # Names this node in change notifications, so its own puller can skip them.
         params.setdefault("application_name", f"hybridstore:{node_id}" if node_id else "hybridstore")
         self.application_name = str(params["application_name"])
-        params.update(
-            connect_timeout=max(2, math.ceil(timeout)),
-            keepalives=1,
-            keepalives_idle=max(1, int(timeout)),
-            keepalives_interval=1,
-            keepalives_count=3,
-            tcp_user_timeout=int(timeout * 1000),
+        session_params = check_url(split_pooled_param(session_url)[0]) if session_url else None
+        self._settings = ConnectionSettings(params, timeout, session_params)
+        self.session_url = session_url
+        self._conninfo = self._settings.conninfo(pooled=self.pooled)
+        limit_ms = int(timeout * 1000)
+        # Behind a pooler every call is one transaction whose limits are set by its first statement: a call
+        # abandoned by our watchdog must not leave a server connection waiting on a lock for ever.
+        self._bounded_begin = (
+            f"BEGIN; SET LOCAL statement_timeout = {limit_ms}; SET LOCAL lock_timeout = {limit_ms}".encode()
         )
-        if not self.pooled:
-            # Server-side limits too, so a lock wait or a slow plan is cut by the server as well as by our watchdog.
-            limit_ms = int(timeout * 1000)
-            params["options"] = (
-                f"{params.get('options', '')} -c statement_timeout={limit_ms} -c lock_timeout={limit_ms}"
-            ).strip()
-        self._conninfo = make_conninfo("", **params)
         self._q = sql.Identifier(schema).as_string(None)
         self._push_sql = (
             # %b: binary arrays; text-format array dumping costs ~45 ms of client CPU per 1000 ops
@@ -138,7 +123,8 @@ class PrimaryTier:
         self._lock = threading.Lock()
         self._closers: list[threading.Thread] = []  # old pools closing in the background (`reset_pool`)
         self._migrate_lock = threading.Lock()
-        self._ready = not migrate  # migrate=False: the schema is managed elsewhere (e.g. `hybridstore migrate`)
+        self.auto_migrate = migrate  # False: the schema is managed elsewhere (`hybridstore migrate --admin-url`)
+        self._ready = False  # the connection mode is settled, the schema current and the role's privileges enough
         self._closed = False
         self.last_error: str | None = None
         self.last_latency_ms: float | None = None
@@ -147,7 +133,11 @@ class PrimaryTier:
     def _new_pool(self) -> ConnectionPool:
         pool = ConnectionPool(
             self._conninfo,
-            kwargs={"autocommit": True, "prepare_threshold": None if self.pooled else 5},
+            kwargs={
+                "autocommit": True,
+                "prepare_threshold": None if self.pooled else 5,
+                "cursor_factory": StatementCursor,
+            },
             min_size=1,
             max_size=self._pool_size,
             open=False,
@@ -201,23 +191,102 @@ class PrimaryTier:
             raise PrimaryUnavailableError(f"primary unavailable: {self.last_error}") from exc
         except psycopg.Error as exc:
             self.last_error = str(exc).strip()
+            if is_prepared_statement_error(exc):  # a connection from before the switch may still meet one
+                self._switch_to_pooled(f"prepared statements fail ({self.last_error})")
+                raise _PoolerFound(f"primary unavailable: {self.last_error}") from exc
+            if is_privilege_error(exc):
+                raise self._refused(exc) from exc
             raise PrimaryRejectedError(f"primary rejected the operation: {self.last_error}") from exc
+
+    def _refused(self, exc: BaseException) -> PrimaryMisconfiguredError:
+        """A privilege error: the node's role lacks a grant. Named with the statement that needed it; the
+        tier checks its privileges again before the next call (the gateway keeps calls away meanwhile)."""
+        self._ready = False
+        statement = statement_of(exc)
+        where = f" (statement: {statement})" if statement else ""
+        return PrimaryMisconfiguredError(
+            f"primary refuses this node: {str(exc).strip()}{where}; "
+            f"grant what `hybridstore --schema {self.schema} grants ROLE` prints"
+        )
+
+    def _connect(self, conninfo: str | None = None) -> psycopg.Connection[Any]:
+        """A new autocommit connection outside the pool. A server that refuses the startup options is a pooler:
+        the tier switches to pooled mode and connects again without them."""
+        try:
+            return psycopg.connect(conninfo or self._conninfo, autocommit=True, cursor_factory=StatementCursor)
+        except psycopg.OperationalError as exc:
+            if conninfo is not None or self.pooled or not refuses_startup_options(exc):
+                raise
+            self._switch_to_pooled(f"the server refuses startup options ({str(exc).strip()})")
+            return psycopg.connect(self._conninfo, autocommit=True, cursor_factory=StatementCursor)
+
+    def _switch_to_pooled(self, reason: str) -> None:
+        """From now on: no server-side prepared statements, no startup options, timeouts per transaction, no
+        LISTEN on this address. Connections made before are dropped (the pool is replaced)."""
+        with self._lock:
+            if self.pooled:
+                return
+            self.pooled, self._pooling_known, self.pooled_reason = True, True, reason
+            self._conninfo = self._settings.conninfo(pooled=True)
+        log.warning("the primary is reached through a transaction-mode pooler: %s", reason)
+        self.reset_pool()
+
+    def _settle_pooling(self, budget: float) -> None:
+        """Tell, once, whether the URL leads to a transaction-mode pooler (see `pooling`)."""
+        if self._pooling_known:
+            return
+        try:
+            with (
+                self._connect() as a,
+                self._connect() as b,
+                self._watchdog.guard(a.pgconn.socket, budget),
+                self._watchdog.guard(b.pgconn.socket, budget),
+            ):
+                found = detect_transaction_pooler(a, b)
+        except psycopg.OperationalError as exc:
+            raise PrimaryUnavailableError(f"primary unavailable: {str(exc).strip()}") from exc
+        except psycopg.Error as exc:
+            if is_privilege_error(exc):
+                raise self._refused(exc) from exc
+            raise PrimaryRejectedError(f"primary rejected the operation: {str(exc).strip()}") from exc
+        if found:
+            self._switch_to_pooled("a client's server connection changes between transactions")
+        else:
+            self._pooling_known = True
 
     def _run(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
         if not self._ready:
             self.ensure_schema()
         start = time.perf_counter()
-        with self._conn() as conn:
-            result = fn(conn)
+        try:
+            result = self._call(fn)
+        except _PoolerFound:  # the call did not run (its statement was refused): once more, in pooled mode
+            result = self._call(fn)
         self.last_latency_ms = (time.perf_counter() - start) * 1000
         return result
 
+    def _call(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
+        with self._conn() as conn:
+            if not self.pooled:
+                return fn(conn)
+            conn.execute(self._bounded_begin)
+            try:
+                result = fn(conn)
+            except BaseException:
+                with suppress(psycopg.Error):
+                    conn.execute(b"ROLLBACK")
+                raise
+            conn.execute(b"COMMIT")
+            return result
+
     def ensure_schema(self, *, budget: float | None = None) -> None:
-        """Make sure the schema is current before the first call, within ``budget`` seconds (default: the tier
-        timeout, so a foreground call never waits longer on the primary than that). A schema already current
-        is recognised by a read, with no DDL privilege needed; otherwise the migrations run, under the same
-        budget. If another thread is checking already, this waits for it at most the budget, then raises
-        `PrimaryTimeoutError` (the caller's write is queued; the gateway's prober retries with a longer
+        """Make sure the tier can serve calls, within ``budget`` seconds (default: the tier timeout, so a
+        foreground call never waits longer on the primary than that): settle whether a pooler is in the way, then
+        check that the schema is current — by a read, with no DDL privilege needed — and that the role has every
+        privilege it needs. A schema behind this code is migrated (with ``migrate=True``) or reported as
+        `PrimaryMisconfiguredError` (``migrate=False``: run ``hybridstore migrate --admin-url …``); so is a
+        missing privilege. If another thread is checking already, this waits for it at most the budget, then
+        raises `PrimaryTimeoutError` (the caller's write is queued; the gateway's prober retries with a longer
         budget)."""
         budget = budget or self.timeout
         if not self._migrate_lock.acquire(timeout=budget):
@@ -225,30 +294,48 @@ class PrimaryTier:
         try:
             if self._ready:
                 return
-            if self._schema_current(budget):
-                self._ready = True
-                return
-            self._migrate_locked(budget)
+            self._settle_pooling(budget)
+            missing = self._missing_versions(budget)
+            if missing:
+                if not self.auto_migrate:
+                    raise PrimaryMisconfiguredError(
+                        f"primary schema {self.schema} lacks migration(s) {', '.join(map(str, missing))} and "
+                        f"automatic migration is off: run `hybridstore migrate --admin-url …` as its owner"
+                    )
+                self._migrate_locked(budget)
+            self._check_privileges(budget)
+            self._ready = True
         finally:
             self._migrate_lock.release()
 
-    def _schema_current(self, budget: float) -> bool:
-        latest = {m.version for m in migrations_for("primary")}
-        sql = f"SELECT version FROM {self._q}.hs_migrations"
+    def _missing_versions(self, budget: float) -> list[int]:
+        latest = [m.version for m in migrations_for("primary")]
+        query = f"SELECT version FROM {self._q}.hs_migrations"
         try:
             with self._conn(budget=budget) as conn:
-                done = {r[0] for r in conn.execute(sql)}
+                done = {r[0] for r in conn.execute(query)}
         except PrimaryRejectedError:  # no such schema or table yet: the migrations will create them
-            return False
-        return latest <= done
+            return latest
+        return [v for v in latest if v not in done]
+
+    def _check_privileges(self, budget: float) -> None:
+        with self._conn(budget=budget) as conn:
+            missing = missing_privileges(conn, self.schema)
+        if missing:
+            raise PrimaryMisconfiguredError(
+                f"primary refuses this node: its role lacks {'; '.join(missing)}; "
+                f"grant what `hybridstore --schema {self.schema} grants ROLE` prints"
+            )
 
     def migrate(self, *, budget: float = 60.0) -> list[int]:
         """Apply pending schema migrations (idempotent, safe with many nodes at once); returns the versions
         applied now. ``budget``: seconds for the whole migration (DDL may wait for locks)."""
+        budget = max(budget, self.timeout)
         with self._migrate_lock:
-            if self._ready:
+            self._settle_pooling(budget)
+            if not self._missing_versions(budget):
                 return []
-            return self._migrate_locked(max(budget, self.timeout))
+            return self._migrate_locked(budget)
 
     def _migrate_locked(self, budget: float) -> list[int]:
         with self._conn(budget=budget) as conn, conn.transaction():
@@ -259,8 +346,13 @@ class PrimaryTier:
             applied = migrate_postgres(conn, self._q)
         if applied:
             log.info("primary schema %s migrated to version %s", self.schema, applied[-1])
-        self._ready = True
         return applied
+
+    @property
+    def can_listen(self) -> bool:
+        """May this node LISTEN for change notifications? Not through a transaction pooler — unless a session
+        address (``session_url``) is configured for it — and not before the connection mode is settled."""
+        return self._pooling_known and (self.session_url is not None or not self.pooled)
 
     @property
     def schema_ready(self) -> bool:
@@ -541,8 +633,9 @@ class PrimaryTier:
         )
 
     def listen_connection(self) -> psycopg.Connection[Any]:
-        """A dedicated connection (outside the pool) listening for change notifications."""
-        conn = psycopg.connect(self._conninfo, autocommit=True)
+        """A dedicated connection (outside the pool) listening for change notifications: on the session address
+        when one is configured (behind a transaction pooler, the only way to LISTEN), else on the primary's."""
+        conn = self._connect(self._settings.session_conninfo())
         try:
             conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
         except BaseException:
@@ -564,7 +657,7 @@ class PrimaryTier:
         start = time.perf_counter()
         try:
             with (
-                psycopg.connect(self._conninfo, autocommit=True) as conn,
+                self._connect() as conn,
                 self._watchdog.guard(conn.pgconn.socket, self.timeout),
             ):
                 conn.execute("SELECT 1").fetchall()
@@ -636,7 +729,7 @@ class PrimaryTier:
         be sent within the tier timeout (a stalled peer is cut at once), the whole within ``budget`` seconds
         (also the server's statement timeout for this transaction). ``{schema}`` is replaced in both."""
         if not self._ready:
-            self.migrate()
+            self.ensure_schema(budget=budget)
         with self._conn(budget=budget) as conn, conn.transaction(), conn.cursor() as cur:
             cur.execute(f"SET LOCAL statement_timeout = {int(budget * 1000)}".encode())
             with cur.copy(copy.replace("{schema}", self._q).encode()) as cp:
@@ -657,7 +750,7 @@ class PrimaryTier:
             self.ensure_schema()
         budget = fetch_timeout or self.timeout * 10
         try:
-            conn = psycopg.connect(self._conninfo, autocommit=True)
+            conn = self._connect()
         except psycopg.Error as exc:
             raise PrimaryUnavailableError(f"primary unavailable: {str(exc).strip()}") from exc
         try:

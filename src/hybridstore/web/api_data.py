@@ -17,6 +17,7 @@ from ..model import Record, WriteResult
 from .conditions import check_preconditions, etag_for
 from .context import WebContext
 from .limits import read_json_value
+from .localview import collection_figures
 from .problems import not_found, unavailable
 from .responses import DataResponse
 from .routing import ScopedRouter
@@ -65,18 +66,22 @@ def build(ctx: WebContext) -> ScopedRouter:
     routes = ScopedRouter(tags=["data"])
     store = ctx.store
 
-    @routes.get("/collections", "read", summary="Collections this node holds, with live record counts")
+    @routes.get(
+        "/collections",
+        "read",
+        summary="Collections this node holds: live records, their bytes (stored JSON), writes waiting for the primary",
+    )
     async def list_collections() -> DataResponse:
-        def counts() -> dict[str, int]:
+        def figures() -> list[dict[str, Any]]:
             local = store.node.slot.tier
             if local is None:
                 raise unavailable(f"the local store is not usable: {store.node.slot.error}")
-            return local.collection_counts()
+            return [
+                {"name": f.collection, "records": f.records, "bytes": f.bytes, "pending": f.pending}
+                for f in collection_figures(local.path)
+            ]
 
-        found = await ctx.run(counts)
-        return DataResponse(
-            {"collections": [{"name": n, "records": c} for n, c in sorted(found.items())], "source": "local"}
-        )
+        return DataResponse({"collections": await ctx.run(figures), "source": "local"})
 
     @routes.get(
         "/collections/{collection}/items",

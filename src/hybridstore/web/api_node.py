@@ -1,4 +1,4 @@
-"""``/api/v1`` views of the node — status snapshot, health, alerts, events, sync state, jobs, audit log — and the
+"""``/api/v1`` views of the node — status snapshot, health, alerts, events, nodes, sync state, jobs, audit log — and the
 sync job (``POST /api/v1/sync``).
 
 Every view reads what the node already knows (`NodeStatus`, the recovery monitor's last check, the event bus):
@@ -58,6 +58,15 @@ def build(ctx: WebContext) -> ScopedRouter:
         found = [e.to_dict() for e in store.node.events.since(since)][:limit]  # in memory: no I/O
         last = found[-1]["seq"] if found else since
         return DataResponse({"events": found, "last_seq": last})
+
+    @routes.get(
+        "/nodes",
+        "read",
+        summary="Every node sharing the primary (heartbeats): host, version, state, outbox depth, push/pull, stale",
+        responses=problems(503),
+    )
+    async def nodes() -> DataResponse:
+        return DataResponse({"nodes": await ctx.run(store.nodes)})
 
     @routes.get("/sync", "read", summary="Sync state: outbox, counts, conflicts, dead letters, history")
     async def sync_status() -> DataResponse:

@@ -1,5 +1,6 @@
 """``/api/v1/conflicts`` and ``/api/v1/dead-letters``: what sync could not settle by itself, and an admin's way to
-settle it. Conflicts live on the primary (503 while it is unreachable); dead letters live on this node."""
+settle it. Conflicts live on the primary (503 while it is unreachable); dead letters live on this node. And
+``/api/v1/outbox``: what this node has not handed to the primary yet."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ from typing import Annotated, Any, Literal
 from fastapi import Path, Query, Request
 
 from ..model import Conflict
+from ..validation import check_collection
 from .api_data import write_json
 from .auth import principal_of
 from .confirm import require_confirmation
 from .context import WebContext
+from .localview import outbox_view
 from .problems import not_found
 from .responses import DataResponse
 from .routing import ScopedRouter
@@ -67,6 +70,18 @@ def build(ctx: WebContext) -> ScopedRouter:
             request, "conflict.resolve", f"conflict/{conflict_id}", settle, details={"choice": body.choice}
         )
         return DataResponse(done)
+
+    @routes.get("/outbox", "read", summary="Writes waiting for the primary, oldest first (and the journal's)")
+    async def outbox(
+        collection: Annotated[str | None, Query(max_length=64, description="Only this collection.")] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    ) -> DataResponse:
+        def view() -> dict[str, Any]:
+            if collection is not None:
+                check_collection(collection)
+            return outbox_view(store, collection=collection, limit=limit)
+
+        return DataResponse(await ctx.run(view))
 
     @routes.get("/dead-letters", "read", summary="Ops the primary refused for good (they block nothing)")
     async def dead_letters(

@@ -1,5 +1,5 @@
 """`create_app(store)`: the running node as an ASGI application (FastAPI) — the REST API under ``/api/v1``,
-``/metrics``, ``/healthz``, ``/readyz`` and the API docs page.
+``/metrics``, ``/healthz``, ``/readyz``, the API docs page, and the admin web UI under ``/admin/``.
 
 Mount it in an application of your own (``outer.mount("/store", create_app(store))``) or run it with
 ``hybridstore serve``. The app does not own the store: whoever opened the store closes it (after the server has
@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from ..errors import HybridStoreError
-from . import api, docs, probes
+from . import admin, api, docs, probes, sse
 from .auth import AuthMiddleware, admin_token_from_env
 from .context import WebContext
 from .limits import BodyLimitMiddleware
@@ -75,18 +75,30 @@ def create_app(
         redoc_url=None,
     )
     app.state.hybridstore = ctx
+    live = sse.LiveFeed(store)
+    app.state.live = live
+    ui = admin.build(ctx, live)
+    app.state.admin = ui
     public = set(probes.PUBLIC_PATHS)
     probe_routes, metrics = probes.build(ctx)
     app.include_router(probe_routes)
     app.include_router(metrics.router)
     app.include_router(api.build(ctx, app.openapi))
-    ui = docs.build(api.PREFIX) if docs_ui else None
-    if ui is not None:
-        app.include_router(ui[0])
-        public |= ui[1]
+    app.include_router(sse.build(ctx, live).router, prefix=api.PREFIX)
+    app.include_router(ui.router)
+    docs_routes = docs.build(api.PREFIX) if docs_ui else None
+    if docs_routes is not None:
+        app.include_router(docs_routes[0])
+        public |= docs_routes[1]
     _install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=limit)
-    app.add_middleware(AuthMiddleware, authenticator=ctx.auth, public=frozenset(public).__contains__)
+    exact = frozenset(public)
+    app.add_middleware(
+        AuthMiddleware,
+        authenticator=ctx.auth,
+        public=lambda path: path in exact or admin.is_public(path),
+        sessions=ui.gate,
+    )
     return app
 
 

@@ -3,9 +3,12 @@
 Two steps, so that nothing is routed, parsed or validated for an anonymous caller:
 
 1. `AuthMiddleware` (pure ASGI, outermost but for the body limit) authenticates: every path except the public
-   ones (``/healthz``, ``/readyz``, the docs page and its static assets) needs ``Authorization: Bearer <token>``
-   naming an active key (or the admin token); otherwise 401, for unknown paths too (no route map for
-   strangers). The caller (`Principal`) is put in the ASGI scope.
+   ones (``/healthz``, ``/readyz``, the docs page and its static assets, the admin UI's login page and assets)
+   needs ``Authorization: Bearer <token>`` naming an active key (or the admin token), or the admin UI's session
+   cookie (`SessionAuth`: then a state-changing request must also carry its CSRF token, else 403); otherwise
+   401, for unknown paths too (no route map for strangers), or a redirect to the login page for a browser
+   asking for an admin page. The caller (`Principal`) is put in the ASGI scope. A request that came in on the
+   node's owner-only Unix socket (`local_socket`) is the node's own user: every scope, actor ``local:<user>``.
 2. Each route declares the scope it needs (`Requirement`, a FastAPI dependency): 403 if the caller lacks it.
 
 Looking a key up reads ``web.db`` (in a worker thread); a successful lookup is remembered for ``cache_ttl``
@@ -21,13 +24,14 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .keys import SCOPES, ApiKeyStore, grants
+from .local_socket import LOCAL_PEER_KEY, local_actor
 from .problems import MEDIA_TYPE, Problem, WebError
 
 ADMIN_TOKEN_ENV = "HYBRIDSTORE_ADMIN_TOKEN"
@@ -42,6 +46,7 @@ class Principal:
     actor: str
     scopes: frozenset[str]
     key_id: str | None = None
+    session: str | None = None  # the admin UI's session id, when the caller came with its cookie
 
     def allows(self, scope: str) -> bool:
         return grants(self.scopes, scope)
@@ -93,6 +98,16 @@ class Authenticator:
         return principal
 
 
+class SessionAuth(Protocol):
+    """The admin UI's browser sessions, as the middleware sees them (`hybridstore.web.admin.session.SessionGate`)."""
+
+    async def principal(self, scope: Scope) -> Principal | None: ...
+
+    async def check_csrf(self, scope: Scope, receive: Receive, principal: Principal) -> Receive | None: ...
+
+    def login_redirect(self, scope: Scope) -> str | None: ...
+
+
 def route_path(scope: Scope) -> str:
     """The path inside this app (without the prefix it is mounted under)."""
     path: str = scope["path"]
@@ -103,10 +118,18 @@ def route_path(scope: Scope) -> str:
 class AuthMiddleware:
     """Step 1 of the module docstring."""
 
-    def __init__(self, app: ASGIApp, *, authenticator: Authenticator, public: Callable[[str], bool]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        authenticator: Authenticator,
+        public: Callable[[str], bool],
+        sessions: SessionAuth | None = None,
+    ) -> None:
         self.app = app
         self.authenticator = authenticator
         self.public = public
+        self.sessions = sessions
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":  # the API has none: refuse rather than let one through unauthenticated
@@ -115,8 +138,26 @@ class AuthMiddleware:
         if scope["type"] != "http" or self.public(route_path(scope)):
             await self.app(scope, receive, send)
             return
+        if scope.get(LOCAL_PEER_KEY) is True:  # came in on the node's owner-only Unix socket (local_socket.py)
+            scope[PRINCIPAL_KEY] = Principal(local_actor(), frozenset(SCOPES))
+            await self.app(scope, receive, send)
+            return
         token = _bearer(scope)
         principal = None if token is None else await self.authenticator.authenticate(token)
+        if principal is None and token is None and self.sessions is not None:
+            principal = await self.sessions.principal(scope)
+            if principal is None:
+                location = self.sessions.login_redirect(scope)
+                if location is not None:
+                    await _send_redirect(send, location)
+                    return
+            else:
+                checked = await self.sessions.check_csrf(scope, receive, principal)
+                if checked is None:
+                    detail = "send the page's CSRF token (X-CSRF-Token header or csrf form field); reload the page"
+                    await _send_problem(send, Problem(403, "csrf", "CSRF token missing or wrong", detail))
+                    return
+                receive = checked
         if principal is None:
             detail = (
                 "send Authorization: Bearer <API key>"
@@ -139,6 +180,12 @@ def _bearer(scope: Scope) -> str | None:
             token = token.strip()
             return token if scheme.lower() == "bearer" and token else None
     return None
+
+
+async def _send_redirect(send: Send, location: str) -> None:
+    headers = [(b"location", location.encode("latin-1")), (b"content-length", b"0"), (b"cache-control", b"no-store")]
+    await send({"type": "http.response.start", "status": 303, "headers": headers})
+    await send({"type": "http.response.body", "body": b""})
 
 
 async def _send_problem(send: Send, problem: Problem) -> None:

@@ -1,8 +1,11 @@
-"""``data_dir/web.db``: the web service's own SQLite file (API keys, the local audit log).
+"""``data_dir/web.db``: the web service's own SQLite file (API keys, the local audit log, jobs, the admin UI's
+users, its one-time setup link and the key that signs its session cookies).
 
-Kept apart from ``local.db`` on purpose: the store's schema home (``migrations/``) is the store's; this file is the
-web package's, versioned with ``PRAGMA user_version`` like the store's SQLite files. WAL mode, so the CLI
-(``hybridstore apikey …``) can add or revoke keys while ``hybridstore serve`` runs on the same directory.
+Kept apart from ``local.db`` on purpose (the web service's state is not the store's data), but its schema lives
+with every other database's: versioned SQL under ``migrations/web/`` (a change is a new ``NNNN_name.sql`` file,
+never an edit; recorded in ``PRAGMA user_version``), applied by `hybridstore.migrations.migrate_sqlite` when the
+file is opened. WAL mode, so the CLI (``hybridstore apikey …``) can add or revoke keys while ``hybridstore serve``
+runs on the same directory.
 """
 
 from __future__ import annotations
@@ -15,34 +18,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..migrations import migrate_sqlite
+
 FILE_NAME = "web.db"
 BUSY_TIMEOUT_MS = 5000
-
-# One entry per schema version; a change is a new entry, never an edit.
-MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE api_keys (
-        id           TEXT PRIMARY KEY,
-        name         TEXT NOT NULL UNIQUE,
-        scopes       TEXT NOT NULL,           -- space-separated
-        token_hash   TEXT NOT NULL UNIQUE,    -- sha256 hex of the whole token
-        hint         TEXT NOT NULL,           -- the token's first characters, to recognise it
-        created_at   REAL NOT NULL,
-        last_used_at REAL,
-        revoked_at   REAL
-    );
-    CREATE TABLE audit_log (
-        id       INTEGER PRIMARY KEY,
-        at       REAL NOT NULL,
-        actor    TEXT NOT NULL,
-        action   TEXT NOT NULL,
-        target   TEXT NOT NULL,
-        outcome  TEXT NOT NULL,
-        client   TEXT,
-        details  TEXT NOT NULL DEFAULT '{}'   -- JSON
-    );
-    """,
-)
 
 
 class WebDatabase:
@@ -67,15 +46,8 @@ class WebDatabase:
         return cls(Path(data_dir) / FILE_NAME)
 
     def _migrate(self) -> None:
-        with self.transaction() as conn:
-            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-            if version > len(MIGRATIONS):
-                raise RuntimeError(f"{self.path} was written by a newer hybridstore (schema {version})")
-            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                for statement in script.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {number}")
+        with self._lock:
+            migrate_sqlite(self._conn, "web")
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:

@@ -90,6 +90,8 @@ class LocalOutbox(LocalDatabase):
         written elsewhere since loses to it under last-writer-wins and is left out."""
         now = self._clock()
         with self._transaction() as conn:
+            if fresh and len(ops) > 1 and (stored := self._store_fresh_many(conn, ops, now)) is not None:
+                return stored
             return [s for op in ops if (s := self._store_op(conn, op, now, fresh=fresh)) is not None]
 
     def pending_ops(self, limit: int, *, after: int = 0) -> list[tuple[int, Op, str | None]]:

@@ -1,5 +1,6 @@
 """Read-only figures about the node's SQLite file that the local tier has no method for yet: bytes per
-collection, and each outbox entry's attempts and last error.
+collection, and each outbox entry's attempts and last error (for the CLI's ``collections`` and ``pending``, and
+the API's ``/collections`` and ``/outbox``; no FastAPI needed).
 
 They are read on a connection of their own, opened read-only (``mode=ro``), so nothing here can change the
 store; the tables are those of ``migrations/local/``. Once `LocalTier` offers ``collection_stats()`` and
@@ -13,10 +14,13 @@ import sqlite3
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from ..errors import LocalStoreError
+
+if TYPE_CHECKING:
+    from ..store import HybridStore
 
 
 @dataclass(frozen=True)
@@ -87,4 +91,34 @@ def outbox_entries(db: Path, *, limit: int, collection: str | None = None) -> li
     return [OutboxEntry(r[0], r[1], r[2], r[3], bool(r[4]), r[5], r[6], r[7], r[8]) for r in rows]
 
 
-__all__ = ["CollectionFigures", "OutboxEntry", "collection_figures", "outbox_entries"]
+def outbox_view(store: HybridStore, *, collection: str | None, limit: int) -> dict[str, Any]:
+    """What waits for the primary, as plain data: ``depth``, ``oldest_created_at``, ``dead_letters``, the oldest
+    ``limit`` outbox ``entries`` and the emergency ``journal``'s ops (of one collection, if given).
+    `LocalStoreError` if the local store is not usable."""
+    local = store.node.slot.tier
+    if local is None:
+        raise LocalStoreError(f"the local store is not usable: {store.node.slot.error}; see `hybridstore repair`")
+    depth, oldest = local.outbox_stats()
+    entries = outbox_entries(local.path, limit=limit, collection=collection)
+    journal = [
+        {
+            "tier": "journal",
+            "op_id": op.op_id,
+            "collection": op.collection,
+            "key": op.key,
+            "deleted": op.deleted,
+            "created_at": op.created_at,
+        }
+        for op in store.node.journal.entries()
+        if collection in (None, op.collection)
+    ]
+    return {
+        "depth": depth,
+        "oldest_created_at": oldest,
+        "dead_letters": local.dead_letter_count(),
+        "entries": [e.to_dict() for e in entries],
+        "journal": journal,
+    }
+
+
+__all__ = ["CollectionFigures", "OutboxEntry", "collection_figures", "outbox_entries", "outbox_view"]
