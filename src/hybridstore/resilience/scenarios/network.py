@@ -53,7 +53,7 @@ class Blackhole(Scenario):
 class FlappingPrimary(Scenario):
     name = "flapping_primary"
     summary = "The primary goes down and up again at random (0.2-0.8 s each) for the middle half of the run."
-    min_duration = 3.0
+    min_duration = 4.0  # a fault window of 2 s holds at least two flaps whatever the draws
 
     def run(self, ctx: RunContext) -> ScenarioResult:
         rng = ctx.rng(self.name)
