@@ -157,6 +157,9 @@ class Trial:
         self.rules: dict[str, Rule] = {}
         self.fault_started: float | None = None
         self.healed_at: float | None = None
+        self.drained_at: float | None = None
+        self._watcher: threading.Thread | None = None
+        self._closing = threading.Event()
         self._started = time.monotonic()
 
     def __enter__(self) -> Trial:
@@ -214,9 +217,28 @@ class Trial:
             yield
 
     def heal(self) -> None:
+        """End the fault; a watcher then notes when the backlog it left is gone (`drained_at`): every node's
+        outbox and journal empty at once, while the writers go on."""
         if self.proxy is not None:
             self.proxy.restore()
         self.healed_at = self.history.mark("healed")
+        self._watcher = threading.Thread(target=self._watch_drain, name="resilience-drain-watch", daemon=True)
+        self._watcher.start()
+
+    def _watch_drain(self) -> None:
+        deadline = time.monotonic() + 120.0
+        while not self._closing.is_set() and time.monotonic() < deadline and self.drained_at is None:
+            try:
+                empty = all(
+                    s.status(fresh=True).outbox["depth"] == 0 and len(s.node.journal) == 0
+                    for s in list(self.nodes.values())
+                )
+            except HybridStoreError:
+                empty = False  # a node closing or reopening: look again
+            if empty:
+                self.drained_at = self.history.mark("drained")
+                return
+            self._closing.wait(0.02)
 
     def run_writes_with(self, inject: Callable[[], None], what: str, *, hold: bool = True, heal: bool = True) -> None:
         """Writers on every node; ``inject`` starts the fault in the middle of the run, which then lasts the middle
@@ -253,8 +275,10 @@ class Trial:
             if remaining == 0 and states is not None:
                 primary, nodes = states
                 if all(copy == primary for copy in nodes):
-                    if self.healed_at is not None:
-                        self.result.recovery_s = self.history.now() - self.healed_at
+                    if self.healed_at is not None and self.result.recovery_s is None:
+                        # from the heal to the backlog's drain (the writers ran meanwhile), else to now
+                        end = self.drained_at if self.drained_at is not None else self.history.now()
+                        self.result.recovery_s = end - self.healed_at
                     return True
                 fingerprint = (checksum(primary), tuple(checksum(copy) for copy in nodes))
                 if last is None or last[0] != fingerprint:
@@ -275,6 +299,7 @@ class Trial:
     def finish(self, *, availability: float = 0.99, extra_nodes: Sequence[str] = ()) -> ScenarioResult:
         """Close the nodes, read the final states, check the history, state the common criteria."""
         names = [*self.nodes, *extra_nodes]
+        self._closing.set()
         for name in list(self.nodes):
             self.close_node(name)
         primary = self.ctx.sandbox.primary_state()
@@ -320,6 +345,9 @@ class Trial:
         return min(diverted) - self.fault_started if diverted else None
 
     def close(self) -> None:
+        self._closing.set()
+        if self._watcher is not None:
+            self._watcher.join(5)
         self.stop_writers()
         for name in list(self.nodes):
             self.close_node(name)
