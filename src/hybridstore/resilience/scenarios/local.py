@@ -60,15 +60,20 @@ class LocalCorruption(Scenario):
 class DiskFull(Scenario):
     name = "disk_full"
     summary = (
-        "A node's data directory is on a small file system that fills up while the primary is down: SQLite and "
+        "A node's data directory is on a size-limited file system that fills up while the primary is down: SQLite and "
         "then the journal run out of space; writes must be refused with an error, never acknowledged and lost; "
         "once space is freed and the primary returns, everything converges."
     )
     min_duration = 3.0
-    disk_bytes = 8 << 20
+    value_bytes = 2000
+
+    def disk_bytes(self, ctx: RunContext) -> int:
+        """Room for what the node writes after the space is freed (values, SQLite's WAL pages: ~12 KiB a write)
+        and then some: the scenario is about one full disk, not about the workload filling it again."""
+        return max(16 << 20, int(ctx.duration * ctx.rate * 16 * 1024))
 
     def run(self, ctx: RunContext) -> ScenarioResult:
-        disk = SmallDisk(ctx.sandbox.data_dir("a"), self.disk_bytes)
+        disk = SmallDisk(ctx.sandbox.data_dir("a"), self.disk_bytes(ctx))
         if not disk.available:
             r = ScenarioResult(self.name, error=f"skipped: {disk.why_not}")
             r.details["skipped"] = disk.why_not
@@ -80,7 +85,7 @@ class DiskFull(Scenario):
                 assert t.proxy is not None
                 proxy = t.proxy
                 before, during, after = t.phases()
-                t.start_writers(value_bytes=2000)
+                t.start_writers(value_bytes=self.value_bytes)
                 t.sleep(before)
                 with t.fault("primary down, disk full"):
                     proxy.down()
