@@ -5,11 +5,12 @@ Off by default, and then free: the three places that read them test one module-l
 (``if faults.active and ...``). Turned on by `enable` (in-process) or, for child processes, by the environment
 variable ``HYBRIDSTORE_TEST_FAULTS`` (comma-separated names) read at import.
 
-- ``outbox_drop``: the outbox replayer drops one op in ``EVERY`` from the batches it pushes, and settles it as if
-  the primary had applied it (an acknowledged write silently lost) — `hybridstore.sync.outbox`;
+- ``outbox_drop``: the outbox replayer drops one op in ``EVERY`` (the first, the 101st...) from the batches it
+  pushes, and settles it as if the primary had applied it (an acknowledged write silently lost) —
+  `hybridstore.sync.outbox`;
 - ``journal_no_fsync``: the journal keeps appended lines in the process's memory (as the OS page cache holds
-  unsynced data) and writes them out only every ``EVERY`` lines: a SIGKILL then plays the power cut that would
-  lose unsynced data — `hybridstore.tiers.journal`;
+  unsynced data) and writes them out only when it is closed cleanly: a SIGKILL then plays the power cut that
+  loses unsynced data — `hybridstore.tiers.journal`;
 - ``puller_skip_page``: the change puller skips one page in ``SKIP_EVERY`` of the change feed (the cursor moves
   on, the rows are never applied: the node diverges) — `hybridstore.sync.puller`.
 """
@@ -51,12 +52,12 @@ def disable() -> None:
 
 
 def due(name: str) -> bool:
-    """Count one occasion for fault ``name``; True on every ``EVERY``-th (``SKIP_EVERY``-th page for the puller),
-    then counted as fired."""
+    """Count one occasion for fault ``name``; True on the first and then every ``EVERY``-th (``SKIP_EVERY``-th page
+    for the puller), then counted as fired. From the first: a short-lived process does its damage too."""
     every = SKIP_EVERY if name == PULLER_SKIP_PAGE else EVERY
     with _lock:
-        _seen[name] += 1
         hit = _seen[name] % every == 0
+        _seen[name] += 1
         if hit:
             fired[name] += 1
         return hit

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
@@ -21,12 +22,14 @@ from ..resilience.runner import DEFAULT_DURATION, DEFAULT_SEED, RunOptions, run
 from .app import Settings, app
 from .output import err, fail, out, print_json
 
+TABLE_WIDTH = 110
+
 
 @contextmanager
 def _quiet_faults() -> Iterator[None]:
     """The faults a run injects make the store and the driver warn (that is their job in production): under the
     default log level those expected warnings would bury the progress view, so only errors are shown meanwhile."""
-    loggers = [logging.getLogger(name) for name in ("hybridstore", "psycopg")]
+    loggers = [logging.getLogger(name) for name in ("hybridstore", "psycopg", "psycopg.pool")]
     levels = [lg.level for lg in loggers]
     if logging.getLogger("hybridstore").getEffectiveLevel() >= logging.WARNING:
         for lg in loggers:
@@ -103,7 +106,8 @@ def test_resilience(
     if json_path is not None:
         print_json(report)
     else:
-        out.print(table(report))
+        # wider than a narrow terminal if need be: it wraps the lines, rather than cutting the figures
+        Console(width=max(out.width, TABLE_WIDTH)).print(table(report))
         for line in failures(report):
             out.print(Text(line, style="red"))
     raise typer.Exit(0 if report["passed"] else 1)

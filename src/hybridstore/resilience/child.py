@@ -7,12 +7,14 @@ and what was acknowledged when the kill lands::
     ok <n> <tier> <hlc> <version>
     fail <n> <error type>
 
-Run as ``python -m hybridstore.resilience.child DATA_DIR URL SCHEMA NODE_ID WRITE_MODE RATE PREFIX``. Test-only
-faults (`hybridstore.faults`) reach it through the environment.
+Run as ``python -m hybridstore.resilience.child DATA_DIR URL SCHEMA NODE_ID WRITE_MODE RATE PREFIX [OPTIONS]``
+(``OPTIONS``: store options as a JSON object). Test-only faults (`hybridstore.faults`) reach it through the
+environment.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 
@@ -23,7 +25,8 @@ from .workload import COLLECTION, NOT_STORED
 
 
 def main(argv: list[str]) -> None:
-    data_dir, url, schema, node_id, mode, rate, prefix = argv
+    data_dir, url, schema, node_id, mode, rate, prefix = argv[:7]
+    options = {**NODE_DEFAULTS, **(json.loads(argv[7]) if len(argv) > 7 else {})}
     store = HybridStore(
         resolve(
             primary_url=url,
@@ -32,7 +35,7 @@ def main(argv: list[str]) -> None:
             primary_schema=schema,
             write_mode=mode,
             backups=False,
-            **NODE_DEFAULTS,
+            **options,
         )
     )
     print("ready", flush=True)

@@ -8,18 +8,25 @@ import os
 import shutil
 import sqlite3
 import subprocess
+import time
 from pathlib import Path
 from random import Random
 
 PAGE = 4096
 
 
-def checkpoint(path: Path) -> None:
-    """Move what the WAL holds into the database file (from a connection of our own), so damage to the file's
-    pages reaches recent data too."""
+def checkpoint(path: Path, attempts: int = 40) -> bool:
+    """Move everything the WAL holds into the database file and empty the WAL (from a connection of our own), so
+    that damage to the file's pages is what SQLite reads, not hidden behind newer copies in the WAL. Returns
+    whether it completed (a busy writer can keep it from finishing: it is tried again)."""
     conn = sqlite3.connect(path, timeout=5)
     try:
-        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        for _ in range(attempts):
+            busy, _log, _done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            if not busy:
+                return True
+            time.sleep(0.05)
+        return False
     finally:
         conn.close()
 

@@ -3,12 +3,12 @@ entries, kill it with SIGKILL (whatever it was doing: writes still in flight bec
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 from .. import faults
@@ -33,6 +33,7 @@ class NodeProcess:
         write_mode: str,
         rate: float,
         prefix: str,
+        options: dict[str, object] | None = None,
     ) -> None:
         self.history = history
         self.name = name
@@ -55,6 +56,7 @@ class NodeProcess:
                 write_mode,
                 str(rate),
                 prefix,
+                json.dumps(options or {}),
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -103,6 +105,3 @@ class NodeProcess:
             self.history.unknown(entry, "killed before it answered")
         self._inflight.clear()
 
-
-def sleep_until(deadline: float) -> None:
-    time.sleep(max(0.0, deadline - time.monotonic()))

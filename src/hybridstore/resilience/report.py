@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.table import Table
 from rich.text import Text
 
@@ -38,11 +39,18 @@ def _s(x: Any) -> str:
 
 def table(report: dict[str, Any]) -> Table:
     """One row per scenario: verdict and figures (texts as plain text, never markup)."""
-    t = Table(title=f"resilience run, seed {report['seed']}", title_justify="left")
-    for col in ("scenario", "verdict", "ops", "acked", "lost", "dup", "converged", "avail.", "p50 ms", "p99 ms"):
-        t.add_column(col, justify="left" if col in ("scenario", "verdict") else "right")
-    t.add_column("detect s", justify="right")
-    t.add_column("recover s", justify="right")
+    t = Table(
+        title=f"resilience run, seed {report['seed']} (latency in ms, times in s)",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1),
+        collapse_padding=True,
+        pad_edge=False,
+    )
+    t.add_column("scenario", no_wrap=True)
+    t.add_column("verdict", no_wrap=True)
+    for col in ("ops", "acked", "lost", "dup", "conv", "avail", "p50", "p99", "detect", "recover"):
+        t.add_column(col, justify="right", no_wrap=True)
     for s in report["scenarios"]:
         verdict = Text(s["verdict"], style="green" if s["verdict"] == "pass" else "bold red")
         t.add_row(
@@ -53,7 +61,7 @@ def table(report: dict[str, Any]) -> Table:
             str(s["lost"]),
             str(s["duplicated"]),
             "yes" if s["converged"] else "NO",
-            f"{s['availability']:.4f}",
+            f"{s['availability']:.3f}",
             _ms(s["p50_ms"]),
             _ms(s["p99_ms"]),
             _s(s["detection_s"]),

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -33,6 +34,7 @@ class RunOptions:
     seed: int = DEFAULT_SEED
     rate: float = 100.0  # writes per second per writer (storage_load doubles it)
     base_dir: Path | None = None  # where the run's temporary directory goes (default: the system's)
+    cancel: threading.Event = field(default_factory=threading.Event)  # set: the run stops as soon as it can
 
     def check(self) -> None:
         unknown = [n for n in self.scenarios if n not in BY_NAME]
@@ -72,6 +74,9 @@ def run(options: RunOptions, *, progress: Progress | None = None) -> dict[str, A
     with Sandbox(options.primary_url, base_dir=options.base_dir) as sandbox:
         report["sandbox"] = {"schema": sandbox.schema, "cleaned_leftovers": sandbox.cleaned}
         for i, name in enumerate(names):
+            if options.cancel.is_set():
+                report["cancelled"] = True
+                break
             scenario = BY_NAME[name]
             duration = max(options.duration, scenario.min_duration)
             tell(name, i, "starting")
@@ -82,6 +87,7 @@ def run(options: RunOptions, *, progress: Progress | None = None) -> dict[str, A
                 options.seed,
                 options.rate,
                 step=lambda msg, name=name, i=i: tell(name, i, msg),  # type: ignore[misc]
+                cancel=options.cancel,
             )
             started = time.monotonic()
             try:
@@ -97,5 +103,6 @@ def run(options: RunOptions, *, progress: Progress | None = None) -> dict[str, A
             report["scenarios"].append(entry)
             tell(name, i + 1, entry["verdict"])
     report["finished_at"] = time.time()
-    report["passed"] = all(s["verdict"] == "pass" for s in report["scenarios"])
+    report["cancelled"] = options.cancel.is_set()
+    report["passed"] = not report["cancelled"] and all(s["verdict"] == "pass" for s in report["scenarios"])
     return report

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from urllib.parse import urlsplit
 
 from ..errors import HybridStoreError
 from ..store import HybridStore
-from .checker import Rule, Verdict, check
+from .checker import Key, Rule, Verdict, check, checksum
 from .history import History
 from .proxy import FaultProxy
 from .sandbox import Sandbox
@@ -36,6 +37,11 @@ class RunContext:
     seed: int
     rate: float = 100.0  # writes per second per writer
     step: Step = lambda _msg: None
+    cancel: threading.Event = field(default_factory=threading.Event)  # set: end the scenario as soon as possible
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep ``seconds`` (at most); True if the run was cancelled meanwhile."""
+        return self.cancel.wait(max(0.0, seconds))
 
     def rng(self, name: str) -> Random:
         """A generator of its own for each use, all derived from the run's seed (a scenario stays reproducible)."""
@@ -151,6 +157,9 @@ class Trial:
         self.rules: dict[str, Rule] = {}
         self.fault_started: float | None = None
         self.healed_at: float | None = None
+        self.drained_at: float | None = None
+        self._watcher: threading.Thread | None = None
+        self._closing = threading.Event()
         self._started = time.monotonic()
 
     def __enter__(self) -> Trial:
@@ -197,7 +206,7 @@ class Trial:
         return 0.25 * d, 0.5 * d, 0.25 * d
 
     def sleep(self, seconds: float) -> None:
-        time.sleep(max(0.0, seconds))
+        self.ctx.wait(seconds)  # a cancelled run goes through the rest of the course at once
 
     @contextlib.contextmanager
     def fault(self, what: str) -> Iterator[None]:
@@ -208,9 +217,28 @@ class Trial:
             yield
 
     def heal(self) -> None:
+        """End the fault; a watcher then notes when the backlog it left is gone (`drained_at`): every node's
+        outbox and journal empty at once, while the writers go on."""
         if self.proxy is not None:
             self.proxy.restore()
         self.healed_at = self.history.mark("healed")
+        self._watcher = threading.Thread(target=self._watch_drain, name="resilience-drain-watch", daemon=True)
+        self._watcher.start()
+
+    def _watch_drain(self) -> None:
+        deadline = time.monotonic() + 120.0
+        while not self._closing.is_set() and time.monotonic() < deadline and self.drained_at is None:
+            try:
+                empty = all(
+                    s.status(fresh=True).outbox["depth"] == 0 and len(s.node.journal) == 0
+                    for s in list(self.nodes.values())
+                )
+            except HybridStoreError:
+                empty = False  # a node closing or reopening: look again
+            if empty:
+                self.drained_at = self.history.mark("drained")
+                return
+            self._closing.wait(0.02)
 
     def run_writes_with(self, inject: Callable[[], None], what: str, *, hold: bool = True, heal: bool = True) -> None:
         """Writers on every node; ``inject`` starts the fault in the middle of the run, which then lasts the middle
@@ -227,14 +255,15 @@ class Trial:
         self.sleep(after)
         self.stop_writers()
 
-    def settle(self, timeout: float | None = None) -> bool:
-        """After the heal: push, pull and compare until every node holds what the primary holds (or time is up);
-        the recovery time runs from the heal to that moment."""
+    def settle(self, timeout: float | None = None, *, quiet: float = 1.5) -> bool:
+        """After the heal: push, pull and compare until every node holds what the primary holds; the recovery time
+        runs from the heal to that moment. Gives up when time is up, or when nothing is left to push and nothing
+        has changed anywhere for ``quiet`` seconds (a node that will never converge by itself)."""
         self.ctx.step(f"{self.name}: settling")
         timeout = timeout if timeout is not None else min(40.0, 10.0 + self.ctx.duration / 2)
         deadline = time.monotonic() + timeout
-        converged = False
-        while time.monotonic() < deadline:
+        last: tuple[object, float] | None = None
+        while time.monotonic() < deadline and not self.ctx.cancel.is_set():
             remaining = 0
             for store in self.nodes.values():
                 try:
@@ -242,25 +271,35 @@ class Trial:
                 except HybridStoreError as exc:
                     log.debug("settle: %s", exc)
                     remaining += 1
-            if remaining == 0 and self._same_everywhere():
-                converged = True
-                break
+            states = self._states()
+            if remaining == 0 and states is not None:
+                primary, nodes = states
+                if all(copy == primary for copy in nodes):
+                    if self.healed_at is not None and self.result.recovery_s is None:
+                        # from the heal to the backlog's drain (the writers ran meanwhile), else to now
+                        end = self.drained_at if self.drained_at is not None else self.history.now()
+                        self.result.recovery_s = end - self.healed_at
+                    return True
+                fingerprint = (checksum(primary), tuple(checksum(copy) for copy in nodes))
+                if last is None or last[0] != fingerprint:
+                    last = (fingerprint, time.monotonic())
+                elif time.monotonic() - last[1] >= quiet:
+                    return False
             time.sleep(0.1)
-        if converged and self.healed_at is not None:
-            self.result.recovery_s = self.history.now() - self.healed_at
-        return converged
+        return False
 
-    def _same_everywhere(self) -> bool:
+    def _states(self) -> tuple[dict[Key, Any], list[dict[Key, Any]]] | None:
         try:
             primary = {k: row.value for k, row in self.ctx.sandbox.primary_state().items()}
-            return all(self.ctx.sandbox.node_state(name) == primary for name in self.nodes)
+            return primary, [self.ctx.sandbox.node_state(name) for name in self.nodes]
         except Exception as exc:  # a node's file being rebuilt, the primary unreachable: not yet
             log.debug("settle: %s", exc)
-            return False
+            return None
 
     def finish(self, *, availability: float = 0.99, extra_nodes: Sequence[str] = ()) -> ScenarioResult:
         """Close the nodes, read the final states, check the history, state the common criteria."""
         names = [*self.nodes, *extra_nodes]
+        self._closing.set()
         for name in list(self.nodes):
             self.close_node(name)
         primary = self.ctx.sandbox.primary_state()
@@ -282,7 +321,8 @@ class Trial:
         r.require("nothing in the final state that was not written", v.phantom == 0, v.phantom)
         r.require("versions only grow", v.shrinking == 0, v.shrinking)
         r.require("every node converged to the primary (checksums)", v.converged, v.divergent or "all equal")
-        r.require(f"availability ≥ {availability:.0%}", v.availability >= availability, v.availability)
+        if availability > 0:  # 0: refusing writes is right in this scenario (losing them is not)
+            r.require(f"availability ≥ {availability:.0%}", v.availability >= availability, v.availability)
         r.timeline = timeline(self.history)
         if self.proxy is not None:
             r.details["proxy"] = dict(self.proxy.counters)
@@ -305,6 +345,9 @@ class Trial:
         return min(diverted) - self.fault_started if diverted else None
 
     def close(self) -> None:
+        self._closing.set()
+        if self._watcher is not None:
+            self._watcher.join(5)
         self.stop_writers()
         for name in list(self.nodes):
             self.close_node(name)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from ..scenario import Scenario
+from .conflicts import SyncConflicts
 from .crash import NodeCrash, PrimaryDownLocalCorrupt
+from .data import BackupTamper, DuplicateReplay
 from .local import DiskFull, LocalCorruption
 from .network import Blackhole, FlappingPrimary, HighLatency, PrimaryOutage, ResetMidCommit, StorageLoad
 from .recovery import AutoRecovery
@@ -12,6 +14,7 @@ ALL: tuple[Scenario, ...] = (
     PrimaryOutage(),
     LocalCorruption(),
     HighLatency(),
+    SyncConflicts(),
     AutoRecovery(),
     StorageLoad(),
     Blackhole(),
@@ -19,6 +22,8 @@ ALL: tuple[Scenario, ...] = (
     NodeCrash(),
     DiskFull(),
     ResetMidCommit(),
+    DuplicateReplay(),
+    BackupTamper(),
     PrimaryDownLocalCorrupt(),
 )
 BY_NAME = {s.name: s for s in ALL}

@@ -30,23 +30,23 @@ class LocalCorruption(Scenario):
             rebuild: dict[str, object] | None = None
             with t.fault("SQLite file garbled"):
                 db = ctx.sandbox.data_dir("a") / LOCAL_DB
-                checkpoint(db)
+                checkpointed = checkpoint(db)
                 damaged_at = time.time()
                 pages = garble_pages(db, "records", 0.25, rng)
                 deadline = time.monotonic() + max(during, self.rebuild_wait)
-                while time.monotonic() < deadline:
+                while time.monotonic() < deadline and not ctx.cancel.is_set():
                     done = [e for e in a.recovery.events() if e["strategy"] == "rebuild_local"]
                     if done and done[0]["outcome"] != "running":
                         rebuild = done[0]
                         break
-                    time.sleep(0.05)
+                    ctx.wait(0.05)
                 t.sleep(damaged_at + during - time.time())
             t.heal()
             t.sleep(after)
             t.stop_writers()
             t.settle()
             r = t.finish(availability=0.99)
-            r.details["pages_garbled"] = pages
+            r.details.update({"pages_garbled": pages, "wal_checkpointed": checkpointed})
             r.require("the node rebuilt its local store", rebuild is not None and rebuild["outcome"] == "succeeded")
             if rebuild is not None:
                 started = float(rebuild["started_at"])  # type: ignore[arg-type]
@@ -60,15 +60,20 @@ class LocalCorruption(Scenario):
 class DiskFull(Scenario):
     name = "disk_full"
     summary = (
-        "A node's data directory is on a small file system that fills up while the primary is down: SQLite and "
+        "A node's data directory is on a size-limited file system that fills up while the primary is down: SQLite and "
         "then the journal run out of space; writes must be refused with an error, never acknowledged and lost; "
         "once space is freed and the primary returns, everything converges."
     )
     min_duration = 3.0
-    disk_bytes = 8 << 20
+    value_bytes = 2000
+
+    def disk_bytes(self, ctx: RunContext) -> int:
+        """Room for what the node writes after the space is freed (values, SQLite's WAL pages: ~12 KiB a write)
+        and then some: the scenario is about one full disk, not about the workload filling it again."""
+        return max(16 << 20, int(ctx.duration * ctx.rate * 16 * 1024))
 
     def run(self, ctx: RunContext) -> ScenarioResult:
-        disk = SmallDisk(ctx.sandbox.data_dir("a"), self.disk_bytes)
+        disk = SmallDisk(ctx.sandbox.data_dir("a"), self.disk_bytes(ctx))
         if not disk.available:
             r = ScenarioResult(self.name, error=f"skipped: {disk.why_not}")
             r.details["skipped"] = disk.why_not
@@ -80,7 +85,7 @@ class DiskFull(Scenario):
                 assert t.proxy is not None
                 proxy = t.proxy
                 before, during, after = t.phases()
-                t.start_writers(value_bytes=2000)
+                t.start_writers(value_bytes=self.value_bytes)
                 t.sleep(before)
                 with t.fault("primary down, disk full"):
                     proxy.down()
@@ -91,7 +96,7 @@ class DiskFull(Scenario):
                 t.sleep(after)
                 t.stop_writers()
                 t.settle()
-                r = t.finish(availability=0.0)  # refusing writes is right here; losing them is not
+                r = t.finish(availability=0.0)
                 errors = sum(1 for op in t.history.snapshot() if op.outcome == "fail")
                 r.details["refused_writes"] = errors
                 r.require("the disk filled: some writes were refused with an error", errors > 0, errors)

@@ -53,7 +53,7 @@ class Blackhole(Scenario):
 class FlappingPrimary(Scenario):
     name = "flapping_primary"
     summary = "The primary goes down and up again at random (0.2-0.8 s each) for the middle half of the run."
-    min_duration = 3.0
+    min_duration = 4.0  # a fault window of 2 s holds at least two flaps whatever the draws
 
     def run(self, ctx: RunContext) -> ScenarioResult:
         rng = ctx.rng(self.name)
@@ -66,7 +66,7 @@ class FlappingPrimary(Scenario):
             def flap() -> None:
                 nonlocal flaps
                 end = time.monotonic() + t.phases()[1]
-                while time.monotonic() < end:
+                while time.monotonic() < end and not ctx.cancel.is_set():
                     proxy.down()
                     flaps += 1
                     t.sleep(min(rng.uniform(0.2, 0.8), end - time.monotonic()))
@@ -85,6 +85,7 @@ class HighLatency(Scenario):
     summary = "Every answer of the primary arrives 500 ± 200 ms late for the middle half of the run."
     min_duration = 3.0
     timeout = 2.0
+    teeth = "puller_skip_page"
 
     def run(self, ctx: RunContext) -> ScenarioResult:
         with Trial(ctx, self.name) as t:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 from ...recovery.alerts import Alert
+from ...store import HybridStore
 from ..scenario import RunContext, Scenario, ScenarioResult, Trial
 
 
@@ -32,21 +33,21 @@ class AutoRecovery(Scenario):
                 down_wall = time.time()
                 proxy.down()
                 deadline = time.monotonic() + max(during, self.alert_wait)
-                while raised is None and time.monotonic() < deadline:
+                while raised is None and time.monotonic() < deadline and not ctx.cancel.is_set():
                     raised = _outage_alert(a.recovery.alerts())
-                    time.sleep(0.05)
+                    ctx.wait(0.05)
                 t.sleep(down_wall + during - time.time())
             t.heal()
             healed_wall = time.time()
             resolved: Alert | None = None
             deadline = time.monotonic() + max(after, self.alert_wait)
-            while time.monotonic() < deadline:
+            while time.monotonic() < deadline and not ctx.cancel.is_set():
                 alert = _outage_alert(a.recovery.alerts())
                 if alert is not None and not alert.active:
                     resolved = alert
                     break
-                time.sleep(0.05)
-            drained_at = _wait_drained(a, self.alert_wait)
+                ctx.wait(0.05)
+            drained_at = _wait_drained(ctx, a, self.alert_wait)
             t.sleep(after - (time.time() - healed_wall))
             t.stop_writers()
             t.settle()
@@ -68,14 +69,11 @@ def _outage_alert(alerts: list[Alert]) -> Alert | None:
     return max(found, key=lambda x: x.raised_at) if found else None
 
 
-def _wait_drained(store: object, timeout: float) -> float | None:
+def _wait_drained(ctx: RunContext, store: HybridStore, timeout: float) -> float | None:
     """The wall time at which the node's outbox was empty (its own workers pushing), or None."""
-    from ...store import HybridStore
-
-    assert isinstance(store, HybridStore)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not ctx.cancel.is_set():
         if store.status(fresh=True).outbox["depth"] == 0:
             return time.time()
-        time.sleep(0.05)
+        ctx.wait(0.05)
     return None
