@@ -332,8 +332,10 @@ def test_backup_selective_restore_download_and_upload(ui: Any, node: Node, tmp_p
 
 def test_backup_verify_pin_prune_and_settings(ui: Any, node: Node) -> None:
     page = ui
+    assert node.api.post("/api/v1/backups", json={"label": "to verify"}).status_code == 202
+    listed = lambda: node.api.get("/api/v1/backups").json()["backups"]  # noqa: E731
+    backup_id = until(lambda: [b["id"] for b in listed() if b["label"] == "to verify"], "the backup")[0]
     page.goto(node.base + "/admin/backups")
-    backup_id = node.api.get("/api/v1/backups").json()["backups"][0]["id"]
     row = backup_row(page, backup_id)
     with page.expect_navigation():
         row.get_by_role("button", name=f"Verify {backup_id}").click()
@@ -441,11 +443,14 @@ def test_data_audit_and_settings(ui: Any, node: Node) -> None:
     page.get_by_role("button", name="Search").click()
     page.wait_for_url(re.compile(r".*prefix=p.*"))
     assert page.locator("tbody tr").count() == 3  # "other" does not start with p
-    page.goto(node.base + "/admin/data?collection=orders")  # many records: pages of 50
+    for i in range(55):
+        node.put("catalogue", f"k{i:02d}", i)
+    page.goto(node.base + "/admin/data?collection=catalogue")  # pages of 50
     first = page.locator("tbody tr td a").first.inner_text()
     page.get_by_role("link", name="Next page").click()
     page.wait_for_url(re.compile(r".*after=.*"))
-    assert page.locator("tbody tr td a").first.inner_text() > first
+    assert first == "k00" and page.locator("tbody tr td a").first.inner_text() == "k50"
+    assert page.locator("tbody tr").count() == 5
     page.goto(node.base + "/admin/data?collection=products&prefix=p")
     page.get_by_role("link", name="p1").click()
     editor = page.get_by_label("Value (JSON)")
