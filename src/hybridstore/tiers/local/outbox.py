@@ -238,6 +238,11 @@ class LocalOutbox(LocalDatabase):
         self._forget_aside(drop)
         return True
 
+    def oldest_pending_hlc(self, origin: str) -> str | None:
+        """The smallest HLC of ``origin``'s ops still in the outbox (``None`` if none): the node's settled
+        watermark stays below it (`hybridstore.sync.housekeeping`). A scan of the outbox: called once a minute."""
+        return self._read("SELECT min(hlc) FROM outbox WHERE origin = ?", (origin,))[0][0]  # type: ignore[no-any-return]
+
     def outbox_stats(self) -> tuple[int, float | None]:
         """(depth, created_at of the oldest pending op)."""
         rows = self._read("SELECT count(*), min(created_at) FROM outbox")
