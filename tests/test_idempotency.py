@@ -214,6 +214,8 @@ def test_housekeeper_reports_and_prunes_on_schedule(
     keeper._wall = lambda: time.time() + 2 * SAFETY  # later: the op is old now, but still queued
     assert keeper.watermark() == queued.hlc, "below the op still queued"
     store.sync_now()
+    assert not keeper.due(), "nothing at start-up"
+    clock.advance(3600)
     assert keeper.due()
     keeper.run()
     reported = pg.execute(f'SELECT settled FROM "{pg_schema}".node_settled WHERE origin = %s', (keeper.node_id,))

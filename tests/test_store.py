@@ -111,7 +111,7 @@ def test_replay_is_idempotent(make_store: StoreFactory, pg: psycopg.Connection[A
 
 
 def test_per_key_order_and_versions(make_store: StoreFactory, pg: psycopg.Connection[Any], pg_schema: str) -> None:
-    store = make_store(write_mode="local_first", background=False, batch_size=7)
+    store = make_store(write_mode="local_first", background=False, batch_size=7, coalesce=False)  # every op pushed
     for i in range(40):
         store.set("c", "hot", i)
         store.set("c", f"cold{i}", i)

@@ -88,7 +88,9 @@ class Node:
         error: str | None = None
         try:
             local = LocalTier(self.data_dir / LOCAL_DB, synchronous=config.synchronous)
-            local.coalesce_pending = not config.primary_url
+            local.coalesce_pending = config.coalesce
+            if not config.primary_url:
+                local.embedded()
         except LocalStoreError as exc:
             # Keep running on the journal; the recovery service can rebuild the file.
             error = str(exc)

@@ -75,8 +75,9 @@ class Housekeeper:
         self._gateway = gateway
         self._wall = wall
         self._clock = clock
-        self._report_at = float("-inf")
-        self._prune_at = float("-inf")
+        # Not at start-up (a node opening touches the primary as little as it can): after the first interval.
+        self._report_at = clock() + self.retention.report_interval
+        self._prune_at = clock() + self.retention.prune_interval
         self.last_reported: str | None = None
         self.last_pruned: dict[str, int] = {}
 
