@@ -17,7 +17,18 @@ TierName = Literal["primary", "local", "journal"]
 # seeded once from os.urandom (and again after fork) is as unique.
 _ids = random.Random(os.urandom(32))
 os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(32)))
-_decode_json = json.JSONDecoder().decode
+_decoder = json.JSONDecoder()
+_scan_json = _decoder.scan_once  # the C scanner: no whitespace handling around it (the hot read path)
+
+
+def _decode_json(text: str) -> Any:
+    """A stored value's JSON text, decoded (values are stored without surrounding whitespace; anything else goes
+    through the full decoder)."""
+    try:
+        value, end = _scan_json(text, 0)
+    except StopIteration:
+        return _decoder.decode(text)  # leading whitespace, or not JSON: the decoder says which
+    return value if end == len(text) else _decoder.decode(text)
 
 
 def new_op_id() -> str:
