@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import json.scanner
 import os
 import random
 import time
@@ -18,7 +19,8 @@ TierName = Literal["primary", "local", "journal"]
 _ids = random.Random(os.urandom(32))
 os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(32)))
 _decoder = json.JSONDecoder()
-_scan_json = _decoder.scan_once  # the C scanner: no whitespace handling around it (the hot read path)
+# The C scanner, without the whitespace handling around it (typeshed types its argument oddly).
+_scan_json = json.scanner.make_scanner(_decoder)  # type: ignore[arg-type]
 
 
 def _decode_json(text: str) -> Any:
