@@ -49,6 +49,14 @@ _PENDING = (
     "r.base_value FROM outbox o LEFT JOIN records r ON r.collection = o.collection AND r.key = o.key "
     "WHERE o.seq > ? ORDER BY o.seq LIMIT ?"
 )
+# The common case of `_COMPLETE`, without its CASEs: the key's newest pending op was pushed and reached the primary.
+_SETTLE = """
+UPDATE records SET value = ?1, hlc = ?2, origin = ?3, updated_at = ?4, synced_at = ?5, version = ?6,
+    base_value = NULL, pending_seq = NULL
+WHERE collection = ?8 AND key = ?9 AND pending_seq <= ?7
+"""
+# ... and the other case: later pending ops follow the pushed one, which reached the primary.
+_FOLLOW = "UPDATE records SET base_value = ?1, version = ?6 WHERE collection = ?8 AND key = ?9 AND pending_seq > ?7"
 # A key that has just settled takes the row the feed delivered while it was pending, when that one is newer.
 _ADOPT_ASIDE = """
 UPDATE records SET value = ?3, version = ?4, hlc = ?5, origin = ?6, updated_at = ?7, synced_at = ?8,
@@ -147,12 +155,17 @@ class LocalOutbox(LocalDatabase):
         last: dict[tuple[str, str], tuple[int, ApplyOutcome]] = {}
         for seq, op, outcome in done:
             last[(op.collection, op.key)] = (seq, outcome)
-        adopt = [
-            (cur.value_json, cur.hlc, cur.origin, cur.updated_at, now, cur.version, seq, c, k, out.outcome in FOLLOWED)
-            for (c, k), (seq, out) in last.items()
-            if (cur := out.current) is not None
-        ]
-        gone = [(now, c, k, seq) for (c, k), (seq, out) in last.items() if out.current is None]
+        followed: list[tuple[Any, ...]] = []  # the op reached the primary (applied, duplicate): the common case
+        adopt: list[tuple[Any, ...]] = []
+        gone: list[tuple[Any, ...]] = []
+        for (c, k), (seq, out) in last.items():
+            cur = out.current
+            if cur is None:
+                gone.append((now, c, k, seq))
+            elif out.outcome in FOLLOWED:
+                followed.append((cur[2], cur[4], cur[5], cur[6], now, cur[3], seq, c, k))
+            else:
+                adopt.append((cur[2], cur[4], cur[5], cur[6], now, cur[3], seq, c, k, False))
         drop: list[tuple[tuple[str, str], StoredRow]] = []  # rows set aside that are settled now
         with self._transaction(precise=True) as conn:
             for key in last:
@@ -161,6 +174,8 @@ class LocalOutbox(LocalDatabase):
                 conn.executemany("DELETE FROM outbox WHERE seq = ?", [(seq,) for seq, _, _ in done])
             else:  # the batch is the oldest entries, so it is exactly every entry up to its largest seq
                 conn.execute("DELETE FROM outbox WHERE seq <= ?", (max(seq for seq, _, _ in done),))
+            if followed and conn.executemany(_SETTLE, followed).rowcount < len(followed):
+                conn.executemany(_FOLLOW, followed)  # some keys have later pending ops: they follow this write
             conn.executemany(_COMPLETE, adopt)
             conn.executemany(
                 "UPDATE records SET synced_at = ?, pending_seq = NULL "
