@@ -21,17 +21,18 @@ DEFAULT_MAX_BYTES = 32 * 1024 * 1024
 class RowCache:
     """(collection, key) → the stored row (``None``: no row). Not thread-safe: the tier's lock guards it."""
 
-    __slots__ = ("_bytes", "_rows", "hits", "max_bytes", "misses")
+    __slots__ = ("_bytes", "hits", "max_bytes", "misses", "rows")
 
     def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.max_bytes = max_bytes
-        self._rows: dict[tuple[str, str], StoredRow | None] = {}
+        # Read directly by `LocalRecords.get` (the hot path: no method call); written only through the methods.
+        self.rows: dict[tuple[str, str], StoredRow | None] = {}
         self._bytes = 0
         self.hits = 0
         self.misses = 0
 
     def __len__(self) -> int:
-        return len(self._rows)
+        return len(self.rows)
 
     @property
     def size(self) -> int:
@@ -40,7 +41,7 @@ class RowCache:
 
     def lookup(self, key: tuple[str, str]) -> tuple[bool, StoredRow | None]:
         """``(True, row)`` when cached (``row`` is ``None`` for a key known to be absent), ``(False, None)`` if not."""
-        rows = self._rows
+        rows = self.rows
         if key in rows:
             self.hits += 1
             return True, rows[key]
@@ -52,25 +53,25 @@ class RowCache:
         if cost > self.max_bytes // 4:  # one huge value must not flush everything else
             self.discard(key)
             return
-        if key in self._rows:
-            self._bytes -= _cost(key, self._rows.pop(key))
-        self._rows[key] = row
+        if key in self.rows:
+            self._bytes -= _cost(key, self.rows.pop(key))
+        self.rows[key] = row
         self._bytes += cost
         if self._bytes > self.max_bytes:
             self._evict()
 
     def discard(self, key: tuple[str, str]) -> None:
-        if key in self._rows:
-            self._bytes -= _cost(key, self._rows.pop(key))
+        if key in self.rows:
+            self._bytes -= _cost(key, self.rows.pop(key))
 
     def clear(self) -> None:
-        self._rows.clear()
+        self.rows.clear()
         self._bytes = 0
 
     def _evict(self) -> None:
         """Drop the oldest entries until a quarter of the budget is free (amortised: not one per insert)."""
         target = self.max_bytes * 3 // 4
-        rows = self._rows
+        rows = self.rows
         for key in list(rows):
             if self._bytes <= target:
                 break

@@ -29,10 +29,12 @@ class LocalRecords(LocalDatabase):
 
     def get(self, collection: str, key: str) -> StoredRow | None:
         name = (collection, key)
+        cache = self.cache
         with self._lock:  # the read hot path: no helper calls; filled under the lock that every write holds
-            hit, found = self.cache.lookup(name)
-            if hit:
-                return found
+            if name in cache.rows:
+                cache.hits += 1
+                return cache.rows[name]
+            cache.misses += 1
             try:
                 row = self._conn.execute(_GET, name).fetchone()
             except sqlite3.Error as exc:
