@@ -75,6 +75,21 @@ def test_duplicate_batch_changes_nothing(tier: PrimaryTier, pg: psycopg.Connecti
     assert state(pg, pg_schema) == before
 
 
+def test_batch_results_when_not_every_key_is_a_follow_up(tier: PrimaryTier, pg: psycopg.Connection[Any]) -> None:
+    """The batch statement answers with one row (how many keys applied, the sum of their versions); when that does
+    not settle every key — a key in conflict, a new key whose writer knew a version the primary no longer has — the
+    rows the transaction wrote say which applied and at which version."""
+    tier.put_one(op("taken", '"theirs"', 9, "n2"))
+    batch = [op("fresh", '"a"', 1, "n1"), op("gone", '"b"', 2, "n1", base=3), op("taken", '"c"', 3, "n1", base=0)]
+    outcomes = tier.put_many(batch)
+    assert [(o.outcome, o.current and o.current.version) for o in outcomes] == [
+        ("applied", 1),
+        ("applied", 1),
+        ("superseded", 1),
+    ]
+    assert outcomes[0].current is not None and outcomes[0].current.updated_at > 0
+
+
 def test_replay_after_crash_with_new_ops_behind(tier: PrimaryTier, pg: psycopg.Connection[Any], pg_schema: str) -> None:
     """The node pushed a batch, crashed before recording it, wrote more, and pushes the old ops with the new ones
     (the next batch starts again at the head of its outbox): the old ones are duplicates, the new ones apply on

@@ -2,14 +2,14 @@
 
 Two steps (migration 0008 explains the idempotency record):
 
-1. **Fast path**, one statement: the ops are grouped per key here (a key's ops in one batch are one write of the
-   last value, based on the first op's base version, adding one version per op) and the groups are upserted in
-   one ``INSERT … ON CONFLICT`` from binary arrays. A group applies when the key is new or the primary's version
-   is the group's base and its HLC is newer — the no-conflict case, which is also the only case in which a
-   replayed op could apply, and it cannot: once an op has been applied the key's version has moved past its
-   base, and once it has lost the row is newer. The node's settled watermark is checked too (a replay from an
-   old backup of an op that was dead-lettered). No ledger row is written: the row itself records its writer.
-   When a group overwrites another node's row, a row trigger marks that node (``settled_marks``).
+1. **Fast path**, one statement (one row back: see ``batch``): the ops are grouped per key here (a key's ops in one
+   batch are one write of the last value, based on the first op's base version, adding one version per op) and the
+   groups are upserted in one ``INSERT … ON CONFLICT`` from binary arrays. A group applies when the key is new or
+   the primary's version is the group's base and its HLC is newer — the no-conflict case, which is also the only
+   case in which a replayed op could apply, and it cannot: once an op has been applied the key's version has moved
+   past its base, and once it has lost the row is newer. The node's settled watermark is checked too (a replay from
+   an old backup of an op that was dead-lettered). No ledger row is written: the row itself records its writer. When
+   a group overwrites another node's row, a row trigger marks that node (``settled_marks``).
 2. **Slow path**, ``hs_settle``, only for the groups the fast path left: conflicts, replays, covered ops. One key
    at a time, under a row lock: classify each op (settled already, or new), write the new ones by ``hs_write``
    (the write rule), mark what lost.
@@ -60,9 +60,20 @@ class PushStatements:
             "SELECT %s::text, %s::text, %s::jsonb, 1, %s::int8, %s::text, %s::text "
             f"WHERE {_NOT_COVERED.format(q=q, origin='%s::text', hlc='%s::text')}"
         )
+        # One row back, not one per key (reading a row per op cost more than the rest of the client's work on the
+        # batch): how many groups applied and the sum of their versions. A group applies at base + n (an update
+        # needs the primary's version to be its base; a new key starts at n, which is no more than base + n), so
+        # when every group applied and the sums agree, each one is at base + n; updated_at is now(), the
+        # transaction's start, for every row.
         self.batch = (
-            _FAST_UPSERT.format(q=q, source=batch_source)
-            + "RETURNING r.collection, r.key, r.version, extract(epoch FROM r.updated_at)::float8"
+            f"WITH up AS ({_FAST_UPSERT.format(q=q, source=batch_source)} RETURNING r.version) "
+            "SELECT count(*), coalesce(sum(version), 0)::int8, extract(epoch FROM now())::float8 FROM up"
+        ).encode()
+        # Otherwise (rarely) the rows this transaction wrote say which groups applied, and at which version.
+        self.written = (
+            f"SELECT r.collection, r.key, r.version FROM {q}.records r "
+            f"JOIN unnest(%b::text[], %b::text[]) AS k(collection, key) "
+            f"ON r.collection = k.collection AND r.key = k.key WHERE r.stamp = pg_current_xact_id()"
         ).encode()
         self.one = (
             _FAST_UPSERT.format(q=q, source=one_source)
@@ -131,7 +142,14 @@ class PushStatements:
             [len(idx) for idx in groups.values()],
         )
         with conn.transaction():
-            applied = {(c, k): (v, at) for c, k, v, at in conn.execute(self.batch, params).fetchall()}
+            row = conn.execute(self.batch, params).fetchone()
+            assert row is not None
+            count, total, at = row
+            if count == len(groups) and total == sum(params[5]) + sum(params[6]):
+                applied = {key: base + n for key, base, n in zip(groups, params[5], params[6], strict=True)}
+            else:
+                found = conn.execute(self.written, (params[0], params[1])).fetchall()
+                applied = {(c, k): v for c, k, v in found}
             now = time.time()
             out: list[ApplyOutcome | None] = [None] * len(ops)
             left: list[int] = []
@@ -141,7 +159,7 @@ class PushStatements:
                     left += idx
                     continue
                 last = ops[idx[-1]]
-                current = StoredRow(key[0], key[1], last.value_json, hit[0], last.hlc, last.origin, hit[1], now)
+                current = StoredRow(key[0], key[1], last.value_json, hit, last.hlc, last.origin, at, now)
                 for i in idx:
                     out[i] = ApplyOutcome(ops[i].op_id, "applied", current)
             if left:
