@@ -12,10 +12,10 @@ from typing import Any, Literal, NamedTuple
 
 TierName = Literal["primary", "local", "journal"]
 
-# Op ids are time-ordered UUIDs (RFC 9562 version 7: 48 bits of Unix milliseconds, then random bits), so the
-# primary's applied-ops ledger grows at the right edge of its index instead of at random places. uuid.uuid4()
-# reads os.urandom on every call, which costs more than the rest of a local write on some VMs; a generator
-# seeded once from os.urandom (and again after fork) is as unique.
+# Op ids are time-ordered UUIDs (RFC 9562 version 7: 48 bits of Unix milliseconds, then random bits), so an index of
+# them (the primary's applied-ops ledger of older releases) grows at its right edge instead of at random places.
+# uuid.uuid4() reads os.urandom on every call, which costs more than the rest of a local write on some VMs; a
+# generator seeded once from os.urandom (and again after fork) is as unique.
 _ids = random.Random(os.urandom(32))
 os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(32)))
 _decoder = json.JSONDecoder()
