@@ -94,7 +94,7 @@ def test_an_op_read_by_the_pusher_is_never_replaced(
     local = store.node.slot.tier
     assert local is not None
     sent = local.pending_ops(10)  # a push read it: it may reach the primary whatever happens next
-    store.node.gateway.tier.put_many([op for _, op, _ in sent] + [])  # type: ignore[union-attr]
+    store.node.gateway.tier.put_many([op for _, op, _ in sent])  # type: ignore[union-attr]
     store.set("c", "k", 2)  # queued behind it
     store.set("c", "k", 3)  # replaces 2, which no pusher has read
     assert depth(store) == 2

@@ -54,7 +54,8 @@ class PushStatements:
             "%b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::int8[], %b::int8[]) "
             "AS g(collection, key, value, hlc, origin, base, n) "
             f"WHERE {_NOT_COVERED.format(q=q, origin='g.origin', hlc='g.hlc')} "
-            "ORDER BY g.collection, g.key"  # rows locked in one order by every pusher: no deadlocks
+            # rows locked in one order by every pusher (the key's own order, as hs_settle does): no deadlocks
+            'ORDER BY g.collection COLLATE "C", g.key COLLATE "C"'
         )
         one_source = (
             "SELECT %s::text, %s::text, %s::jsonb, 1, %s::int8, %s::text, %s::text "
