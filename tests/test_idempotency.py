@@ -203,6 +203,11 @@ def test_conflict_counts_follow_the_log(tier: PrimaryTier, pg: psycopg.Connectio
     (conflict_id,) = pg.execute(f'SELECT id FROM "{pg_schema}".conflicts WHERE status = %s', ("open",)).fetchone()
     assert tier.close_conflict(conflict_id, resolution={"winner": "local"}, actor="admin")
     assert tier.conflict_counts() == {"last_wins": {"resolved": 3}, "manual": {"resolved": 1}}
+    counts = f'SELECT count(*) FROM "{pg_schema}".conflict_counts'
+    assert pg.execute(counts).fetchone() == (6,), "+1 per conflict logged, -1 +1 for the one resolved"
+    tier.compact_counts()
+    assert pg.execute(counts).fetchone() == (2,), "folded: one row per (strategy, status) left"
+    assert tier.conflict_counts() == {"last_wins": {"resolved": 3}, "manual": {"resolved": 1}}
 
 
 def test_settled_watermark_is_below_everything_pending() -> None:

@@ -115,6 +115,7 @@ class Housekeeper:
             return None
         try:
             self._gateway.call(lambda p: p.report_settled(self.node_id, mark))
+            self._gateway.call(lambda p: p.compact_counts())  # on the same schedule: cheap, and keeps counts cheap
         except HybridStoreError as exc:
             log.debug("settled watermark not reported: %s", exc)
             return None

@@ -288,6 +288,10 @@ class PrimaryTier:
         of one of them is a duplicate whatever the retention pruned since (migration 0008)."""
         self._run(lambda conn: self._pusher.report_settled(conn, origin, settled))
 
+    def compact_counts(self) -> None:
+        """Fold the conflict counts' +1 / -1 rows into one row per (strategy, status) (``hs_compact_counts``)."""
+        self._run(lambda conn: conn.execute(f"SELECT {self._q}.hs_compact_counts()".encode()))
+
     def prune(self, *, ledger_days: float, conflict_days: float, audit_days: float, limit: int) -> dict[str, int]:
         """Apply the retention rules (``hs_prune``, migration 0008), at most ``limit`` rows per table; returns what
         was deleted per table, or ``{}`` when another node is pruning right now (it holds the advisory lock)."""
@@ -412,10 +416,10 @@ class PrimaryTier:
 
     def conflict_counts(self) -> dict[str, dict[str, int]]:
         """{strategy: {status: count}}, from the counts a trigger keeps (migration 0008): a few rows, however many
-        conflicts are logged."""
+        conflicts are logged (plus those of the last minute, until `compact_counts` folds them)."""
         rows = self._run(
             lambda conn: conn.execute(
-                f"SELECT strategy, status, n FROM {self._q}.conflict_counts WHERE n > 0"
+                f"SELECT strategy, status, sum(n)::int8 FROM {self._q}.conflict_counts GROUP BY 1, 2 HAVING sum(n) > 0"
             ).fetchall()
         )
         out: dict[str, dict[str, int]] = {}

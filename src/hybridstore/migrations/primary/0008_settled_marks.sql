@@ -155,13 +155,14 @@ CREATE FUNCTION {schema}.hs_report_settled(p_origin text, p_settled text) RETURN
     ON CONFLICT (origin) DO UPDATE SET settled = greatest(s.settled, EXCLUDED.settled), reported_at = now()
 $fn$;
 
--- Conflict counts kept as they change (a trigger), so a status view reads a few rows instead of a GROUP BY over
--- every conflict ever logged.
+-- Conflict counts kept as they change, so a status view reads a few rows instead of a GROUP BY over every conflict
+-- ever logged. A trigger appends +1 / -1 rows (never an update of a shared row: two pushers logging conflicts would
+-- otherwise wait on each other's counter row while holding record locks — a deadlock); hs_compact_counts folds
+-- them into one row per (strategy, status), run by each node's housekeeping every minute (one node at a time).
 CREATE TABLE {schema}.conflict_counts (
     strategy text NOT NULL,
     status   text NOT NULL,
-    n        bigint NOT NULL,
-    PRIMARY KEY (strategy, status)
+    n        bigint NOT NULL
 );
 INSERT INTO {schema}.conflict_counts (strategy, status, n)
 SELECT strategy, status, count(*) FROM {schema}.conflicts GROUP BY 1, 2;
@@ -169,17 +170,27 @@ SELECT strategy, status, count(*) FROM {schema}.conflicts GROUP BY 1, 2;
 CREATE FUNCTION {schema}.hs_count_conflicts() RETURNS trigger LANGUAGE plpgsql AS $fn$
 BEGIN
     IF TG_OP IN ('UPDATE', 'DELETE') THEN
-        UPDATE {schema}.conflict_counts SET n = n - 1 WHERE strategy = OLD.strategy AND status = OLD.status;
+        INSERT INTO {schema}.conflict_counts (strategy, status, n) VALUES (OLD.strategy, OLD.status, -1);
     END IF;
     IF TG_OP IN ('UPDATE', 'INSERT') THEN
-        INSERT INTO {schema}.conflict_counts AS c (strategy, status, n) VALUES (NEW.strategy, NEW.status, 1)
-        ON CONFLICT (strategy, status) DO UPDATE SET n = c.n + 1;
+        INSERT INTO {schema}.conflict_counts (strategy, status, n) VALUES (NEW.strategy, NEW.status, 1);
     END IF;
     RETURN NULL;
 END
 $fn$;
 CREATE TRIGGER conflicts_count AFTER INSERT OR DELETE OR UPDATE OF strategy, status ON {schema}.conflicts
     FOR EACH ROW EXECUTE FUNCTION {schema}.hs_count_conflicts();
+
+CREATE FUNCTION {schema}.hs_compact_counts() RETURNS void LANGUAGE plpgsql AS $fn$
+BEGIN
+    IF NOT pg_try_advisory_xact_lock(hashtext('hybridstore-counts:' || '{schema}')) THEN
+        RETURN;  -- another node is compacting
+    END IF;
+    WITH folded AS (DELETE FROM {schema}.conflict_counts RETURNING strategy, status, n)
+    INSERT INTO {schema}.conflict_counts (strategy, status, n)
+    SELECT strategy, status, sum(n) FROM folded GROUP BY 1, 2 HAVING sum(n) <> 0;
+END
+$fn$;
 
 CREATE INDEX conflicts_resolved_at_idx ON {schema}.conflicts (resolved_at) WHERE status <> 'open';
 CREATE INDEX audit_log_at_idx ON {schema}.audit_log (at);
