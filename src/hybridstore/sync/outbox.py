@@ -440,10 +440,8 @@ class OutboxReplayer:
                 self.batch_size = max(self.batch_min, self.batch_size // 2)
             self._failed(local, entries, exc, report)
             raise
-        # An applied op carries this node's own stamp: only the rows of ops that did not apply are news to the clock.
-        newest = max(
-            (o.current.hlc for o in outcomes if o.outcome != "applied" and o.current is not None), default=None
-        )
+        # The clock observes the newest stamp of the batch once (a merged row carries the other side's stamp).
+        newest = max((o.current.hlc for o in outcomes if o.current is not None), default=None)
         if newest is not None:
             self._observe(newest)
         return outcomes
