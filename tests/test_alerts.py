@@ -88,7 +88,7 @@ def test_each_alert_once_to_the_webhook_with_retries(
     # prolonged sync failure: the primary answers, but every push times out on a lock held elsewhere
     replayer = store.node.replayer
     with psycopg.connect(pg.info.dsn) as locker:
-        locker.execute(f'LOCK TABLE "{pg_schema}".applied_ops IN ACCESS EXCLUSIVE MODE')
+        locker.execute(f'LOCK TABLE "{pg_schema}".records IN ACCESS EXCLUSIVE MODE')
         for i in range(5):
             store.set("c", f"k{i}", i)
         status = check()  # the outbox has just started to wait

@@ -114,9 +114,16 @@ def test_a_failing_scheduled_backup_backs_off(tmp_path: Path, monkeypatch: pytes
 
 
 def test_emergency_backup_when_the_primary_is_cut_off(make_store: StoreFactory, proxy: Proxy, proxied_dsn: str) -> None:
-    # No replayer: what is queued stays in the outbox, so the test knows exactly what the backup must hold.
+    # No replayer: what is queued stays in the outbox, so the test knows exactly what the backup must hold (every op:
+    # no coalescing of the delete into its key's queued set).
     store = make_store(
-        "a", primary=proxied_dsn, background=False, write_mode="local_first", circuit_failures=1, primary_timeout=1.0
+        "a",
+        primary=proxied_dsn,
+        background=False,
+        write_mode="local_first",
+        circuit_failures=1,
+        primary_timeout=1.0,
+        coalesce=False,
     )
     queued = [store.set("orders", f"o{i:02d}", {"i": i}) for i in range(25)]
     store.delete("orders", "o00")

@@ -133,7 +133,11 @@ def schema_of(path: Path) -> list[tuple[str, str, str]]:
 @pytest.mark.parametrize("database", DATABASES)
 def test_each_database_has_ordered_migrations(database: str) -> None:
     steps = migrations_for(database)  # type: ignore[arg-type]
-    assert [m.version for m in steps] == list(range(1, len(steps) + 1))
+    versions = [m.version for m in steps]
+    if database == "primary":  # every version applied is recorded: numbers set aside for later work may be missing
+        assert versions == sorted(set(versions)) and versions[0] == 1
+    else:  # PRAGMA user_version keeps only the last step applied: no gaps
+        assert versions == list(range(1, len(steps) + 1))
     assert latest_version(database) == steps[-1].version  # type: ignore[arg-type]
     assert all(m.sql.strip() and re.fullmatch(r"[a-z0-9_]+", m.name) for m in steps)
 

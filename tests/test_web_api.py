@@ -175,7 +175,7 @@ def test_list_pages_and_collections(web: Web) -> None:
 def test_outage_writes_are_queued_with_pending_etags(
     make_web: WebFactory, proxy: Proxy, proxied_dsn: str, pg: psycopg.Connection[Any], pg_schema: str
 ) -> None:
-    web = make_web(primary=proxied_dsn, primary_timeout=0.5)
+    web = make_web(primary=proxied_dsn, primary_timeout=0.5, coalesce=False)  # every queued op is pushed
     proxy.cut()
     acks = [web.put(item("c", f"k{i}"), json=i).json() for i in range(5)]
     assert all(a["queued"] and a["tier"] == "local" and a["version"] == 0 for a in acks)

@@ -1,5 +1,6 @@
-"""The primary's write rule lives in one SQL home (``hs_write``, migration 0003): write-through of one op
-(``hs_push_one``) and a pushed batch (``hs_push``) reach the same outcomes, and the one-op path is atomic."""
+"""The primary's write rule lives in one SQL home (``hs_write``, migration 0003): write-through of one op and a
+pushed batch (``tiers/push.py``: the fast statement, else ``hs_settle``) reach the same outcomes and keep the same
+settled marks, and the one-op path is atomic."""
 
 from __future__ import annotations
 
@@ -72,19 +73,20 @@ def test_schema_of_the_previous_release_upgrades(pg_dsn: str, pg_schema: str, pg
 
 # -- one rule, two paths ----------------------------------------------------------------------------------------
 
-# (op label, value, hlc, base version, strategy); a label seen before replays that op (same op id)
-SCENARIO: list[tuple[str, str | None, str, int, str]] = [
-    ("new key", '{"v":1}', "h05", 0, "last_wins"),
-    ("based on the primary's version", '{"v":2}', "h06", 1, "last_wins"),
-    ("stale base, newer HLC: wins", '{"v":3}', "h09", 1, "last_wins"),
-    ("stale base, older HLC: loses", '{"v":4}', "h07", 2, "last_wins"),
-    ("stale base, newer HLC: wins", '{"v":3}', "h09", 1, "last_wins"),
-    ("stale base, older HLC: loses", '{"v":4}', "h07", 2, "last_wins"),
-    ("delete", None, "h10", 3, "last_wins"),
-    ("manual conflict", '{"v":5}', "h11", 2, "manual"),
-    ("merge conflict", '{"v":6}', "h12", 1, "merge"),
-    ("merge conflict", '{"v":6}', "h12", 1, "merge"),
-    ("based on the primary's version again", '{"v":7}', "h13", 4, "last_wins"),
+# (op label, value, hlc, base version, strategy, node); a label seen before replays that op (same op id). A node's
+# own ops on a key reach the primary in the order of its clock, so the stale writes come from other nodes.
+SCENARIO: list[tuple[str, str | None, str, int, str, str]] = [
+    ("new key", '{"v":1}', "h05", 0, "last_wins", "n1"),
+    ("based on the primary's version", '{"v":2}', "h06", 1, "last_wins", "n1"),
+    ("stale base, newer HLC: wins", '{"v":3}', "h09", 1, "last_wins", "n3"),
+    ("stale base, older HLC: loses", '{"v":4}', "h07", 2, "last_wins", "n4"),
+    ("stale base, newer HLC: wins", '{"v":3}', "h09", 1, "last_wins", "n3"),
+    ("stale base, older HLC: loses", '{"v":4}', "h07", 2, "last_wins", "n4"),
+    ("delete", None, "h10", 3, "last_wins", "n1"),
+    ("manual conflict", '{"v":5}', "h11", 2, "manual", "n1"),
+    ("merge conflict", '{"v":6}', "h12", 1, "merge", "n1"),
+    ("merge conflict", '{"v":6}', "h12", 1, "merge", "n1"),
+    ("based on the primary's version again", '{"v":7}', "h13", 4, "last_wins", "n1"),
 ]
 EXPECTED = [
     "applied",
@@ -106,9 +108,9 @@ def run_scenario(tier: PrimaryTier, collection: str, *, batched: bool) -> tuple[
     op on another key (so the batch path runs). Returns the outcomes and the op ids in order."""
     op_ids: dict[str, str] = {}
     outcomes: list[ApplyOutcome] = []
-    for label, value, hlc, base, strategy in SCENARIO:
+    for label, value, hlc, base, strategy, node in SCENARIO:
         op_id = op_ids.setdefault(label, str(uuid.uuid4()))
-        op = Op(op_id, collection, "k", value, hlc, "n1", base, 1.0)
+        op = Op(op_id, collection, "k", value, hlc, node, base, 1.0)
         if batched:
             filler = Op(str(uuid.uuid4()), "filler", f"{collection}-{len(outcomes)}", "0", "h00", "n2", 0, 1.0)
             batch = tier.put_many([op, filler], strategies=[strategy, "last_wins"], base_values=["{}", None])
@@ -154,17 +156,24 @@ def test_write_through_and_push_agree(pg_dsn: str, pg_schema: str, pg: psycopg.C
     assert through == pushed
     assert [c[7] for c in through["conflicts"]] == ["resolved", "resolved", "open"]  # last_wins twice, manual
     assert through["record"] == [('{"v": 7}', 5, 4, "h13", "n1")]
-    ledger = f'SELECT outcome FROM "{pg_schema}".applied_ops WHERE op_id = %s::uuid'
-    assert [pg.execute(ledger, (i,)).fetchone() for i in one_ids] == [
-        pg.execute(ledger, (i,)).fetchone() for i in many_ids
-    ]
+    marks = f'SELECT origin, first_hlc, hlc, outcome FROM "{pg_schema}".settled_marks WHERE collection = %s ORDER BY 1'
+    assert (
+        pg.execute(marks, ("through",)).fetchall()
+        == pg.execute(marks, ("pushed",)).fetchall()
+        == [
+            ("n1", "h12", "h12", "conflict"),  # a replay of the merge conflict reports it again
+            ("n3", "h09", "h09", "applied"),  # n1's delete overwrote n3's row
+            ("n4", "h07", "h07", "superseded"),
+        ]
+    )
+    assert one_ids != many_ids
 
 
 # -- atomicity ---------------------------------------------------------------------------------------------------
 
 
 def test_superseded_marking_is_atomic_with_the_write(pg_dsn: str, pg_schema: str, pg: psycopg.Connection[Any]) -> None:
-    """The connection dies after the losing write was settled (conflict logged) but before the ledger says
+    """The connection dies after the losing write was settled (conflict logged) but before its mark says
     'superseded': nothing of it may remain, and a replay settles it once."""
     q = f'"{pg_schema}"'
     tier = PrimaryTier(pg_dsn, schema=pg_schema, timeout=30)
@@ -174,7 +183,7 @@ def test_superseded_marking_is_atomic_with_the_write(pg_dsn: str, pg_schema: str
             f"CREATE FUNCTION {q}.stall() RETURNS trigger LANGUAGE plpgsql AS "
             "$$ BEGIN PERFORM pg_sleep(60); RETURN NEW; END $$"
         )
-        pg.execute(f"CREATE TRIGGER stall BEFORE UPDATE ON {q}.applied_ops FOR EACH ROW EXECUTE FUNCTION {q}.stall()")
+        pg.execute(f"CREATE TRIGGER stall BEFORE INSERT ON {q}.settled_marks FOR EACH ROW EXECUTE FUNCTION {q}.stall()")
         loser = Op(str(uuid.uuid4()), "c", "k", '"loser"', "h1", "n2", 0, 2.0)
         errors: list[BaseException] = []
 
@@ -191,26 +200,27 @@ def test_superseded_marking_is_atomic_with_the_write(pg_dsn: str, pg_schema: str
             stalled = pg.execute(
                 "SELECT pid FROM pg_stat_activity WHERE wait_event = 'PgSleep' AND query LIKE %s AND pid <> "
                 "pg_backend_pid()",
-                (f"%{pg_schema}%hs_push_one%",),
+                (f"%{pg_schema}%hs_settle%",),
             ).fetchall()
             if stalled or time.monotonic() > deadline:
                 break
             time.sleep(0.02)
-        assert len(stalled) == 1, "the write never reached the ledger update"
+        assert len(stalled) == 1, "the write never reached its mark"
         pg.execute("SELECT pg_terminate_backend(%s)", (stalled[0][0],))
         writer.join(timeout=20)
         assert len(errors) == 1 and isinstance(errors[0], PrimaryUnavailableError)
 
-        assert pg.execute(f"SELECT count(*) FROM {q}.applied_ops WHERE op_id = %s", (loser.op_id,)).fetchone() == (0,)
+        assert pg.execute(f"SELECT count(*) FROM {q}.settled_marks").fetchone() == (0,)
         assert pg.execute(f"SELECT count(*) FROM {q}.conflicts").fetchone() == (0,)
         assert pg.execute(f"SELECT count(*) FROM {q}.audit_log").fetchone() == (0,)
 
-        pg.execute(f"DROP TRIGGER stall ON {q}.applied_ops")
+        pg.execute(f"DROP TRIGGER stall ON {q}.settled_marks")
         replay = tier.put_one(loser)
         assert replay.outcome == "superseded" and replay.current is not None
         assert replay.current.value_json == '"winner"'
-        row = pg.execute(f"SELECT outcome FROM {q}.applied_ops WHERE op_id = %s", (loser.op_id,)).fetchone()
-        assert row == ("superseded",)
+        row = pg.execute(f"SELECT origin, hlc, outcome FROM {q}.settled_marks").fetchall()
+        assert row == [("n2", "h1", "superseded")]
+        assert tier.put_one(loser).outcome == "duplicate"
         assert pg.execute(f"SELECT count(*) FROM {q}.conflicts").fetchone() == (1,)
     finally:
         tier.close()

@@ -37,6 +37,7 @@ from .node.status import PullerView, StatusBoard
 from .node.timing import TimeSource
 from .recovery.probes import wal_deleted_after_crash
 from .recovery.service import RecoveryService
+from .sync.housekeeping import Housekeeper
 from .sync.outbox import OutboxReplayer
 from .sync.puller import ChangePuller
 from .tiers.journal import JournalTier
@@ -88,7 +89,9 @@ class Node:
         error: str | None = None
         try:
             local = LocalTier(self.data_dir / LOCAL_DB, synchronous=config.synchronous)
-            local.coalesce_pending = not config.primary_url
+            local.coalesce_pending = config.coalesce
+            if not config.primary_url:
+                local.embedded()
         except LocalStoreError as exc:
             # Keep running on the journal; the recovery service can rebuild the file.
             error = str(exc)
@@ -143,6 +146,15 @@ class Node:
             rng=t.rng,
             wall=t.wall,
             clock=t.monotonic,
+            housekeeper=Housekeeper(
+                node_id=self.node_id,
+                slot=self.slot,
+                journal=self.journal,
+                gateway=self.gateway,
+                clock=t.monotonic,
+            )
+            if primary is not None
+            else None,
         )
         self._workers.append(self.replayer.stop)
         self.sync: Pusher = self.replayer

@@ -50,6 +50,7 @@ class StoreConfig:
     synchronous: str = "NORMAL"
     max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
     batch_size: int = 1000
+    coalesce: bool = True  # a write replaces its key's queued op not yet sent (one push per key after an outage)
     retry_base: float = 0.05
     retry_cap: float = 5.0
     sync_retry_attempts: int = 3

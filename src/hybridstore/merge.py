@@ -90,7 +90,7 @@ class StrategyTable:
         return strategy
 
     def wire_name(self, collection: str) -> str:
-        """The name the primary's ``hs_push`` uses: a callable is ``custom`` (resolved here, like ``merge``)."""
+        """The strategy name the primary's write rule uses: a callable is ``custom`` (resolved here, like ``merge``)."""
         strategy = self.of(collection)
         return "custom" if callable(strategy) else strategy
 

@@ -28,6 +28,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from .errors import HybridStoreError
+from .model import Record
 
 if TYPE_CHECKING:
     from .node.core import NodeCore
@@ -118,6 +119,8 @@ def _tier(result: Any) -> str:
     `Record`'s source, the first record's source for a `Page`, ``"none"`` for no record."""
     if result is None:
         return "none"
+    if type(result) is Record:  # the read hot path
+        return result.source
     cls = type(result).__name__
     if cls == "WriteResult":
         return str(result.tier)

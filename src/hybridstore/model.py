@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import json.scanner
 import os
 import random
 import time
@@ -11,13 +12,25 @@ from typing import Any, Literal, NamedTuple
 
 TierName = Literal["primary", "local", "journal"]
 
-# Op ids are time-ordered UUIDs (RFC 9562 version 7: 48 bits of Unix milliseconds, then random bits), so the
-# primary's applied-ops ledger grows at the right edge of its index instead of at random places. uuid.uuid4()
-# reads os.urandom on every call, which costs more than the rest of a local write on some VMs; a generator
-# seeded once from os.urandom (and again after fork) is as unique.
+# Op ids are time-ordered UUIDs (RFC 9562 version 7: 48 bits of Unix milliseconds, then random bits), so an index of
+# them (the primary's applied-ops ledger of older releases) grows at its right edge instead of at random places.
+# uuid.uuid4() reads os.urandom on every call, which costs more than the rest of a local write on some VMs; a
+# generator seeded once from os.urandom (and again after fork) is as unique.
 _ids = random.Random(os.urandom(32))
 os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(32)))
-_decode_json = json.JSONDecoder().decode
+_decoder = json.JSONDecoder()
+# The C scanner, without the whitespace handling around it (typeshed types its argument oddly).
+_scan_json = json.scanner.make_scanner(_decoder)  # type: ignore[arg-type]
+
+
+def _decode_json(text: str) -> Any:
+    """A stored value's JSON text, decoded (values are stored without surrounding whitespace; anything else goes
+    through the full decoder)."""
+    try:
+        value, end = _scan_json(text, 0)
+    except StopIteration:
+        return _decoder.decode(text)  # leading whitespace, or not JSON: the decoder says which
+    return value if end == len(text) else _decoder.decode(text)
 
 
 def new_op_id() -> str:

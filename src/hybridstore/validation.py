@@ -39,6 +39,8 @@ def check_key(key: object) -> str:
         raise ValidationError(f"invalid key {key!r}: a key is a non-empty string")
     if len(key) > MAX_KEY_CHARS:
         raise ValidationError(f"key too long ({len(key)} characters); the limit is {MAX_KEY_CHARS}")
+    if key.isascii() and key.isprintable():  # the usual key, checked without building its UTF-8 bytes
+        return key
     if "\x00" in key:
         raise ValidationError("invalid key: keys cannot contain NUL characters")
     try:

@@ -6,7 +6,8 @@
 - ``history/``: the recovery service's SQLite (``recovery.db``: alerts and strategy events).
 - ``web/``: the HTTP service's SQLite (``web.db``: API keys, audit log, jobs, admin users).
 
-A migration is a file ``NNNN_name.sql``; versions start at 1 and have no gaps. Steps are applied in order, each
+A migration is a file ``NNNN_name.sql``; versions start at 1 and have no gaps (the primary's may: it records each
+version applied). Steps are applied in order, each
 once, and recorded: in ``hs_migrations`` on the primary, in ``PRAGMA user_version`` for SQLite (the version of the
 last step applied). An applied migration is never edited: a change is a new file.
 """
@@ -66,8 +67,13 @@ def _load(database: Database) -> tuple[Migration, ...]:
             found.append(Migration(int(m.group(1)), m.group(2), entry.read_text(encoding="utf-8")))
     found.sort(key=lambda mig: mig.version)
     versions = [mig.version for mig in found]
-    # user_version records only the last step applied, so a gap or a duplicate would skip or repeat a step.
-    if versions != list(range(1, len(found) + 1)):
+    # SQLite's user_version records only the last step applied, so a gap or a duplicate would skip or repeat a
+    # step. The primary records every version applied (hs_migrations): there only duplicates are wrong, and
+    # numbers may be set aside for work merged later.
+    if database == "primary":
+        if len(set(versions)) != len(versions) or (versions and versions[0] != 1):
+            raise RuntimeError(f"{database} migrations must be numbered from 1 without duplicates; found {versions}")
+    elif versions != list(range(1, len(found) + 1)):
         raise RuntimeError(f"{database} migrations must be numbered 1, 2, 3… without gaps; found {versions}")
     return tuple(found)
 

@@ -78,12 +78,9 @@ class Router:
             return None  # pending local ops for this key go first
         op = op._replace(base_version=row.version if row else 0)
         strategy = self._strategies.wire_name(op.collection)
-        base = row.value_json if row is not None else None
+        base = row.value_json if row is not None and strategy != "last_wins" else None  # the merge base, if needed
         try:
-            if strategy == "last_wins":
-                outcome = self._gateway.call(lambda p: p.put_many([op]))[0]
-            else:
-                outcome = self._gateway.call(lambda p: p.put_many([op], strategies=[strategy], base_values=[base]))[0]
+            outcome = self._gateway.call(lambda p: p.put_one(op, strategy=strategy, base_value=base))
         except PrimaryUnavailableError as exc:
             self._node.sync.wake()
             log.warning("primary write failed, queued locally: %s", exc)

@@ -131,7 +131,9 @@ def rebuild_local(node: NodeCore, *, reason: str, source: str, rows: RowSource |
     os.replace(building, path)
     _fsync_dir(path.parent)
     rebuilt = LocalTier(path, synchronous=node.config.synchronous)
-    rebuilt.coalesce_pending = not node.gateway.configured
+    rebuilt.coalesce_pending = node.config.coalesce
+    if not node.gateway.configured:
+        rebuilt.embedded()
     try:
         # Before it is put in place (no one else can replay into it yet): the count in the report is exact.
         report.journal_replayed = node.sync.replay_journal_into(rebuilt)

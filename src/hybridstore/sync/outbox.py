@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from ..node.slot import LocalSlot
     from ..tiers.journal import JournalTier
     from ..tiers.local import LocalTier
+    from .housekeeping import Housekeeper
 
 log = logging.getLogger("hybridstore.sync")
 Pending = tuple[int, Op, "str | None"]  # outbox seq, op, merge base (last value agreed with the primary)
@@ -69,8 +70,10 @@ class OutboxReplayer:
         rng: random.Random | None = None,
         wall: Callable[[], float] = time.time,
         clock: Callable[[], float] = time.monotonic,
+        housekeeper: Housekeeper | None = None,
     ) -> None:
         self._slot = slot
+        self.housekeeper = housekeeper  # the settled watermark and retention, run between pushes
         self._journal = journal
         self._gateway = gateway
         self._observe = observe
@@ -160,6 +163,8 @@ class OutboxReplayer:
             self._attempt += 1
             return full_jitter(self._attempt, base=self._retry_base, cap=self._retry_cap, rng=self._rng)
         self._attempt = 0
+        if not pushed and self.housekeeper is not None and self.housekeeper.due():
+            self.housekeeper.run()  # the outbox is drained: bookkeeping on the primary, on its own schedule
         return 0.0 if pushed else IDLE_POLL
 
     # -- work -------------------------------------------------------------------------------------------------
@@ -282,11 +287,7 @@ class OutboxReplayer:
                         break
                     self._batch_done(len(entries), time.perf_counter() - started)
                     previous = [(seq, op, out) for (seq, op, _), out in zip(entries, outcomes, strict=True)]
-                    versions = _followed_versions(outcomes)
-                    entries = [
-                        (seq, op._replace(base_version=versions.get((op.collection, op.key), op.base_version)), base)
-                        for seq, op, base in following
-                    ]
+                    entries = _rebased(following, outcomes)
             finally:
                 if previous:
                     done, previous = previous, []
@@ -442,9 +443,10 @@ class OutboxReplayer:
                 self.batch_size = max(self.batch_min, self.batch_size // 2)
             self._failed(local, entries, exc, report)
             raise
-        for outcome in outcomes:
-            if outcome.current is not None:
-                self._observe(outcome.current.hlc)
+        # The clock observes the newest stamp of the batch once (a merged row carries the other side's stamp).
+        newest = max((o.current.hlc for o in outcomes if o.current is not None), default=None)
+        if newest is not None:
+            self._observe(newest)
         return outcomes
 
     def _settle(self, local: LocalTier, done: list[tuple[int, Op, ApplyOutcome]], report: SyncReport) -> int:
@@ -511,6 +513,23 @@ class OutboxReplayer:
             except LocalStoreError as exc:
                 report.errors.append(f"outbox not readable: {exc}")
         return report
+
+
+def _rebased(following: list[Pending], outcomes: Sequence[ApplyOutcome]) -> list[Pending]:
+    """The next batch (read before this one was settled) with the base versions of its keys that this batch's ops
+    reached the primary for patched from this batch's results (see `_followed_versions`)."""
+    if not following:
+        return following
+    keys = {(op.collection, op.key) for _, op, _ in following}
+    versions = _followed_versions([o for o in outcomes if o.current is not None and o.current[:2] in keys])
+    if not versions:
+        return following
+    return [
+        (seq, op._replace(base_version=v), base)
+        if (v := versions.get((op.collection, op.key))) is not None
+        else (seq, op, base)
+        for seq, op, base in following
+    ]
 
 
 def _followed_versions(outcomes: Sequence[ApplyOutcome]) -> dict[tuple[str, str], int]:

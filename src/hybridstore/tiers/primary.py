@@ -1,12 +1,12 @@
 """PrimaryTier: the shared PostgreSQL (Supabase or any Postgres), through psycopg 3 and psycopg_pool.
 
-Every write goes through one SQL function of migration 0003 — ``hs_push_one`` for one op (write-through),
-``hs_push`` for a batch — and both settle a conflict by ``hs_write``, the one home of the write rule. One round
-trip, one transaction, the op id recorded in the applied-ops ledger in the same transaction, so replaying an op
-changes nothing. Calls are bounded by ``timeout`` end to end — pool wait, connect, and a client-side deadline on
-the socket — so a dead or black-holed primary costs at most ``timeout`` seconds per call, then
-`PrimaryUnavailableError`. How the tier connects — bounds, poolers, TLS settings from the URL, the schema and
-privilege checks before the first call — is `PrimaryConnection`'s (`primary_connection.py`).
+Every write goes through the push path of `tiers.push` (migration 0008): one statement for the common case,
+``hs_settle`` for conflicts and replays, which settles by ``hs_write``, the one home of the write rule. Replaying
+an op changes nothing: the record row, the settled marks and the node's watermark say it was settled. Calls are
+bounded by ``timeout`` end to end — pool wait, connect, and a client-side deadline on the socket — so a dead or
+black-holed primary costs at most ``timeout`` seconds per call, then `PrimaryUnavailableError`. How the tier
+connects — bounds, poolers, TLS settings from the URL, the schema and privilege checks before the first call —
+is `PrimaryConnection`'s (`primary_connection.py`).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from .base import TierHealth
 from .connection import check_url, is_pooled
 from .keyrange import key_range
 from .primary_connection import PrimaryConnection
+from .push import PushStatements
 
 try:
     import psycopg
@@ -65,16 +66,7 @@ class PrimaryTier(PrimaryConnection):
             node_id=node_id,
             session_url=session_url,
         )
-        self._push_sql = (
-            # %b: binary arrays; text-format array dumping costs ~45 ms of client CPU per 1000 ops
-            f"SELECT op_id, outcome, version, updated_at FROM {self._q}.hs_push(%b::uuid[], %b::text[], "
-            f"%b::text[], %b::text[], %b::text[], %b::text[], %b::bigint[], %b::text[], %b::text[])"
-        )
-        # One op: scalar parameters (a batch of one would cost array dumping here and a larger plan there).
-        self._push_one_sql = (
-            f"SELECT outcome, version, updated_at FROM {self._q}.hs_push_one(%s::uuid, %s::text, %s::text, "
-            f"%s::text, %s::text, %s::text, %s::bigint, %s::text, %s::text)"
-        )
+        self._pusher = PushStatements(self._q)  # the push path: tiers/push.py
         self._current_sql = (
             f"SELECT value::text, version, hlc, origin, extract(epoch FROM updated_at)::float8 "
             f"FROM {self._q}.records WHERE collection = %s AND key = %s AND version > 0"
@@ -83,10 +75,9 @@ class PrimaryTier(PrimaryConnection):
     # -- writes (`PrimaryWrites`) -------------------------------------------------------------------------------
 
     def put_one(self, op: Op, *, strategy: str = "last_wins", base_value: str | None = None) -> ApplyOutcome:
-        """Apply one op (write-through): one round trip, one transaction, ``hs_push_one`` (migration 0003) — the
-        same rules and results as `put_many` for this op alone. A second query reads the primary's row only
-        when the op did not apply."""
-        return self._run(lambda conn: self._apply_one(conn, op, strategy, base_value))
+        """Apply one op (write-through): one round trip in the common case (see `tiers.push`) — the same rules
+        and results as `put_many` for this op alone."""
+        return self._run(lambda conn: self._pusher.push_one(conn, op, strategy, base_value))
 
     def put_many(
         self,
@@ -95,7 +86,7 @@ class PrimaryTier(PrimaryConnection):
         strategies: Sequence[str] | None = None,
         base_values: Sequence[str | None] | None = None,
     ) -> list[ApplyOutcome]:
-        """Apply ops in one transaction; see ``hs_push`` (migration 0003) for the rules. Idempotent by op id.
+        """Apply ops in one transaction; see `tiers.push` and migration 0008 for the rules. Idempotent.
         ``strategies`` gives each op's conflict strategy (default ``last_wins``); ``base_values`` the last value
         the writer agreed on with the primary (kept with a manual conflict)."""
         if not ops:
@@ -103,77 +94,42 @@ class PrimaryTier(PrimaryConnection):
         if len(ops) == 1:
             strategy = strategies[0] if strategies is not None else "last_wins"
             return [self.put_one(ops[0], strategy=strategy, base_value=base_values[0] if base_values else None)]
-        return self._run(lambda conn: self._push(conn, ops, strategies, base_values))
+        names = list(strategies) if strategies is not None else ["last_wins"] * len(ops)
+        bases = list(base_values) if base_values is not None else [None] * len(ops)
+        return self._run(lambda conn: self._pusher.push_batch(conn, ops, names, bases))
+
+    def report_settled(self, origin: str, settled: str) -> None:
+        """Tell the primary that every op of ``origin`` with an HLC below ``settled`` is settled for good: a replay
+        of one of them is a duplicate whatever the retention pruned since (migration 0008)."""
+        self._run(lambda conn: self._pusher.report_settled(conn, origin, settled))
+
+    def compact_counts(self) -> None:
+        """Fold the conflict counts' +1 / -1 rows into one row per (strategy, status) (``hs_compact_counts``)."""
+        self._run(lambda conn: conn.execute(f"SELECT {self._q}.hs_compact_counts()".encode()))
+
+    def prune(self, *, ledger_days: float, conflict_days: float, audit_days: float, limit: int) -> dict[str, int]:
+        """Apply the retention rules (``hs_prune``, migration 0008), at most ``limit`` rows per table; returns what
+        was deleted per table, or ``{}`` when another node is pruning right now (it holds the advisory lock)."""
+
+        def run(conn: psycopg.Connection[Any]) -> dict[str, int]:
+            with conn.transaction():
+                got = conn.execute(
+                    "SELECT pg_try_advisory_xact_lock(hashtext(%s))", (f"hybridstore-prune:{self.schema}",)
+                )
+                row = got.fetchone()
+                if not row or not row[0]:
+                    return {}
+                rows = conn.execute(
+                    f"SELECT what, deleted FROM {self._q}.hs_prune(make_interval(secs => %s), "
+                    f"make_interval(secs => %s), make_interval(secs => %s), %s)".encode(),
+                    (ledger_days * 86400, conflict_days * 86400, audit_days * 86400, limit),
+                ).fetchall()
+            return {str(what): int(n) for what, n in rows}
+
+        return self._run(run)
 
     def _apply_one(self, conn: psycopg.Connection[Any], op: Op, strategy: str, base_value: str | None) -> ApplyOutcome:
-        params = (
-            op.op_id,
-            op.collection,
-            op.key,
-            op.value_json,
-            op.hlc,
-            op.origin,
-            op.base_version,
-            strategy,
-            base_value,
-        )
-        result = conn.execute(self._push_one_sql, params).fetchone()
-        assert result is not None
-        outcome, version, updated_at = result
-        if outcome == "applied":
-            row = StoredRow(op.collection, op.key, op.value_json, version, op.hlc, op.origin, updated_at, time.time())
-            return ApplyOutcome(op.op_id, "applied", row)
-        cur = conn.execute(self._current_sql, (op.collection, op.key)).fetchone()
-        return ApplyOutcome(op.op_id, outcome, None if cur is None else _current_row(op.collection, op.key, cur))
-
-    def _push(
-        self,
-        conn: psycopg.Connection[Any],
-        ops: Sequence[Op],
-        strategies: Sequence[str] | None,
-        base_values: Sequence[str | None] | None,
-    ) -> list[ApplyOutcome]:
-        params = (
-            [o.op_id for o in ops],
-            [o.collection for o in ops],
-            [o.key for o in ops],
-            [o.value_json for o in ops],
-            [o.hlc for o in ops],
-            [o.origin for o in ops],
-            [o.base_version for o in ops],
-            list(strategies) if strategies is not None else ["last_wins"] * len(ops),
-            list(base_values) if base_values is not None else [None] * len(ops),
-        )
-        rows = conn.execute(self._push_sql, params).fetchall()
-        now = time.time()
-        out: list[ApplyOutcome] = []
-        lost: list[Op] = []
-        for op, (_op_id, outcome, version, updated_at) in zip(ops, rows, strict=True):
-            if outcome == "applied":
-                row = StoredRow(op.collection, op.key, op.value_json, version, op.hlc, op.origin, updated_at, now)
-                out.append(ApplyOutcome(op.op_id, "applied", row))
-            else:
-                out.append(ApplyOutcome(op.op_id, outcome, None))
-                lost.append(op)
-        if lost:
-            current = self._current_rows(conn, lost)
-            out = [
-                o if o.outcome == "applied" else o._replace(current=current.get((op.collection, op.key)))
-                for op, o in zip(ops, out, strict=True)
-            ]
-        return out
-
-    def _current_rows(self, conn: psycopg.Connection[Any], ops: Sequence[Op]) -> dict[tuple[str, str], StoredRow]:
-        """The primary's rows for the keys of ops that did not apply."""
-        query = (
-            f"SELECT r.collection, r.key, r.value::text, r.version, r.hlc, r.origin, "
-            f"extract(epoch FROM r.updated_at)::float8 FROM {self._q}.records r "
-            f"JOIN unnest(%b::text[], %b::text[]) AS k(collection, key) "
-            f"ON r.collection = k.collection AND r.key = k.key WHERE r.version > 0"
-        )
-        rows = conn.execute(query, ([o.collection for o in ops], [o.key for o in ops])).fetchall()
-        now = time.time()
-        return {(r[0], r[1]): StoredRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], now) for r in rows}
+        return self._pusher.push_one(conn, op, strategy, base_value)
 
     def get(self, collection: str, key: str) -> StoredRow | None:
         rows = self._run(lambda conn: conn.execute(self._current_sql, (collection, key)).fetchall())
@@ -276,10 +232,11 @@ class PrimaryTier(PrimaryConnection):
         return self._run(lambda conn: conn.execute(query.encode(), (conflict_id,)).fetchone())
 
     def conflict_counts(self) -> dict[str, dict[str, int]]:
-        """{strategy: {status: count}}."""
+        """{strategy: {status: count}}, from the counts a trigger keeps (migration 0008): a few rows, however many
+        conflicts are logged (plus those of the last minute, until `compact_counts` folds them)."""
         rows = self._run(
             lambda conn: conn.execute(
-                f"SELECT strategy, status, count(*) FROM {self._q}.conflicts GROUP BY 1, 2"
+                f"SELECT strategy, status, sum(n)::int8 FROM {self._q}.conflict_counts GROUP BY 1, 2 HAVING sum(n) > 0"
             ).fetchall()
         )
         out: dict[str, dict[str, int]] = {}

@@ -27,6 +27,7 @@ from ...errors import CorruptionError, LocalStoreError
 from ...migrations import migrate_sqlite
 from ...model import Op, StoredRow, TierName
 from ..base import TierHealth
+from .cache import DEFAULT_MAX_BYTES, RowCache
 
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 _CORRUPT_CODES = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
@@ -43,7 +44,10 @@ ON CONFLICT (collection, key) DO UPDATE SET
     base_value = CASE WHEN records.pending_seq IS NULL THEN records.value ELSE records.base_value END
 WHERE excluded.hlc > records.hlc
 """
-_DROP_PENDING = "DELETE FROM outbox WHERE seq = (SELECT pending_seq FROM records WHERE collection = ? AND key = ?)"
+# The key's pending op, if no push can have sent it yet (its seq is above every seq handed to the pusher).
+_DROP_PENDING = (
+    "DELETE FROM outbox WHERE seq = (SELECT pending_seq FROM records WHERE collection = ? AND key = ?) AND seq > ?"
+)
 _INSERT_OUTBOX = """
 INSERT INTO outbox (seq, op_id, collection, key, value, hlc, origin, created_at)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?)
@@ -69,16 +73,21 @@ class LocalDatabase:
         synchronous: str = "NORMAL",
         busy_timeout: float = 5.0,
         clock: Callable[[], float] = time.time,
+        cache_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         if synchronous.upper() not in SYNCHRONOUS_MODES:
             raise ValueError(f"synchronous must be one of {SYNCHRONOUS_MODES}")
         self.path = Path(path)
         self._clock = clock
-        # Embedded (no primary yet): a new write replaces the key's pending op instead of queueing behind it, so
-        # the outbox holds at most one op per key and disk use follows the records, however often keys are
-        # rewritten. The primary, once attached, gets each key's newest value (what last-writer-wins keeps).
+        # Coalescing: a new write replaces the key's pending op instead of queueing behind it — unless that op may
+        # have been sent already (a push that failed may still have committed: only the op itself, pushed again,
+        # settles that). A key rewritten 1,000 times during an outage is pushed once, with the merge base and base
+        # version of its first pending op (kept by the record row); an embedded store's outbox holds at most one
+        # op per key, so disk use follows the records however often keys are rewritten.
         self.coalesce_pending = False
         self._lock = threading.Lock()
+        # Hot rows, filled and invalidated under ``_lock`` (see `cache`); 0 bytes: nothing is cached.
+        self.cache = RowCache(cache_bytes)
         self.last_error: str | None = None
         try:
             self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout)
@@ -91,6 +100,9 @@ class LocalDatabase:
                 self._conn.close()
             raise map_sqlite_error(exc) from exc
         self._next_seq = (row[0] or 0) + 1  # the outbox seq the next queued op gets
+        # The largest seq handed to a pusher: ops at or below it may be on the primary already, and are never
+        # coalesced. Every op found at open may have been sent before a crash.
+        self._sent_seq = self._next_seq - 1
         # Rows the change feed delivered for keys with pending ops (so not adopted), newest per key: settling a
         # push never adopts a row older than one of these (`LocalPullCursor.apply_pulled`). Guarded by ``_lock``.
         self._pulled_aside: dict[tuple[str, str], StoredRow] = {}
@@ -98,8 +110,10 @@ class LocalDatabase:
     # -- plumbing ---------------------------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """``BEGIN IMMEDIATE`` … ``COMMIT`` under the tier lock; rolls back on any exception."""
+    def _transaction(self, *, precise: bool = False) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` … ``COMMIT`` under the tier lock; rolls back on any exception. The row cache is
+        cleared at the end unless the caller is ``precise``: it discards the rows it writes itself (or writes
+        none), inside the transaction."""
         with self._lock:
             conn = self._conn
             try:
@@ -112,6 +126,9 @@ class LocalDatabase:
             except BaseException:
                 self._rollback()
                 raise
+            finally:
+                if not precise:
+                    self.cache.clear()
 
     def _error(self, exc: sqlite3.Error) -> LocalStoreError:
         """Our error for a SQLite failure, remembered for health()."""
@@ -140,8 +157,9 @@ class LocalDatabase:
         else it is older than a write made elsewhere since and loses under last-writer-wins: ``None``, nothing
         written. An op whose exact stamp is stored already is that same write: returned, nothing written again."""
         seq = self._next_seq
+        self.cache.discard((op.collection, op.key))
         if fresh and self.coalesce_pending:  # a fresh write is always stored (below): its predecessor can go
-            conn.execute(_DROP_PENDING, (op.collection, op.key))
+            conn.execute(_DROP_PENDING, (op.collection, op.key, self._sent_seq))
         cur = conn.execute(_UPSERT_PENDING, (op.collection, op.key, op.value_json, op.hlc, op.origin, now, seq))
         if not cur.rowcount:
             stored = conn.execute(
@@ -170,10 +188,13 @@ class LocalDatabase:
         if len({(op.collection, op.key) for op in ops}) != len(ops):
             return None
         seq = self._next_seq
+        for op in ops:
+            self.cache.discard((op.collection, op.key))
         conn.execute("SAVEPOINT hs_bulk")
         try:
             if self.coalesce_pending:
-                conn.executemany(_DROP_PENDING, [(op.collection, op.key) for op in ops])
+                sent = self._sent_seq
+                conn.executemany(_DROP_PENDING, [(op.collection, op.key, sent) for op in ops])
             cur = conn.executemany(
                 _UPSERT_PENDING,
                 [(op.collection, op.key, op.value_json, op.hlc, op.origin, now, seq + i) for i, op in enumerate(ops)],
@@ -219,3 +240,4 @@ class LocalDatabase:
                 self._conn.execute("PRAGMA optimize")
             with contextlib.suppress(sqlite3.Error):
                 self._conn.close()
+            self.cache.clear()

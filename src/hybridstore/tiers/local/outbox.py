@@ -6,7 +6,8 @@ Contract:
 - Every entry has a seq, increasing in the order the ops were made (`last_seq` is the largest handed out). An
   entry stays until ``complete`` (the primary answered for it) or ``reject`` moves it to the dead letters.
 - ``queue`` / ``import_ops`` store the record and its entry in one transaction; a stale op (HLC not newer than
-  the stored row's) is neither stored nor queued, and ``queue`` says so by returning False.
+  the stored row's) is neither stored nor queued, and ``queue`` says so by returning False. With
+  ``coalesce_pending`` a fresh write replaces its key's pending entry if no pusher has read that one yet.
 - ``pending_ops`` returns entries oldest first, each with the primary version this node knows for its key (the
   base of the write) and the merge base; ``pending_rows`` the records that have entries.
 - ``complete`` records what the primary holds for the keys pushed — or a newer row the change feed delivered
@@ -43,6 +44,19 @@ UPDATE records SET
     version = CASE WHEN pending_seq <= ?7 OR ?10 THEN ?6 ELSE version END
 WHERE collection = ?8 AND key = ?9
 """
+_PENDING = (
+    "SELECT o.seq, o.op_id, o.collection, o.key, o.value, o.hlc, o.origin, coalesce(r.version, 0), o.created_at, "
+    "r.base_value FROM outbox o LEFT JOIN records r ON r.collection = o.collection AND r.key = o.key "
+    "WHERE o.seq > ? ORDER BY o.seq LIMIT ?"
+)
+# The common case of `_COMPLETE`, without its CASEs: the key's newest pending op was pushed and reached the primary.
+_SETTLE = """
+UPDATE records SET value = ?1, hlc = ?2, origin = ?3, updated_at = ?4, synced_at = ?5, version = ?6,
+    base_value = NULL, pending_seq = NULL
+WHERE collection = ?8 AND key = ?9 AND pending_seq <= ?7
+"""
+# ... and the other case: later pending ops follow the pushed one, which reached the primary.
+_FOLLOW = "UPDATE records SET base_value = ?1, version = ?6 WHERE collection = ?8 AND key = ?9 AND pending_seq > ?7"
 # A key that has just settled takes the row the feed delivered while it was pending, when that one is newer.
 _ADOPT_ASIDE = """
 UPDATE records SET value = ?3, version = ?4, hlc = ?5, origin = ?6, updated_at = ?7, synced_at = ?8,
@@ -79,7 +93,7 @@ class LocalOutbox(LocalDatabase):
         the op as stored: re-stamped after the stored value if that one carries a stamp from beyond the clock's
         drift guard (see `_store_op`). Never refuses a write."""
         now = self._clock()
-        with self._transaction() as conn:
+        with self._transaction(precise=True) as conn:  # _store_op discards the key's cached row
             stored = self._store_op(conn, op, now, fresh=True)
         assert stored is not None
         return stored
@@ -89,22 +103,30 @@ class LocalOutbox(LocalDatabase):
         `set_many`), every one stored; otherwise replayed ones (journal, rebuild): an op older than a value
         written elsewhere since loses to it under last-writer-wins and is left out."""
         now = self._clock()
-        with self._transaction() as conn:
+        with self._transaction(precise=True) as conn:  # _store_op discards each key's cached row
             if fresh and len(ops) > 1 and (stored := self._store_fresh_many(conn, ops, now)) is not None:
                 return stored
             return [s for op in ops if (s := self._store_op(conn, op, now, fresh=fresh)) is not None]
 
+    def embedded(self) -> None:
+        """This tier runs without a primary: coalesce every queued op, those found at open included (no pusher
+        runs, so none of them can be on its way to a primary)."""
+        self.coalesce_pending = True
+        with self._lock:
+            self._sent_seq = 0
+
     def pending_ops(self, limit: int, *, after: int = 0) -> list[tuple[int, Op, str | None]]:
         """The oldest ``limit`` outbox entries after seq ``after``, each with the primary version this node knows
         for its key as ``base_version`` (so a follow-up write is not mistaken for a conflict) and the merge base:
-        the last value this node agreed on with the primary for the key (``None`` if none)."""
-        rows = self._read(
-            "SELECT o.seq, o.op_id, o.collection, o.key, o.value, o.hlc, o.origin, coalesce(r.version, 0), "
-            "o.created_at, r.base_value "
-            "FROM outbox o LEFT JOIN records r ON r.collection = o.collection AND r.key = o.key "
-            "WHERE o.seq > ? ORDER BY o.seq LIMIT ?",
-            (after, limit),
-        )
+        the last value this node agreed on with the primary for the key (``None`` if none). They count as sent
+        from now on: a later write to their key queues behind them instead of replacing them."""
+        with self._lock:  # read and mark as sent at once: a write coalescing into one of these must not slip in
+            try:
+                rows = self._conn.execute(_PENDING, (after, limit)).fetchall()
+            except sqlite3.Error as exc:
+                raise self._error(exc) from exc
+            if rows:
+                self._sent_seq = max(self._sent_seq, rows[-1][0])
         return [(r[0], Op(r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8]), r[9]) for r in rows]
 
     def pending_rows(
@@ -135,18 +157,27 @@ class LocalOutbox(LocalDatabase):
         last: dict[tuple[str, str], tuple[int, ApplyOutcome]] = {}
         for seq, op, outcome in done:
             last[(op.collection, op.key)] = (seq, outcome)
-        adopt = [
-            (cur.value_json, cur.hlc, cur.origin, cur.updated_at, now, cur.version, seq, c, k, out.outcome in FOLLOWED)
-            for (c, k), (seq, out) in last.items()
-            if (cur := out.current) is not None
-        ]
-        gone = [(now, c, k, seq) for (c, k), (seq, out) in last.items() if out.current is None]
+        followed: list[tuple[Any, ...]] = []  # the op reached the primary (applied, duplicate): the common case
+        adopt: list[tuple[Any, ...]] = []
+        gone: list[tuple[Any, ...]] = []
+        for (c, k), (seq, out) in last.items():
+            cur = out.current
+            if cur is None:
+                gone.append((now, c, k, seq))
+            elif out.outcome in FOLLOWED:
+                followed.append((cur[2], cur[4], cur[5], cur[6], now, cur[3], seq, c, k))
+            else:
+                adopt.append((cur[2], cur[4], cur[5], cur[6], now, cur[3], seq, c, k, False))
         drop: list[tuple[tuple[str, str], StoredRow]] = []  # rows set aside that are settled now
-        with self._transaction() as conn:
+        with self._transaction(precise=True) as conn:
+            for key in last:
+                self.cache.discard(key)
             if exact:  # some entries in between stay (e.g. rejected by the primary)
                 conn.executemany("DELETE FROM outbox WHERE seq = ?", [(seq,) for seq, _, _ in done])
             else:  # the batch is the oldest entries, so it is exactly every entry up to its largest seq
                 conn.execute("DELETE FROM outbox WHERE seq <= ?", (max(seq for seq, _, _ in done),))
+            if followed and conn.executemany(_SETTLE, followed).rowcount < len(followed):
+                conn.executemany(_FOLLOW, followed)  # some keys have later pending ops: they follow this write
             conn.executemany(_COMPLETE, adopt)
             conn.executemany(
                 "UPDATE records SET synced_at = ?, pending_seq = NULL "
@@ -181,7 +212,7 @@ class LocalOutbox(LocalDatabase):
 
     def record_failure(self, seqs: Sequence[int], error: str) -> None:
         """Count a failed push attempt (the primary could not be reached) for these entries."""
-        with self._transaction() as conn:
+        with self._transaction(precise=True) as conn:  # the outbox only
             conn.executemany(
                 "UPDATE outbox SET attempts = attempts + 1, last_error = ? WHERE seq = ?",
                 [(error[:500], s) for s in seqs],
@@ -240,6 +271,11 @@ class LocalOutbox(LocalDatabase):
         self._forget_aside(drop)
         return True
 
+    def oldest_pending_hlc(self, origin: str) -> str | None:
+        """The smallest HLC of ``origin``'s ops still in the outbox (``None`` if none): the node's settled
+        watermark stays below it (`hybridstore.sync.housekeeping`). A scan of the outbox: called once a minute."""
+        return self._read("SELECT min(hlc) FROM outbox WHERE origin = ?", (origin,))[0][0]  # type: ignore[no-any-return]
+
     def outbox_stats(self) -> tuple[int, float | None]:
         """(depth, created_at of the oldest pending op)."""
         rows = self._read("SELECT count(*), min(created_at) FROM outbox")
@@ -259,7 +295,7 @@ class LocalOutbox(LocalDatabase):
 
     def take_dead_letter(self, letter_id: int) -> dict[str, Any] | None:
         """Remove a dead letter and return it (``None`` if there is no such id)."""
-        with self._transaction() as conn:
+        with self._transaction(precise=True) as conn:  # dead letters only
             row = conn.execute(
                 "DELETE FROM dead_letters WHERE id = ? RETURNING id, op_id, collection, key, value, hlc, origin",
                 (letter_id,),

@@ -56,7 +56,10 @@ class LocalPullCursor(LocalDatabase):
         # Rows go to SQLite as they come (no per-row tuple is built): extra columns (the feed's stamp) are bound to
         # numbered parameters the statement mentions in an always-true test; synced_at is SQLite's own clock.
         extra = "".join(f" AND (?{n} IS NULL OR 1)" for n in range(8, width + 1))
-        with self._transaction() as conn:
+        with self._transaction(precise=True) as conn:
+            discard = self.cache.discard
+            for row in rows:
+                discard((row[0], row[1]))
             cur = conn.executemany(
                 "INSERT INTO records (collection, key, value, version, hlc, origin, updated_at, synced_at, "
                 "pending_seq, base_value) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, "
@@ -114,5 +117,5 @@ class LocalPullCursor(LocalDatabase):
         return rows[0][0] if rows else None
 
     def meta_set(self, name: str, value: str) -> None:
-        with self._transaction() as conn:
+        with self._transaction(precise=True) as conn:  # no record row
             conn.execute(_SAVE_META, (name, value))

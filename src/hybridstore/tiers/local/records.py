@@ -28,18 +28,26 @@ class LocalRecords(LocalDatabase):
     """Records: reads, local writes, and rows adopted from the primary."""
 
     def get(self, collection: str, key: str) -> StoredRow | None:
-        with self._lock:  # the read hot path: no helper calls
+        name = (collection, key)
+        cache = self.cache
+        with self._lock:  # the read hot path: no helper calls; filled under the lock that every write holds
+            if name in cache.rows:
+                cache.hits += 1
+                return cache.rows[name]
+            cache.misses += 1
             try:
-                row = self._conn.execute(_GET, (collection, key)).fetchone()
+                row = self._conn.execute(_GET, name).fetchone()
             except sqlite3.Error as exc:
                 raise self._error(exc) from exc
-        return None if row is None else as_row(row)
+            found = None if row is None else as_row(row)
+            self.cache.put(name, found)
+        return found
 
     def put(self, op: Op) -> StoredRow:
         """Store ``op`` and queue it for the primary, in one transaction. A stale or repeated op (HLC not newer
         than the stored one) changes nothing."""
         now = self._clock()
-        with self._transaction() as conn:
+        with self._transaction(precise=True) as conn:  # _store_op discards the key's cached row
             self._store_op(conn, op, now, fresh=False)
             row = conn.execute(_GET, (op.collection, op.key)).fetchone()
         return as_row(row)
@@ -72,6 +80,7 @@ class LocalRecords(LocalDatabase):
         # One statement in autocommit mode is its own transaction: no BEGIN/COMMIT round of calls.
         with self._lock:
             conn = self._conn
+            self.cache.discard((row.collection, row.key))
             try:
                 conn.execute(
                     "INSERT INTO records (collection, key, value, version, hlc, origin, updated_at, synced_at, "
