@@ -36,6 +36,7 @@ CALLS: dict[tuple[str, str], dict[str, Any]] = {
     ("DELETE", "/api/v1/backups/{backup_id}"): {"params": {"confirm": "abcd1234"}},
     ("POST", "/api/v1/backups/{backup_id}/verify"): {},
     ("POST", "/api/v1/backups/{backup_id}/restore"): {"json": {"dry_run": True}},
+    ("POST", "/api/v1/resilience/runs"): {"json": {"scenarios": ["no_such_scenario"], "duration": 1}},
 }
 
 

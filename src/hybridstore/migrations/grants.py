@@ -19,9 +19,12 @@ from dataclasses import dataclass
 TABLES: dict[str, tuple[str, ...]] = {
     "hs_migrations": ("SELECT",),  # is the schema current? (read without any DDL privilege)
     "records": ("SELECT", "INSERT", "UPDATE"),  # tombstones, never deleted by the runtime role
-    "applied_ops": ("SELECT", "INSERT", "UPDATE"),  # the op-id ledger
-    "conflicts": ("SELECT", "INSERT", "UPDATE"),
-    "audit_log": ("INSERT",),  # written, never read back by a node
+    "applied_ops": ("SELECT", "INSERT", "UPDATE", "DELETE"),  # the old op-id ledger: read, pruned by hs_prune
+    "conflicts": ("SELECT", "INSERT", "UPDATE", "DELETE"),  # resolved ones pruned by hs_prune
+    "audit_log": ("SELECT", "INSERT", "DELETE"),  # written; read and pruned by hs_prune (retention)
+    "settled_marks": ("SELECT", "INSERT", "UPDATE", "DELETE"),  # replay marks (0008): upserted, pruned
+    "node_settled": ("SELECT", "INSERT", "UPDATE"),  # each node's watermark (upsert)
+    "conflict_counts": ("SELECT", "INSERT", "DELETE"),  # +1/-1 rows from a trigger, folded by hs_compact_counts
     "system_backups": ("SELECT", "INSERT", "UPDATE", "DELETE"),  # the backup catalogue and retention
     "backup_chunks": ("SELECT", "INSERT", "DELETE"),  # backup files (COPY … FROM STDIN is an INSERT)
     "system_config": ("SELECT", "INSERT", "UPDATE"),  # runtime settings (upsert)
@@ -38,11 +41,18 @@ FUNCTIONS: dict[str, str] = {
     "hs_push_one": "uuid,text,text,text,text,text,bigint,text,text",
     "hs_push": "uuid[],text[],text[],text[],text[],text[],bigint[],text[],text[]",
     "hs_write": "text,text,text,text,text,bigint,bigint,text,text",
+    "hs_mark": "text,text,text,text,text,text",
+    "hs_settle": "uuid[],text[],text[],text[],text[],text[],bigint[],text[],text[]",
+    "hs_report_settled": "text,text",
+    "hs_compact_counts": "",
+    "hs_prune": "interval,interval,interval,integer",
 }
 
 # Functions of the schema the role needs no EXECUTE on, and why.
 NOT_GRANTED: dict[str, str] = {
     "hs_notify": "a trigger function: firing a trigger checks no EXECUTE privilege",
+    "hs_mark_overwritten": "a trigger function",
+    "hs_count_conflicts": "a trigger function",
 }
 
 

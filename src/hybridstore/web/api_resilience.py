@@ -94,13 +94,15 @@ def build(ctx: WebContext) -> ScopedRouter:
                     raise WebError(409, "run-in-progress", "A run is in progress", str(exc)) from None
                 raise
 
-        rec, opts = await ctx.run(begin)
+        details = {"scenarios": wanted.scenarios, "duration": wanted.duration, "seed": wanted.seed}
+        # a refused start (bad scenario, no primary, a run in progress) is audited too; an accepted one by the job
+        rec, opts = await ctx.audited(request, "resilience.start", "resilience", begin, details=details)
 
         def work(progress: Progress) -> dict[str, Any]:
             done = book.execute(rec, opts, lambda p: progress(str(p["scenario"]), int(p["done"]), int(p["total"])))
             return {"run": done.id, "status": done.status}
 
-        details = {"scenarios": rec.options["scenarios"], "duration": wanted.duration, "seed": wanted.seed}
+        details = {**details, "scenarios": rec.options["scenarios"]}
         await ctx.start_job(request, "resilience.run", rec.id, work, details=details)
         location = str(request.url_for("resilience_run", run_id=rec.id))
         return DataResponse(run_json(rec, report=True), status_code=202, headers={"Location": location})
