@@ -173,8 +173,8 @@ def test_serve_with_tls(tmp_path: Path) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HYBRIDSTORE_", "SUPABASE_", "DATABASE_URL"))}
     env.update(HYBRIDSTORE_ADMIN_TOKEN=TOKEN, PYTHONPATH=str(SRC), HYBRIDSTORE_HTTP_PORT=str(port))
-    cmd = [sys.executable, "-m", "hybridstore", "-d", str(tmp_path / "node"), "serve"]
-    cmd += ["--ssl-certfile", str(cert), "--ssl-keyfile", str(key)]
+    cmd = [sys.executable, "-m", "hybridstore", "-d", str(tmp_path / "node"), "--max-value-bytes", "4096"]
+    cmd += ["--conflict-strategy", "merge", "serve", "--ssl-certfile", str(cert), "--ssl-keyfile", str(key)]
     log = tmp_path / "serve.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -191,6 +191,9 @@ def test_serve_with_tls(tmp_path: Path) -> None:
                 assert time.monotonic() < deadline, log.read_text()
                 time.sleep(0.1)
         assert r.status_code == 200 and r.json()["node_id"]
+        # the global options reach the served node, as they reach every other command
+        cfg = httpx.get(f"{base}/api/v1/config", headers={"Authorization": f"Bearer {TOKEN}"}, verify=trust).json()
+        assert cfg["store"]["max_value_bytes"] == 4096 and cfg["store"]["conflict_strategy"] == "merge", cfg
         with pytest.raises(httpx.HTTPError):
             httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)  # plain HTTP is not spoken
         proc.send_signal(signal.SIGINT)

@@ -90,6 +90,9 @@ def serve(
     options: dict[str, Any] = {"background": True}
     if settings.schema:
         options["primary_schema"] = settings.schema
+    for name in ("write_mode", "read_policy", "max_value_bytes", "conflict_strategy", "conflict_strategies"):
+        if getattr(settings, name) is not None:  # the global options, as every other command takes them
+            options[name] = getattr(settings, name)
     if settings.timeout:
         options["primary_timeout"] = settings.timeout
     try:
