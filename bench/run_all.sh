@@ -9,7 +9,7 @@ if [[ -z "${PYTHON:-}" ]]; then
 fi
 
 status=0
-for script in bench/bench_local.py bench/bench_primary.py bench/bench_sync.py bench/bench_backup.py bench/bench_recovery.py; do
+for script in bench/bench_local.py bench/bench_primary.py bench/bench_sync.py bench/bench_visibility.py bench/bench_backup.py bench/bench_recovery.py bench/bench_web.py; do
     echo "=== $script"
     "$PYTHON" "$script" || { status=$?; echo "!!! $script failed (exit $status)" >&2; }
     echo

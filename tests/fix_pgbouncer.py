@@ -29,7 +29,11 @@ PGBOUNCER = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
 
 
 class PgBouncer:
-    def __init__(self, target_dsn: str, *, ignore_options: bool = True, pool_size: int = 10) -> None:
+    def __init__(
+        self, target_dsn: str, *, ignore_options: bool = True, pool_size: int = 10, pool_mode: str = "transaction"
+    ) -> None:
+        if not os.path.exists(PGBOUNCER):
+            raise RuntimeError("these tests need PgBouncer: apt-get install pgbouncer (Debian's package)")
         parts = urlsplit(target_dsn)
         self.target_host = parts.hostname or "127.0.0.1"
         self.target_port = parts.port or 5432
@@ -38,6 +42,7 @@ class PgBouncer:
         self._as_postgres = os.geteuid() == 0
         self.ignore_options = ignore_options
         self.pool_size = pool_size
+        self.pool_mode = pool_mode
         (self.dir / "users.txt").write_text('"postgres" ""\n')
         self._write_config()
         if self._as_postgres:
@@ -62,12 +67,11 @@ class PgBouncer:
             f"unix_socket_dir = {self.dir}\n"
             "auth_type = trust\n"
             f"auth_file = {self.dir / 'users.txt'}\n"
-            "pool_mode = transaction\n"
+            f"pool_mode = {self.pool_mode}\n"
             f"default_pool_size = {self.pool_size}\n"
             "max_client_conn = 500\n"
             f"logfile = {self.dir / 'pgbouncer.log'}\n"
             f"pidfile = {self.dir / 'pgbouncer.pid'}\n"
-            "server_reset_query =\n"
             "server_check_delay = 0\n" + ignore
         )
 

@@ -210,9 +210,12 @@ def test_login_session_and_csrf(client: TestClient) -> None:
     assert client.get("/api/v1/status").status_code == 200  # reading needs no token
     # a plain HTML form carries it as a field
     assert client.post("/admin/logout", data={"csrf": "nope"}, follow_redirects=False).status_code == 403
+    kept = client.cookies.get(COOKIE)
     out = client.post("/admin/logout", data={"csrf": token}, follow_redirects=False)
     assert out.status_code == 303 and "Max-Age=0" in out.headers["set-cookie"]
     client.cookies.clear()
+    assert client.get("/admin/data-storage", follow_redirects=False).status_code == 401
+    client.cookies.set(COOKIE, kept)  # a copy of the cookie kept from before the logout: refused too
     assert client.get("/admin/data-storage", follow_redirects=False).status_code == 401
     audit = client.app.state.hybridstore.audit.entries(limit=50)  # type: ignore[attr-defined]
     seen = {(e.actor, e.action, e.outcome) for e in audit}
@@ -272,8 +275,29 @@ def test_pages_render_and_the_stream_answers_plain_clients(client: TestClient) -
     assert "Secrets are masked" in client.get("/admin/settings").text
     snapshot = client.get("/admin/stream").json()  # no Accept: text/event-stream: one JSON document
     assert snapshot["sample"]["overall"] == "healthy" and snapshot["status"]["node_id"]
-    assert client.get("/admin/series").json()["samples"]
+    series = client.get("/admin/series").json()["samples"]
+    assert series and set(series[0]) == {"t", "p50_ms", "p99_ms", "writes", "outbox_depth", "push_rate", "pull_rate"}
     assert client.get("/admin/static/vendor/uPlot.iife.min.js").status_code == 200
     assert client.get("/admin/static/vendor/uPlot.LICENSE.txt").status_code == 200
     assert client.get("/admin/static/../users.py").status_code == 404
     assert client.get("/admin/static/%2e%2e/users.py").status_code == 404
+    outside = Path(hybridstore.__file__).parent / "web" / "admin" / "static" / "admin.css"
+    assert client.get(f"/admin/static/{outside}").status_code == 404  # an absolute path: never outside static/
+    assert client.get(f"/admin/static//{outside}").status_code == 404
+
+
+def test_assets_ship_in_the_package_and_point_nowhere_else() -> None:
+    """Nothing the pages load may come from outside the node: templates and our scripts name no other host, and
+    the vendored chart library ships with its licence."""
+    from importlib import resources
+
+    root = resources.files("hybridstore.web.admin")
+    vendor = root / "static" / "vendor"
+    assert (vendor / "uPlot.iife.min.js").is_file() and (vendor / "uPlot.min.css").is_file()
+    assert "MIT" in (vendor / "uPlot.LICENSE.txt").read_text()
+    ours = [*(root / "templates").iterdir(), *(f for f in (root / "static").iterdir() if f.is_file())]
+    assert len(ours) >= 14
+    for item in ours:
+        text = item.read_text()
+        assert not re.search(r"(src|href)\s*=\s*[\"']?(https?:)?//", text), item.name
+        assert "url(http" not in text and "@import" not in text, item.name

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from typer.testing import CliRunner
 
 import hybridstore
 from hybridstore.cli import app as cli_app
-from hybridstore.web import serve_local_socket
+from hybridstore.web import local_socket, serve_local_socket
 from hybridstore.web.local_socket import SOCKET_FILE
 
 from .fix_db import primary_rows
@@ -126,13 +127,34 @@ def test_commands_attach_to_a_running_serve(served: Served) -> None:
     assert code == 0 and made["label"] == "from-cli" and made["records"] == 1
     code, backups = cli(d, "backup", "list", "--json")
     assert code == 0 and [b["label"] for b in backups] == ["from-cli"]
+    code, exported = cli(d, "backup", "export", made["id"], str(d.parent / "copy.hsb"), "--json")
+    assert code == 2 and "in use by another process" in str(exported)  # not done through the node: says so
+    copy = d.parent / "copy.hsb"
+    copy.write_bytes(next((d / "backups").glob("*.hsb")).read_bytes())
+    code, again = cli(d, "backup", "import", str(copy), "--json")  # streamed to the node, which refuses a twin
+    assert code == 2 and "already" in again["error"]["message"], again
     code, deleted = cli(d, "delete", "orders", "o/1", "--json")
     assert code == 0 and deleted["deleted"] is True
     code, _ = cli(d, "get", "orders", "o/1")
     assert code == 1
     code, missing = cli(d, "delete", "orders", "o/1", "--json")
     assert code == 0 and missing["absent"] is True
-    code, text = cli(d, "conflicts", "resolve", "1", "--choice", "local")  # not done through the node: says who
+    bid = made["id"]
+    code, dry = cli(d, "backup", "restore", bid, "--dry-run", "--json")  # through the node, as a job
+    assert code == 0 and dry["dry_run"] is True and dry["totals"]["added"] == 1, dry
+    code, restored = cli(d, "backup", "restore", bid, "-y", "--json")
+    assert code == 0 and restored["written"] == 1 and restored["pre_restore_backup"]
+    code, record = cli(d, "get", "orders", "o/1", "--json")
+    assert code == 0 and record["value"] == {"n": 1}
+    code, pruned = cli(d, "backup", "prune", "--dry-run", "--json")
+    assert code == 0 and pruned == {"dry_run": True, "deleted": []}
+    code, gone = cli(d, "backup", "delete", bid, "-y", "--json")
+    assert code == 0 and gone["id"] == bid
+    code, text = cli(d, "deadletters", "retry", "5")
+    assert code == 1 and "no dead letter" in text
+    code, text = cli(d, "conflicts", "resolve", "1", "--choice", "local")  # the node says: no primary
+    assert code == 1 and "needs a primary" in text, text
+    code, text = cli(d, "backup", "pin", made["id"][:8])  # not done through the node: says who holds it
     assert code == 2 and f"pid {served.proc.pid}" in text and "hybridstore serve" in text, text
     # the node audited what was done over the socket, as the local user
     r = httpx.get(f"{served.base}/api/v1/audit", headers={"Authorization": f"Bearer {TOKEN}"})
@@ -166,6 +188,8 @@ def test_health_sees_the_outage_of_a_running_serve(
         wait_for("a healthy node", lambda: cli(d, "health", "--json")[1]["overall"] == "healthy")
         code, _ = cli(d, "set", "orders", "before", "1")
         assert code == 0
+        code, nodes = cli(d, "nodes", "--json")  # serve's heartbeat wrote its row on the primary at start
+        assert code == 0 and [n["stale"] for n in nodes] == [False] and nodes[0]["version"]
         proxy.cut()
         wait_for("the outage", lambda: cli(d, "health", "--json")[0] == 1)
         code, health = cli(d, "health", "--json")
@@ -181,6 +205,8 @@ def test_health_sees_the_outage_of_a_running_serve(
         assert set(primary_rows(pg, pg_schema, "orders")) == {"before", "during"}
     finally:
         assert node.stop() == 0
+    (state,) = pg.execute(f'SELECT state FROM "{pg_schema}".nodes').fetchone()
+    assert state == "stopped"  # its last heartbeat said so
 
 
 @pytest.mark.resilience
@@ -211,3 +237,24 @@ def test_an_application_serves_its_socket_and_health_sees_its_outage(
     assert listener.stop() and not (d / SOCKET_FILE).exists()  # stopped with the store
     code, record = cli(d, "get", "c", "during", "--json")  # nobody serves: the command opens the store
     assert code == 0 and record["value"] == 2
+
+
+def test_a_deep_data_directory_still_gets_its_socket(tmp_path: Path) -> None:
+    """Unix socket addresses hold about 100 bytes: a deeper directory is reached through its descriptor."""
+    deep = tmp_path.joinpath(*(["d" * 40] * 5))
+    deep.mkdir(parents=True)
+    assert len(str(local_socket.socket_path(deep))) > 200
+    server = local_socket.bind(deep)
+    try:
+        server.listen(1)
+        assert stat.S_IMODE(local_socket.socket_path(deep).stat().st_mode) == 0o600
+        with local_socket.short_path(local_socket.socket_path(deep)) as address, socket.socket(socket.AF_UNIX) as c:
+            c.connect(address)
+            peer, _ = server.accept()
+            c.sendall(b"ping")
+            assert peer.recv(4) == b"ping"
+            peer.close()
+    finally:
+        server.close()
+        local_socket.remove(deep)
+    assert not local_socket.socket_path(deep).exists()

@@ -18,6 +18,7 @@ import hybridstore
 from hybridstore.cli import app as cli_app
 from hybridstore.errors import PrimaryUnavailableError
 from hybridstore.node.heartbeat import FIELDS, is_stale, node_view
+from hybridstore.node.timing import FakeClock
 
 from . import test_web_api as base
 from .fix_db import StoreFactory
@@ -92,6 +93,21 @@ def test_heartbeats_skip_an_open_circuit_and_the_list_survives_it(make_store: St
         fresh.nodes()  # nothing read yet: say so rather than pretend it is alone
 
 
+def test_staleness_goes_on_while_the_primary_cannot_be_asked(make_store: StoreFactory) -> None:
+    clock = FakeClock()
+    a = make_store("a", background=False, backups=False, time=clock.source())
+    b = make_store("b", background=False, backups=False)
+    for store in (a, b):
+        store.node.heartbeat.beat()
+    assert not {n["node_id"]: n for n in a.nodes()}[b.node_id]["stale"]
+    a.node.gateway.circuit.trip()
+    clock.advance(40.0)  # < 3 intervals of 15 s since the rows were read
+    assert not {n["node_id"]: n for n in a.nodes()}[b.node_id]["stale"]
+    clock.advance(10.0)  # > 45 s: b has not been heard of for too long, as far as a can tell
+    during = {n["node_id"]: n for n in a.nodes()}
+    assert during[b.node_id]["stale"] and not during[a.node_id]["stale"]  # a is alive: it answers
+
+
 def test_a_node_that_stops_says_so(make_store: StoreFactory, pg: psycopg.Connection[Any], pg_schema: str) -> None:
     store = make_store("a", background=False, backups=False, heartbeat_interval=3600.0)
     node_id = store.node_id
@@ -137,3 +153,33 @@ def test_nodes_over_http_and_the_cli(make_web: base.WebFactory, tmp_path: Path) 
     assert result.exit_code == 0, result.output
     (me,) = json.loads(result.stdout)
     assert me["node_id"] == node_id and tuple(me) == FIELDS
+
+
+def test_an_admin_forgets_a_node_taken_out_of_service(
+    make_web: base.WebFactory, make_store: StoreFactory, pg: psycopg.Connection[Any], pg_schema: str
+) -> None:
+    web = make_web("a")
+    gone = make_store("gone", background=False, backups=False)
+    for node in (web.store.node, gone.node):
+        node.heartbeat.beat()
+    url = f"/api/v1/nodes/{gone.node_id}"
+    admin = web.auth("admin")
+    assert web.client.delete(url, headers=web.auth("read")).status_code == 403
+    refused = web.client.delete(url, headers=admin)
+    assert refused.status_code == 422 and refused.json()["type"].endswith("confirmation-required")
+    alive = web.client.delete(url, headers=admin, params={"confirm": gone.node_id})
+    assert alive.status_code == 409 and "alive" in alive.json()["detail"]  # it would write its row again
+    itself = f"/api/v1/nodes/{web.store.node_id}"
+    assert web.client.delete(itself, headers=admin, params={"confirm": web.store.node_id}).status_code == 409
+    pg.execute(
+        f"UPDATE \"{pg_schema}\".nodes SET last_heartbeat = now() - interval '1 hour' WHERE node_id = %s",
+        (gone.node_id,),
+    )
+    done = web.client.delete(url, headers=admin, params={"confirm": gone.node_id})
+    assert done.status_code == 200 and done.json()["forgotten"]["stale"] is True
+    assert [n["node_id"] for n in web.get("/api/v1/nodes").json()["nodes"]] == [web.store.node_id]
+    unknown = web.client.delete(url, headers=admin, params={"confirm": gone.node_id})
+    assert unknown.status_code == 422
+    entries = web.get("/api/v1/audit", scope="admin").json()["entries"]
+    outcomes = [e["outcome"] for e in entries if e["action"] == "node.forget"]
+    assert outcomes.count("ok") == 1 and "failed: conflict" in outcomes

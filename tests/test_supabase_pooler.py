@@ -82,6 +82,9 @@ def test_a_pooler_on_any_port_is_recognised_by_its_behaviour(
     tier = pooled.node.gateway.tier
     assert tier.pooled and "changes between transactions" in tier.pooled_reason
     assert "statement_timeout" not in tier._conninfo and not tier.can_listen
+    facts = pooled.health()["primary"]["connection"]  # what status, health and the API show
+    assert facts["pooled"] is True and facts["limits"] == "per transaction (SET LOCAL)"
+    assert facts["listen"] == "off: polling" and "changes between transactions" in facts["pooled_because"]
     direct = ready(make_store("direct", background=False))
     assert not direct.node.gateway.tier.pooled and direct.node.gateway.tier.can_listen
     tcp = ready(make_store("tcp", primary=proxied_dsn, background=False))
@@ -95,16 +98,40 @@ def test_a_pooler_that_refuses_startup_options_is_used_without_them(
 ) -> None:
     store = ready(make_store(primary=pgbouncer_strict.url(pg_dsn), background=False))
     tier = store.node.gateway.tier
-    assert tier.pooled and "refuses startup options" in tier.pooled_reason
+    assert tier.pooled and not tier.startup_options and tier.per_transaction_limits
+    assert "options" not in tier._conninfo
     assert store.set("c", "k", 1).tier == "primary" and not store.set("c", "k2", 2).queued
     assert primary_rows(pg, pg_schema) == {"k": (1, 1), "k2": (2, 1)}
+
+
+def test_a_session_pooler_that_refuses_startup_options_keeps_listen(
+    make_store: StoreFactory, pg_dsn: str, pg_schema: str
+) -> None:
+    """Session mode: one server connection per client, so not a transaction pooler (LISTEN and prepared statements
+    work), but no ``options`` either: the limits go per transaction."""
+    bouncer = PgBouncer(pg_dsn, ignore_options=False, pool_mode="session")
+    try:
+        url = bouncer.url(pg_dsn)
+        writer = ready(make_store("w", primary=url, background=False))
+        tier = writer.node.gateway.tier
+        assert not tier.pooled, tier.pooled_reason
+        assert not tier.startup_options and tier.per_transaction_limits and tier.can_listen
+        reader = make_store("r", primary=url, pull_interval=30.0)
+        wait_for(lambda: reader.sync_status()["listening"], timeout=10)
+        writer.set("c", "k", 1)
+        wait_for(lambda: local_value(reader, "c", "k") == 1, timeout=5)  # a notification, not a 30 s poll
+    finally:
+        bouncer.close()
 
 
 def test_no_prepared_statement_error_reaches_a_caller(
     make_store: StoreFactory, pg: psycopg.Connection[Any], pg_dsn: str, pg_schema: str, pgbouncer: PgBouncer
 ) -> None:
     """Even told the wrong thing (``primary_pooled=False``), 1000 ops from 8 threads: 0 errors, every write
-    stored; the first prepared-statement error switches the tier to pooled mode and the call is retried."""
+    stored. The server's behaviour is checked before the first call whatever the setting says (a prepared statement
+    run by another client's server connection fails with any error, not only a prepared-statement one); should the
+    check miss it by chance, the first prepared-statement error switches the tier to pooled mode and the call is
+    retried."""
     store = ready(make_store(primary=pgbouncer.url(pg_dsn), primary_pooled=False, background=False))
     errors: list[BaseException] = []
     written: list[str] = []
@@ -130,7 +157,12 @@ def test_no_prepared_statement_error_reaches_a_caller(
         th.join(timeout=120)
     assert errors == []
     tier = store.node.gateway.tier
-    assert tier.pooled and "prepared statements fail" in tier.pooled_reason
+    assert tier.pooled and tier.pooled_reason.startswith(
+        (
+            "a client's server connection changes between transactions",  # the check before the first call
+            "prepared statements fail",  # or, should the check have missed it by chance, the first such error
+        )
+    ), tier.pooled_reason
     store.node.gateway.tick()
     wait_for(lambda: store.sync_now().remaining == 0, timeout=30)
     assert set(primary_rows(pg, pg_schema)) == set(written)
@@ -144,7 +176,10 @@ def test_a_lock_held_longer_than_the_timeout_leaves_no_server_connection_waiting
 ) -> None:
     store = ready(make_store(primary=pgbouncer.url(pg_dsn), primary_timeout=0.5, background=False))
     assert store.set("c", "hot", 0).tier == "primary"
-    app = store.node.gateway.tier.application_name
+    tier = store.node.gateway.tier
+    app = tier.application_name
+    limits = "SELECT current_setting('statement_timeout'), current_setting('lock_timeout')"
+    assert tier.query(limits) == [("500ms", "500ms")], "set per transaction, through the pooler"
 
     def waiting() -> int:
         row = pg.execute(
@@ -161,10 +196,11 @@ def test_a_lock_held_longer_than_the_timeout_leaves_no_server_connection_waiting
             store.node.gateway.circuit.record_success()  # let each write try the primary (a timeout opens it)
             results.append(store.set("c", f"k{i}", i))
         assert all(r.queued for r in results), "each write waited at most the timeout, then was queued"
-        assert time.monotonic() - started < 4 * 0.5 + 2.0
-        # The server cut each abandoned wait by itself (SET LOCAL lock_timeout): none keeps waiting on the lock.
+        assert time.monotonic() - started < 4 * 0.5 + 3.0
+        # The server cut each abandoned wait by itself (SET LOCAL lock_timeout), while the lock is still held: a
+        # backend blocked on a lock does not notice that its client (the pooler) went away, so without it each
+        # abandoned call would keep a server connection waiting until the lock is released.
         wait_for(lambda: waiting() == 0, timeout=2.0)
-        assert time.monotonic() - started < 3.5
         time.sleep(0.5)
         assert waiting() == 0
     wait_for(lambda: store.node.gateway.probe_now() and store.sync_now().remaining == 0, timeout=10)
@@ -245,6 +281,8 @@ def test_two_nodes_sync_through_the_pooler_and_listen_on_the_session_url(
     listening = make_store("l", primary=url, primary_session_url=pg_dsn, pull_interval=30.0)
     wait_for(lambda: listening.sync_status()["listening"], timeout=10)
     assert listening.node.gateway.tier.pooled and not polling.sync_status()["listening"]
+    facts = listening.health()["primary"]["connection"]
+    assert facts["listen"] == "session URL" and facts["session_url"] == pg_dsn
     for i in range(5):
         start = time.monotonic()
         writer.set("c", f"k{i}", i)

@@ -4,6 +4,7 @@ missing, and writes still fall back locally."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -129,16 +130,25 @@ def test_every_store_operation_works_as_a_least_privilege_role(
         assert a.resolve_conflict(conflict.id, choice="local", actor="ops") is not None
         assert a.conflicts(status="open") == []
         assert primary_rows(pg, pg_schema, "orders")["o1"][0] == {"status": "b"}
+        assert b.sync_now(full=True).remaining == 0  # a full resync: count, then the whole feed
+        assert b.get("orders", "o1").value == {"status": "b"}  # type: ignore[union-attr]
 
         # backups kept on the primary (system_backups, backup_chunks by COPY), listed from the other node, pruned
         info = a.backups.create_manual_backup("least privilege")
         assert "primary" in info.locations
         assert info.id in {x.id for x in b.backups.list_backups()}
         assert a.backups.verify_backup(info.id).records == 3  # p1, p2, o1
+        a.set("products", "p1", {"price": 99})
+        b.backups.restore_backup(info.id, collections=["products"])  # downloaded from the primary, written back
+        assert b.sync_now().remaining == 0
+        assert primary_rows(pg, pg_schema, "products")["p1"][0] == {"price": 1}
         a.backups.update_config(max_backups=5)  # system_config upsert
         assert a.backups.delete_backup(info.id).id == info.id
-        assert info.id not in {x.id for x in b.backups.list_backups()}
+        gone = pg.execute(f'SELECT count(*) FROM "{pg_schema}".system_backups WHERE id = %s', (info.id,)).fetchone()
+        assert gone == (0,), "deleted from the primary too (its chunks with it)"
         a.sync_status(refresh=True)  # conflict counts
+        assert a.node.heartbeat.beat() and b.node.heartbeat.beat()  # heartbeat rows (upsert)
+        assert {n["node_id"] for n in a.nodes()} == {a.node_id, b.node_id}
         assert a.health()["primary"]["state"] == "healthy"
         assert a.node.gateway.misconfigured is None and b.node.gateway.misconfigured is None
     finally:
@@ -159,7 +169,7 @@ def test_a_missing_grant_is_misconfigured_names_it_and_writes_fall_back(
         assert "grants ROLE" in snap["detail"]
         result = store.set("c", "k", 1)
         assert result.tier == "local" and result.queued, "the write is queued, not lost"
-        store.node.gateway.tick()
+        assert store.node.gateway.tick() == 2.0, "probed every 2 s, not 4 times a second, while refused"
         assert store.node.gateway.snapshot()["state"] == "misconfigured", "it stays misconfigured while it is"
         assert store.recovery.check()["components"]["primary"]["misconfigured"] is True
 
@@ -233,6 +243,9 @@ def test_a_schema_behind_with_migration_off_or_without_ddl_rights_is_misconfigur
         assert res.exit_code == 0 and res.output.startswith("-- hybridstore runtime role")
         assert f'GRANT USAGE ON SCHEMA "{pg_schema}" TO "{role}";' in res.output
         pg.execute(res.output.encode())
+        res = runner.invoke(app, ["--schema", pg_schema, "grants", role, "--database", "test", "--json"])
+        doc = json.loads(res.stdout)
+        assert doc["role"] == role and doc["database"] == "test" and "GRANT CONNECT ON DATABASE" in doc["sql"]
         for store in (off, on):
             store.node.gateway.tick()
             assert store.node.gateway.snapshot()["state"] == "healthy"

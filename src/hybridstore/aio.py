@@ -382,6 +382,7 @@ class AsyncHybridStore(_Face[HybridStore]):
     sync_now = offload(HybridStore.sync_now)
     sync_status = offload(HybridStore.sync_status)
     health = offload(HybridStore.health)
+    nodes = offload(HybridStore.nodes)
     status = offload(HybridStore.status)
     conflicts = offload(HybridStore.conflicts)
     get_conflict = offload(HybridStore.get_conflict)

@@ -1,25 +1,28 @@
 """``apikey …``: create, list and revoke the API keys of the HTTP service (``hybridstore serve``).
 
-Keys live in ``<data dir>/web.db`` (see `hybridstore.web.keys`); these commands work while ``serve`` runs on the
-same directory (they do not open the store). A key is printed once, when it is created.
+Keys live where the server reads them: on the primary when one is configured (shared by every node, see
+`hybridstore.web.shared_keys`), else in ``<data dir>/web.db`` (see `hybridstore.web.keys`). These commands work
+while ``serve`` runs on the same directory (they do not open the store). A key is printed once, when it is
+created.
 """
 
 from __future__ import annotations
 
 import datetime
+import socket
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Annotated
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ..config import resolve
-from ..errors import HybridStoreError
-from ..web.keys import SCOPES, ApiKeyStore
+from ..errors import ConfigError, HybridStoreError, ValidationError
+from ..web.keys import SCOPES, ApiKeyStore, KeyStore
+from ..web.shared_keys import SharedKeyStore
 from ..web.webdb import WebDatabase
-from .app import Settings, app, fail, out, print_json
+from .app import app, configuration, fail, out, print_json
 
 apikey_app = typer.Typer(
     name="apikey",
@@ -32,19 +35,36 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable J
 
 
 @contextmanager
-def open_keys(ctx: typer.Context) -> Iterator[ApiKeyStore]:
-    """The key store of the data directory (``--data-dir``, else $HYBRIDSTORE_DATA_DIR, else ./data)."""
-    settings: Settings = ctx.obj
+def open_keys(ctx: typer.Context) -> Iterator[KeyStore]:
+    """Where the server reads its keys: the primary when one is configured (``--primary-url`` or the
+    environment; every node accepts them), else the data directory's ``web.db``."""
+    config = configuration(ctx)
     try:
-        db = WebDatabase.in_dir(resolve(data_dir=settings.data_dir).data_dir)
+        db = WebDatabase.in_dir(config.data_dir)
     except (HybridStoreError, OSError) as exc:
         fail(f"cannot open the key store: {exc}", code=2)
-    try:
-        yield ApiKeyStore(db)
-    except HybridStoreError as exc:
-        fail(str(exc), code=2)
-    finally:
-        db.close()
+    with ExitStack() as stack:
+        stack.callback(db.close)
+        local = ApiKeyStore(db)
+        keys: KeyStore = local
+        if config.primary_url:
+            from ..tiers.primary import PrimaryTier
+
+            tier = PrimaryTier(
+                config.primary_url,
+                schema=config.primary_schema,
+                timeout=config.primary_timeout,
+                pooled=config.primary_pooled,
+                pool_size=1,
+            )
+            stack.callback(tier.close)
+            keys = SharedKeyStore(lambda fn: fn(tier), local, origin=f"cli@{socket.gethostname()}")
+        try:
+            yield keys
+        except (ValidationError, ConfigError) as exc:
+            fail(str(exc), code=2, kind=type(exc).__name__)
+        except HybridStoreError as exc:
+            fail(f"{exc} (keys live on the primary: it must answer to manage them)", kind=type(exc).__name__)
 
 
 def _when(ts: float | None) -> str:

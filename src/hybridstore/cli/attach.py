@@ -69,13 +69,16 @@ class Attached:
         path: str,
         *,
         json: Any = None,
+        content: Any = None,
         params: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
         ok: tuple[int, ...] = (200, 202),
     ) -> Any:
         clean = {k: v for k, v in (params or {}).items() if v is not None}
         try:
-            response = self.client.request(method, API + path, json=json, params=clean, headers=headers)
+            response = self.client.request(
+                method, API + path, json=json, content=content, params=clean, headers=headers
+            )
         except httpx.TransportError as exc:
             fail(f"the node serving {self.path} stopped answering: {exc}", kind="UnavailableError")
         if response.status_code not in ok:

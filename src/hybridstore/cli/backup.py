@@ -7,12 +7,14 @@ import datetime
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from ..backup.repository import BackupInfo
+from ..backup.restore import RestoreReport
 from ..store import HybridStore
 from . import attach
 from .app import app, open_store
@@ -221,18 +223,33 @@ def restore(
     """Restore a backup through the normal write path (a pre-restore backup is taken first)."""
     if not dry_run:
         confirm(f"Restore backup {backup_id} into this store?", yes=yes)
-    with open_store(ctx, access="read" if dry_run else "write") as store:
-        full_id = resolve_id(store, backup_id)
-        with progress_bar("restoring", quiet=as_json) as progress:
-            report = store.backups.restore_backup(
-                full_id,
-                overwrite=overwrite,
-                validate_data=validate,
-                collections=collection or None,
-                keys=key or None,
-                dry_run=dry_run,
-                progress=progress,
-            )
+    remote = attach.connect(ctx)
+    if remote is not None:  # the running node restores it (a job of its own)
+        body = {
+            "overwrite": overwrite,
+            "validate_data": validate,
+            "collections": collection or None,
+            "keys": key or None,
+            "dry_run": dry_run,
+            "confirm": backup_id,
+        }
+        with remote, progress_bar("restoring", quiet=as_json) as progress:
+            job = remote.send("POST", f"/backups/{quote(backup_id, safe='')}/restore", json=body)
+            done = remote.follow(job, lambda p: progress(p["done"], p["total"]))
+        report = RestoreReport(**{f.name: done[f.name] for f in dataclasses.fields(RestoreReport) if f.name in done})
+    else:
+        with open_store(ctx, access="read" if dry_run else "write") as store:
+            full_id = resolve_id(store, backup_id)
+            with progress_bar("restoring", quiet=as_json) as progress:
+                report = store.backups.restore_backup(
+                    full_id,
+                    overwrite=overwrite,
+                    validate_data=validate,
+                    collections=collection or None,
+                    keys=key or None,
+                    dry_run=dry_run,
+                    progress=progress,
+                )
     if as_json:
         print_json(report.to_dict())
         return
@@ -272,17 +289,39 @@ def export(
         out.print(f"exported to {escape(str(target))}")
 
 
+def _upload(remote: attach.Attached, path: Path) -> Any:
+    """Stream a backup file to the running node's import (``POST /api/v1/backups/import``); its job."""
+    try:
+        f = path.open("rb")
+    except OSError as exc:
+        fail(f"cannot read {path}: {exc.strerror or exc}", code=2, kind="OSError")
+    with f:
+        return remote.send(
+            "POST",
+            "/backups/import",
+            content=iter(lambda: f.read(1 << 20), b""),
+            headers={"content-type": "application/octet-stream"},
+        )
+
+
 @backup_app.command("import")
 def import_(
     ctx: typer.Context,
     path: Annotated[Path, typer.Argument(help="A backup file (.hsb).")],
     as_json: JsonFlag = False,
 ) -> None:
-    """Add a backup file to the repository; it is verified completely before it is registered."""
-    with open_store(ctx) as store:
-        with progress_bar("verifying", quiet=as_json, as_bytes=True) as progress:
-            info = store.backups.import_backup(path, progress=progress)
-        short = short_ids(store.backups.repo.ids())[info.id]
+    """Add a backup file to the repository; it is verified completely before it is registered. While a node
+    serves the data directory, the file is streamed to it and the node imports it."""
+    remote = attach.connect(ctx)
+    if remote is not None:
+        with remote, progress_bar("verifying", quiet=as_json, as_bytes=True) as progress:
+            info = _info(remote.follow(_upload(remote, path), lambda p: progress(p["done"], p["total"])))
+            short = short_ids(b["id"] for b in remote.get("/backups")["backups"])[info.id]
+    else:
+        with open_store(ctx) as store:
+            with progress_bar("verifying", quiet=as_json, as_bytes=True) as progress:
+                info = store.backups.import_backup(path, progress=progress)
+            short = short_ids(store.backups.repo.ids())[info.id]
     if as_json:
         print_json(_with_short(info, short))
     else:
@@ -295,8 +334,14 @@ def import_(
 def delete(ctx: typer.Context, backup_id: IdArg, yes: YesFlag = False, as_json: JsonFlag = False) -> None:
     """Delete a backup (pinned and emergency ones too)."""
     confirm(f"Delete backup {backup_id}?", yes=yes)
-    with open_store(ctx, access="existing") as store:
-        info = store.backups.delete_backup(resolve_id(store, backup_id))
+    remote = attach.connect(ctx)
+    if remote is not None:
+        with remote:
+            path = f"/backups/{quote(backup_id, safe='')}"
+            info = _info(remote.send("DELETE", path, params={"confirm": backup_id})["deleted"])
+    else:
+        with open_store(ctx, access="existing") as store:
+            info = store.backups.delete_backup(resolve_id(store, backup_id))
     if as_json:
         print_json(info.to_dict())
     else:
@@ -311,8 +356,13 @@ def prune(
 ) -> None:
     """Delete manual and scheduled backups beyond max_backups (never the newest verified, emergency,
     pre-restore or pinned ones)."""
-    with open_store(ctx, access="read" if dry_run else "existing") as store:
-        gone = store.backups.prune(dry_run=dry_run)
+    remote = attach.connect(ctx)
+    if remote is not None:
+        with remote:
+            gone = [_info(b) for b in remote.send("POST", "/backups/prune", json={"dry_run": dry_run})["removed"]]
+    else:
+        with open_store(ctx, access="read" if dry_run else "existing") as store:
+            gone = store.backups.prune(dry_run=dry_run)
     if as_json:
         print_json({"dry_run": dry_run, "deleted": [b.to_dict() for b in gone]})
         return

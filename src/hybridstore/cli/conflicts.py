@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from typing import Annotated, Any
 
 import typer
@@ -14,6 +14,7 @@ from rich.table import Table
 
 from ..errors import ValidationError
 from ..model import Conflict
+from . import attach
 from .app import app, open_store
 from .output import confirm, err, fail, interactive, out, print_json
 
@@ -132,6 +133,23 @@ def conflicts_resolve(
         fail("--value goes with --choice value", code=2)
     if choice == "value" and value is None:
         fail("--choice value needs --value JSON", code=2)
+    remote = attach.connect(ctx)
+    if remote is not None:  # the running node resolves it (audited there, with this actor's name too)
+        with remote:
+            if choice is None:
+                _print_conflict(_conflict(remote.get(f"/conflicts/{conflict_id}")), err)
+                choice = _ask_choice()
+                if choice == "value" and value is None:
+                    value = typer.prompt("JSON value to write", err=True)
+            body = {"choice": choice, "value": _decode_value(value) if choice == "value" else None}
+            done = remote.send("POST", f"/conflicts/{conflict_id}/resolve", json=body)
+        write = done["write"]
+        if as_json:
+            print_json({"id": conflict_id, "choice": choice, "write": write})
+        else:
+            where = "kept the primary's value" if write is None else f"wrote it ({write['tier']})"
+            out.print(f"conflict {conflict_id} resolved: {choice}, {where}")
+        return
     with open_store(ctx) as store:
         if choice is None:
             conflict = store.get_conflict(conflict_id)
@@ -148,6 +166,10 @@ def conflicts_resolve(
         return
     where = "kept the primary's value" if result is None else f"wrote it ({result.tier})"
     out.print(f"conflict {conflict_id} resolved: {choice}, {where}")
+
+
+def _conflict(data: dict[str, Any]) -> Conflict:
+    return Conflict(**{f.name: data[f.name] for f in fields(Conflict) if f.name in data})
 
 
 def _ask_choice() -> str:
@@ -200,6 +222,15 @@ def deadletters_retry(
     as_json: JsonFlag = False,
 ) -> None:
     """Write a dead letter's value again, as a new write."""
+    remote = attach.connect(ctx)
+    if remote is not None:  # the running node writes it (and pushes it by itself)
+        with remote:
+            wrote = remote.send("POST", f"/dead-letters/{letter_id}/retry")
+        if as_json:
+            print_json({"id": letter_id, "write": wrote})
+        else:
+            out.print(f"dead letter {letter_id} written again ({wrote['tier']}{', queued' if wrote['queued'] else ''})")
+        return
     with open_store(ctx, access="existing") as store:
         try:
             result = store.retry_dead_letter(letter_id)
@@ -222,12 +253,24 @@ def deadletters_discard(
 ) -> None:
     """Drop a dead letter for good (asks first on a terminal; --yes anywhere else)."""
     confirm(f"Discard dead letter {letter_id} for good?", yes=yes)
-    with open_store(ctx, access="existing") as store:
-        try:
-            letter = store.discard_dead_letter(letter_id, actor=actor)
-        except ValidationError as exc:
-            fail(str(exc), kind="NotFound")
+    remote = attach.connect(ctx)
+    if remote is not None:
+        with remote:
+            letter = remote.send("DELETE", f"/dead-letters/{letter_id}", params={"confirm": str(letter_id)})[
+                "discarded"
+            ]
+    else:
+        letter = _discard_locally(ctx, letter_id, actor)
     if as_json:
         print_json({"id": letter_id, "discarded": letter})
     else:
         out.print(f"dead letter {letter_id} ({escape(letter['collection'])}/{escape(letter['key'])}) discarded")
+
+
+def _discard_locally(ctx: typer.Context, letter_id: int, actor: str) -> dict[str, Any]:
+    with open_store(ctx, access="existing") as store:
+        try:
+            letter: dict[str, Any] = store.discard_dead_letter(letter_id, actor=actor)
+        except ValidationError as exc:
+            fail(str(exc), kind="NotFound")
+    return letter

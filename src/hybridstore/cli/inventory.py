@@ -99,8 +99,6 @@ def _age(created_at: float, now: float) -> str:
     return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
-
-
 @app.command()
 def pending(
     ctx: typer.Context,

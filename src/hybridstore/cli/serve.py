@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import signal
 import socket
 from collections.abc import Callable, Iterator
@@ -29,10 +30,10 @@ from typing import Annotated, Any
 import typer
 
 from ..config import resolve
-from ..errors import ConfigError, HybridStoreError
+from ..errors import ConfigError, HybridStoreError, PrimaryRejectedError, PrimaryUnavailableError, ValidationError
 from ..store import HybridStore
 from ..web import local_socket
-from ..web.keys import ApiKeyStore
+from ..web.keys import ApiKeyStore, KeyStore
 from ..web.users import SetupTokens
 from ..web.webdb import WebDatabase
 from .app import Settings, app, err, fail
@@ -44,7 +45,7 @@ SETUP_KEY = """no API key was configured and HYBRIDSTORE_ADMIN_TOKEN is not set,
 It is shown this once; keep it (it is stored hashed):
     {token}
 Use it as `Authorization: Bearer <key>`. Create your own keys with `hybridstore{dir} apikey create --name NAME
---scope read|write|admin`, then revoke this one: `hybridstore{dir} apikey revoke setup`."""
+--scope read|write|admin`, then revoke this one: `hybridstore{dir} apikey revoke {name}`."""
 SETUP_LINK = """no admin user exists for the web UI: open this one-time link to create the first one
     {url}
 (or run `hybridstore{dir} admin add-user NAME`)."""
@@ -96,10 +97,6 @@ def serve(
         token = admin_token_from_env()
     except (ConfigError, ValueError) as exc:
         fail(str(exc), code=2)
-    if token is None and not _has_keys(config.data_dir):
-        dir_option = f" --data-dir {settings.data_dir}" if settings.data_dir else ""
-        setup = _create_setup_key(config.data_dir)
-        err.print(SETUP_KEY.format(token=setup, dir=dir_option), highlight=False, markup=False, soft_wrap=True)
     setup_link = None if token is not None else _setup_link(config.data_dir)
     try:
         store = HybridStore(config)
@@ -114,6 +111,12 @@ def serve(
     try:
         web = create_app(store, admin_token=token, docs_ui=docs_ui)
         web_ctx = context_of(web)
+        if token is None:
+            created = _setup_key(web_ctx.keys, web_ctx.local_keys)
+            if created is not None:
+                dir_option = f" --data-dir {settings.data_dir}" if settings.data_dir else ""
+                text = SETUP_KEY.format(token=created[1], dir=dir_option, name=created[0])
+                err.print(text, highlight=False, markup=False, soft_wrap=True)
         server_config = uvicorn.Config(
             web,
             host=host,
@@ -134,11 +137,16 @@ def serve(
 
         server = _server(server_config, on_exit=drain)
         local = _local_server(web, log_level=server_config.log_level, graceful_timeout=graceful_timeout)
-        unix_socket = local_socket.bind(store.data_dir)
+        unix_socket: socket.socket | None = None
+        try:
+            unix_socket = local_socket.bind(store.data_dir)
+            also = f" and on the local socket {local_socket.socket_path(store.data_dir)}"
+        except OSError as exc:  # e.g. a file system without sockets: the CLI cannot attach, the API still serves
+            log.warning("no local socket (the CLI cannot attach to this node): %s", exc)
+            also = ""
         scheme = "https" if ssl_certfile else "http"
         err.print(
-            f"hybridstore node {store.node_id} serving on {scheme}://{host}:{port} and on the local socket "
-            f"{local_socket.socket_path(store.data_dir)} (data in {store.data_dir})",
+            f"hybridstore node {store.node_id} serving on {scheme}://{host}:{port}{also} (data in {store.data_dir})",
             soft_wrap=True,
         )
         err.print(f"admin UI: {scheme}://{_browsable(host)}:{port}/admin/", soft_wrap=True, highlight=False)
@@ -150,8 +158,9 @@ def serve(
         try:
             asyncio.run(_serve_both(server, local, unix_socket))
         finally:
-            unix_socket.close()
-            local_socket.remove(store.data_dir)
+            if unix_socket is not None:
+                unix_socket.close()
+                local_socket.remove(store.data_dir)
         web_ctx.draining = True
         web.state.live.stop()
         if not web_ctx.jobs.wait(jobs_timeout):
@@ -164,14 +173,26 @@ def serve(
     err.print("stopped: the store is closed (queued writes stay queued for the next start)")
 
 
-def _create_setup_key(data_dir: os.PathLike[str] | str) -> str:
-    Path(data_dir).mkdir(parents=True, exist_ok=True)
-    db = WebDatabase.in_dir(data_dir)
+def _setup_key(keys: KeyStore, local: ApiKeyStore) -> tuple[str, str] | None:
+    """With no active key where keys live (the primary when one is configured, else ``web.db``), create an admin
+    key named ``setup`` there; (name, token), or ``None`` when there are keys. A primary that cannot be reached
+    at start: the key is this node's own (``web.db``), so the node never starts open nor locked out."""
     try:
-        _, token = ApiKeyStore(db).create("setup", ["admin"])
-    finally:
-        db.close()
-    return token
+        if keys.has_active():
+            return None
+        where: KeyStore = keys
+    except (PrimaryUnavailableError, PrimaryRejectedError) as exc:
+        log.warning("cannot ask the primary for API keys (%s): looking at this node's own", exc)
+        if local.has_active():
+            return None
+        where = local
+    for name in ("setup", f"setup-{secrets.token_hex(3)}"):  # "setup" may exist already, revoked
+        try:
+            key, token = where.create(name, ["admin"])
+        except ValidationError:
+            continue
+        return key.name, token
+    raise ConfigError("could not create a setup API key; create one with `hybridstore apikey create`")
 
 
 def _setup_link(data_dir: os.PathLike[str] | str) -> str | None:
@@ -193,20 +214,13 @@ def _browsable(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def _has_keys(data_dir: os.PathLike[str] | str) -> bool:
-    if not (Path(data_dir) / "web.db").exists():
-        return False
-    db = WebDatabase.in_dir(data_dir)
-    try:
-        return ApiKeyStore(db).has_active()
-    finally:
-        db.close()
-
-
-async def _serve_both(server: Any, local: Any, unix_socket: socket.socket) -> None:
+async def _serve_both(server: Any, local: Any, unix_socket: socket.socket | None) -> None:
     """The TCP server and the local socket's server on one event loop (so they share the app and its state).
     The TCP server handles the signals; when it has stopped, the local one stops too (letting its requests
     finish)."""
+    if unix_socket is None:
+        await server.serve()
+        return
     local_task = asyncio.create_task(local.serve(sockets=[unix_socket]), name="hybridstore-local-socket")
     try:
         await server.serve()

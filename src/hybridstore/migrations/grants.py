@@ -25,6 +25,8 @@ TABLES: dict[str, tuple[str, ...]] = {
     "system_backups": ("SELECT", "INSERT", "UPDATE", "DELETE"),  # the backup catalogue and retention
     "backup_chunks": ("SELECT", "INSERT", "DELETE"),  # backup files (COPY … FROM STDIN is an INSERT)
     "system_config": ("SELECT", "INSERT", "UPDATE"),  # runtime settings (upsert)
+    "nodes": ("SELECT", "INSERT", "UPDATE"),  # heartbeats: each node upserts its row, reads everyone's
+    "api_keys": ("SELECT", "INSERT", "UPDATE"),  # shared API keys: checked, created, revoked, last use noted
 }
 
 # Sequences behind ``bigserial`` columns of tables the role inserts into: nextval() needs USAGE.

@@ -45,6 +45,9 @@ T = TypeVar("T")
 Outcome = Literal["ok", "timeout", "unreachable", "refused", "misconfigured"]
 SUSPECT_INTERVAL = 0.25  # seconds between probes while the primary is failing
 MIGRATION_BUDGET = 60.0  # seconds the prober gives a schema migration (DDL may wait for locks)
+# Seconds between probes while the primary refuses this node: a grant or a URL is fixed by a person, not in
+# milliseconds, and each such probe also re-checks the schema and privileges (many nodes may be refused at once).
+MISCONFIGURED_INTERVAL = 2.0
 
 # SQLSTATE classes and messages that say "this node is not allowed in", not "the primary is down".
 _MISCONFIGURED_STATES = ("28000", "28P01", "3D000", "42501", "3F000")
@@ -216,10 +219,27 @@ class PrimaryGateway:
             "consecutive_failures": d.failures,
             "last_probe_at": self.last_probe_at,
             "circuit": self.circuit.snapshot(),
+            "connection": self._connection_facts(),
         }
         if probe is not None and probe.latency_ms is not None:
             out["latency_ms"] = round(probe.latency_ms, 3)
         return out
+
+    def _connection_facts(self) -> dict[str, Any]:
+        """How this node reaches the primary (pooler mode, where limits are set, how it hears of changes)."""
+        tier = self._primary
+        assert tier is not None
+        if tier.can_listen:
+            listen = "session URL" if tier.session_url else "primary URL"
+        else:
+            listen = "off: polling" if tier.schema_ready else "not settled yet"
+        return {
+            "pooled": tier.pooled,
+            "pooled_because": tier.pooled_reason or None,
+            "limits": "per transaction (SET LOCAL)" if tier.per_transaction_limits else "per connection",
+            "listen": listen,
+            "session_url": redact(tier.session_url) if tier.session_url else None,
+        }
 
     # -- the prober ---------------------------------------------------------------------------------------------
 
@@ -240,6 +260,8 @@ class PrimaryGateway:
             return 3600.0
         with self._lock:
             self._probe_once(prepare_schema)
+        if self.misconfigured is not None:
+            return max(self.interval, MISCONFIGURED_INTERVAL)
         d = self.detector
         if d.suspect or d.in_outage or not self.circuit.allow():
             return min(self.interval, SUSPECT_INTERVAL)

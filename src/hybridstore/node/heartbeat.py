@@ -8,7 +8,8 @@ last push and pull — so any node can list all of them (`Heartbeat.nodes`, ``GE
 - ``last_heartbeat`` is the primary's clock (``now()``), and a reader compares it with the primary's clock too:
   nodes whose clocks disagree still agree on who is stale. A node is **stale** when it has been silent for more
   than `STALE_AFTER` of its own intervals (each row records its node's interval).
-- A node that stops cleanly writes a last row with state ``stopped``.
+- A node that stops cleanly writes a last row with state ``stopped``. A node taken out of service for good is
+  removed from the list by an admin (`Heartbeat.forget`, ``DELETE /api/v1/nodes/{id}``), once stopped or stale.
 
 `node_view` (pure) turns a row into the plain data every surface shows: exactly ``node_id, host, version,
 last_heartbeat, state, outbox_depth, last_push, last_pull, stale`` (times as ISO 8601 strings in UTC).
@@ -23,7 +24,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from ..errors import PrimaryRejectedError, PrimaryUnavailableError
+from ..errors import ConflictError, PrimaryRejectedError, PrimaryUnavailableError, ValidationError
 from ..worker import Worker
 
 if TYPE_CHECKING:
@@ -190,6 +191,24 @@ class Heartbeat:
         with self._lock:
             self._seen = (self._monotonic(), now, [tuple(r) for r in rows])
         return [node_view(r, now) for r in rows]
+
+    def forget(self, node_id: str) -> dict[str, Any]:
+        """Remove a node's row (a node taken out of service), only when it is stopped or stale: a live node
+        would write it again at once. Returns the row as it was; `ConflictError` for a live node (or this one),
+        `ValidationError` for an unknown one."""
+        if node_id == self.node_id:
+            raise ConflictError("this node is running: it cannot forget itself")
+        found = {n["node_id"]: n for n in self.nodes()}.get(node_id)
+        if found is None:
+            raise ValidationError(f"no node {node_id!r} in the primary's list")
+        if not (found["stale"] or found["state"] == "stopped"):
+            raise ConflictError(f"node {node_id} is alive (its last heartbeat is recent): stop it first")
+        self._gateway.call(lambda p: p.query("DELETE FROM {schema}.nodes WHERE node_id = %s", (node_id,)))
+        with self._lock:
+            if self._seen is not None:
+                read_at, now, rows = self._seen
+                self._seen = (read_at, now, [r for r in rows if r[0] != node_id])
+        return found
 
     def own_view(self) -> dict[str, Any]:
         """This node as it is now (from its status snapshot; no I/O on the primary)."""

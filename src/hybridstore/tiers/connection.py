@@ -118,17 +118,18 @@ class ConnectionSettings:
     def application_name(self) -> str:
         return str(self.params.get("application_name", ""))
 
-    def conninfo(self, *, pooled: bool) -> str:
-        """Direct: server-side ``statement_timeout`` and ``lock_timeout`` as startup options, so a lock wait or a
-        slow plan is cut by the server as well as by our watchdog. Pooled: no startup options (a transaction
-        pooler refuses or drops them); the limits are set per transaction instead (``SET LOCAL``)."""
+    def conninfo(self, *, limits: bool, options: bool = True) -> str:
+        """With ``limits``: server-side ``statement_timeout`` and ``lock_timeout`` as startup options, so a lock
+        wait or a slow plan is cut by the server as well as by our watchdog (direct connections). Without: the
+        caller sets them per transaction (``SET LOCAL``: a transaction pooler drops or refuses startup options).
+        ``options=False``: no ``options`` parameter at all, not even the URL's (the server refuses it)."""
         params = dict(self.params)
-        options = self._user_options
-        if not pooled:
+        text = self._user_options if options else ""
+        if limits and options:
             limit_ms = int(self.timeout * 1000)
-            options = f"{options} -c statement_timeout={limit_ms} -c lock_timeout={limit_ms}".strip()
-        if options:
-            params["options"] = options
+            text = f"{text} -c statement_timeout={limit_ms} -c lock_timeout={limit_ms}".strip()
+        if text:
+            params["options"] = text
         return str(make_conninfo("", **params))
 
     def session_conninfo(self) -> str | None:

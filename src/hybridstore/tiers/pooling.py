@@ -9,10 +9,12 @@ one client may see its backend change. `detect_transaction_pooler` checks exactl
 3. otherwise, while B holds its transaction, A asks again: a different pid → A's backend changed.
 
 Directly connected, or through a session-mode pooler, every client keeps one backend: the pids never match and
-never change. The check costs two connections and four short round trips, once per tier.
+never change. The check costs two connections and a dozen short round trips, once per tier.
 
-A pooler that refuses the ``options`` startup parameter (PgBouncer's default) is recognised by its error; and any
-prepared-statement error (``prepared statement "_pg3_0" does not exist / already exists``) also means one.
+A server that refuses the ``options`` startup parameter (PgBouncer's default; a session pooler may too) is
+connected to without it, its limits set per transaction; whether it pools by transaction is still told by the
+check above. Any prepared-statement error (``prepared statement "_pg3_0" does not exist / already exists``)
+means a transaction pooler too.
 """
 
 from __future__ import annotations
@@ -45,14 +47,16 @@ def _pid(conn: psycopg.Connection[Any]) -> int:
     return int(row[0])
 
 
-def detect_transaction_pooler(a: psycopg.Connection[Any], b: psycopg.Connection[Any]) -> bool:
+def detect_transaction_pooler(a: psycopg.Connection[Any], b: psycopg.Connection[Any], *, rounds: int = 3) -> bool:
     """True when the two autocommit connections ``a`` and ``b`` (to the same address, idle) go through a
-    transaction-mode pooler (see the module docstring). Raises what a query raises."""
-    first = _pid(a)
-    b.execute("BEGIN")
-    try:
-        if _pid(b) == first:
-            return True
-        return _pid(a) != first
-    finally:
-        b.execute("ROLLBACK")
+    transaction-mode pooler (see the module docstring). A pooler that picks server connections at random may
+    hand ``a`` its old one back by chance, so the check runs up to ``rounds`` times. Raises what a query raises."""
+    for _ in range(rounds):
+        first = _pid(a)
+        b.execute("BEGIN")
+        try:
+            if _pid(b) == first or _pid(a) != first:
+                return True
+        finally:
+            b.execute("ROLLBACK")
+    return False

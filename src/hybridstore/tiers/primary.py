@@ -5,50 +5,31 @@ Every write goes through one SQL function of migration 0003 — ``hs_push_one`` 
 trip, one transaction, the op id recorded in the applied-ops ledger in the same transaction, so replaying an op
 changes nothing. Calls are bounded by ``timeout`` end to end — pool wait, connect, and a client-side deadline on
 the socket — so a dead or black-holed primary costs at most ``timeout`` seconds per call, then
-`PrimaryUnavailableError`.
+`PrimaryUnavailableError`. How the tier connects — bounds, poolers, TLS settings from the URL, the schema and
+privilege checks before the first call — is `PrimaryConnection`'s (`primary_connection.py`).
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import re
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager, suppress
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from ..config import redact
-from ..errors import (
-    ConfigError,
-    HybridStoreError,
-    PrimaryMisconfiguredError,
-    PrimaryRejectedError,
-    PrimaryTimeoutError,
-    PrimaryUnavailableError,
-)
-from ..migrations import migrate_postgres, migrations_for
+from ..errors import HybridStoreError, PrimaryUnavailableError
 from ..model import ApplyOutcome, Op, StoredRow, TierName
 from .base import TierHealth
-from .connection import ConnectionSettings, check_url, is_pooled, pooling_from_url, split_pooled_param
-from .deadline import Watchdog
+from .connection import check_url, is_pooled
 from .keyrange import key_range
-from .pooling import detect_transaction_pooler, is_prepared_statement_error, refuses_startup_options
-from .privileges import StatementCursor, is_privilege_error, missing_privileges, statement_of
+from .primary_connection import PrimaryConnection
 
 try:
     import psycopg
-    from psycopg import sql
-    from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 except ImportError:  # pragma: no cover - exercised only without the [postgres] extra
     psycopg = None  # type: ignore[assignment]
 
 __all__ = ["PrimaryTier", "check_url", "is_pooled"]
-
-log = logging.getLogger("hybridstore.primary")
-SCHEMA_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
-T = TypeVar("T")
 
 
 def _current_row(collection: str, key: str, r: Sequence[Any]) -> StoredRow:
@@ -56,11 +37,10 @@ def _current_row(collection: str, key: str, r: Sequence[Any]) -> StoredRow:
     return StoredRow(collection, key, r[0], r[1], r[2], r[3], r[4], time.time())
 
 
-class _PoolerFound(PrimaryUnavailableError):
-    """A call failed because a transaction-mode pooler was found under it; the tier switched modes: retry."""
+class PrimaryTier(PrimaryConnection):
+    """The primary's data: writes, reads, the change feed, conflicts and audit, bulk work for services; how it
+    connects (bounds, pooling, readiness, errors) is `PrimaryConnection`'s."""
 
-
-class PrimaryTier:
     name: TierName = "primary"
 
     def __init__(
@@ -75,35 +55,16 @@ class PrimaryTier:
         node_id: str | None = None,
         session_url: str | None = None,
     ) -> None:
-        url_clean, forced = split_pooled_param(url)
-        params = check_url(url_clean)
-        if not SCHEMA_RE.fullmatch(schema):
-            raise ConfigError(f"invalid schema name {schema!r}: lower-case letters, digits and '_'")
-        # Behind a transaction-mode pooler (PgBouncer, Supabase's pooler on port 6543) server-side prepared
-        # statements, startup options and LISTEN do not work. Forced by the option or the URL parameter; else the
-        # URL's port or host may say so; else the server's behaviour tells, once, before the first call.
-        hint = pooled if pooled is not None else forced if forced is not None else pooling_from_url(params)
-        self.pooled = bool(hint)
-        self._pooling_known = hint is not None
-        self.pooled_reason = "" if hint is None else "configured" if pooled is not None or forced is not None else "URL"
-        self.url = url
-        self.schema = schema
-        self.timeout = timeout
-        self._pool_size = pool_size
-        # Names this node in change notifications, so its own puller can skip them.
-        params.setdefault("application_name", f"hybridstore:{node_id}" if node_id else "hybridstore")
-        self.application_name = str(params["application_name"])
-        session_params = check_url(split_pooled_param(session_url)[0]) if session_url else None
-        self._settings = ConnectionSettings(params, timeout, session_params)
-        self.session_url = session_url
-        self._conninfo = self._settings.conninfo(pooled=self.pooled)
-        limit_ms = int(timeout * 1000)
-        # Behind a pooler every call is one transaction whose limits are set by its first statement: a call
-        # abandoned by our watchdog must not leave a server connection waiting on a lock for ever.
-        self._bounded_begin = (
-            f"BEGIN; SET LOCAL statement_timeout = {limit_ms}; SET LOCAL lock_timeout = {limit_ms}".encode()
+        super().__init__(
+            url,
+            schema=schema,
+            timeout=timeout,
+            pool_size=pool_size,
+            migrate=migrate,
+            pooled=pooled,
+            node_id=node_id,
+            session_url=session_url,
         )
-        self._q = sql.Identifier(schema).as_string(None)
         self._push_sql = (
             # %b: binary arrays; text-format array dumping costs ~45 ms of client CPU per 1000 ops
             f"SELECT op_id, outcome, version, updated_at FROM {self._q}.hs_push(%b::uuid[], %b::text[], "
@@ -114,249 +75,10 @@ class PrimaryTier:
             f"SELECT outcome, version, updated_at FROM {self._q}.hs_push_one(%s::uuid, %s::text, %s::text, "
             f"%s::text, %s::text, %s::text, %s::bigint, %s::text, %s::text)"
         )
-        self.channel = f"hs_{schema}"  # change notifications (migration 0002)
         self._current_sql = (
             f"SELECT value::text, version, hlc, origin, extract(epoch FROM updated_at)::float8 "
             f"FROM {self._q}.records WHERE collection = %s AND key = %s AND version > 0"
         )
-        self._watchdog = Watchdog()
-        self._lock = threading.Lock()
-        self._closers: list[threading.Thread] = []  # old pools closing in the background (`reset_pool`)
-        self._migrate_lock = threading.Lock()
-        self.auto_migrate = migrate  # False: the schema is managed elsewhere (`hybridstore migrate --admin-url`)
-        self._ready = False  # the connection mode is settled, the schema current and the role's privileges enough
-        self._closed = False
-        self.last_error: str | None = None
-        self.last_latency_ms: float | None = None
-        self._pool = self._new_pool()
-
-    def _new_pool(self) -> ConnectionPool:
-        pool = ConnectionPool(
-            self._conninfo,
-            kwargs={
-                "autocommit": True,
-                "prepare_threshold": None if self.pooled else 5,
-                "cursor_factory": StatementCursor,
-            },
-            min_size=1,
-            max_size=self._pool_size,
-            open=False,
-            timeout=self.timeout,
-            reconnect_timeout=3600 * 24 * 365,
-            name=f"hybridstore-{self.schema}",
-        )
-        pool.open(wait=False)
-        return pool
-
-    def reset_pool(self) -> None:
-        """Replace the pool with a fresh one (after an outage: stale connections and long reconnect backoff
-        are dropped at once). The old pool closes in the background; `close` waits for it. No-op once closed."""
-        with self._lock:
-            if self._closed:
-                return
-            old, self._pool = self._pool, self._new_pool()
-            # Started under the lock, so close() (which joins every closer it finds) never sees one unstarted.
-            closer = threading.Thread(
-                target=old.close, kwargs={"timeout": 1.0}, name="hybridstore-pool-close", daemon=True
-            )
-            closer.start()
-            self._closers = [t for t in self._closers if t.is_alive()] + [closer]
-
-    # -- plumbing ---------------------------------------------------------------------------------------------
-
-    @contextmanager
-    def _conn(self, budget: float | None = None) -> Iterator[psycopg.Connection[Any]]:
-        """A pooled connection whose use is cut off after ``budget`` seconds (default: the tier timeout)."""
-        if self._closed:
-            raise PrimaryUnavailableError("primary tier is closed")
-        budget = budget or self.timeout
-        deadline = time.monotonic() + budget
-        try:
-            with self._pool.connection(timeout=self.timeout) as conn:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise PrimaryTimeoutError(f"primary unavailable: no connection within {budget:g}s")
-                with self._watchdog.guard(conn.pgconn.socket, remaining):
-                    yield conn
-        except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout, PoolClosed) as exc:
-            self.last_error = str(exc).strip() or type(exc).__name__
-            if isinstance(exc, PoolTimeout):
-                raise PrimaryTimeoutError(
-                    f"primary unavailable: no connection within {self.timeout:g}s ({self.last_error})"
-                ) from exc
-            if time.monotonic() >= deadline - 0.05 * budget:
-                raise PrimaryTimeoutError(
-                    f"primary unavailable: no answer within {budget:g}s ({self.last_error})"
-                ) from exc
-            raise PrimaryUnavailableError(f"primary unavailable: {self.last_error}") from exc
-        except psycopg.Error as exc:
-            self.last_error = str(exc).strip()
-            if is_prepared_statement_error(exc):  # a connection from before the switch may still meet one
-                self._switch_to_pooled(f"prepared statements fail ({self.last_error})")
-                raise _PoolerFound(f"primary unavailable: {self.last_error}") from exc
-            if is_privilege_error(exc):
-                raise self._refused(exc) from exc
-            raise PrimaryRejectedError(f"primary rejected the operation: {self.last_error}") from exc
-
-    def _refused(self, exc: BaseException) -> PrimaryMisconfiguredError:
-        """A privilege error: the node's role lacks a grant. Named with the statement that needed it; the
-        tier checks its privileges again before the next call (the gateway keeps calls away meanwhile)."""
-        self._ready = False
-        statement = statement_of(exc)
-        where = f" (statement: {statement})" if statement else ""
-        return PrimaryMisconfiguredError(
-            f"primary refuses this node: {str(exc).strip()}{where}; "
-            f"grant what `hybridstore --schema {self.schema} grants ROLE` prints"
-        )
-
-    def _connect(self, conninfo: str | None = None) -> psycopg.Connection[Any]:
-        """A new autocommit connection outside the pool. A server that refuses the startup options is a pooler:
-        the tier switches to pooled mode and connects again without them."""
-        try:
-            return psycopg.connect(conninfo or self._conninfo, autocommit=True, cursor_factory=StatementCursor)
-        except psycopg.OperationalError as exc:
-            if conninfo is not None or self.pooled or not refuses_startup_options(exc):
-                raise
-            self._switch_to_pooled(f"the server refuses startup options ({str(exc).strip()})")
-            return psycopg.connect(self._conninfo, autocommit=True, cursor_factory=StatementCursor)
-
-    def _switch_to_pooled(self, reason: str) -> None:
-        """From now on: no server-side prepared statements, no startup options, timeouts per transaction, no
-        LISTEN on this address. Connections made before are dropped (the pool is replaced)."""
-        with self._lock:
-            if self.pooled:
-                return
-            self.pooled, self._pooling_known, self.pooled_reason = True, True, reason
-            self._conninfo = self._settings.conninfo(pooled=True)
-        log.warning("the primary is reached through a transaction-mode pooler: %s", reason)
-        self.reset_pool()
-
-    def _settle_pooling(self, budget: float) -> None:
-        """Tell, once, whether the URL leads to a transaction-mode pooler (see `pooling`)."""
-        if self._pooling_known:
-            return
-        try:
-            with (
-                self._connect() as a,
-                self._connect() as b,
-                self._watchdog.guard(a.pgconn.socket, budget),
-                self._watchdog.guard(b.pgconn.socket, budget),
-            ):
-                found = detect_transaction_pooler(a, b)
-        except psycopg.OperationalError as exc:
-            raise PrimaryUnavailableError(f"primary unavailable: {str(exc).strip()}") from exc
-        except psycopg.Error as exc:
-            if is_privilege_error(exc):
-                raise self._refused(exc) from exc
-            raise PrimaryRejectedError(f"primary rejected the operation: {str(exc).strip()}") from exc
-        if found:
-            self._switch_to_pooled("a client's server connection changes between transactions")
-        else:
-            self._pooling_known = True
-
-    def _run(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
-        if not self._ready:
-            self.ensure_schema()
-        start = time.perf_counter()
-        try:
-            result = self._call(fn)
-        except _PoolerFound:  # the call did not run (its statement was refused): once more, in pooled mode
-            result = self._call(fn)
-        self.last_latency_ms = (time.perf_counter() - start) * 1000
-        return result
-
-    def _call(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
-        with self._conn() as conn:
-            if not self.pooled:
-                return fn(conn)
-            conn.execute(self._bounded_begin)
-            try:
-                result = fn(conn)
-            except BaseException:
-                with suppress(psycopg.Error):
-                    conn.execute(b"ROLLBACK")
-                raise
-            conn.execute(b"COMMIT")
-            return result
-
-    def ensure_schema(self, *, budget: float | None = None) -> None:
-        """Make sure the tier can serve calls, within ``budget`` seconds (default: the tier timeout, so a
-        foreground call never waits longer on the primary than that): settle whether a pooler is in the way, then
-        check that the schema is current — by a read, with no DDL privilege needed — and that the role has every
-        privilege it needs. A schema behind this code is migrated (with ``migrate=True``) or reported as
-        `PrimaryMisconfiguredError` (``migrate=False``: run ``hybridstore migrate --admin-url …``); so is a
-        missing privilege. If another thread is checking already, this waits for it at most the budget, then
-        raises `PrimaryTimeoutError` (the caller's write is queued; the gateway's prober retries with a longer
-        budget)."""
-        budget = budget or self.timeout
-        if not self._migrate_lock.acquire(timeout=budget):
-            raise PrimaryTimeoutError(f"primary unavailable: its schema is being checked (waited {budget:g}s)")
-        try:
-            if self._ready:
-                return
-            self._settle_pooling(budget)
-            missing = self._missing_versions(budget)
-            if missing:
-                if not self.auto_migrate:
-                    raise PrimaryMisconfiguredError(
-                        f"primary schema {self.schema} lacks migration(s) {', '.join(map(str, missing))} and "
-                        f"automatic migration is off: run `hybridstore migrate --admin-url …` as its owner"
-                    )
-                self._migrate_locked(budget)
-            self._check_privileges(budget)
-            self._ready = True
-        finally:
-            self._migrate_lock.release()
-
-    def _missing_versions(self, budget: float) -> list[int]:
-        latest = [m.version for m in migrations_for("primary")]
-        query = f"SELECT version FROM {self._q}.hs_migrations"
-        try:
-            with self._conn(budget=budget) as conn:
-                done = {r[0] for r in conn.execute(query)}
-        except PrimaryRejectedError:  # no such schema or table yet: the migrations will create them
-            return latest
-        return [v for v in latest if v not in done]
-
-    def _check_privileges(self, budget: float) -> None:
-        with self._conn(budget=budget) as conn:
-            missing = missing_privileges(conn, self.schema)
-        if missing:
-            raise PrimaryMisconfiguredError(
-                f"primary refuses this node: its role lacks {'; '.join(missing)}; "
-                f"grant what `hybridstore --schema {self.schema} grants ROLE` prints"
-            )
-
-    def migrate(self, *, budget: float = 60.0) -> list[int]:
-        """Apply pending schema migrations (idempotent, safe with many nodes at once); returns the versions
-        applied now. ``budget``: seconds for the whole migration (DDL may wait for locks)."""
-        budget = max(budget, self.timeout)
-        with self._migrate_lock:
-            self._settle_pooling(budget)
-            if not self._missing_versions(budget):
-                return []
-            return self._migrate_locked(budget)
-
-    def _migrate_locked(self, budget: float) -> list[int]:
-        with self._conn(budget=budget) as conn, conn.transaction():
-            conn.execute(f"SET LOCAL statement_timeout = {int(budget * 1000)}")  # a migration may outlast a write
-            conn.execute(f"SET LOCAL lock_timeout = {int(budget * 1000)}")
-            # Lock first: concurrent CREATE SCHEMA IF NOT EXISTS from several nodes would race.
-            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"hybridstore:{self.schema}",))
-            applied = migrate_postgres(conn, self._q)
-        if applied:
-            log.info("primary schema %s migrated to version %s", self.schema, applied[-1])
-        return applied
-
-    @property
-    def can_listen(self) -> bool:
-        """May this node LISTEN for change notifications? Not through a transaction pooler — unless a session
-        address (``session_url``) is configured for it — and not before the connection mode is settled."""
-        return self._pooling_known and (self.session_url is not None or not self.pooled)
-
-    @property
-    def schema_ready(self) -> bool:
-        return self._ready
 
     # -- writes (`PrimaryWrites`) -------------------------------------------------------------------------------
 
@@ -505,9 +227,11 @@ class PrimaryTier:
             # generic plan knows it and still picks the index scan.
             f"ORDER BY r.stamp, r.collection, r.key LIMIT {int(limit)}"
         )
+        # Any committed row past the cursor that the page did not return: held back behind a running transaction,
+        # or visible since (this is a new snapshot: the transaction may have ended between the two statements, and
+        # asking only for rows still held back would miss those, leaving them for the next poll). Look again soon.
         held = (
-            f"SELECT EXISTS (SELECT 1 FROM {self._q}.records WHERE stamp >= pg_snapshot_xmin(pg_current_snapshot()) "
-            f"AND (stamp, collection, key) > (%s::text::xid8, %s, %s))"
+            f"SELECT EXISTS (SELECT 1 FROM {self._q}.records WHERE (stamp, collection, key) > (%s::text::xid8, %s, %s))"
         )
 
         def fetch(conn: psycopg.Connection[Any]) -> tuple[list[Any], bool]:
@@ -632,41 +356,6 @@ class PrimaryTier:
             )
         )
 
-    def listen_connection(self) -> psycopg.Connection[Any]:
-        """A dedicated connection (outside the pool) listening for change notifications: on the session address
-        when one is configured (behind a transaction pooler, the only way to LISTEN), else on the primary's."""
-        conn = self._connect(self._settings.session_conninfo())
-        try:
-            conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    def ping(self) -> float:
-        """Round trip to the primary in milliseconds, or `PrimaryUnavailableError`."""
-        start = time.perf_counter()
-        with self._conn() as conn:
-            conn.execute("SELECT 1").fetchall()
-        self.last_latency_ms = (time.perf_counter() - start) * 1000
-        return self.last_latency_ms
-
-    def probe(self) -> float:
-        """Like `ping` but on a brand-new connection outside the pool (to tell whether the primary is back
-        without waiting on the pool's reconnect backoff)."""
-        start = time.perf_counter()
-        try:
-            with (
-                self._connect() as conn,
-                self._watchdog.guard(conn.pgconn.socket, self.timeout),
-            ):
-                conn.execute("SELECT 1").fetchall()
-        except psycopg.Error as exc:
-            self.last_error = str(exc).strip() or type(exc).__name__
-            raise PrimaryUnavailableError(f"primary unavailable: {self.last_error}") from exc
-        self.last_latency_ms = (time.perf_counter() - start) * 1000
-        return self.last_latency_ms
-
     def health(self) -> TierHealth:
         extra = {"url": redact(self.url), "schema": self.schema}
         try:
@@ -674,16 +363,6 @@ class PrimaryTier:
         except HybridStoreError as exc:
             return TierHealth("primary", "down", str(exc), extra=extra)
         return TierHealth("primary", "healthy", "", latency, extra=extra)
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            closers, self._closers = self._closers, []
-        with suppress(Exception):
-            self._pool.close(timeout=1.0)
-        for closer in closers:  # pools replaced by reset_pool: each close is bounded by its own 1 s timeout
-            closer.join(timeout=2.0)
-        self._watchdog.close()
 
     # -- bulk reads for services (backups, restores) ----------------------------------------------------------
 

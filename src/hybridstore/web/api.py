@@ -22,6 +22,7 @@ from .context import WebContext
 from .routing import ScopedRouter
 
 PREFIX = "/api/v1"
+UPLOAD_PATHS = (api_backups.IMPORT_PATH,)  # streamed to a file: the body size limit is ``max_upload_bytes``
 
 
 def build(ctx: WebContext, openapi: Callable[[], dict[str, Any]]) -> APIRouter:

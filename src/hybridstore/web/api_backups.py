@@ -1,8 +1,13 @@
-"""``/api/v1/backups``: list, take (a job), show, verify, restore (a job), download (streamed), delete, prune,
-settings and statistics of this node's backup repository (`hybridstore.backup.service.BackupService`).
+"""``/api/v1/backups``: list, take (a job), show, verify, restore (a job), download (streamed), import (a streamed
+upload, then a job), delete, prune, settings and statistics of this node's backup repository
+(`hybridstore.backup.service.BackupService`).
 
 Destructive calls need ``"confirm"`` in the body: the backup id for a delete and for a restore that overwrites
 records, ``"config"`` for a settings change (settings are shared by every node through the primary).
+
+An import is streamed to a file in the data directory as it arrives (never held in memory), its header checked
+at once (not a backup file: 422, nothing kept), then verified completely by a job before it is registered (a
+tampered file: the job fails with a 422 problem, ``backup-tampered``); the uploaded file is removed either way.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from typing import Annotated, Any
 from fastapi import Path, Query, Request
 from fastapi.responses import FileResponse
 
+from ..backup.format import read_header
 from ..backup.repository import BackupInfo
 from ..errors import BackupTamperedError
 from .confirm import require_confirmation
@@ -29,7 +35,15 @@ from .schemas import (
     RestoreRequest,
     problems,
 )
+from .uploads import receive_file
 
+IMPORT_PATH = "/backups/import"
+BINARY_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
 BackupId = Annotated[str, Path(min_length=4, max_length=64, description="A backup id or a unique prefix (≥ 4).")]
 CONFIG_TARGET = "config"
 
@@ -106,6 +120,41 @@ def build(ctx: WebContext) -> ScopedRouter:
             return {"dry_run": dry_run, "removed": [info_json(b) for b in gone]}
 
         return DataResponse(await ctx.audited(request, "backup.prune", "backups", work, details={"dry_run": dry_run}))
+
+    @routes.post(
+        IMPORT_PATH,
+        "admin",
+        summary="Import a backup file (the body, streamed), verified completely before it is registered, as a job",
+        status_code=202,
+        responses={202: {"model": JobOut}, **problems(400, 413, 415, 429)},
+        openapi_extra=BINARY_BODY,
+    )
+    async def import_backup(request: Request) -> DataResponse:
+        upload = await receive_file(request, store.data_dir, ctx.run)
+        details = {"bytes": upload.size}
+        try:
+            header = await ctx.run(lambda: read_header(upload.path))  # not a backup at all: 422 now
+            target = str(header.get("backup_id", ""))
+        except Exception as exc:
+            upload.discard()
+            await ctx.refused(request, "backup.import", "upload", exc, details=details)
+            raise
+
+        def work(progress: Progress) -> dict[str, Any]:
+            try:
+                info = store.backups.import_backup(
+                    upload.path, progress=lambda done, total: progress("verify", done, total)
+                )
+            finally:
+                upload.discard()  # imported (copied into the repository) or refused: nothing stays behind
+            return info_json(info)
+
+        try:
+            job = await ctx.start_job(request, "backup.import", target, work, details=details)
+        except BaseException:
+            upload.discard()
+            raise
+        return accepted(request, job)
 
     @routes.get("/backups/{backup_id}", "read", summary="One backup's manifest", responses=problems(404))
     async def show(backup_id: BackupId) -> DataResponse:

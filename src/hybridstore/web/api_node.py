@@ -1,5 +1,5 @@
-"""``/api/v1`` views of the node — status snapshot, health, alerts, events, nodes, sync state, jobs, audit log — and the
-sync job (``POST /api/v1/sync``).
+"""``/api/v1`` views of the node — status snapshot, health, alerts, events, nodes, configuration, sync state, jobs,
+audit log — the sync job (``POST /api/v1/sync``) and the run-time settings (``PUT /api/v1/config``).
 
 Every view reads what the node already knows (`NodeStatus`, the recovery monitor's last check, the event bus):
 none probes the primary. ``/health`` answers 200 while the node serves (healthy, degraded, recovering) and 503
@@ -12,14 +12,17 @@ from typing import Annotated, Any
 
 from fastapi import Path, Query, Request
 
+from .confirm import require_confirmation
 from .context import WebContext, accepted
 from .jobs import Progress
 from .problems import not_found
 from .responses import DataResponse
 from .routing import ScopedRouter
-from .schemas import JobOut, SyncRequest, problems
+from .schemas import ConfigChange, Confirmation, JobOut, SyncRequest, problems
+from .settings import apply_runtime, effective_config
 
 UNHEALTHY = ("outage", "misconfigured")
+CONFIG_TARGET = "config"
 
 
 def build(ctx: WebContext) -> ScopedRouter:
@@ -68,6 +71,43 @@ def build(ctx: WebContext) -> ScopedRouter:
     async def nodes() -> DataResponse:
         return DataResponse({"nodes": await ctx.run(store.nodes)})
 
+    @routes.delete(
+        "/nodes/{node_id}",
+        "admin",
+        summary="Remove a stopped or stale node from the list (type its id in `confirm`)",
+        responses=problems(409),
+    )
+    async def forget_node(
+        request: Request,
+        node_id: Annotated[str, Path(min_length=1, max_length=64)],
+        body: Confirmation | None = None,
+        confirm: Annotated[str | None, Query(max_length=200, description="Instead of the body's confirm.")] = None,
+    ) -> DataResponse:
+        def forget() -> dict[str, Any]:
+            require_confirmation(body.confirm if body is not None else confirm, node_id)
+            return store.node.heartbeat.forget(node_id)
+
+        return DataResponse({"forgotten": await ctx.audited(request, "node.forget", node_id, forget)})
+
+    @routes.get("/config", "admin", summary="The node's configuration (secrets masked) and its run-time settings")
+    async def get_config() -> DataResponse:
+        return DataResponse(await ctx.run(lambda: effective_config(store, ctx.web_settings())))
+
+    @routes.put(
+        "/config",
+        "admin",
+        summary='Change run-time settings of this node, until it restarts (type "config" in `confirm`)',
+        responses=problems(),
+    )
+    async def put_config(request: Request, body: ConfigChange) -> DataResponse:
+        changes = body.model_dump(exclude_none=True, exclude={"confirm"})
+
+        def change() -> dict[str, Any]:
+            require_confirmation(body.confirm, CONFIG_TARGET)
+            return apply_runtime(store, changes)
+
+        return DataResponse(await ctx.audited(request, "config.change", CONFIG_TARGET, change, details=changes))
+
     @routes.get("/sync", "read", summary="Sync state: outbox, counts, conflicts, dead letters, history")
     async def sync_status() -> DataResponse:
         return DataResponse(await ctx.run(store.sync_status))
@@ -89,7 +129,7 @@ def build(ctx: WebContext) -> ScopedRouter:
         job = await ctx.start_job(request, "sync", "full" if full else "incremental", work, details={"full": full})
         return accepted(request, job)
 
-    @routes.get("/jobs", "read", summary="Jobs started over HTTP since the server started, newest first")
+    @routes.get("/jobs", "read", summary="Jobs started over HTTP (kept across restarts), newest first")
     async def jobs() -> DataResponse:
         return DataResponse({"jobs": [j.to_dict() for j in ctx.jobs.list()]})
 
@@ -97,7 +137,7 @@ def build(ctx: WebContext) -> ScopedRouter:
     async def job(job_id: Annotated[str, Path(max_length=64)]) -> DataResponse:
         found = ctx.jobs.get(job_id)
         if found is None:
-            raise not_found(f"no job {job_id!r} (jobs are kept in memory, for this server's lifetime)")
+            raise not_found(f"no job {job_id!r} (the newest 1000 are kept)")
         return DataResponse(found.to_dict())
 
     @routes.get("/audit", "admin", summary="This node's audit log of administrative calls, newest first")

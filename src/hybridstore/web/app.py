@@ -48,6 +48,7 @@ def create_app(
     max_threads: int = 16,
     max_jobs: int = 4,
     max_body_bytes: int | None = None,
+    max_upload_bytes: int | None = None,
     docs_ui: bool = True,
 ) -> FastAPI:
     """The ASGI app of ``store`` (see the module docstring).
@@ -55,6 +56,8 @@ def create_app(
     ``admin_token``: a token with every scope (default: ``HYBRIDSTORE_ADMIN_TOKEN``; ``None``: keys only).
     ``max_threads``: store calls running at once (more wait their turn). ``max_jobs``: jobs running at once.
     ``max_body_bytes``: the largest request body (default: twice the store's ``max_value_bytes``, plus 64 KiB).
+    ``max_upload_bytes``: the largest backup file ``POST /api/v1/backups/import`` takes (default: no limit but the
+    disk's; it is streamed to a file, never held in memory).
     ``docs_ui``: serve the Swagger UI page (when ``swagger-ui-bundle-v2`` is installed)."""
     token = admin_token_from_env() if admin_token is FROM_ENV else admin_token
     limit = max_body_bytes if max_body_bytes is not None else 2 * store.config.max_value_bytes + BODY_SLACK
@@ -91,7 +94,8 @@ def create_app(
         app.include_router(docs_routes[0])
         public |= docs_routes[1]
     _install_error_handlers(app)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=limit)
+    uploads = {f"{api.PREFIX}{path}": max_upload_bytes for path in api.UPLOAD_PATHS}
+    app.add_middleware(BodyLimitMiddleware, max_bytes=limit, overrides=uploads)
     exact = frozenset(public)
     app.add_middleware(
         AuthMiddleware,

@@ -30,7 +30,7 @@ from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .keys import SCOPES, ApiKeyStore, grants
+from .keys import SCOPES, KeyStore, grants
 from .local_socket import LOCAL_PEER_KEY, local_actor
 from .problems import MEDIA_TYPE, Problem, WebError
 
@@ -65,7 +65,7 @@ class Authenticator:
 
     def __init__(
         self,
-        keys: ApiKeyStore,
+        keys: KeyStore,
         *,
         admin_token: str | None,
         run: Callable[[Callable[[], Any]], Awaitable[Any]],

@@ -20,10 +20,12 @@ from starlette.requests import Request
 
 from .audit import AuditLog
 from .auth import Authenticator, principal_of
+from .joblog import JobLog
 from .jobs import Job, JobRunner, Progress
-from .keys import ApiKeyStore
+from .keys import ApiKeyStore, KeyStore
 from .problems import problem_for
 from .responses import DataResponse
+from .shared_keys import SharedKeyStore
 from .webdb import WebDatabase
 
 if TYPE_CHECKING:
@@ -46,15 +48,31 @@ class WebContext:
     ) -> None:
         self.store = store
         self.db = db
-        self.keys = ApiKeyStore(db)
+        self.local_keys = ApiKeyStore(db)
+        gateway = store.node.gateway
+        self.keys: KeyStore = (
+            SharedKeyStore(gateway.call, self.local_keys, available=gateway.allow, origin=store.node_id)
+            if gateway.configured
+            else self.local_keys
+        )
         self.audit = AuditLog(db, store.node.gateway)
-        self.jobs = JobRunner(max_running=max_jobs)
+        self.jobs = JobRunner(max_running=max_jobs, log=JobLog(db))
         self.max_threads = max_threads
         self.max_body_bytes = max_body_bytes
         self._limiter: anyio.CapacityLimiter | None = None
         self.auth = Authenticator(self.keys, admin_token=admin_token, run=self.run)
+        self._admin_token_set = admin_token is not None
         self._key_locks = [threading.Lock() for _ in range(KEY_LOCKS)]
         self.draining = False  # set when the server stops taking requests: /readyz answers 503
+
+    def web_settings(self) -> dict[str, Any]:
+        """The HTTP service's own settings, for ``GET /api/v1/config`` (the admin token only as set or not)."""
+        return {
+            "max_threads": self.max_threads,
+            "max_jobs": self.jobs.max_running,
+            "max_body_bytes": self.max_body_bytes,
+            "admin_token": "set" if self._admin_token_set else None,
+        }
 
     def close(self) -> None:
         """Close ``web.db`` (after the server stopped; the store is closed by whoever opened it)."""

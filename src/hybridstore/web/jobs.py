@@ -3,12 +3,14 @@ once, and ``GET /api/v1/jobs/{id}`` shows its progress, then its result or its p
 
 Each job runs in a thread of its own (``hybridstore-web-job-<id>``, not a daemon: a restore is never cut off by
 the interpreter exiting), at most ``max_running`` at a time (more: 429). Jobs are kept in memory (the last
-``keep``): a restart forgets them, not their effects. `wait` lets the server finish running jobs before it
-closes the store.
+``keep``) and, given a `joblog.JobLog`, recorded in ``web.db`` when they start and end: after a restart a job is
+still found, and one that was running when the server stopped is ``interrupted``. `wait` lets the server finish
+running jobs before it closes the store.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import secrets
@@ -17,12 +19,15 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .problems import WebError, problem_for
 
-log = logging.getLogger("hybridstore.web.jobs")
-JobState = Literal["running", "succeeded", "failed"]
+if TYPE_CHECKING:
+    from .joblog import JobLog
+
+logger = logging.getLogger("hybridstore.web.jobs")
+JobState = Literal["running", "succeeded", "failed", "interrupted"]
 Progress = Callable[[str, int, int | None], None]  # (phase, done, total if known)
 
 
@@ -57,10 +62,24 @@ class Job:
 class JobRunner:
     """See the module docstring."""
 
-    def __init__(self, *, max_running: int = 4, keep: int = 200, wall: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        *,
+        max_running: int = 4,
+        keep: int = 200,
+        wall: Callable[[], float] = time.time,
+        log: JobLog | None = None,
+    ) -> None:
+        """``log``: where jobs are recorded so they outlive the server (`joblog.JobLog`); jobs it holds as still
+        running are from a server that stopped: they are marked ``interrupted`` now."""
         self.max_running = max_running
         self._keep = keep
         self._wall = wall
+        self._log = log
+        if log is not None:
+            interrupted = log.interrupt_running(wall())
+            if interrupted:
+                logger.warning("%d job(s) were running when the server stopped: marked interrupted", interrupted)
         self._lock = threading.Lock()
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._threads: dict[str, threading.Thread] = {}
@@ -90,6 +109,8 @@ class JobRunner:
                 self._jobs.popitem(last=False)
             thread = threading.Thread(target=self._run, args=(job, work, on_done), name=f"hybridstore-web-job-{job.id}")
             self._threads[job.id] = thread
+        if self._log is not None:
+            self._log.save(job)
         thread.start()
         return job
 
@@ -103,28 +124,39 @@ class JobRunner:
         except BaseException as exc:
             problem = problem_for(exc)
             if problem.slug == "internal":
-                log.exception("job %s (%s %s) failed", job.id, job.kind, job.target)
+                logger.exception("job %s (%s %s) failed", job.id, job.kind, job.target)
             job.problem = problem.to_dict()
             state = "failed"
         job.finished_at = self._wall()
+        if self._log is not None:  # recorded first: whoever sees the end here finds it recorded too
+            self._log.save(dataclasses.replace(job, state=state))
         job.state = state  # last: a client that sees the end sees everything else too
         try:
             if on_done is not None:
                 on_done(job)  # before the job stops counting as running: `wait` covers its audit entry too
         except Exception:
-            log.exception("job %s: its completion hook failed", job.id)
+            logger.exception("job %s: its completion hook failed", job.id)
         finally:
             with self._lock:
                 self._threads.pop(job.id, None)
 
     def get(self, job_id: str) -> Job | None:
+        """A job of this server, else one recorded by an earlier one (with a log)."""
         with self._lock:
-            return self._jobs.get(job_id)
+            job = self._jobs.get(job_id)
+        if job is None and self._log is not None:
+            job = self._log.get(job_id)
+        return job
 
     def list(self) -> list[Job]:
-        """Newest first."""
+        """Newest first: this server's jobs, and (with a log) the recorded ones of earlier servers."""
         with self._lock:
-            return list(reversed(self._jobs.values()))
+            mine = list(reversed(self._jobs.values()))
+        if self._log is None:
+            return mine
+        ids = {j.id for j in mine}
+        older = [j for j in self._log.newest(self._keep) if j.id not in ids]
+        return sorted([*mine, *older], key=lambda j: j.created_at, reverse=True)[: max(self._keep, len(mine))]
 
     def running(self) -> int:
         with self._lock:

@@ -4,7 +4,11 @@ A key is ``hsk_`` + 43 URL-safe characters (32 random bytes); only its SHA-256 i
 long, so a fast hash is enough: there is nothing to guess), and the key is shown once, when it is created.
 Scopes: ``read`` (GET data and status), ``write`` (PUT / DELETE items), ``admin`` (everything, including what
 ``read`` and ``write`` allow). ``read`` and ``write`` are independent: an ingestion client may write and never
-read. Keys live on this node only for now (a copy on the primary, shared by every node, can come later).
+read.
+
+This store is the node's own (``web.db``): every key when no primary is configured. With a primary, keys live on
+the primary, shared by every node (`shared_keys.SharedKeyStore`), and this table also keeps a copy of each shared
+key the node has seen (``shared = 1``) so that it accepts them while the primary is unreachable.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from ..errors import ValidationError
 from .webdb import WebDatabase
@@ -79,6 +83,17 @@ class ApiKey:
         }
 
 
+class KeyStore(Protocol):
+    """Where a node's API keys live: `ApiKeyStore` (``web.db``) or `shared_keys.SharedKeyStore` (the primary)."""
+
+    def create(self, name: str, scopes: Iterable[str]) -> tuple[ApiKey, str]: ...
+    def list(self, *, include_revoked: bool = True) -> list[ApiKey]: ...
+    def find(self, id_or_name: str) -> ApiKey | None: ...
+    def revoke(self, id_or_name: str) -> ApiKey: ...
+    def has_active(self) -> bool: ...
+    def lookup(self, token: str) -> ApiKey | None: ...
+
+
 _COLUMNS = "id, name, scopes, hint, created_at, last_used_at, revoked_at"
 LAST_USED_EVERY = 60.0  # seconds: ``last_used_at`` is written at most this often per key (not once per request)
 
@@ -100,7 +115,7 @@ class ApiKeyStore:
         if not isinstance(name, str) or not NAME_RE.fullmatch(name):
             raise ValidationError("a key name is 1-64 letters, digits or '_ . @ -'")
         wanted = parse_scopes(scopes)
-        if self.find(name) is not None:
+        if self.find(name, local_only=True) is not None:
             raise ValidationError(f"a key named {name!r} exists already (revoke it, or pick another name)")
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         key = ApiKey(secrets.token_hex(6), name, wanted, token[:8], self._wall())
@@ -113,19 +128,57 @@ class ApiKeyStore:
             raise ValidationError(f"a key named {name!r} exists already (revoke it, or pick another name)") from None
         return key, token
 
-    def list(self, *, include_revoked: bool = True) -> list[ApiKey]:
-        sql = f"SELECT {_COLUMNS} FROM api_keys"
+    def list(self, *, include_revoked: bool = True, local_only: bool = False) -> list[ApiKey]:
+        """Keys by creation; ``local_only``: without the copies of shared keys (see `shared_keys`)."""
+        sql = f"SELECT {_COLUMNS} FROM api_keys WHERE 1 = 1"
         if not include_revoked:
-            sql += " WHERE revoked_at IS NULL"
+            sql += " AND revoked_at IS NULL"
+        if local_only:
+            sql += " AND shared = 0"
         return [_key(r) for r in self._db.query(sql + " ORDER BY created_at, id")]
 
-    def find(self, id_or_name: str) -> ApiKey | None:
-        rows = self._db.query(f"SELECT {_COLUMNS} FROM api_keys WHERE id = ? OR name = ?", (id_or_name, id_or_name))
+    def find(self, id_or_name: str, *, local_only: bool = False) -> ApiKey | None:
+        sql = f"SELECT {_COLUMNS} FROM api_keys WHERE (id = ? OR name = ?)" + (" AND shared = 0" if local_only else "")
+        rows = self._db.query(sql, (id_or_name, id_or_name))
         return _key(rows[0]) if rows else None
+
+    # -- copies of shared keys (`shared_keys.SharedKeyStore`) ---------------------------------------------------
+
+    def entry(self, token_hash: str) -> tuple[ApiKey, bool] | None:
+        """The key stored under ``token_hash`` (revoked or not) and whether it is a copy of a shared key."""
+        rows = self._db.query(f"SELECT {_COLUMNS}, shared FROM api_keys WHERE token_hash = ?", (token_hash,))
+        return (_key(rows[0]), bool(rows[0][7])) if rows else None
+
+    def keep_copy(self, key: ApiKey, token_hash: str, checked_at: float) -> None:
+        """Keep (or refresh) the copy of a shared key, as the primary showed it."""
+        try:
+            self._db.execute(
+                "INSERT INTO api_keys (id, name, scopes, token_hash, hint, created_at, last_used_at, revoked_at, "
+                "shared, checked_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?) ON CONFLICT (id) DO UPDATE SET "
+                "name = excluded.name, scopes = excluded.scopes, revoked_at = excluded.revoked_at, "
+                "last_used_at = excluded.last_used_at, checked_at = excluded.checked_at WHERE shared = 1",
+                (
+                    key.id,
+                    key.name,
+                    " ".join(sorted(key.scopes)),
+                    token_hash,
+                    key.hint,
+                    key.created_at,
+                    key.last_used_at,
+                    key.revoked_at,
+                    checked_at,
+                ),
+            )
+        except sqlite3.IntegrityError:  # a key of this node alone has its name: the shared one is not kept here
+            pass
+
+    def drop_copy(self, token_hash: str) -> None:
+        """Forget the copy of a shared key the primary no longer has."""
+        self._db.execute("DELETE FROM api_keys WHERE token_hash = ? AND shared = 1", (token_hash,))
 
     def revoke(self, id_or_name: str) -> ApiKey:
         """Revoke a key (by id or name); it stays listed, marked revoked. `ValidationError` if unknown."""
-        key = self.find(id_or_name)
+        key = self.find(id_or_name, local_only=True)
         if key is None:
             raise ValidationError(f"no API key with id or name {id_or_name!r}")
         if key.active:
@@ -136,8 +189,9 @@ class ApiKeyStore:
         assert found is not None
         return found
 
-    def has_active(self) -> bool:
-        return bool(self._db.query("SELECT 1 FROM api_keys WHERE revoked_at IS NULL LIMIT 1"))
+    def has_active(self, *, local_only: bool = False) -> bool:
+        sql = "SELECT 1 FROM api_keys WHERE revoked_at IS NULL" + (" AND shared = 0" if local_only else "")
+        return bool(self._db.query(sql + " LIMIT 1"))
 
     def lookup(self, token: str) -> ApiKey | None:
         """The active key whose token this is, or ``None``."""

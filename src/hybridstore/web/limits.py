@@ -13,6 +13,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .auth import route_path
 from .problems import WebError
 
 JSON_TYPES = ("application/json",)
@@ -23,15 +24,23 @@ def too_large(limit: int) -> WebError:
 
 
 class BodyLimitMiddleware:
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+    """``max_bytes`` for every request, but for the paths in ``overrides`` (streamed uploads: their own limit,
+    ``None`` for none)."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int, overrides: dict[str, int | None] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.overrides = dict(overrides or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.max_bytes
+        path = route_path(scope)
+        limit = self.overrides.get(path, self.max_bytes)
+        if limit is None:
+            await self.app(scope, receive, send)
+            return
         for name, value in scope["headers"]:
             if name == b"content-length":
                 try:

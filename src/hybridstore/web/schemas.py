@@ -62,6 +62,16 @@ class BackupConfigChange(_Body):
     confirm: str = Field(default="", max_length=NAME_MAX, description='Type `"config"`: this changes every node.')
 
 
+class ConfigChange(_Body):
+    """Settings this node changes while it runs (until it restarts); see `hybridstore.web.settings`."""
+
+    log_level: Literal["debug", "info", "warning", "error", "critical"] | None = None
+    heartbeat_interval: float | None = Field(default=None, gt=0, le=86_400, description="Seconds.")
+    pull_interval: float | None = Field(default=None, gt=0, le=3_600, description="Seconds.")
+    sync_retry_attempts: int | None = Field(default=None, ge=1, le=1_000)
+    confirm: str = Field(default="", max_length=NAME_MAX, description='Type `"config"`: this changes the node.')
+
+
 # -- responses (documentation) ----------------------------------------------------------------------------------
 
 
@@ -107,7 +117,7 @@ class JobOut(BaseModel):
     kind: str
     target: str
     actor: str
-    state: Literal["running", "succeeded", "failed"]
+    state: Literal["running", "succeeded", "failed", "interrupted"]
     created_at: float
     finished_at: float | None
     progress: dict[str, Any]

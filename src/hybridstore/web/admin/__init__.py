@@ -52,7 +52,7 @@ def build(ctx: WebContext, feed: LiveFeed) -> AdminUI:
     router.include_router(login.build(ctx, codec, users, setup, LoginThrottle()))
     router.include_router(assets.build())
     scoped = pages.build(ctx, codec, feed, users)
-    login.add_logout(scoped, ctx)
+    login.add_logout(scoped, ctx, gate)
     router.include_router(scoped.router)
     router.include_router(actions.build(ctx, feed, users).router)
     return AdminUI(router, gate, users, setup, codec)

@@ -62,7 +62,8 @@ def build(ctx: WebContext, feed: LiveFeed, users: UserStore) -> ScopedRouter:
 
     @routes.post("/admin/backups/import", "admin", include_in_schema=False)
     async def upload(request: Request) -> DataResponse:
-        """The request body is the backup file itself (streamed to a temporary file, verified, then registered)."""
+        """The request body is the backup file itself (streamed to a temporary file, verified, then registered).
+        The pages use ``POST /api/v1/backups/import`` instead when the node has it."""
         directory = store.data_dir / "tmp"
         directory.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix="upload-", suffix=".hsb", dir=directory)

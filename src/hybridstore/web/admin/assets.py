@@ -5,7 +5,7 @@ only changes with the package version."""
 from __future__ import annotations
 
 from importlib import resources
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from fastapi import APIRouter
 from starlette.responses import FileResponse, Response
@@ -19,15 +19,17 @@ TYPES = {".css": "text/css", ".js": "text/javascript", ".txt": "text/plain", ".s
 def build() -> APIRouter:
     router = APIRouter(include_in_schema=False)
     root = resources.files("hybridstore.web.admin") / "static"
+    base = Path(str(root)).resolve()  # the package is installed as files (hatchling wheel, or a source tree)
 
     @router.get(PREFIX + "{name:path}")
     async def static(name: str) -> Response:
         parts = PurePosixPath(name).parts
-        if not parts or any(p in ("..", "") or p.startswith(".") for p in parts):
+        # only plain names below static/: no absolute path, no parent, no hidden file, no backslash
+        if name.startswith("/") or not parts or any(p == ".." or p.startswith(".") or "\\" in p for p in parts):
             raise not_found("no such asset")
-        path = root.joinpath(*parts)
+        path = Path(str(root)).joinpath(*parts).resolve()
         suffix = PurePosixPath(name).suffix
-        if suffix not in TYPES or not path.is_file():
+        if suffix not in TYPES or not path.is_relative_to(base) or not path.is_file():
             raise not_found("no such asset")
         return FileResponse(
             str(path),

@@ -22,11 +22,13 @@ from ..routing import ScopedRouter
 from ..users import SetupTokens, UserStore, same
 from .render import HEADERS, render
 from .session import (
+    COOKIE,
     LOGIN_COOKIE,
     LOGIN_PATH,
     MAX_FORM_BYTES,
     LoginThrottle,
     SessionCodec,
+    SessionGate,
     is_tls,
     session_cookie,
 )
@@ -182,12 +184,13 @@ def build(
     return router
 
 
-def add_logout(router: ScopedRouter, ctx: WebContext) -> None:
+def add_logout(router: ScopedRouter, ctx: WebContext, gate: SessionGate) -> None:
     """``POST /admin/logout`` on the (authenticated, CSRF-checked) admin router."""
 
     @router.post("/admin/logout", "admin", include_in_schema=False)
     async def logout(request: Request) -> Response:
         principal = principal_of(request)
+        gate.end(request.cookies.get(COOKIE))
         client = _client(request)
         await ctx.run(lambda: ctx.audit.record(principal.actor, "logout", "admin", "ok", client=client))
         response = RedirectResponse(LOGIN_PATH, status_code=303, headers=HEADERS)

@@ -18,6 +18,7 @@ from starlette.responses import RedirectResponse, Response
 
 from ...errors import HybridStoreError
 from ..context import WebContext
+from ..localview import outbox_view
 from ..routing import ScopedRouter
 from ..sse import LiveFeed
 from ..users import UserStore
@@ -28,6 +29,8 @@ from .session import SessionCodec
 PAGE_SIZE = 50
 NODE_SILENT_S = 60.0  # a node whose heartbeat is older than this is flagged
 RESILIENCE_RUNS = "/api/v1/resilience/runs"
+API_IMPORT = "/api/v1/backups/import"
+SERIES_FIELDS = ("t", "p50_ms", "p99_ms", "writes", "outbox_depth", "push_rate", "pull_rate")
 
 
 def _safe(fn: Any, default: Any = None) -> tuple[Any, str | None]:
@@ -61,7 +64,7 @@ def build(ctx: WebContext, codec: SessionCodec, feed: LiveFeed, users: UserStore
                 "status": status or store.status().to_dict(),
                 "collections": sorted(counts.items()),
                 "counts_error": counts_error,
-                "alerts": [a.to_dict() for a in store.recovery.alerts(True)],
+                "alerts": [a.to_dict() for a in store.recovery.alerts(True)],  # the history's active ones
                 "data_bytes": _data_bytes(store.data_dir),
             }
 
@@ -71,7 +74,10 @@ def build(ctx: WebContext, codec: SessionCodec, feed: LiveFeed, users: UserStore
     async def series() -> Response:
         from ..responses import DataResponse
 
-        return DataResponse({"samples": await ctx.run(feed.history), "interval": feed.interval})
+        def charted() -> list[dict[str, Any]]:  # only what the charts draw: an hour is 1800 samples
+            return [{k: sample.get(k) for k in SERIES_FIELDS} for sample in feed.history()]
+
+        return DataResponse({"samples": await ctx.run(charted), "interval": feed.interval})
 
     @routes.get("/admin/backups", "admin", include_in_schema=False)
     async def backups(request: Request) -> Response:
@@ -88,17 +94,21 @@ def build(ctx: WebContext, codec: SessionCodec, feed: LiveFeed, users: UserStore
                 "collections": sorted(store.node.slot.tier.collection_counts()) if store.node.slot.tier else [],
             }
 
-        return show(request, "backups.html", "backups", "Backups", **await ctx.run(gather))
+        # the API's streamed import (a job) when the node has it, else the admin UI's own
+        upload = API_IMPORT if views.route_exists(request.app, API_IMPORT) else "/admin/backups/import"
+        return show(request, "backups.html", "backups", "Backups", upload_url=upload, **await ctx.run(gather))
 
     @routes.get("/admin/sync", "admin", include_in_schema=False)
     async def sync(request: Request) -> Response:
         def gather() -> dict[str, Any]:
             status = store.sync_status()
+            outbox, outbox_error = _safe(lambda: outbox_view(store, collection=None, limit=PAGE_SIZE * 2), None)
             conflicts, conflicts_error = _safe(lambda: store.conflicts("open", limit=50), [])
             shown = [{**c.to_dict(), "diff": views.field_diff(c.base, c.local, c.remote)} for c in conflicts or []]
             return {
                 "sync": status,
-                "pending": views.pending_entries(store.data_dir, limit=100),
+                "pending": views.pending_rows(outbox or {}, time.time()),
+                "pending_error": outbox_error,
                 "dead_letters": store.dead_letters(limit=100),
                 "conflicts": shown,
                 "conflicts_error": conflicts_error,

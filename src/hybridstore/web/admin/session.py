@@ -3,7 +3,9 @@
 - The session cookie (``hs_session``) holds the user name, a random session id and its expiry, signed with
   HMAC-SHA256 under the node's session key (`hybridstore.web.users.session_key`). It is HttpOnly,
   ``SameSite=Strict``, ``Path=/``, and ``Secure`` when the request came over TLS. It is checked on every request,
-  and the user must still exist (a removed user is logged out at their next request).
+  and the user must still exist (a removed user is logged out at their next request). Logging out ends the
+  session on the server too (its id is refused until it expires; this list lives in memory, so a restart of the
+  server forgets it: a copied cookie of a logged-out session then works again until it expires).
 - The CSRF token is derived from the session id (HMAC under the same key): pages put it in a ``<meta>`` tag and
   in forms; every state-changing request authenticated by the cookie must carry it, as the ``X-CSRF-Token`` header
   or, for a plain HTML form, the ``csrf`` field. `SessionGate` enforces that before any route runs.
@@ -62,13 +64,13 @@ class SessionCodec:
     def __init__(self, key: bytes, *, ttl: float = SESSION_TTL, wall: Callable[[], float] = time.time) -> None:
         self._key = key
         self.ttl = ttl
-        self._wall = wall
+        self.wall = wall
 
     def _sign(self, payload: bytes) -> str:
         return _b64(hmac.new(self._key, payload, hashlib.sha256).digest())
 
     def issue(self, user: str) -> tuple[str, Session]:
-        session = Session(user, secrets.token_urlsafe(16), self._wall() + self.ttl)
+        session = Session(user, secrets.token_urlsafe(16), self.wall() + self.ttl)
         payload = json.dumps({"u": session.user, "s": session.sid, "e": session.expires}, separators=(",", ":"))
         raw = payload.encode()
         return f"{_b64(raw)}.{self._sign(raw)}", session
@@ -87,7 +89,7 @@ class SessionCodec:
             session = Session(str(data["u"]), str(data["s"]), float(data["e"]))
         except (ValueError, KeyError, TypeError):
             return None
-        return session if session.expires > self._wall() else None
+        return session if session.expires > self.wall() else None
 
     def csrf(self, sid: str) -> str:
         return _b64(hmac.new(self._key, b"csrf:" + sid.encode(), hashlib.sha256).digest())[:32]
@@ -183,13 +185,14 @@ class SessionGate:
         self._ttl = cache_ttl
         self._clock = clock
         self._known: dict[str, float] = {}  # user -> when last seen to exist
+        self._ended: dict[str, float] = {}  # session id -> its expiry: logged out (kept until the server stops)
 
     async def principal(self, scope: Scope) -> Principal | None:
         cookie = cookie_of(scope, COOKIE)
         if not cookie:
             return None
         session = self.codec.read(cookie)
-        if session is None:
+        if session is None or session.sid in self._ended:
             return None
         now = self._clock()
         if now - self._known.get(session.user, float("-inf")) >= self._ttl:
@@ -198,6 +201,15 @@ class SessionGate:
                 return None
             self._known[session.user] = now
         return Principal(f"user:{session.user}", frozenset({"admin"}), session=session.sid)
+
+    def end(self, cookie: str | None) -> None:
+        """Log a session out: its cookie is refused from now on, even if a copy of it survives in a browser."""
+        session = None if not cookie else self.codec.read(cookie)
+        if session is None:
+            return
+        now = self.codec.wall()
+        self._ended = {sid: until for sid, until in self._ended.items() if until > now}  # expired: refused anyway
+        self._ended[session.sid] = session.expires
 
     async def check_csrf(self, scope: Scope, receive: Receive, principal: Principal) -> Receive | None:
         """``receive`` to go on with (a replay of the form body when it was read) if the request may proceed,

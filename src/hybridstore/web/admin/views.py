@@ -4,13 +4,8 @@ read files block (call them from a worker thread)."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import re
-import sqlite3
-import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from ...config import StoreConfig, redact
@@ -50,41 +45,11 @@ def _shown(value: Any) -> Any:
     return "(absent)" if value is MISSING else value
 
 
-@contextlib.contextmanager
-def _read_only(path: Path) -> Iterator[sqlite3.Connection]:
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-    try:
-        yield conn
-    finally:
-        conn.close()
-
-
-def pending_entries(data_dir: Path, *, limit: int = 100) -> list[dict[str, Any]]:
-    """The oldest writes waiting for the primary: what, since when, push attempts and the last error."""
-    path = data_dir / "local.db"
-    if not path.exists():
-        return []
-    now = time.time()
-    with _read_only(path) as conn:
-        rows = conn.execute(
-            "SELECT seq, op_id, collection, key, value IS NULL, created_at, attempts, last_error FROM outbox "
-            "ORDER BY seq LIMIT ?",
-            (limit,),
-        ).fetchall()
-    return [
-        {
-            "seq": r[0],
-            "op_id": r[1],
-            "collection": r[2],
-            "key": r[3],
-            "deleted": bool(r[4]),
-            "created_at": r[5],
-            "age_s": max(0.0, now - r[5]),
-            "attempts": r[6],
-            "last_error": r[7],
-        }
-        for r in rows
-    ]
+def pending_rows(outbox: dict[str, Any], now: float) -> list[dict[str, Any]]:
+    """The pending queue of `hybridstore.web.localview.outbox_view` as table rows (SQLite's outbox, then the
+    journal's ops), each with its age."""
+    rows = [{**e, "tier": "local"} for e in outbox.get("entries", [])] + list(outbox.get("journal", []))
+    return [{**r, "age_s": max(0.0, now - float(r["created_at"]))} for r in rows]
 
 
 def audit_entries(

@@ -158,7 +158,7 @@
         const file = form.querySelector('input[type="file"]').files[0];
         if (!file) { say(out, "Pick a file first.", "bad"); return; }
         say(out, `Uploading ${file.name}…`);
-        finish(form, await call("POST", form.dataset.upload, file, "application/octet-stream"), out);
+        finish(form, await follow(await call("POST", form.dataset.upload, file, "application/octet-stream"), out), out);
       } else if (form.dataset.restore) {
         await restorePreview(form, out);
       } else if (form.dataset.resilience) {
@@ -167,6 +167,7 @@
         let body;
         try { body = fields(form); } catch (e) { say(out, "Invalid JSON: " + e.message, "bad"); return; }
         if (form.dataset.raw) body = body[form.dataset.raw];
+        if (form.dataset.spread) { const extra = body[form.dataset.spread]; delete body[form.dataset.spread]; Object.assign(body, extra); }
         const method = (form.dataset.method || "POST").toUpperCase();
         say(out, "Working…");
         finish(form, await follow(await call(method, form.dataset.api, body), out), out);
@@ -212,7 +213,9 @@
   const finishedRun = (run) => run && !["running", "queued", "pending", "started"].includes(run.status);
   async function runResilience(form, out) {
     const scenario = form.elements.scenario.value;
-    const r = await call("POST", form.dataset.resilience, scenario ? { scenarios: [scenario] } : {});
+    const body = { duration: Number(form.elements.duration.value) || 10 };
+    if (scenario) body.scenarios = [scenario];
+    const r = await call("POST", form.dataset.resilience, body);
     if (!r.ok) { say(out, problem(r), "bad"); return; }
     let run = r.data;
     while (!finishedRun(run)) {
@@ -223,8 +226,19 @@
       if (!next.ok) { say(out, problem(next), "bad"); return; }
       run = next.data;
     }
-    say(out, summary({ id: run.id, status: run.status, report: run.report }), run.status === "failed" ? "bad" : "ok");
+    const box = summary({ id: run.id, status: run.status, report: run.report });
+    box.prepend(reportLink(form.dataset.resilience, run));
+    say(out, box, run.status === "failed" || run.error ? "bad" : "ok");
     loadRuns();
+  }
+  function reportLink(base, run) {
+    const p = document.createElement("p");
+    p.textContent = `Run ${run.id}: ${run.status}${run.error ? " — " + run.error : ""}. `;
+    const a = document.createElement("a");
+    a.href = `${base}/${encodeURIComponent(run.id)}/report.html`;
+    a.textContent = "Full report";
+    p.appendChild(a);
+    return p;
   }
   async function loadRuns() {
     const box = document.querySelector("[data-resilience-runs]");
@@ -234,13 +248,14 @@
     const runs = Array.isArray(r.data) ? r.data : (r.data.runs || []);
     box.textContent = "";
     if (!runs.length) { box.textContent = "No run yet."; return; }
+    const list = document.createElement("ul");
+    list.className = "plain";
     runs.forEach((run) => {
-      const d = document.createElement("details");
-      const s = document.createElement("summary");
-      s.textContent = `Run ${run.id}: ${run.status}`;
-      const pre = document.createElement("pre"); pre.textContent = JSON.stringify(run.report, null, 2);
-      d.appendChild(s); d.appendChild(pre); box.appendChild(d);
+      const li = document.createElement("li");
+      li.appendChild(reportLink(box.dataset.resilienceRuns, run));
+      list.appendChild(li);
     });
+    box.appendChild(list);
   }
 
   // live numbers
@@ -273,8 +288,21 @@
   if (csrf && window.EventSource) {
     const source = new EventSource("/admin/stream");
     source.addEventListener("sample", (e) => apply(JSON.parse(e.data)));
+    // node events (primary down, circuit open, backup taken…) are announced as they happen
+    const toast = document.getElementById("toast");
+    let hide;
+    source.addEventListener("node-event", (e) => {
+      const ev = JSON.parse(e.data);
+      toast.textContent = `${ev.kind.replace(/_/g, " ")}${ev.detail ? ": " + ev.detail : ""}`;
+      clearTimeout(hide);
+      hide = setTimeout(() => { toast.textContent = ""; }, 8000);
+    });
     window.addEventListener("pagehide", () => source.close());
   }
+  document.querySelectorAll("[data-load]").forEach(async (el) => {
+    const r = await call("GET", el.dataset.load);
+    el.textContent = r.ok ? JSON.stringify(r.data, null, 2) : problem(r);
+  });
   document.querySelectorAll("form").forEach(check);
   loadRuns();
 })();
