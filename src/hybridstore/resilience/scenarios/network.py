@@ -102,7 +102,8 @@ class HighLatency(Scenario):
             r.require(
                 f"p99 during the latency ≤ {bound:.0f} ms (bounded by the timeout)", (during or 0) <= bound, during
             )
-            r.require("the latency was injected", (r.details.get("proxy") or {}).get("delayed_chunks", 0) > 0)
+            delayed = (r.details.get("proxy") or {}).get("delayed_chunks", 0)
+            r.require("the latency was injected (chunks delayed)", delayed > 0, delayed)
             return r
 
 
