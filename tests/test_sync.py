@@ -577,6 +577,29 @@ def test_a_newer_queued_write_still_wins_after_an_older_one_lost(
         assert local_value(a, "reg", key) == local_value(b, "reg", key) == {"v": "a2"}
 
 
+@pytest.mark.parametrize("batch_size", [1, 1000])
+def test_a_write_queued_behind_a_merged_one_is_merged_too(
+    make_store: StoreFactory, pg: psycopg.Connection[Any], pg_schema: str, batch_size: int
+) -> None:
+    """merge: a's two queued writes (the second made on top of the first) meet b's change. The first is merged
+    with it; the second, written on top of the first and not of the merge, is merged as well (its base is the first
+    write), so b's field survives — pushed one op per batch (the next batch read before the first settled) or both
+    in one batch. Found by the resilience tester's sync_conflicts scenario."""
+    opts: dict[str, Any] = {"conflict_strategies": {"carts": "merge"}, "background": False}
+    a = make_store(f"a{batch_size}", write_mode="local_first", batch_size=batch_size, coalesce=False, **opts)
+    b = make_store(f"b{batch_size}", **opts)
+    b.set("carts", "c", {"apples": 0, "pears": 0})
+    a.sync_now()
+    assert local_value(a, "carts", "c") == {"apples": 0, "pears": 0}
+    a.set("carts", "c", {"apples": 1, "pears": 0})
+    a.set("carts", "c", {"apples": 1, "pears": 0, "plums": 2})  # made on top of the first
+    b.set("carts", "c", {"apples": 0, "pears": 5})  # meanwhile on the primary
+    converge(a, b)
+    want = {"apples": 1, "pears": 5, "plums": 2}
+    assert primary_rows(pg, pg_schema)["c"][0] == want, "a write queued behind a merged one undid the merge"
+    assert local_value(a, "carts", "c") == local_value(b, "carts", "c") == want
+
+
 def test_a_row_pulled_while_the_key_is_pending_is_not_lost(
     make_store: StoreFactory, pg: psycopg.Connection[Any], pg_schema: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

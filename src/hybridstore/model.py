@@ -174,11 +174,12 @@ class StoredRow(NamedTuple):
 
 class ApplyOutcome(NamedTuple):
     """What the primary did with one op: ``applied``, ``duplicate`` (seen before), ``superseded`` (lost to a
-    newer write under last-writer-wins), ``manual`` (a conflict queued for an admin) or ``conflict`` (to be
-    merged by the client). ``current`` is the primary's row for the key after the op."""
+    newer write under last-writer-wins), ``manual`` (a conflict queued for an admin), ``conflict`` (to be
+    merged by the client) or, once the client merged it, ``merged`` (the op's key holds the merge of the op with
+    what it conflicted with). ``current`` is the primary's row for the key after the op."""
 
     op_id: str
-    outcome: Literal["applied", "duplicate", "superseded", "manual", "conflict"]
+    outcome: Literal["applied", "duplicate", "superseded", "manual", "conflict", "merged"]
     current: StoredRow | None
 
 

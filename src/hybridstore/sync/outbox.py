@@ -354,7 +354,9 @@ class OutboxReplayer:
             else:
                 raise PrimaryUnavailableError(f"{op.collection}/{op.key} keeps conflicting; will merge again later")
         return [
-            resolved[(op.collection, op.key)]._replace(op_id=out.op_id) if out.outcome == "conflict" else out
+            resolved[(op.collection, op.key)]._replace(op_id=out.op_id, outcome="merged")
+            if out.outcome == "conflict"
+            else out
             for (_, op, _), out in zip(entries, outcomes, strict=True)
         ]
 
@@ -457,7 +459,7 @@ class OutboxReplayer:
 
     def _count(self, done: Sequence[tuple[int, Op, ApplyOutcome]], report: SyncReport) -> None:
         for _, _, out in done:
-            if out.outcome == "applied":
+            if out.outcome in ("applied", "merged"):
                 report.pushed += 1
                 self.totals.pushed += 1
             elif out.outcome == "superseded":

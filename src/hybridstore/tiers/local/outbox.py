@@ -65,6 +65,10 @@ WHERE collection = ?1 AND key = ?2 AND version < ?4 AND pending_seq IS NULL
 """
 # Outcomes whose row a key's later pending ops follow: the pushed op reached the primary.
 FOLLOWED = ("applied", "duplicate")
+# ... and not after a merge: the key's later ops were written on top of the pushed op, not of the merge result, so
+# they stay based on the version before it (their push conflicts again) with the pushed op's own value as their
+# merge base — merging them then keeps what the merge brought in from the other side.
+_REBASE = "UPDATE records SET base_value = ?1 WHERE collection = ?2 AND key = ?3 AND pending_seq > ?4"
 _DEAD_LETTER_FIELDS = (
     "id",
     "op_id",
@@ -160,6 +164,10 @@ class LocalOutbox(LocalDatabase):
         followed: list[tuple[Any, ...]] = []  # the op reached the primary (applied, duplicate): the common case
         adopt: list[tuple[Any, ...]] = []
         gone: list[tuple[Any, ...]] = []
+        rebase: list[tuple[Any, ...]] = []
+        last_op: dict[tuple[str, str], Op] = {}
+        for _, op, _ in done:
+            last_op[(op.collection, op.key)] = op
         for (c, k), (seq, out) in last.items():
             cur = out.current
             if cur is None:
@@ -168,6 +176,8 @@ class LocalOutbox(LocalDatabase):
                 followed.append((cur[2], cur[4], cur[5], cur[6], now, cur[3], seq, c, k))
             else:
                 adopt.append((cur[2], cur[4], cur[5], cur[6], now, cur[3], seq, c, k, False))
+                if out.outcome == "merged":
+                    rebase.append((last_op[(c, k)].value_json, c, k, seq))
         drop: list[tuple[tuple[str, str], StoredRow]] = []  # rows set aside that are settled now
         with self._transaction(precise=True) as conn:
             for key in last:
@@ -179,6 +189,7 @@ class LocalOutbox(LocalDatabase):
             if followed and conn.executemany(_SETTLE, followed).rowcount < len(followed):
                 conn.executemany(_FOLLOW, followed)  # some keys have later pending ops: they follow this write
             conn.executemany(_COMPLETE, adopt)
+            conn.executemany(_REBASE, rebase)
             conn.executemany(
                 "UPDATE records SET synced_at = ?, pending_seq = NULL "
                 "WHERE collection = ? AND key = ? AND pending_seq <= ?",
