@@ -31,6 +31,7 @@ from .model import StoredRow
 from .node.core import Pusher
 from .node.gateway import PrimaryGateway
 from .node.heartbeat import Heartbeat
+from .node.origin import OriginGuard
 from .node.router import Router
 from .node.slot import LocalSlot
 from .node.status import PullerView, StatusBoard
@@ -130,6 +131,9 @@ class Node:
             wall=t.wall,
         )
         self._workers.append(self.gateway.stop)
+        # A node id with no stamp in this data directory may have written before, from another one: its first
+        # writes to the primary wait until its clock is past what it wrote then (node/origin.py).
+        self.origin = OriginGuard(self.node_id, self.clock, self.gateway, self.slot, needed=bool(primary and not last))
         self.strategies = StrategyTable(config.conflict_strategy, config.conflict_strategies)
         self.replayer = OutboxReplayer(
             slot=self.slot,
@@ -137,6 +141,7 @@ class Node:
             gateway=self.gateway,
             events=self.events,
             observe=self.clock.observe,
+            origin=self.origin,
             batch_size=config.batch_size,
             strategies=self.strategies,
             max_rejections=config.sync_retry_attempts,

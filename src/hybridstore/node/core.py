@@ -28,6 +28,7 @@ from .timing import TimeSource
 if TYPE_CHECKING:
     from ..tiers.journal import JournalTier
     from ..tiers.local import LocalTier
+    from .origin import OriginGuard
     from .status import StatusBoard
 
 
@@ -79,6 +80,7 @@ class NodeCore(Protocol):
     journal: JournalTier
     sync: Pusher
     status: StatusBoard
+    origin: OriginGuard
 
     @property
     def closed(self) -> bool: ...

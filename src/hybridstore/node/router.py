@@ -56,12 +56,25 @@ class Router:
         return Op(new_op_id(), collection, key, value_json, self._clock.now(), self._node.node_id, 0, self._wall())
 
     def write(self, collection: str, key: str, value_json: str | None) -> WriteResult:
-        op = self.new_op(collection, key, value_json)
-        if self._node.config.write_mode == "write_through" and self._gateway.allow():
+        if self._node.config.write_mode == "write_through" and self._gateway.allow() and self._origin_settled():
+            op = self.new_op(collection, key, value_json)  # stamped after the check: after the node id's old writes
             result = self._write_through(op)
             if result is not None:
                 return result
-        return self.queue(op)
+            return self.queue(op)
+        return self.queue(self.new_op(collection, key, value_json))
+
+    def _origin_settled(self) -> bool:
+        """Does this node's clock order after everything its node id wrote before (`OriginGuard`)? Asks the
+        primary the first time on a new data directory; False (the write is queued) if it cannot be asked."""
+        origin = self._node.origin
+        if origin.settled:
+            return True
+        try:
+            origin.ensure()
+        except PrimaryUnavailableError:
+            return False
+        return True
 
     def _write_through(self, op: Op) -> WriteResult | None:
         """Write on the primary, or ``None`` when the op must be queued instead."""

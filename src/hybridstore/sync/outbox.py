@@ -39,6 +39,7 @@ from ..worker import Worker
 
 if TYPE_CHECKING:
     from ..node.gateway import PrimaryGateway
+    from ..node.origin import OriginGuard
     from ..node.slot import LocalSlot
     from ..tiers.journal import JournalTier
     from ..tiers.local import LocalTier
@@ -61,6 +62,7 @@ class OutboxReplayer:
         gateway: PrimaryGateway,
         events: EventBus,
         observe: Callable[[str], None],
+        origin: OriginGuard | None = None,
         batch_size: int = 1000,
         strategies: StrategyTable | None = None,
         max_rejections: int = 3,
@@ -77,6 +79,7 @@ class OutboxReplayer:
         self._journal = journal
         self._gateway = gateway
         self._observe = observe
+        self._origin = origin  # this node's stamps order after its node id's old writes (node/origin.py)
         self._wall = wall
         self._clock = clock
         self._replay_failures = 0
@@ -228,6 +231,8 @@ class OutboxReplayer:
         self._slot.mark_recovered(tier=local)
 
     def _push_journal(self, report: SyncReport) -> None:
+        if self._origin is not None:
+            self._origin.ensure()  # journaled stamps are not re-stamped: a new data directory rarely has any
         with self._replay_lock:
             ops = self._journal.entries()[self._journal_pushed :]
             for start in range(0, len(ops), self.batch_size):
@@ -256,6 +261,8 @@ class OutboxReplayer:
             return 0
         settled = 0
         with self._push_lock:
+            if self._origin is not None:
+                self._origin.ensure()  # before anything of this node reaches the primary (re-stamps if needed)
             self.state = "pushing"
             entries = local.pending_ops(self.batch_size)
             previous: list[tuple[int, Op, ApplyOutcome]] = []

@@ -98,6 +98,22 @@ class PrimaryTier(PrimaryConnection):
         bases = list(base_values) if base_values is not None else [None] * len(ops)
         return self._run(lambda conn: self._pusher.push_batch(conn, ops, names, bases))
 
+    def origin_max_hlc(self, origin: str) -> str | None:
+        """The newest stamp the primary holds of ``origin``'s writes: its rows, its replay marks, its watermark
+        (``None`` if none). A full scan of ``records``: for a node id starting on a new data directory only."""
+        q = self._q
+        statement = (
+            f'SELECT greatest((SELECT max(hlc COLLATE "C") FROM {q}.records WHERE origin = %s), '
+            f'(SELECT max(hlc COLLATE "C") FROM {q}.settled_marks WHERE origin = %s), '
+            f'(SELECT settled COLLATE "C" FROM {q}.node_settled WHERE origin = %s))'
+        )
+
+        def newest(conn: psycopg.Connection[Any]) -> str | None:
+            row = conn.execute(statement, (origin, origin, origin)).fetchone()
+            return None if row is None or row[0] is None else str(row[0])
+
+        return self._run(newest)
+
     def report_settled(self, origin: str, settled: str) -> None:
         """Tell the primary that every op of ``origin`` with an HLC below ``settled`` is settled for good: a replay
         of one of them is a duplicate whatever the retention pruned since (migration 0008)."""

@@ -20,7 +20,7 @@ Contract:
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ...model import ApplyOutcome, Op, StoredRow
@@ -111,6 +111,23 @@ class LocalOutbox(LocalDatabase):
             if fresh and len(ops) > 1 and (stored := self._store_fresh_many(conn, ops, now)) is not None:
                 return stored
             return [s for op in ops if (s := self._store_op(conn, op, now, fresh=fresh)) is not None]
+
+    def restamp_pending(self, origin: str, ceiling: str, stamp: Callable[[], str]) -> int:
+        """Give ``origin``'s queued ops stamped at or below ``ceiling`` new stamps from ``stamp`` (increasing), in
+        queue order, and their keys' pending rows the newest; returns how many (see `hybridstore.node.origin`)."""
+        with self._transaction(precise=True) as conn:
+            rows = conn.execute(
+                "SELECT seq, collection, key FROM outbox WHERE origin = ? AND hlc <= ? ORDER BY seq", (origin, ceiling)
+            ).fetchall()
+            for seq, collection, key in rows:
+                new = stamp()
+                self.cache.discard((collection, key))
+                conn.execute("UPDATE outbox SET hlc = ? WHERE seq = ?", (new, seq))
+                conn.execute(
+                    "UPDATE records SET hlc = ? WHERE collection = ? AND key = ? AND pending_seq = ?",
+                    (new, collection, key, seq),
+                )
+        return len(rows)
 
     def embedded(self) -> None:
         """This tier runs without a primary: coalesce every queued op, those found at open included (no pusher
