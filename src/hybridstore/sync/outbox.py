@@ -261,8 +261,12 @@ class OutboxReplayer:
             return 0
         settled = 0
         with self._push_lock:
-            if self._origin is not None:
-                self._origin.ensure()  # before anything of this node reaches the primary (re-stamps if needed)
+            if self._origin is not None and not self._origin.settled:
+                try:
+                    self._origin.ensure()  # before anything of this node reaches the primary (re-stamps if needed)
+                except PrimaryUnavailableError as exc:  # a failed push of the first batch, as far as anyone waits
+                    self._failed(local, local.pending_ops(self.batch_size), exc, report)
+                    raise
             self.state = "pushing"
             entries = local.pending_ops(self.batch_size)
             previous: list[tuple[int, Op, ApplyOutcome]] = []
