@@ -600,6 +600,33 @@ def test_a_write_queued_behind_a_merged_one_is_merged_too(
     assert local_value(a, "carts", "c") == local_value(b, "carts", "c") == want
 
 
+@pytest.mark.parametrize("batch_size", [1, 1000])
+def test_a_write_queued_behind_a_replayed_one_does_not_follow_a_newer_row(
+    make_store: StoreFactory, pg: psycopg.Connection[Any], pg_schema: str, batch_size: int
+) -> None:
+    """a's first write reached the primary but a never learned it (a push that timed out), then b wrote on top of
+    it. When a pushes again, its first write is a duplicate whose row is b's now; its second write, made on top of
+    its first, is not a follow-up of b's row (it would overwrite b's field): it is merged with it. Found by the
+    resilience tester's sync_conflicts scenario (pushes cut mid-way, replayed)."""
+    opts: dict[str, Any] = {"conflict_strategies": {"carts": "merge"}, "background": False}
+    a = make_store(f"a{batch_size}", write_mode="local_first", batch_size=batch_size, coalesce=False, **opts)
+    b = make_store(f"b{batch_size}", **opts)
+    b.set("carts", "c", {"apples": 0, "pears": 0})
+    a.sync_now()
+    a.set("carts", "c", {"apples": 1, "pears": 0})
+    local = a.node.slot.tier
+    assert local is not None
+    sent = [op for _, op, _ in local.pending_ops(10)]
+    a.node.gateway.tier.put_many(sent, strategies=["merge"])  # type: ignore[union-attr]  # a never hears back
+    b.sync_now()  # b pulls a's first write, then writes on top of it
+    assert b.set("carts", "c", {"apples": 1, "pears": 5}).tier == "primary"
+    a.set("carts", "c", {"apples": 1, "pears": 0, "plums": 2})  # made on top of a's first write
+    converge(a, b)
+    want = {"apples": 1, "pears": 5, "plums": 2}
+    assert primary_rows(pg, pg_schema)["c"][0] == want, "a write queued behind a replayed one overwrote b's"
+    assert local_value(a, "carts", "c") == local_value(b, "carts", "c") == want
+
+
 def test_a_row_pulled_while_the_key_is_pending_is_not_lost(
     make_store: StoreFactory, pg: psycopg.Connection[Any], pg_schema: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

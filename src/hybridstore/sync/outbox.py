@@ -34,7 +34,7 @@ from ..errors import (
 from ..events import Event, EventBus
 from ..merge import MISSING, StrategyTable, merge3
 from ..model import ApplyOutcome, Op, StoredRow, SyncReport
-from ..tiers.local.outbox import FOLLOWED
+from ..tiers.local.outbox import follows
 from ..worker import Worker
 
 if TYPE_CHECKING:
@@ -298,7 +298,7 @@ class OutboxReplayer:
                         break
                     self._batch_done(len(entries), time.perf_counter() - started)
                     previous = [(seq, op, out) for (seq, op, _), out in zip(entries, outcomes, strict=True)]
-                    entries = _rebased(following, outcomes)
+                    entries = _rebased(following, previous)
             finally:
                 if previous:
                     done, previous = previous, []
@@ -413,7 +413,7 @@ class OutboxReplayer:
                     continue
                 if out.current is not None:
                     self._observe(out.current.hlc)
-                versions.update(_followed_versions([out]))
+                versions.update(_followed_versions([(op, out)]))
                 done.append((seq, op, out))
         finally:
             if done:
@@ -528,13 +528,13 @@ class OutboxReplayer:
         return report
 
 
-def _rebased(following: list[Pending], outcomes: Sequence[ApplyOutcome]) -> list[Pending]:
+def _rebased(following: list[Pending], pushed: Sequence[tuple[int, Op, ApplyOutcome]]) -> list[Pending]:
     """The next batch (read before this one was settled) with the base versions of its keys that this batch's ops
     reached the primary for patched from this batch's results (see `_followed_versions`)."""
     if not following:
         return following
     keys = {(op.collection, op.key) for _, op, _ in following}
-    versions = _followed_versions([o for o in outcomes if o.current is not None and o.current[:2] in keys])
+    versions = _followed_versions([(op, o) for _, op, o in pushed if o.current is not None and o.current[:2] in keys])
     if not versions:
         return following
     return [
@@ -545,16 +545,17 @@ def _rebased(following: list[Pending], outcomes: Sequence[ApplyOutcome]) -> list
     ]
 
 
-def _followed_versions(outcomes: Sequence[ApplyOutcome]) -> dict[tuple[str, str], int]:
+def _followed_versions(pushed: Sequence[tuple[Op, ApplyOutcome]]) -> dict[tuple[str, str], int]:
     """The primary versions that the keys' later queued ops are based on after these outcomes: the versions of
-    ops that reached the primary (applied, or applied before: duplicate). An op that lost (superseded, manual)
-    teaches nothing: the key's next op was written on top of it, not on top of the winner, so it must be judged
-    against the winner as a conflict — under last_wins by HLC, under manual by an admin — never be taken for a
+    the rows the pushed ops made (see `follows`). An op that lost (superseded, manual), was merged, or was applied
+    before while the row has moved on since (a duplicate whose row is another write) teaches nothing: the key's
+    next op was written on top of it, not on top of the row now there, so it must be judged against that row as a
+    conflict — under last_wins by HLC, under merge by merging, under manual by an admin — never be taken for a
     follow-up of a write its node had not seen when it was made."""
     return {
         (o.current.collection, o.current.key): o.current.version
-        for o in outcomes
-        if o.current is not None and o.outcome in FOLLOWED
+        for op, o in pushed
+        if o.current is not None and follows(op, o)
     }
 
 

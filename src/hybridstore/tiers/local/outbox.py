@@ -63,12 +63,23 @@ UPDATE records SET value = ?3, version = ?4, hlc = ?5, origin = ?6, updated_at =
     base_value = NULL, pending_seq = NULL
 WHERE collection = ?1 AND key = ?2 AND version < ?4 AND pending_seq IS NULL
 """
-# Outcomes whose row a key's later pending ops follow: the pushed op reached the primary.
-FOLLOWED = ("applied", "duplicate")
-# ... and not after a merge: the key's later ops were written on top of the pushed op, not of the merge result, so
-# they stay based on the version before it (their push conflicts again) with the pushed op's own value as their
-# merge base — merging them then keeps what the merge brought in from the other side.
+# Otherwise (the pushed op was merged, or the row is another write now): the key's later ops were written on top
+# of the pushed op, not of the primary's row, so they stay based on the version before it (their push conflicts)
+# with the pushed op's own value as their merge base — merging them then keeps what the other side brought in.
 _REBASE = "UPDATE records SET base_value = ?1 WHERE collection = ?2 AND key = ?3 AND pending_seq > ?4"
+
+
+def follows(op: Op, outcome: ApplyOutcome) -> bool:
+    """Do a key's later pending ops follow the primary's row after ``op``? Only if that row is ``op``'s own write:
+    applied now, or applied before (a duplicate) with the row still that write. A duplicate whose row is a newer
+    write of another node must not make them follow-ups of a write their node never saw."""
+    if outcome.current is None:
+        return False
+    if outcome.outcome == "applied":
+        return True
+    return outcome.outcome == "duplicate" and outcome.current.hlc == op.hlc and outcome.current.origin == op.origin
+
+
 _DEAD_LETTER_FIELDS = (
     "id",
     "op_id",
@@ -113,11 +124,12 @@ class LocalOutbox(LocalDatabase):
             return [s for op in ops if (s := self._store_op(conn, op, now, fresh=fresh)) is not None]
 
     def restamp_pending(self, origin: str, ceiling: str, stamp: Callable[[], str]) -> int:
-        """Give ``origin``'s queued ops stamped at or below ``ceiling`` new stamps from ``stamp`` (increasing), in
-        queue order, and their keys' pending rows the newest; returns how many (see `hybridstore.node.origin`)."""
+        """Give ``origin``'s queued ops stamped below ``ceiling`` new stamps from ``stamp`` (increasing), in queue
+        order, and their keys' pending rows the newest; returns how many (see `hybridstore.node.origin`). An op
+        stamped exactly ``ceiling`` is the write the primary holds: it keeps its stamp (pushing it is a replay)."""
         with self._transaction(precise=True) as conn:
             rows = conn.execute(
-                "SELECT seq, collection, key FROM outbox WHERE origin = ? AND hlc <= ? ORDER BY seq", (origin, ceiling)
+                "SELECT seq, collection, key FROM outbox WHERE origin = ? AND hlc < ? ORDER BY seq", (origin, ceiling)
             ).fetchall()
             for seq, collection, key in rows:
                 new = stamp()
@@ -189,11 +201,11 @@ class LocalOutbox(LocalDatabase):
             cur = out.current
             if cur is None:
                 gone.append((now, c, k, seq))
-            elif out.outcome in FOLLOWED:
+            elif follows(last_op[(c, k)], out):
                 followed.append((cur[2], cur[4], cur[5], cur[6], now, cur[3], seq, c, k))
             else:
                 adopt.append((cur[2], cur[4], cur[5], cur[6], now, cur[3], seq, c, k, False))
-                if out.outcome == "merged":
+                if out.outcome in ("merged", "duplicate"):
                     rebase.append((last_op[(c, k)].value_json, c, k, seq))
         drop: list[tuple[tuple[str, str], StoredRow]] = []  # rows set aside that are settled now
         with self._transaction(precise=True) as conn:
