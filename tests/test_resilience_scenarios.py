@@ -36,21 +36,7 @@ def run_one(pg_dsn: str, tmp_path: Path, name: str, **options: Any) -> dict[str,
     return scenario
 
 
-# A finding of the tester, not a flake: under `merge`, with three nodes doing read-modify-writes of their own counter
-# field, an older counter can still come back (seen as "<node>'s acknowledged counter N lost"); it depends on the
-# interleaving, so not every seed shows it. One cause is fixed (a write queued behind a merged one took the merge
-# result as its base: test_sync.py::test_a_write_queued_behind_a_merged_one_is_merged_too); another interleaving
-# remains. Remove this mark once it is found.
-KNOWN_FAILING = {"sync_conflicts": "merge: an older counter can come back under some interleavings (see the comment)"}
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(n, marks=pytest.mark.xfail(reason=KNOWN_FAILING[n], strict=False)) if n in KNOWN_FAILING else n
-        for n in SCENARIOS
-    ],
-)
+@pytest.mark.parametrize("name", SCENARIOS)
 def test_scenario_passes_against_the_real_store(pg_dsn: str, tmp_path: Path, name: str, no_faults: None) -> None:
     s = run_one(pg_dsn, tmp_path, name)
     failed = [c for c in s["criteria"] if not c["passed"]]

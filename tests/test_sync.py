@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -625,6 +626,36 @@ def test_a_write_queued_behind_a_replayed_one_does_not_follow_a_newer_row(
     want = {"apples": 1, "pears": 5, "plums": 2}
     assert primary_rows(pg, pg_schema)["c"][0] == want, "a write queued behind a replayed one overwrote b's"
     assert local_value(a, "carts", "c") == local_value(b, "carts", "c") == want
+
+
+def test_a_merge_that_did_not_apply_leaves_no_trace(
+    make_store: StoreFactory, pg: psycopg.Connection[Any], pg_schema: str
+) -> None:
+    """A merged value is pushed against the version it was merged with; when someone wrote in between it does not
+    apply, and it must leave nothing behind: a replay mark for it would cover the conflicting op itself (still
+    queued, stamped before the merge), which would then be taken for a replay and dropped. Found by the resilience
+    tester's sync_conflicts scenario (three nodes merging the same keys)."""
+    opts: dict[str, Any] = {"conflict_strategies": {"carts": "merge"}, "background": False}
+    a = make_store("a", write_mode="local_first", **opts)
+    b = make_store("b", **opts)
+    b.set("carts", "c", {"x": 1})
+    a.sync_now()
+    a.set("carts", "c", {"x": 1, "a": 1})  # queued on top of version 1
+    b.set("carts", "c", {"x": 2})
+    local, tier = a.node.slot.tier, a.node.gateway.tier
+    assert local is not None and tier is not None
+    ((_, op, base),) = local.pending_ops(10)
+    seen = tier.get("carts", "c")  # a merges with version 2 ...
+    b.set("carts", "c", {"x": 3})  # ... while b writes version 3
+    assert seen is not None and seen.version == 2
+    merged = op._replace(op_id=str(uuid.uuid4()), value_json='{"x": 2, "a": 1}', hlc=max(op.hlc, seen.hlc))
+    merged = merged._replace(base_version=seen.version)
+    out = tier.push_resolution(merged, "merge", base=base, local=op.value_json, remote=seen, actor="test")
+    assert out.outcome == "conflict" and out.current is not None and out.current.version == 3
+    marks = pg.execute(f'SELECT count(*) FROM "{pg_schema}".settled_marks WHERE origin = %s', (a.node_id,))
+    assert marks.fetchone() == (0,), "a merge that did not apply left a replay mark"
+    a.sync_now()  # the queued op conflicts with version 3 and is merged with it
+    assert primary_rows(pg, pg_schema)["c"][0] == {"x": 3, "a": 1}
 
 
 def test_a_row_pulled_while_the_key_is_pending_is_not_lost(

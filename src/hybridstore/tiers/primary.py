@@ -288,8 +288,12 @@ class PrimaryTier(PrimaryConnection):
         The log is written only if the merged value applied."""
 
         def run(conn: psycopg.Connection[Any]) -> ApplyOutcome:
-            with conn.transaction():
+            with conn.transaction() as tx:
                 outcome = self._apply_one(conn, op, strategy, base)
+                if outcome.outcome not in ("applied", "duplicate"):
+                    # Someone wrote in between: the merge did not apply and leaves no trace (no replay mark, which
+                    # would cover the conflicting op itself, still queued); the caller merges again.
+                    raise psycopg.Rollback(tx)  # leaves the block: `outcome` is returned below
                 if outcome.outcome == "applied":
                     row = conn.execute(
                         f"INSERT INTO {self._q}.conflicts (collection, key, strategy, base, local, remote, local_hlc, "
@@ -317,7 +321,7 @@ class PrimaryTier(PrimaryConnection):
                         f"VALUES (%s, 'conflict.resolved', %s, %s::jsonb)",
                         (actor, f"{op.collection}/{op.key}", json.dumps({"conflict_id": row[0], "strategy": strategy})),
                     )
-                return outcome
+            return outcome
 
         return self._run(run)
 
