@@ -531,17 +531,18 @@ def test_serve_prints_a_one_time_setup_link(chromium: Any, tmp_path: Path) -> No
         page.goto(f"{base}/admin/data-storage")  # a page with its live stream open while the server stops
         key = re.search(r"hsk_\S+", log.read_text())
         assert key, "serve printed its setup API key"
-        ended = threading.Event()
+        connected, ended = threading.Event(), threading.Event()
 
         def listen() -> None:
             headers = {"Authorization": f"Bearer {key[0]}", "Accept": "text/event-stream"}
             with httpx.stream("GET", f"{base}/api/v1/events/stream", headers=headers, timeout=30) as r:
+                connected.set()  # the response has started: the stream is open on the server
                 for _ in r.iter_lines():
                     pass
             ended.set()
 
         threading.Thread(target=listen, name="sse-until-stop", daemon=True).start()
-        time.sleep(0.5)
+        assert connected.wait(10), "the event stream did not open"
         started = time.monotonic()
         proc.terminate()
         assert proc.wait(timeout=30) == 0, log.read_text()

@@ -17,6 +17,7 @@ from fastapi import Query, Request
 from starlette.responses import RedirectResponse, Response
 
 from ...errors import HybridStoreError
+from ..api_data import record_json
 from ..context import WebContext
 from ..localview import outbox_view
 from ..routing import ScopedRouter
@@ -186,11 +187,11 @@ def build(ctx: WebContext, codec: SessionCodec, feed: LiveFeed, users: UserStore
                     lambda: store.list(collection, prefix=prefix, limit=PAGE_SIZE, after=after or None)
                 )
                 if page_ is not None:
-                    out["items"] = [_record(r) for r in page_.records]
+                    out["items"] = [record_json(r) for r in page_.records]
                     out["next_after"] = page_.next_after
                 if key is not None:
                     record, error = _safe(lambda: store.get(collection, key))
-                    out["record"] = None if record is None else _record(record)
+                    out["record"] = None if record is None else record_json(record)
                 out["error"] = error
             return out
 
@@ -224,21 +225,6 @@ def build(ctx: WebContext, codec: SessionCodec, feed: LiveFeed, users: UserStore
         return show(request, "settings.html", "settings", "Settings", **await ctx.run(gather))
 
     return routes
-
-
-def _record(r: Any) -> dict[str, Any]:
-    return {
-        "collection": r.collection,
-        "key": r.key,
-        "value": r.value,
-        "version": r.version,
-        "hlc": r.hlc,
-        "origin": r.origin,
-        "source": r.source,
-        "pending": r.synced_at is None,
-        "synced_at": r.synced_at,
-        "updated_at": r.updated_at,
-    }
 
 
 def _data_bytes(data_dir: Any) -> int:
