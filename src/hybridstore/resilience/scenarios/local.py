@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 from ...compose import LOCAL_DB
+from ...recovery.probes import quick_check
 from ..damage import SmallDisk, checkpoint, garble_pages
 from ..scenario import RunContext, Scenario, ScenarioResult, Trial
 
@@ -18,6 +19,7 @@ class LocalCorruption(Scenario):
     )
     min_duration = 3.0
     rebuild_wait = 20.0
+    damage_settle = 1.0  # seconds the node gets to notice one round of damage before it is checked again
 
     def run(self, ctx: RunContext) -> ScenarioResult:
         rng = ctx.rng(self.name)
@@ -30,23 +32,32 @@ class LocalCorruption(Scenario):
             rebuild: dict[str, object] | None = None
             with t.fault("SQLite file garbled"):
                 db = ctx.sandbox.data_dir("a") / LOCAL_DB
-                checkpointed = checkpoint(db)
-                damaged_at = time.time()
-                pages = garble_pages(db, "records", 0.25, rng)
+                start = time.time()
                 deadline = time.monotonic() + max(during, self.rebuild_wait)
+                damaged_at, pages, rounds, checkpointed = start, 0, 0, True
+                next_look = 0.0
                 while time.monotonic() < deadline and not ctx.cancel.is_set():
-                    done = [e for e in a.recovery.events() if e["strategy"] == "rebuild_local"]
-                    if done and done[0]["outcome"] != "running":
-                        rebuild = done[0]
+                    events = [e for e in a.recovery.events() if e["strategy"] == "rebuild_local"]
+                    if events and events[0]["outcome"] != "running":
+                        rebuild = events[0]
                         break
+                    if not events and time.monotonic() >= next_look and (rounds == 0 or quick_check(db) == ["ok"]):
+                        # The garbled pages can be healed by SQLite itself before anyone reads them: a page the
+                        # node rewrites gets a newer copy in the WAL, which the next checkpoint writes over the
+                        # damage. Damage that did not stick is done again, so the node faces a damaged file.
+                        checkpointed = checkpoint(db) and checkpointed
+                        damaged_at = time.time()
+                        pages += garble_pages(db, "records", 0.25, rng)
+                        rounds += 1
+                        next_look = time.monotonic() + self.damage_settle
                     ctx.wait(0.05)
-                t.sleep(damaged_at + during - time.time())
+                t.sleep(start + during - time.time())
             t.heal()
             t.sleep(after)
             t.stop_writers()
             t.settle()
             r = t.finish(availability=0.99)
-            r.details.update({"pages_garbled": pages, "wal_checkpointed": checkpointed})
+            r.details.update({"pages_garbled": pages, "damage_rounds": rounds, "wal_checkpointed": checkpointed})
             r.require("the node rebuilt its local store", rebuild is not None and rebuild["outcome"] == "succeeded")
             if rebuild is not None:
                 started = float(rebuild["started_at"])  # type: ignore[arg-type]
