@@ -223,6 +223,35 @@ def test_login_session_and_csrf(client: TestClient) -> None:
     assert ("user:alice", "apikey.create", "ok") in seen and ("user:alice", "sync", "accepted") in seen
 
 
+def test_a_logged_out_session_stays_refused_after_a_restart(tmp_path: Path) -> None:
+    def serve() -> tuple[Any, Any]:
+        store = hybridstore.open(data_dir=tmp_path / "node", background=False)
+        return store, create_app(store, admin_token=None)
+
+    store, app = serve()
+    app.state.admin.users.add("alice", PASSWORD)
+    with TestClient(app) as c:
+        assert log_in(c).status_code == 303
+        kept, other = c.cookies.get(COOKIE), None
+        with TestClient(app) as c2:  # a second session of the same user, not logged out
+            assert log_in(c2).status_code == 303
+            other = c2.cookies.get(COOKIE)
+        assert c.post("/admin/logout", data={"csrf": csrf_of(c)}, follow_redirects=False).status_code == 303
+    app.state.live.stop()
+    store.close()
+
+    store, app = serve()  # the server restarts on the same data directory
+    try:
+        with TestClient(app) as c:
+            c.cookies.set(COOKIE, kept)
+            assert c.get("/admin/data-storage", follow_redirects=False).status_code == 401
+            c.cookies.set(COOKIE, other)
+            assert c.get("/admin/data-storage", follow_redirects=False).status_code == 200
+    finally:
+        app.state.live.stop()
+        store.close()
+
+
 def test_failed_logins_are_throttled(client: TestClient) -> None:
     for _ in range(5):
         assert log_in(client, "wrong password").status_code == 401

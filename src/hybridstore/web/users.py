@@ -104,6 +104,17 @@ class UserStore:
     def count(self) -> int:
         return int(self._db.query("SELECT count(*) FROM admin_users")[0][0])
 
+    def end_session(self, sid: str, expires: float) -> None:
+        """Record that session ``sid`` was logged out (refused until ``expires``); drops the expired records."""
+        with self._db.transaction() as conn:
+            conn.execute("DELETE FROM ended_sessions WHERE expires <= ?", (self._wall(),))
+            conn.execute("INSERT OR REPLACE INTO ended_sessions (sid, expires) VALUES (?, ?)", (sid, expires))
+
+    def ended_sessions(self) -> dict[str, float]:
+        """Session ids logged out and not expired yet, with their expiry."""
+        rows = self._db.query("SELECT sid, expires FROM ended_sessions WHERE expires > ?", (self._wall(),))
+        return {str(sid): float(until) for sid, until in rows}
+
     def verify(self, name: str, password: str) -> AdminUser | None:
         """The user if ``password`` is theirs, else ``None`` (the same work either way)."""
         from argon2.exceptions import InvalidHashError, VerificationError

@@ -190,7 +190,7 @@ def add_logout(router: ScopedRouter, ctx: WebContext, gate: SessionGate) -> None
     @router.post("/admin/logout", "admin", include_in_schema=False)
     async def logout(request: Request) -> Response:
         principal = principal_of(request)
-        gate.end(request.cookies.get(COOKIE))
+        await gate.end(request.cookies.get(COOKIE))
         client = _client(request)
         await ctx.run(lambda: ctx.audit.record(principal.actor, "logout", "admin", "ok", client=client))
         response = RedirectResponse(LOGIN_PATH, status_code=303, headers=HEADERS)

@@ -4,8 +4,7 @@
   HMAC-SHA256 under the node's session key (`hybridstore.web.users.session_key`). It is HttpOnly,
   ``SameSite=Strict``, ``Path=/``, and ``Secure`` when the request came over TLS. It is checked on every request,
   and the user must still exist (a removed user is logged out at their next request). Logging out ends the
-  session on the server too (its id is refused until it expires; this list lives in memory, so a restart of the
-  server forgets it: a copied cookie of a logged-out session then works again until it expires).
+  session on the server too: its id is refused until it expires, also after a restart (kept in ``web.db``).
 - The CSRF token is derived from the session id (HMAC under the same key): pages put it in a ``<meta>`` tag and
   in forms; every state-changing request authenticated by the cookie must carry it, as the ``X-CSRF-Token`` header
   or, for a plain HTML form, the ``csrf`` field. `SessionGate` enforces that before any route runs.
@@ -185,7 +184,7 @@ class SessionGate:
         self._ttl = cache_ttl
         self._clock = clock
         self._known: dict[str, float] = {}  # user -> when last seen to exist
-        self._ended: dict[str, float] = {}  # session id -> its expiry: logged out (kept until the server stops)
+        self._ended: dict[str, float] = users.ended_sessions()  # session id -> its expiry: logged out
 
     async def principal(self, scope: Scope) -> Principal | None:
         cookie = cookie_of(scope, COOKIE)
@@ -202,14 +201,16 @@ class SessionGate:
             self._known[session.user] = now
         return Principal(f"user:{session.user}", frozenset({"admin"}), session=session.sid)
 
-    def end(self, cookie: str | None) -> None:
-        """Log a session out: its cookie is refused from now on, even if a copy of it survives in a browser."""
+    async def end(self, cookie: str | None) -> None:
+        """Log a session out: its cookie is refused from now on, even if a copy of it survives in a browser or the
+        server restarts."""
         session = None if not cookie else self.codec.read(cookie)
         if session is None:
             return
         now = self.codec.wall()
         self._ended = {sid: until for sid, until in self._ended.items() if until > now}  # expired: refused anyway
         self._ended[session.sid] = session.expires
+        await self._run(lambda: self.users.end_session(session.sid, session.expires))
 
     async def check_csrf(self, scope: Scope, receive: Receive, principal: Principal) -> Receive | None:
         """``receive`` to go on with (a replay of the form body when it was read) if the request may proceed,
