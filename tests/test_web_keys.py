@@ -118,3 +118,38 @@ def test_the_cli_manages_keys_on_the_primary(
     eventually(lambda: status_with(a, made["token"]) == 401)
     code, again = cli(*common, "create", "--name", "from-cli", "--scope", "read", "--json")
     assert code == 2 and "exists already" in json.dumps(again)
+
+
+def test_made_up_tokens_do_not_become_queries_on_the_primary(tmp_path: Path) -> None:
+    """A stream of made-up tokens: badly shaped ones are refused unchecked; well-shaped unknown ones are checked with
+    the primary at most at the budget's rate, and a key this node has seen keeps being checked meanwhile."""
+    from hybridstore.node.timing import FakeClock
+    from hybridstore.web.keys import ApiKeyStore, hash_token
+    from hybridstore.web.shared_keys import UNKNOWN_BURST, UNKNOWN_PER_SECOND, well_formed
+    from hybridstore.web.webdb import WebDatabase
+
+    known = "hsk_" + "k" * 43
+    asked: list[str] = []
+
+    class Primary:  # answers the key lookups as the primary's api_keys table would, and counts them
+        def query(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+            if not sql.startswith("SELECT"):
+                return []  # the key's last use noted
+            asked.append(params[0])
+            return [("id1", "shop", "read", "hsk_kkkk", 1.0, None, None)] if params[0] == hash_token(known) else []
+
+    clock = FakeClock()
+    local = ApiKeyStore(WebDatabase(tmp_path / "web.db"))
+    keys = SharedKeyStore(lambda fn: fn(Primary()), local, clock=clock.monotonic)
+    assert keys.lookup(known) is not None and len(asked) == 1  # seen once: kept as a copy
+    assert not well_formed("hsk_short") and keys.lookup("hsk_short") is None and keys.lookup("x" * 47) is None
+    assert len(asked) == 1, "malformed tokens never reach the primary"
+
+    made_up = [f"hsk_{i:043d}" for i in range(200)]
+    assert all(keys.lookup(t) is None for t in made_up)
+    assert len(asked) == UNKNOWN_BURST  # the burst (the known key's first check was one), then nothing more
+    assert keys.lookup(known) is not None and len(asked) == 1 + UNKNOWN_BURST  # a seen key is still checked
+
+    clock.advance(2.0)
+    assert all(keys.lookup(t) is None for t in made_up)
+    assert len(asked) == 1 + UNKNOWN_BURST + int(2 * UNKNOWN_PER_SECOND)

@@ -11,6 +11,9 @@
   node* until it reaches the primary again — at its next check of that key (within a second of the primary
   answering). That is the price of a node that keeps serving during an outage; revoking on a node that is cut off
   fails (`PrimaryUnavailableError`, 503) rather than pretend.
+- **Made-up tokens** cost nothing on the primary: a token not shaped like ours is refused unchecked, and tokens
+  this node has never seen are checked with the primary at most 5 a second (after a burst of 20); beyond that
+  they are refused for the moment (a key created on another node a moment ago may need a second try then).
 - Keys created on this node before a primary was configured (``shared = 0`` in ``web.db``) keep working on this
   node alone, listed beside the shared ones; revoke them as before.
 """
@@ -36,6 +39,33 @@ _INSERT = (
 )
 
 
+UNKNOWN_PER_SECOND = 5.0  # tokens this node has never seen, checked with the primary at most this often …
+UNKNOWN_BURST = 20  # … after a burst of this many
+TOKEN_LENGTH = len(TOKEN_PREFIX) + 43  # the prefix and 32 random bytes in URL-safe base64
+
+
+def well_formed(token: str) -> bool:
+    """Whether ``token`` has the shape of the tokens this project makes (others cannot be keys)."""
+    return len(token) == TOKEN_LENGTH and token.startswith(TOKEN_PREFIX)
+
+
+class _Budget:
+    """A token bucket: `take` succeeds at most ``rate`` times a second, after a burst of ``burst``."""
+
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float]) -> None:
+        self._rate, self._burst, self._clock = rate, float(burst), clock
+        self._level, self._at = float(burst), clock()
+
+    def take(self) -> bool:
+        now = self._clock()
+        self._level = min(self._burst, self._level + (now - self._at) * self._rate)
+        self._at = now
+        if self._level < 1.0:
+            return False
+        self._level -= 1.0
+        return True
+
+
 def _key(row: Any) -> ApiKey:
     return ApiKey(row[0], row[1], frozenset(row[2].split()), row[3], row[4], row[5], row[6])
 
@@ -53,6 +83,7 @@ class SharedKeyStore:
         available: Callable[[], bool] = lambda: True,
         origin: str = "",
         wall: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._call = call
         self._available = available
@@ -60,6 +91,8 @@ class SharedKeyStore:
         self._origin = origin
         self._wall = wall
         self._touched: dict[str, float] = {}
+        self._unknown = _Budget(UNKNOWN_PER_SECOND, UNKNOWN_BURST, clock)
+        self._refusing = False  # unknown keys are being refused unchecked (logged once per stretch)
 
     def _query(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
         rows: list[Any] = self._call(lambda p: p.query(sql, tuple(params)))
@@ -122,10 +155,20 @@ class SharedKeyStore:
 
     def lookup(self, token: str) -> ApiKey | None:
         """The active key whose token this is, or ``None`` (see the module docstring)."""
+        if not well_formed(token):
+            return None  # no key looks like this: nothing to ask anyone
         digest = hash_token(token)
         entry = self.local.entry(digest)
         if entry is not None and not entry[1]:  # this node's own key
             return self.local.lookup(token)
+        if entry is None and not self._unknown.take():
+            # A token this node has never seen, beyond the rate at which such tokens are checked with the primary
+            # (a stream of made-up tokens must not become a stream of queries there): refused for now.
+            if not self._refusing:
+                log.warning("too many unknown API keys presented: the next ones are refused without asking the primary")
+            self._refusing = True
+            return None
+        self._refusing = False
         if self._available():
             try:
                 rows = self._query(f"SELECT {_COLUMNS} FROM {{schema}}.api_keys WHERE token_hash = %s", (digest,))
