@@ -28,7 +28,7 @@ import threading
 from collections import Counter
 from collections.abc import Coroutine
 from dataclasses import dataclass, replace
-from random import Random
+from random import Random, SystemRandom
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -83,6 +83,10 @@ class FaultProxy:
     def __init__(self, target_host: str, target_port: int, *, seed: int | None = None, port: int = 0) -> None:
         self.target = (target_host, target_port)
         self.rng = Random(seed)
+        # The listening port is not part of a reproducible run: drawn from the seed, two runs with the same seed on
+        # one machine would pick the same ports, and while one proxy is down (its port free) the other could take
+        # its port and let its clients through.
+        self._ports = SystemRandom()
         self.port = port
         self.mode: Literal["pass", "cut", "blackhole"] = "pass"
         self.counters: Counter[str] = Counter()
@@ -180,7 +184,7 @@ class FaultProxy:
 
     async def _listen(self) -> None:
         for _ in range(200):
-            port = self.port or self.rng.randrange(*PORT_RANGE)
+            port = self.port or self._ports.randrange(*PORT_RANGE)
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
