@@ -454,10 +454,10 @@ class BackupService:
                 )
                 done = 0
                 try:
-                    for section, lines in sections():
-                        writer.add(section, lines)
+                    for section, lines, count in sections():
+                        writer.add(section, lines, count)
                         if progress is not None and section[0] == "collection":
-                            done += lines.count(b"\n")
+                            done += count
                             progress(min(done, total), max(total, done))
                     stats = writer.finish()
                 except BaseException:
