@@ -436,6 +436,7 @@ class BackupReader:
 
     def __init__(self, path: Path, passphrase: str | None) -> None:
         self.path = path
+        self._digest = b""
         try:
             self._f: IO[bytes] = open(path, "rb")  # noqa: SIM115 (closed by close())
         except OSError as exc:
@@ -543,9 +544,16 @@ class BackupReader:
                     raise BackupTamperedError(f"unexpected section {chunk.section} in chunk {chunk.index}")
                 current, stats = chunk.section, SectionStats()
             stats.update(chunk.body)
+            self._digest = stats.sha.copy().digest()
             yield chunk.section, chunk.body
         if pos != len(expected) - 1:
             raise BackupTamperedError("backup is missing sections its manifest lists")
+
+    @property
+    def digest(self) -> bytes:
+        """SHA-256 of the bytes of the current section up to the chunk `sections` yielded last: the same on a
+        second read of the same file only if none of them changed (a restore's apply pass checks it)."""
+        return self._digest
 
     def _check_section(self, section: tuple[str, str], stats: SectionStats) -> None:
         kind, name = section

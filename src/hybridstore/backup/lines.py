@@ -11,7 +11,6 @@ floats) is parsed and encoded value by value as before.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import json.scanner
 from dataclasses import dataclass
@@ -29,18 +28,12 @@ _scan = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
 
 @dataclass(frozen=True)
 class ChunkCheck:
-    """What the validation pass learnt about one chunk of a selected collection: its bytes' digest (the apply
-    pass reads the file again and must find the same bytes) and whether its lines can be cut verbatim."""
+    """What the validation pass learnt about one chunk of a selected collection: the reader's digest of it
+    (`BackupReader.digest`: the apply pass reads the file again and must find the same bytes) and whether its
+    lines can be cut verbatim."""
 
     digest: bytes
     verbatim: bool
-
-    @classmethod
-    def of(cls, body: bytes, verbatim: bool) -> ChunkCheck:
-        return cls(hashlib.sha256(body).digest(), verbatim)
-
-    def matches(self, body: bytes) -> bool:
-        return hashlib.sha256(body).digest() == self.digest
 
 
 def split(body: bytes, collection: str) -> list[str]:

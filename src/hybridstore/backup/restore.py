@@ -120,7 +120,7 @@ def validate(
             if not _values_fit(records, max_value_bytes):
                 for _, value in records:
                     encode_value(value, max_bytes=max_value_bytes)  # raises the exact error
-        checks.append(ChunkCheck.of(body, fast))
+        checks.append(ChunkCheck(reader.digest, fast))
         done += len(selected)
         if progress is not None:
             progress(done, total)
@@ -140,11 +140,11 @@ def _values_fit(records: list[tuple[str, Any]], max_value_bytes: int) -> bool:
 
 
 def _encoded(
-    body: bytes, name: str, selection: Selection, check: ChunkCheck | None, max_bytes: int
+    body: bytes, name: str, selection: Selection, check: ChunkCheck | None, digest: bytes, max_bytes: int
 ) -> list[tuple[str, str]]:
-    """(key, canonical value text) of each selected record of a chunk: cut from its lines when the validation
-    pass proved that exact (``check.verbatim``), else parsed and encoded value by value."""
-    if check is not None and not check.matches(body):
+    """(key, canonical value text) of each selected record of a chunk (read with ``digest``): cut from its lines
+    when the validation pass proved that exact (``check.verbatim``), else parsed and encoded value by value."""
+    if check is not None and check.digest != digest:
         raise BackupTamperedError(f"collection {name!r}: the backup changed between validation and restore")
     lines = split(body, name)
     if check is not None and check.verbatim:
@@ -214,7 +214,7 @@ def apply(
         check = None if checks is None else checks[index]
         index += 1
         counts = report.collections.setdefault(name, dict.fromkeys(ACTIONS, 0))
-        records = _encoded(body, name, selection, check, max_bytes)
+        records = _encoded(body, name, selection, check, reader.digest, max_bytes)
         for start in range(0, len(records), BATCH):
             batch = records[start : start + BATCH]
             current = current_texts(node, name, [k for k, _ in batch])
