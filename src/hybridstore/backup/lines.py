@@ -56,6 +56,8 @@ def parse(lines: list[str], collection: str) -> list[list[Any]]:
             rec, end = _scan(line, 0)
         except (StopIteration, ValueError):
             raise BackupTamperedError(f"collection {collection!r}: a record line is not valid JSON") from None
+        except RecursionError:
+            raise BackupTamperedError(f"collection {collection!r}: a record line is nested too deeply") from None
         if not (
             end == len(line)
             and type(rec) is list
