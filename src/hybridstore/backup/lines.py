@@ -37,7 +37,7 @@ class ChunkCheck:
 
 
 def split(body: bytes, collection: str) -> list[str]:
-    """A chunk's lines (each ended by ``\n`` in the file), as text."""
+    """A chunk's lines (each ended by a newline in the file), as text."""
     try:
         lines = body.decode("utf-8").split("\n")
     except UnicodeDecodeError:
@@ -98,9 +98,9 @@ def verbatim(recs: list[list[Any]], keys: list[str], texts: list[str], max_value
     - hlc and origin hold no comma and updated_at is a number, so the four last commas of a line are the
       separators after the value;
     - the values' canonical encoding, all at once, equals the cut texts joined by commas. Each cut text starts
-      where its value starts and can only carry extra blanks around it; a JSON value's extent is fixed by its
-      first characters (closing bracket or quote; a number ends at the comma), so equal strings mean each cut
-      text is its value's canonical text;
+      where its value starts and can only carry extra blanks around it; where a JSON value ends follows from
+      the text from its start (its closing bracket or quote; a number ends at the next comma), so equal strings
+      mean each cut text is its value's canonical text, piece by piece;
     - no ``e+`` (a large float that `encode_value` rewrites), no ``\\u0000``, all values together within the
       size limit (so each is)."""
     if len(recs) != len(keys):

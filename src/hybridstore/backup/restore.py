@@ -78,9 +78,8 @@ class Selection:
         return sum(c["records"] for n, c in manifest.get("collections", {}).items() if self.wants(n))
 
 
-def _records(lines: list[str], collection: str, selection: Selection) -> list[tuple[str, Any]]:
-    """(key, value) of each selected record line; `BackupTamperedError` on a line of the wrong shape."""
-    recs = parse(lines, collection)
+def _pick(recs: list[list[Any]], selection: Selection) -> list[tuple[str, Any]]:
+    """(key, value) of each selected record."""
     keys = selection.keys
     return [(r[0], r[1]) for r in recs if keys is None or r[0] in keys]
 
@@ -107,21 +106,14 @@ def validate(
         check_collection(name)
         lines = split(body, name)
         recs = parse(lines, name)
-        keys, texts = cut_lines(lines)
-        fast = verbatim(recs, keys, texts, max_value_bytes)
-        if fast:
-            selected = [k for k, _ in _select(keys, texts, selection)]
-            check_keys(selected)
-        else:
-            wanted = selection.keys
-            records = [(r[0], r[1]) for r in recs if wanted is None or r[0] in wanted]
-            selected = [k for k, _ in records]
-            check_keys(selected)
-            if not _values_fit(records, max_value_bytes):
-                for _, value in records:
-                    encode_value(value, max_bytes=max_value_bytes)  # raises the exact error
+        fast = verbatim(recs, *cut_lines(lines), max_value_bytes)  # proves the values fit too
+        records = _pick(recs, selection)
+        check_keys([k for k, _ in records])
+        if not fast and not _values_fit(records, max_value_bytes):
+            for _, value in records:
+                encode_value(value, max_bytes=max_value_bytes)  # raises the exact error
         checks.append(ChunkCheck(reader.digest, fast))
-        done += len(selected)
+        done += len(records)
         if progress is not None:
             progress(done, total)
     return done, checks
@@ -149,7 +141,7 @@ def _encoded(
     lines = split(body, name)
     if check is not None and check.verbatim:
         return _select(*cut_lines(lines), selection)
-    return [(key, encode_value(value, max_bytes=max_bytes)) for key, value in _records(lines, name, selection)]
+    return [(key, encode_value(value, max_bytes=max_bytes)) for key, value in _pick(parse(lines, name), selection)]
 
 
 def current_texts(node: NodeCore, collection: str, keys: list[str]) -> dict[str, str]:

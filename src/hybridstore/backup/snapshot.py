@@ -33,7 +33,7 @@ BATCH = 1000  # rows per fetch: about a chunk of ordinary records, so a fetch ne
 _quote = json.JSONEncoder(ensure_ascii=False).encode
 _first = itemgetter(0)
 
-# SQLite builds each line itself with one printf (one allocation a row): no per-row Python work.
+# SQLite builds each line itself with one printf: no per-row Python work.
 _LINE_TEXT = (
     "printf('[%s,%s,%d,%s,%s,%!.15g]' || char(10), json_quote(key), value, version, json_quote(hlc), "
     "json_quote(origin), updated_at)"
