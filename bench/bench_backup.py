@@ -98,7 +98,7 @@ def content_chunks(data_dir: Path) -> tuple[list[bytes], int]:
     current: tuple[str, str] | None = None
     parts: list[bytes] = []
     size = 0
-    for section, lines in local_sections(data_dir / "local.db", []):
+    for section, lines, _ in local_sections(data_dir / "local.db", []):
         if section != current or size >= CHUNK_TARGET:
             if parts:
                 chunks.append(section_line(current) + b"".join(parts))  # type: ignore[arg-type]

@@ -4,6 +4,7 @@ not one well-formed record each is refused before anything is written."""
 from __future__ import annotations
 
 import json
+import random
 import time
 from pathlib import Path
 
@@ -59,6 +60,9 @@ GOOD = line("p0", {"price": 1})
         (b'["p1",1,"1","h","n",1.0]\n', BackupTamperedError, "version not an integer"),
         (b'["p1",{"a":\n', BackupTamperedError, "not JSON"),
         (b"\n", BackupTamperedError, "an empty line"),
+        (b'["p1",' + b"[" * 100_000 + b"]" * 100_000 + b',1,"h","n",1.0]\n', BackupTamperedError, "nested too deeply"),
+        (line("p1", 1)[:-1] + b" x\n", BackupTamperedError, "something after the record"),
+        (line("p1", 1)[:-1] + b',["p2",\n2,1,"h","n",1.0]\n', BackupTamperedError, "a record across two lines"),
         (b'["p1",NaN,1,"h","n",1.0]\n', ValidationError, "NaN is not a value the store keeps"),
         (line("", 1), ValidationError, "empty key"),
     ],
@@ -131,3 +135,26 @@ def test_a_value_over_the_restoring_stores_limit_is_refused_before_anything_is_w
         with pytest.raises(ValidationError, match="limit is 256"):
             backups.restore_backup(imported.id)
         assert len(store.list("products").records) == 0
+
+
+def test_a_local_backup_holds_every_live_record_once_in_key_order(tmp_path: Path) -> None:
+    """Lines are read from SQLite a batch at a time (joined by SQLite): across batch boundaries every live
+    record appears once, in key order, deleted ones not at all, and each section's count is its lines'."""
+    rng = random.Random(7)
+    keys = [f"k{i:05d}" for i in range(2600)] + ['quote"d', "back\\slash", "é-accent", "new\nline", "日本"]
+    rng.shuffle(keys)
+    with hybridstore.open(None, data_dir=tmp_path / "node", background=False) as store:
+        for start in range(0, len(keys), 500):
+            store.set_many("orders", [(k, {"k": k, "n": i}) for i, k in enumerate(keys[start : start + 500])])
+        gone = set(rng.sample(keys, 300))
+        for k in gone:
+            store.delete("orders", k)
+        store.set("a.other", "x", [1, 2.5, None])
+        backups = service(store)
+        info = backups.create_manual_backup("ordered")
+        seen = [(name, line[0]) for kind, name, line in backups.read_records(info.id) if kind == "collection"]
+        live = sorted(k for k in keys if k not in gone)
+        assert seen == [("a.other", "x"), *(("orders", k) for k in live)]
+        assert info.collections == {"a.other": 1, "orders": len(live)}
+        values = {line[0]: line[1] for kind, _, line in backups.read_records(info.id) if kind == "collection"}
+        assert all(values[k] == store.get("orders", k).value for k in live)  # type: ignore[union-attr]

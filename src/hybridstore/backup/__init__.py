@@ -3,8 +3,9 @@
 ``format`` (the file), ``crypto`` (keys and sealing), ``snapshot`` (where records come from), ``repository``
 (the directory of backups), ``primary_store`` (backup files on the primary), ``locations`` (both targets as
 one: listing, fetching, uploading, deleting, pruning), ``catalogue`` (their rows and settings on the primary),
-``policy`` (targets, retention and schedule decisions), ``settings`` (runtime config), ``restore`` (validation
-and apply), ``service`` (`BackupService`, reached as ``store.backups``).
+``policy`` (targets, retention and schedule decisions), ``settings`` (runtime config), ``lines`` (record lines
+as a restore reads them), ``restore`` (validation and apply), ``service`` (`BackupService`, reached as
+``store.backups``).
 """
 
 from __future__ import annotations

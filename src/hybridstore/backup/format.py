@@ -108,6 +108,10 @@ class BodyWriter:
     """Writes the chunk frames of one backup to ``out``. Call `add` with whole lines (each ending in ``\\n``),
     section by section, then `finish`.
 
+    A chunk's bytes are joined once, behind its section line, and handed on as they are: the workers compress
+    that buffer and the writer hashes a view of its body (no copy per stage). A caller that knows how many
+    lines it adds says so, which spares counting them.
+
     Chunks are compressed and sealed by ``threads`` workers at once (zstd, SHA-256 and AES-GCM let go of the
     GIL), while one writer thread takes their results in chunk order, hashes each section and writes the frames.
     At most ``2 * threads + 2`` chunks are in flight, so memory stays flat whatever the backup's size.
@@ -137,6 +141,7 @@ class BodyWriter:
         self._target = chunk_target
         self._on_chunk = on_chunk
         self._section: tuple[str, str] | None = None
+        self._head = b""  # the current section's line, in front of each of its chunks
         self._parts: list[bytes] = []
         self._size = 0
         self._stats: dict[tuple[str, str], SectionStats] = {}
@@ -149,13 +154,14 @@ class BodyWriter:
         workers = threads if threads is not None else default_threads()
         self._local = threading.local()  # one zstd context per worker thread
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hybridstore-backup-compress")
-        self._queue: queue.Queue[tuple[tuple[str, str], bytes, Future[bytes]] | None] = queue.Queue(
+        self._queue: queue.Queue[tuple[tuple[str, str], memoryview, Future[bytes]] | None] = queue.Queue(
             maxsize=2 * workers + 2
         )
         self._thread = threading.Thread(target=self._work, name="hybridstore-backup-writer", daemon=True)
         self._thread.start()
 
-    def add(self, section: tuple[str, str], lines: bytes) -> None:
+    def add(self, section: tuple[str, str], lines: bytes, count: int | None = None) -> None:
+        """Add whole ``lines`` to ``section``; ``count``: how many there are (counted here if not given)."""
         if not lines:
             return
         if section != self._section:
@@ -163,7 +169,9 @@ class BodyWriter:
             if section in self._stats:
                 raise BackupError(f"section {section} written twice")
             self._section = section
+            self._head = section_line(section)
             self._stats[section] = SectionStats()
+        self._stats[section].count += lines.count(b"\n") if count is None else count
         start = 0
         while len(lines) - start + self._size > self._target:
             # split at a line end so that chunks stay near the target size whatever the caller's batches
@@ -184,20 +192,20 @@ class BodyWriter:
 
     def _flush(self) -> None:
         if self._section is not None and self._parts:
-            body = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
+            plain = b"".join([self._head, *self._parts])
             self._parts, self._size = [], 0
-            self._submit(self._section, body)
+            self._submit(self._section, plain, len(self._head))
 
-    def _submit(self, section: tuple[str, str], body: bytes) -> None:
+    def _submit(self, section: tuple[str, str], plain: bytes, body_start: int) -> None:
+        """Seal ``plain`` (section line, then body from ``body_start``) in a worker; the writer takes it next."""
         if self._error is not None:
             raise self._error
         index = self._index
         self._index += 1
-        future = self._pool.submit(self._seal, section, body, index)
-        self._put((section, body, future))
+        future = self._pool.submit(self._seal, section, plain, index)
+        self._put((section, memoryview(plain)[body_start:], future))
 
-    def _seal(self, section: tuple[str, str], body: bytes, index: int) -> bytes:
-        plain = section_line(section) + body
+    def _seal(self, section: tuple[str, str], plain: bytes, index: int) -> bytes:
         if self._level is not None:
             cctx = getattr(self._local, "cctx", None)
             if cctx is None:
@@ -213,7 +221,7 @@ class BodyWriter:
         flags = FLAG_FINAL if section == END_SECTION else 0
         return self._sealer.seal(payload, chunk_aad(self._id, index, flags), index)
 
-    def _put(self, item: tuple[tuple[str, str], bytes, Future[bytes]] | None) -> None:
+    def _put(self, item: tuple[tuple[str, str], memoryview, Future[bytes]] | None) -> None:
         while True:
             if self._error is not None:
                 raise self._error
@@ -232,7 +240,7 @@ class BodyWriter:
                 section, body, future = item
                 final = section == END_SECTION
                 if not final:
-                    self._stats[section].update(body)
+                    self._stats[section].sha.update(body)  # counted in `add`
                 sealed = future.result()
                 self._content += len(body)
                 frame = FRAME.pack(len(sealed), FLAG_FINAL if final else 0)
@@ -254,7 +262,8 @@ class BodyWriter:
         """Flush, write the final chunk, wait for the workers; raises what a worker hit."""
         try:
             self._flush()
-            self._submit(END_SECTION, b"")
+            end = section_line(END_SECTION)
+            self._submit(END_SECTION, end, len(end))
             self._put(None)
             self._thread.join()
         finally:
@@ -427,6 +436,7 @@ class BackupReader:
 
     def __init__(self, path: Path, passphrase: str | None) -> None:
         self.path = path
+        self._digest = b""
         try:
             self._f: IO[bytes] = open(path, "rb")  # noqa: SIM115 (closed by close())
         except OSError as exc:
@@ -534,9 +544,16 @@ class BackupReader:
                     raise BackupTamperedError(f"unexpected section {chunk.section} in chunk {chunk.index}")
                 current, stats = chunk.section, SectionStats()
             stats.update(chunk.body)
+            self._digest = stats.sha.copy().digest()
             yield chunk.section, chunk.body
         if pos != len(expected) - 1:
             raise BackupTamperedError("backup is missing sections its manifest lists")
+
+    @property
+    def digest(self) -> bytes:
+        """SHA-256 of the bytes of the current section up to the chunk `sections` yielded last: the same on a
+        second read of the same file only if none of them changed (a restore's apply pass checks it)."""
+        return self._digest
 
     def _check_section(self, section: tuple[str, str], stats: SectionStats) -> None:
         kind, name = section

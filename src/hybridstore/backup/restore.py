@@ -4,20 +4,25 @@ the store's normal write path (queued writes that reach the primary and the othe
 A restore reads the backup twice: a validation pass (every chunk authenticated, every section's count and
 SHA-256, every selected line valid JSON of the right shape, every key and value acceptable to the store)
 before anything is written, then the apply pass. So a damaged or tampered backup changes nothing.
+
+The validation pass leaves a `ChunkCheck` per chunk: the apply pass refuses a chunk whose bytes changed since,
+and takes the keys and value texts of a chunk proven canonical straight from its lines (see `lines`), with no
+parsing and no encoding.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BackupTamperedError, LocalStoreError, PrimaryUnavailableError
 from ..errors import ValidationError as StoreValidationError
-from ..validation import check_collection, check_key, encode_value
+from ..validation import check_collection, encode_value
 from .format import BackupReader
+from .lines import ChunkCheck, check_keys, cut_lines, parse, split, verbatim
 
 if TYPE_CHECKING:
     from ..node.core import BulkWriter, NodeCore
@@ -73,53 +78,45 @@ class Selection:
         return sum(c["records"] for n, c in manifest.get("collections", {}).items() if self.wants(n))
 
 
-def _records(body: bytes, collection: str, selection: Selection) -> Iterator[tuple[str, Any]]:
-    """(key, value) of each selected record line; `BackupTamperedError` on a line of the wrong shape.
-
-    The lines of a chunk are parsed as one JSON array (one call instead of one per line); a line that is not
-    exactly one JSON value changes the number of elements (or breaks the array) and is refused."""
-    if not body:
-        return
-    try:
-        recs = json.loads(b"[" + body[:-1].replace(b"\n", b",") + b"]")
-    except ValueError:
-        raise BackupTamperedError(f"collection {collection!r}: a record line is not valid JSON") from None
-    if len(recs) != body.count(b"\n"):
-        raise BackupTamperedError(f"collection {collection!r}: a record line is not exactly one JSON value")
+def _pick(recs: list[list[Any]], selection: Selection) -> list[tuple[str, Any]]:
+    """(key, value) of each selected record."""
     keys = selection.keys
-    for rec in recs:
-        if not (
-            type(rec) is list
-            and len(rec) == 6
-            and type(rec[0]) is str
-            and type(rec[2]) is int
-            and type(rec[3]) is str
-            and type(rec[4]) is str
-        ):
-            raise BackupTamperedError(f"collection {collection!r}: a record line has the wrong shape")
-        if keys is None or rec[0] in keys:
-            yield rec[0], rec[1]
+    return [(r[0], r[1]) for r in recs if keys is None or r[0] in keys]
 
 
-def validate(reader: BackupReader, selection: Selection, max_value_bytes: int, progress: Progress | None) -> int:
-    """The validation pass; returns how many records are selected. Raises `BackupTamperedError` (damage) or
-    `ValidationError` (a record the store would refuse) before anything is written."""
+def _select(keys: list[str], texts: list[str], selection: Selection) -> list[tuple[str, str]]:
+    wanted = selection.keys
+    if wanted is None:
+        return list(zip(keys, texts, strict=True))
+    return [(k, t) for k, t in zip(keys, texts, strict=True) if k in wanted]
+
+
+def validate(
+    reader: BackupReader, selection: Selection, max_value_bytes: int, progress: Progress | None
+) -> tuple[int, list[ChunkCheck]]:
+    """The validation pass; returns how many records are selected and a `ChunkCheck` per chunk of a selected
+    collection (in file order, for `apply`). Raises `BackupTamperedError` (damage) or `ValidationError` (a
+    record the store would refuse) before anything is written."""
     total = selection.total(reader.manifest)
     done = 0
+    checks: list[ChunkCheck] = []
     for (kind, name), body in reader.sections():
         if kind != "collection" or not selection.wants(name):
             continue
         check_collection(name)
-        records = list(_records(body, name, selection))
-        for key, _ in records:
-            check_key(key)
-        if not _values_fit(records, max_value_bytes):
+        lines = split(body, name)
+        recs = parse(lines, name)
+        fast = verbatim(recs, *cut_lines(lines), max_value_bytes)  # proves the values fit too
+        records = _pick(recs, selection)
+        check_keys([k for k, _ in records])
+        if not fast and not _values_fit(records, max_value_bytes):
             for _, value in records:
                 encode_value(value, max_bytes=max_value_bytes)  # raises the exact error
+        checks.append(ChunkCheck(reader.digest, fast))
         done += len(records)
         if progress is not None:
             progress(done, total)
-    return done
+    return done, checks
 
 
 def _values_fit(records: list[tuple[str, Any]], max_value_bytes: int) -> bool:
@@ -132,6 +129,19 @@ def _values_fit(records: list[tuple[str, Any]], max_value_bytes: int) -> bool:
     except (TypeError, ValueError, RecursionError):
         return False
     return size <= max_value_bytes and "e+" not in text and "\\u0000" not in text
+
+
+def _encoded(
+    body: bytes, name: str, selection: Selection, check: ChunkCheck | None, digest: bytes, max_bytes: int
+) -> list[tuple[str, str]]:
+    """(key, canonical value text) of each selected record of a chunk (read with ``digest``): cut from its lines
+    when the validation pass proved that exact (``check.verbatim``), else parsed and encoded value by value."""
+    if check is not None and check.digest != digest:
+        raise BackupTamperedError(f"collection {name!r}: the backup changed between validation and restore")
+    lines = split(body, name)
+    if check is not None and check.verbatim:
+        return _select(*cut_lines(lines), selection)
+    return [(key, encode_value(value, max_bytes=max_bytes)) for key, value in _pick(parse(lines, name), selection)]
 
 
 def current_texts(node: NodeCore, collection: str, keys: list[str]) -> dict[str, str]:
@@ -175,44 +185,32 @@ def apply(
     *,
     diff_limit: int,
     progress: Progress | None,
+    checks: list[ChunkCheck] | None = None,
 ) -> None:
     """The apply pass: classify every selected record against the current state and, unless ``dry_run``,
     write the added and overwritten ones through the node's write path (``writer.set_many_encoded``). Values are
     compared as canonical JSON text first (the common case, no decoding), then as values (a primary's ``jsonb``
-    text is spaced differently; key order does not matter)."""
+    text is spaced differently; key order does not matter). ``checks``: what `validate` returned for the same
+    selection (``None``: nothing validated, every chunk is parsed and checked here)."""
     started = time.monotonic()
     total = selection.total(reader.manifest)
     max_bytes = node.config.max_value_bytes
     done = 0
+    index = 0
     for (kind, name), body in reader.sections():
         if kind != "collection" or not selection.wants(name):
             continue
         check_collection(name)
+        if checks is not None and index >= len(checks):
+            raise BackupTamperedError("the backup changed between validation and restore")
+        check = None if checks is None else checks[index]
+        index += 1
         counts = report.collections.setdefault(name, dict.fromkeys(ACTIONS, 0))
-        records = list(_records(body, name, selection))
+        records = _encoded(body, name, selection, check, reader.digest, max_bytes)
         for start in range(0, len(records), BATCH):
             batch = records[start : start + BATCH]
             current = current_texts(node, name, [k for k, _ in batch])
-            writes: list[tuple[str, str]] = []
-            for key, value in batch:
-                text = encode_value(value, max_bytes=max_bytes)
-                now = current.get(key)
-                if now is None:
-                    action = "added"
-                elif now == text or _same_value(now, value):
-                    action = "unchanged"
-                elif report.overwrite:
-                    action = "overwritten"
-                else:
-                    action = "skipped"
-                counts[action] += 1
-                if action in ("added", "overwritten"):
-                    writes.append((key, text))
-                if action != "unchanged":
-                    if len(report.diff) < diff_limit:
-                        report.diff.append({"action": action, "collection": name, "key": key})
-                    else:
-                        report.diff_truncated = True
+            writes = _classify(name, batch, current, counts, report, diff_limit)
             if writes and not report.dry_run:
                 writer.set_many_encoded(name, writes)
                 report.written += len(writes)
@@ -220,6 +218,43 @@ def apply(
             if progress is not None:
                 progress(done, total)
     report.duration_s += time.monotonic() - started
+
+
+def _classify(
+    name: str,
+    batch: list[tuple[str, str]],
+    current: dict[str, str],
+    counts: dict[str, int],
+    report: RestoreReport,
+    diff_limit: int,
+) -> list[tuple[str, str]]:
+    """Count each record of ``batch`` under its action, note it in the diff; returns the records to write."""
+    if not current:  # none of these keys exists: all added (a restore into an empty store)
+        counts["added"] += len(batch)
+        room = diff_limit - len(report.diff)
+        report.diff.extend({"action": "added", "collection": name, "key": k} for k, _ in batch[: max(room, 0)])
+        report.diff_truncated = report.diff_truncated or len(batch) > room
+        return batch
+    writes: list[tuple[str, str]] = []
+    for key, text in batch:
+        now = current.get(key)
+        if now is None:
+            action = "added"
+        elif now == text or _same_value(now, json.loads(text)):
+            action = "unchanged"
+        elif report.overwrite:
+            action = "overwritten"
+        else:
+            action = "skipped"
+        counts[action] += 1
+        if action in ("added", "overwritten"):
+            writes.append((key, text))
+        if action != "unchanged":
+            if len(report.diff) < diff_limit:
+                report.diff.append({"action": action, "collection": name, "key": key})
+            else:
+                report.diff_truncated = True
+    return writes
 
 
 def _same_value(current_text: str, value: Any) -> bool:

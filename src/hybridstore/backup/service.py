@@ -454,10 +454,10 @@ class BackupService:
                 )
                 done = 0
                 try:
-                    for section, lines in sections():
-                        writer.add(section, lines)
+                    for section, lines, count in sections():
+                        writer.add(section, lines, count)
                         if progress is not None and section[0] == "collection":
-                            done += lines.count(b"\n")
+                            done += count
                             progress(min(done, total), max(total, done))
                     stats = writer.finish()
                 except BaseException:
@@ -590,9 +590,10 @@ class BackupService:
         report = restore.RestoreReport(bid, dry_run, overwrite)
         start = time.monotonic()
         with self._lock, self.locations.local_copy(bid, register=self._keeps_local()) as path:
+            checks = None
             if validate_data:
                 with BackupReader(path, self.passphrase) as reader:
-                    restore.validate(reader, selection, self._node.config.max_value_bytes, None)
+                    _, checks = restore.validate(reader, selection, self._node.config.max_value_bytes, None)
             with BackupReader(path, self.passphrase) as reader:
                 if not dry_run:
                     pre = self._create(
@@ -600,7 +601,14 @@ class BackupService:
                     )
                     report.pre_restore_backup = pre.id
                 restore.apply(
-                    self._node, self._writer, reader, selection, report, diff_limit=diff_limit, progress=progress
+                    self._node,
+                    self._writer,
+                    reader,
+                    selection,
+                    report,
+                    diff_limit=diff_limit,
+                    progress=progress,
+                    checks=checks,
                 )
         if not dry_run:
             self.counts["restored"] += 1

@@ -28,17 +28,26 @@ if TYPE_CHECKING:
     from ..tiers.primary import PrimaryTier
 
 Section = tuple[str, str]
-Lines = Iterator[tuple[Section, bytes]]
+Lines = Iterator[tuple[Section, bytes, int]]  # whole lines of a section, and how many
 BATCH = 1000  # rows per fetch: about a chunk of ordinary records, so a fetch never holds much
 _quote = json.JSONEncoder(ensure_ascii=False).encode
 _first = itemgetter(0)
 
-# SQLite builds each line itself with one printf (one allocation a row): no per-row Python work on the fast path.
-_LINE = (
-    "CAST(printf('[%s,%s,%d,%s,%s,%!.15g]' || char(10), json_quote(key), value, version, json_quote(hlc), "
-    "json_quote(origin), updated_at) AS BLOB)"
+# SQLite builds each line itself with one printf: no per-row Python work.
+_LINE_TEXT = (
+    "printf('[%s,%s,%d,%s,%s,%!.15g]' || char(10), json_quote(key), value, version, json_quote(hlc), "
+    "json_quote(origin), updated_at)"
 )
-_LOCAL_LINES = f"SELECT {_LINE} FROM records WHERE collection = ? AND value IS NOT NULL ORDER BY key"
+_LINE = f"CAST({_LINE_TEXT} AS BLOB)"
+# SQLite 3.44+ takes an order inside the aggregate; before, the ordered subquery feeds it in order.
+_IN_KEY_ORDER = " ORDER BY key" if sqlite3.sqlite_version_info >= (3, 44) else ""
+# The next ``?`` lines of a collection after a key, joined by SQLite itself: one row (and one hand-over of the
+# GIL) per batch instead of one per record, so the formatting runs while the compression threads hold the GIL.
+_LOCAL_BATCH = (
+    f"SELECT max(key), count(*), CAST(group_concat(line, ''{_IN_KEY_ORDER}) AS BLOB) FROM ("
+    f"SELECT key, {_LINE_TEXT} AS line FROM records WHERE collection = ? AND key > ? AND value IS NOT NULL "
+    "ORDER BY key LIMIT ?)"
+)
 _LOCAL_KEYED_LINES = f"SELECT key, {_LINE} FROM records WHERE collection = ? AND value IS NOT NULL ORDER BY key"
 _OUTBOX_LINES = (
     "SELECT CAST(printf('[%s,%s,%s,%s,%s,%s,%!.15g]' || char(10), json_quote(op_id), json_quote(collection), "
@@ -101,15 +110,15 @@ def _live(pairs: Iterator[tuple[str, bytes | None]]) -> Iterator[bytes]:
     return (line for _, line in pairs if line is not None)
 
 
-def _batched(lines: Iterator[bytes], size: int = BATCH) -> Iterator[bytes]:
+def _batched(lines: Iterator[bytes], size: int = BATCH) -> Iterator[tuple[bytes, int]]:
     batch: list[bytes] = []
     for line in lines:
         batch.append(line)
         if len(batch) >= size:
-            yield b"".join(batch)
+            yield b"".join(batch), len(batch)
             batch = []
     if batch:
-        yield b"".join(batch)
+        yield b"".join(batch), len(batch)
 
 
 @contextlib.contextmanager
@@ -146,7 +155,7 @@ def local_sections(db_path: Path | None, journal: list[Op]) -> Lines:
     if db_path is None:  # SQLite unusable: the journal is all there is
         for collection in sorted(overlay):
             pairs = _merge(iter(()), iter(sorted(overlay[collection].items())))
-            yield from ((("collection", collection), b) for b in _batched(_live(pairs)))
+            yield from ((("collection", collection), b, n) for b, n in _batched(_live(pairs)))
         yield from _journal_section(journal)
         return
     try:
@@ -157,23 +166,33 @@ def local_sections(db_path: Path | None, journal: list[Op]) -> Lines:
                 if collection in overlay:
                     keyed = conn.execute(_LOCAL_KEYED_LINES, (collection,))
                     pairs = _merge(iter(keyed), iter(sorted(overlay[collection].items())))
-                    for batch in _batched(_live(pairs)):
-                        yield section, batch
+                    for batch, n in _batched(_live(pairs)):
+                        yield section, batch, n
                     continue
-                cur = conn.execute(_LOCAL_LINES, (collection,))
-                while rows := cur.fetchmany(BATCH):
-                    yield section, b"".join(map(_first, rows))
+                yield from ((section, lines, n) for lines, n in _local_batches(conn, collection))
             cur = conn.execute(_OUTBOX_LINES)
             while rows := cur.fetchmany(BATCH):
-                yield ("pending", "outbox"), b"".join(map(_first, rows))
+                yield ("pending", "outbox"), b"".join(map(_first, rows)), len(rows)
     except sqlite3.Error as exc:
         raise LocalStoreError(f"reading the local database for a backup failed: {exc}") from exc
     yield from _journal_section(journal)
 
 
+def _local_batches(conn: sqlite3.Connection, collection: str) -> Iterator[tuple[bytes, int]]:
+    """A collection's live records as lines, in key order, a batch (and its count) at a time."""
+    after = ""  # keys are never empty
+    while True:
+        last, count, lines = conn.execute(_LOCAL_BATCH, (collection, after, BATCH)).fetchone()
+        if not count:
+            return
+        yield lines, count
+        after = last
+
+
 def _journal_section(journal: list[Op]) -> Lines:
     for start in range(0, len(journal), BATCH):
-        yield ("pending", "journal"), b"".join(op_line(op) for op in journal[start : start + BATCH])
+        ops = journal[start : start + BATCH]
+        yield ("pending", "journal"), b"".join(op_line(op) for op in ops), len(ops)
 
 
 def primary_sections(primary: PrimaryTier, db_path: Path | None, journal: list[Op]) -> Lines:
@@ -193,7 +212,7 @@ def primary_sections(primary: PrimaryTier, db_path: Path | None, journal: list[O
                 pairs = _merge(pairs, iter(conn.execute(_PENDING_KEYED_LINES, (collection, collection))))
             if collection in journal_overlay:
                 pairs = _merge(pairs, iter(sorted(journal_overlay[collection].items())))
-            return ((("collection", collection), b) for b in _batched(_live(pairs)))
+            return ((("collection", collection), b, n) for b, n in _batched(_live(pairs)))
 
         def rows(batches: Iterator[list[Any]]) -> Iterator[tuple[str, str, bytes]]:
             for batch in batches:
@@ -212,7 +231,7 @@ def primary_sections(primary: PrimaryTier, db_path: Path | None, journal: list[O
         if conn is not None:
             cur = conn.execute(_OUTBOX_LINES)
             while batch := cur.fetchmany(BATCH):
-                yield ("pending", "outbox"), b"".join(map(_first, batch))
+                yield ("pending", "outbox"), b"".join(map(_first, batch)), len(batch)
     yield from _journal_section(journal)
 
 
