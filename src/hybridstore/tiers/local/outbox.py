@@ -20,7 +20,7 @@ Contract:
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ...model import ApplyOutcome, Op, StoredRow
@@ -187,10 +187,17 @@ class LocalOutbox(LocalDatabase):
         was pending, that one (see `apply_pulled`). A key with later pending ops keeps its local value and, if
         the pushed op reached the primary, learns the new primary version and merge base."""
         now = self._clock()
+        keys = [(op[1], op[2]) for _, op, _ in done]
+        if not exact and len(set(keys)) == len(keys) and {out[1] for _, _, out in done} == {"applied"}:
+            # The usual batch: one op per key, every one applied. Column-wise, without a Python step per branch.
+            followed = [(c[2], c[4], c[5], c[6], now, c[3], seq, c[0], c[1]) for seq, _, (_, _, c) in done if c]
+            if len(followed) == len(done):  # (an applied op always comes with the primary's row)
+                self._settle_followed(keys, followed, max(seq for seq, _, _ in done), now, done)
+                return
         last: dict[tuple[str, str], tuple[int, ApplyOutcome]] = {}
         for seq, op, outcome in done:
             last[(op.collection, op.key)] = (seq, outcome)
-        followed: list[tuple[Any, ...]] = []  # the op reached the primary (applied, duplicate): the common case
+        followed = []  # the op reached the primary (applied, duplicate): the common case
         adopt: list[tuple[Any, ...]] = []
         gone: list[tuple[Any, ...]] = []
         rebase: list[tuple[Any, ...]] = []
@@ -225,15 +232,48 @@ class LocalOutbox(LocalDatabase):
                 gone,
             )
             if self._pulled_aside:
-                for key, (_, out) in last.items():
-                    aside = self._pulled_aside.get(key)
-                    if aside is None:
-                        continue
-                    if out.current is None or out.current.version >= aside.version:
-                        drop.append((key, aside))  # the push's row is as new (or the key is gone): not needed
-                    elif self._adopt_aside(conn, aside, now):
-                        drop.append((key, aside))
-                    # else the key still has later pending ops: their push settles it, against this row again
+                self._settle_aside(conn, ((key, out) for key, (_, out) in last.items()), now, drop)
+        self._forget_aside(drop)
+
+    def _settle_aside(
+        self,
+        conn: sqlite3.Connection,
+        settled: Iterable[tuple[tuple[str, str], ApplyOutcome]],
+        now: float,
+        drop: list[tuple[tuple[str, str], StoredRow]],
+    ) -> None:
+        """Rows pulled while their keys were pending, for keys just settled: adopt the newer ones (inside the
+        caller's transaction); those no longer needed go to ``drop``."""
+        for key, out in settled:
+            aside = self._pulled_aside.get(key)
+            if aside is None:
+                continue
+            if out.current is None or out.current.version >= aside.version:
+                drop.append((key, aside))  # the push's row is as new (or the key is gone): not needed
+            elif self._adopt_aside(conn, aside, now):
+                drop.append((key, aside))
+            # else the key still has later pending ops: their push settles it, against this row again
+
+    def _settle_followed(
+        self,
+        keys: Sequence[tuple[str, str]],
+        followed: list[tuple[Any, ...]],
+        upto: int,
+        now: float,
+        done: Sequence[tuple[int, Op, ApplyOutcome]],
+    ) -> None:
+        """`complete` of a batch of the oldest entries, one per key, every one applied (``followed``: `_SETTLE`'s
+        parameters per key)."""
+        drop: list[tuple[tuple[str, str], StoredRow]] = []
+        with self._transaction(precise=True) as conn:
+            discard = self.cache.discard
+            for key in keys:
+                discard(key)
+            conn.execute("DELETE FROM outbox WHERE seq <= ?", (upto,))
+            if conn.executemany(_SETTLE, followed).rowcount < len(followed):
+                conn.executemany(_FOLLOW, followed)  # some keys have later pending ops: they follow this write
+            if self._pulled_aside:
+                self._settle_aside(conn, ((key, out) for key, (_, _, out) in zip(keys, done, strict=True)), now, drop)
         self._forget_aside(drop)
 
     def _adopt_aside(self, conn: sqlite3.Connection, aside: StoredRow, now: float) -> bool:
