@@ -17,9 +17,10 @@ import random
 import threading
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from .. import faults
@@ -48,6 +49,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("hybridstore.sync")
 Pending = tuple[int, Op, "str | None"]  # outbox seq, op, merge base (last value agreed with the primary)
 _RESOLUTION_NS = uuid.UUID("6f1c7f3e-3b0a-4c55-9d7e-6a1f0b8e2c41")  # op ids of merge results, derived
+# Fields picked by C code: a batch holds thousands of ops, and the push loop is the drain's critical path.
+_SEQ, _OP, _OUT = itemgetter(0), itemgetter(1), itemgetter(2)  # of a (seq, op, …) entry
+_KEY = itemgetter(1, 2)  # of an Op: (collection, key)
+_OUTCOME, _CURRENT = itemgetter(1), itemgetter(2)  # of an ApplyOutcome
+_HLC = itemgetter(4)  # of a StoredRow
 IDLE_POLL = 1.0
 REPLAY_BACKOFF_CAP = 30.0  # seconds, at most, between attempts to replay the journal into a failing SQLite
 ROUND_BATCHES = 16  # batches per background round, between checks of the journal, the circuit and stop()
@@ -297,7 +303,7 @@ class OutboxReplayer:
                         # the head of the outbox, so they keep waiting behind the rejected op.
                         break
                     self._batch_done(len(entries), time.perf_counter() - started)
-                    previous = [(seq, op, out) for (seq, op, _), out in zip(entries, outcomes, strict=True)]
+                    previous = list(zip(map(_SEQ, entries), map(_OP, entries), outcomes, strict=True))
                     entries = _rebased(following, previous)
             finally:
                 if previous:
@@ -457,7 +463,7 @@ class OutboxReplayer:
             self._failed(local, entries, exc, report)
             raise
         # The clock observes the newest stamp of the batch once (a merged row carries the other side's stamp).
-        newest = max((o.current.hlc for o in outcomes if o.current is not None), default=None)
+        newest = max(map(_HLC, filter(None, map(_CURRENT, outcomes))), default=None)  # in C: thousands of ops
         if newest is not None:
             self._observe(newest)
         return outcomes
@@ -469,19 +475,16 @@ class OutboxReplayer:
         return len(done)
 
     def _count(self, done: Sequence[tuple[int, Op, ApplyOutcome]], report: SyncReport) -> None:
-        for _, _, out in done:
-            if out.outcome in ("applied", "merged"):
-                report.pushed += 1
-                self.totals.pushed += 1
-            elif out.outcome == "superseded":
-                report.superseded += 1
-                self.totals.superseded += 1
-            elif out.outcome == "manual":
-                report.conflicts += 1
-                self.totals.conflicts += 1
-            else:
-                report.duplicates += 1
-                self.totals.duplicates += 1
+        counts = Counter(map(_OUTCOME, map(_OUT, done)))  # counted in C: thousands of ops per batch
+        pushed = counts.pop("applied", 0) + counts.pop("merged", 0)
+        superseded = counts.pop("superseded", 0)
+        conflicts = counts.pop("manual", 0)
+        duplicates = sum(counts.values())
+        for tally in (report, self.totals):
+            tally.pushed += pushed
+            tally.superseded += superseded
+            tally.conflicts += conflicts
+            tally.duplicates += duplicates
         self.last_push_at = self._wall()
 
     def _failed(self, local: LocalTier, entries: Sequence[Pending], exc: HybridStoreError, report: SyncReport) -> None:
@@ -533,7 +536,9 @@ def _rebased(following: list[Pending], pushed: Sequence[tuple[int, Op, ApplyOutc
     reached the primary for patched from this batch's results (see `_followed_versions`)."""
     if not following:
         return following
-    keys = {(op.collection, op.key) for _, op, _ in following}
+    keys = set(map(_KEY, map(_OP, following))) & set(map(_KEY, map(_OP, pushed)))  # in C: usually empty
+    if not keys:
+        return following
     versions = _followed_versions([(op, o) for _, op, o in pushed if o.current is not None and o.current[:2] in keys])
     if not versions:
         return following

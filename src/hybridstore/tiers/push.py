@@ -21,8 +21,11 @@ statement is atomic and idempotent, so a crash between them changes nothing a re
 
 from __future__ import annotations
 
+import operator
 import time
 from collections.abc import Sequence
+from functools import partial
+from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
 from ..model import ApplyOutcome, Op, StoredRow
@@ -41,6 +44,11 @@ _FAST_UPSERT = """
 """
 _SEP = "\x1f"  # the unit separator: between the values of a column sent as one text (see `_batch_statement`)
 _SEP_SQL = "E'\\x1f'"
+# Named tuples made from plain tuples by C code alone (``map(_AS_ROW, tuples)``): a batch of thousands of ops
+# builds no Python frame per op (`StoredRow._make` would call a Python function for each).
+_AS_ROW = partial(tuple.__new__, StoredRow)
+_AS_OUTCOME = partial(tuple.__new__, ApplyOutcome)
+_PLUS_ONE = partial(operator.add, 1)
 _NOT_COVERED = (
     'NOT EXISTS (SELECT 1 FROM {q}.node_settled s WHERE s.origin = {origin} AND s.settled > {hlc} COLLATE "C")'
 )
@@ -168,13 +176,13 @@ class PushStatements:
             count, total, at = row
             now = time.time()
             if count == n_groups and total == sum(params[5]) + sum(params[6]):
-                if groups is None:  # every op applied, each at its base + 1
-                    return [
-                        ApplyOutcome(i, "applied", StoredRow(c, k, v, b + 1, h, o, at, now))
-                        for i, c, k, v, h, o, b in zip(
-                            op_ids, collections, keys, values, hlcs, origins, bases, strict=True
-                        )
-                    ]
+                if groups is None:  # every op applied, each at its base + 1: outcomes built in C alone
+                    n = len(ops)
+                    versions = map(_PLUS_ONE, bases)
+                    rows = zip(
+                        collections, keys, values, versions, hlcs, origins, repeat(at, n), repeat(now, n), strict=True
+                    )
+                    return list(map(_AS_OUTCOME, zip(op_ids, repeat("applied", n), map(_AS_ROW, rows), strict=True)))
                 applied = {key: base + n for key, base, n in zip(groups, params[5], params[6], strict=True)}
             else:
                 found = conn.execute(self.written, (list(params[0]), list(params[1]))).fetchall()
