@@ -294,9 +294,8 @@ class LocalOutbox(LocalDatabase):
         parameters per key)."""
         drop: list[tuple[tuple[str, str], StoredRow]] = []
         with self._transaction(precise=True) as conn:
-            discard = self.cache.discard
-            for key in keys:
-                discard(key)
+            for key in self.cache.rows.keys() & keys:  # the cached ones only, found by C code
+                self.cache.discard(key)
             conn.execute("DELETE FROM outbox WHERE seq <= ?", (upto,))
             if conn.executemany(_SETTLE, followed).rowcount < len(followed):
                 conn.executemany(_FOLLOW, followed)  # some keys have later pending ops: they follow this write
