@@ -21,12 +21,9 @@ statement is atomic and idempotent, so a crash between them changes nothing a re
 
 from __future__ import annotations
 
-import operator
 import time
 from collections.abc import Sequence
-from functools import partial
-from itertools import repeat
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 from ..model import ApplyOutcome, Op, StoredRow
 
@@ -44,14 +41,48 @@ _FAST_UPSERT = """
 """
 _SEP = "\x1f"  # the unit separator: between the values of a column sent as one text (see `_batch_statement`)
 _SEP_SQL = "E'\\x1f'"
-# Named tuples made from plain tuples by C code alone (``map(_AS_ROW, tuples)``): a batch of thousands of ops
-# builds no Python frame per op (`StoredRow._make` would call a Python function for each).
-_AS_ROW = partial(tuple.__new__, StoredRow)
-_AS_OUTCOME = partial(tuple.__new__, ApplyOutcome)
-_PLUS_ONE = partial(operator.add, 1)
 _NOT_COVERED = (
     'NOT EXISTS (SELECT 1 FROM {q}.node_settled s WHERE s.origin = {origin} AND s.settled > {hlc} COLLATE "C")'
 )
+
+
+def _distinct_keys(collections: Sequence[str], keys: Sequence[str]) -> bool:
+    """Does every op of a batch write another key? Checked on the key texts alone when the batch writes one
+    collection (the usual case: no pair built per op)."""
+    if len(set(collections)) == 1:
+        return len(set(keys)) == len(keys)
+    return len(set(zip(collections, keys, strict=True))) == len(keys)
+
+
+class AppliedBatch(Sequence[ApplyOutcome]):
+    """The outcomes of a batch in which every op applied, one op per key, each at its base version + 1, written at
+    ``at`` (the primary's clock) and known at ``now``: kept as the ops themselves, each `ApplyOutcome` built only
+    when asked for. The replayer settles such a batch from its ops (`LocalOutbox.complete_applied`); building
+    two objects per op that nobody reads — and collecting them — cost more than the rest of the node's work on a
+    batch of thousands of ops."""
+
+    __slots__ = ("at", "now", "ops")
+
+    def __init__(self, ops: Sequence[Op], at: float, now: float) -> None:
+        self.ops = ops
+        self.at = at
+        self.now = now
+
+    def __len__(self) -> int:
+        return len(self.ops)
+
+    @overload
+    def __getitem__(self, index: int) -> ApplyOutcome: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[ApplyOutcome]: ...
+
+    def __getitem__(self, index: int | slice) -> ApplyOutcome | Sequence[ApplyOutcome]:
+        if isinstance(index, slice):
+            return AppliedBatch(self.ops[index], self.at, self.now)
+        op = self.ops[index]
+        row = StoredRow(op.collection, op.key, op.value_json, op.base_version + 1, op.hlc, op.origin, self.at, self.now)
+        return ApplyOutcome(op.op_id, "applied", row)
 
 
 class PushStatements:
@@ -144,19 +175,19 @@ class PushStatements:
         ops: Sequence[Op],
         strategies: Sequence[str],
         base_values: Sequence[str | None],
-    ) -> list[ApplyOutcome]:
+    ) -> Sequence[ApplyOutcome]:
         """Apply a batch in one transaction: the fast statement for every key group, the slow path for the
-        groups it left. One outcome per op, in input order."""
+        groups it left. One outcome per op, in input order (an `AppliedBatch` when every op applied, one per
+        key)."""
         # Column-wise (C-speed transposition) rather than op by op: the push thread's Python time is on the drain's
         # critical path. The usual batch has one op per key: then its groups are its ops.
-        op_ids, collections, keys, values, hlcs, origins, bases, _ = zip(*ops, strict=True)
-        pairs = list(zip(collections, keys, strict=True))
+        _, collections, keys, values, hlcs, origins, bases, _ = zip(*ops, strict=True)
         groups: dict[tuple[str, str], list[int]] | None = None
-        if len(set(pairs)) == len(ops):
+        if _distinct_keys(collections, keys):
             params: tuple[Sequence[Any], ...] = (collections, keys, values, hlcs, origins, bases, [1] * len(ops))
         else:
             groups = {}
-            for i, pair in enumerate(pairs):
+            for i, pair in enumerate(zip(collections, keys, strict=True)):
                 groups.setdefault(pair, []).append(i)
             firsts = [idx[0] for idx in groups.values()]
             lasts = [idx[-1] for idx in groups.values()]
@@ -176,19 +207,14 @@ class PushStatements:
             count, total, at = row
             now = time.time()
             if count == n_groups and total == sum(params[5]) + sum(params[6]):
-                if groups is None:  # every op applied, each at its base + 1: outcomes built in C alone
-                    n = len(ops)
-                    versions = map(_PLUS_ONE, bases)
-                    rows = zip(
-                        collections, keys, values, versions, hlcs, origins, repeat(at, n), repeat(now, n), strict=True
-                    )
-                    return list(map(_AS_OUTCOME, zip(op_ids, repeat("applied", n), map(_AS_ROW, rows), strict=True)))
+                if groups is None:  # every op applied, each at its base + 1
+                    return AppliedBatch(ops, at, now)
                 applied = {key: base + n for key, base, n in zip(groups, params[5], params[6], strict=True)}
             else:
                 found = conn.execute(self.written, (list(params[0]), list(params[1]))).fetchall()
                 applied = {(c, k): v for c, k, v in found}
             if groups is None:
-                groups = {pair: [i] for i, pair in enumerate(pairs)}
+                groups = {pair: [i] for i, pair in enumerate(zip(collections, keys, strict=True))}
             out: list[ApplyOutcome | None] = [None] * len(ops)
             left: list[int] = []
             for key, idx in groups.items():

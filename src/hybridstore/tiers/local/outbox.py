@@ -19,6 +19,7 @@ Contract:
 
 from __future__ import annotations
 
+import operator
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
@@ -58,6 +59,7 @@ _AS_OP = partial(tuple.__new__, Op)
 _OP_FIELDS, _PENDING_SEQ, _PENDING_BASE = itemgetter(*range(8)), itemgetter(8), itemgetter(9)  # of a `_PENDING` row
 _SEQ, _OP, _OUT = itemgetter(0), itemgetter(1), itemgetter(2)  # of a (seq, op, outcome) entry
 _KEY_OF_OP = itemgetter(1, 2)
+_PLUS_ONE = partial(operator.add, 1)
 _OUTCOME, _CURRENT = itemgetter(1), itemgetter(2)  # of an ApplyOutcome
 # The common case of `_COMPLETE`, without its CASEs: the key's newest pending op was pushed and reached the primary.
 _SETTLE = """
@@ -220,7 +222,7 @@ class LocalOutbox(LocalDatabase):
         now = self._clock()
         if not exact and (applied := _all_applied(done, now)) is not None:
             keys, followed = applied
-            self._settle_followed(keys, followed, max(map(_SEQ, done)), now, done)
+            self._settle_followed(keys, followed, max(map(_SEQ, done)), now, list(map(_OUT, done)))
             return
         last: dict[tuple[str, str], tuple[int, ApplyOutcome]] = {}
         for seq, op, outcome in done:
@@ -282,13 +284,31 @@ class LocalOutbox(LocalDatabase):
                 drop.append((key, aside))
             # else the key still has later pending ops: their push settles it, against this row again
 
+    def complete_applied(
+        self, entries: Sequence[tuple[int, Op, Any]], outcomes: Sequence[ApplyOutcome], updated_at: float
+    ) -> None:
+        """`complete` of the oldest entries when every op applied, one op per key, each at its base version + 1,
+        written on the primary at ``updated_at`` (the usual batch): the parameters come from the ops themselves,
+        column by column (``outcomes`` are read only for rows the change feed set aside meanwhile)."""
+        if not entries:
+            return
+        now = self._clock()
+        n = len(entries)
+        _, c, k, value, hlc, origin, base, _ = zip(*map(_OP, entries), strict=True)
+        seqs = list(map(_SEQ, entries))
+        version = map(_PLUS_ONE, base)
+        followed = list(
+            zip(value, hlc, origin, repeat(updated_at, n), repeat(now, n), version, seqs, c, k, strict=True)
+        )
+        self._settle_followed(list(zip(c, k, strict=True)), followed, max(seqs), now, outcomes)
+
     def _settle_followed(
         self,
         keys: Sequence[tuple[str, str]],
         followed: list[tuple[Any, ...]],
         upto: int,
         now: float,
-        done: Sequence[tuple[int, Op, ApplyOutcome]],
+        outcomes: Sequence[ApplyOutcome],
     ) -> None:
         """`complete` of a batch of the oldest entries, one per key, every one applied (``followed``: `_SETTLE`'s
         parameters per key)."""
@@ -300,7 +320,7 @@ class LocalOutbox(LocalDatabase):
             if conn.executemany(_SETTLE, followed).rowcount < len(followed):
                 conn.executemany(_FOLLOW, followed)  # some keys have later pending ops: they follow this write
             if self._pulled_aside:
-                self._settle_aside(conn, ((key, out) for key, (_, _, out) in zip(keys, done, strict=True)), now, drop)
+                self._settle_aside(conn, zip(keys, outcomes, strict=True), now, drop)
         self._forget_aside(drop)
 
     def _adopt_aside(self, conn: sqlite3.Connection, aside: StoredRow, now: float) -> bool:
