@@ -461,6 +461,56 @@ def test_embedded_store_sync_status(tmp_path: Path) -> None:
             store.conflicts()
 
 
+@pytest.mark.parametrize("odd_key", [False, True])
+def test_a_batch_arrives_whole_whichever_way_its_columns_travel(
+    make_store: StoreFactory, pg: psycopg.Connection[Any], pg_schema: str, odd_key: bool, monkeypatch: Any
+) -> None:
+    """A batch's columns travel as separated texts, or as arrays when a key holds the separator: either way every
+    key arrives as written — deletes, a key written twice in the batch, values holding the separator (escaped
+    in JSON) — and the node's copy ends synced at the primary's versions."""
+    from hybridstore.tiers.push import PushStatements
+
+    used: list[bool] = []
+    choose = PushStatements._batch_statement
+
+    def spy(self: PushStatements, params: tuple[Any, ...]) -> tuple[bytes, tuple[Any, ...]]:
+        statement, args = choose(self, params)
+        used.append(statement == self.batch_joined)
+        return statement, args
+
+    monkeypatch.setattr(PushStatements, "_batch_statement", spy)
+    node = make_store("n", write_mode="local_first", background=False, coalesce=False)
+    for i in range(5):
+        node.set("c", f"gone{i}", i)
+    node.sync_now()
+    used.clear()
+    odd = "odd\x1fkey" if odd_key else "plain-key"
+    node.set("c", odd, {"text": "a\x1fb"})
+    node.set("c", "twice", 1)
+    node.set("c", "twice", 2)
+    node.delete("c", "gone1")
+    node.delete("c", "gone3")
+    node.set("c", "gone4", "again")
+    report = node.sync_now()
+    assert used == [not odd_key], "the batch took the other way"
+    assert report.pushed == 6 and report.remaining == 0 and report.failed == 0
+    assert node.node.replayer.batch_durations[-1][0] == 6, "the batch was not applied whole (pushed op by op)"
+    rows = primary_rows(pg, pg_schema, "c")
+    assert rows[odd] == ({"text": "a\x1fb"}, 1)
+    assert rows["twice"] == (2, 2)
+    assert rows["gone4"] == ("again", 2)
+    assert {"gone0", "gone2"} <= rows.keys() and not {"gone1", "gone3"} & rows.keys()
+    tombstones = pg.execute(
+        f'SELECT key, version FROM "{pg_schema}".records WHERE value IS NULL ORDER BY key'
+    ).fetchall()
+    assert tombstones == [("gone1", 2), ("gone3", 2)]
+    local = node.node.slot.tier
+    assert local is not None
+    for key, version in ((odd, 1), ("twice", 2), ("gone4", 2), ("gone1", 2)):
+        row = local.get("c", key)
+        assert row is not None and row.version == version and row.synced_at is not None, key
+
+
 def test_batch_size_grows_while_pushes_succeed_and_shrinks_on_timeouts(
     make_store: StoreFactory, proxy: Proxy, pg_dsn: str
 ) -> None:

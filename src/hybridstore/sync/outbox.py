@@ -17,9 +17,10 @@ import random
 import threading
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from .. import faults
@@ -35,6 +36,7 @@ from ..events import Event, EventBus
 from ..merge import MISSING, StrategyTable, merge3
 from ..model import ApplyOutcome, Op, StoredRow, SyncReport
 from ..tiers.local.outbox import follows
+from ..tiers.push import AppliedBatch
 from ..worker import Worker
 
 if TYPE_CHECKING:
@@ -48,6 +50,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("hybridstore.sync")
 Pending = tuple[int, Op, "str | None"]  # outbox seq, op, merge base (last value agreed with the primary)
 _RESOLUTION_NS = uuid.UUID("6f1c7f3e-3b0a-4c55-9d7e-6a1f0b8e2c41")  # op ids of merge results, derived
+# Fields picked by C code: a batch holds thousands of ops, and the push loop is the drain's critical path.
+_SEQ, _OP, _OUT = itemgetter(0), itemgetter(1), itemgetter(2)  # of a (seq, op, …) entry
+_KEY = itemgetter(1, 2)  # of an Op: (collection, key)
+_OUTCOME, _CURRENT = itemgetter(1), itemgetter(2)  # of an ApplyOutcome
+_HLC = _OP_HLC = itemgetter(4)  # of a StoredRow, of an Op
 IDLE_POLL = 1.0
 REPLAY_BACKOFF_CAP = 30.0  # seconds, at most, between attempts to replay the journal into a failing SQLite
 ROUND_BATCHES = 16  # batches per background round, between checks of the journal, the circuit and stop()
@@ -269,7 +276,7 @@ class OutboxReplayer:
                     raise
             self.state = "pushing"
             entries = local.pending_ops(self.batch_size)
-            previous: list[tuple[int, Op, ApplyOutcome]] = []
+            previous: tuple[list[Pending], Sequence[ApplyOutcome]] | None = None  # pushed, to settle
             batches = 0
             try:
                 while entries and batches < max_batches:
@@ -277,11 +284,11 @@ class OutboxReplayer:
                     started = time.perf_counter()
                     future = self._pusher().submit(self._send, entries)
                     following: list[Pending] = []
-                    outcomes: list[ApplyOutcome] | None
+                    outcomes: Sequence[ApplyOutcome] | None
                     try:
-                        if previous:
-                            done, previous = previous, []
-                            settled += self._settle(local, done, report)
+                        if previous is not None:
+                            done, previous = previous, None
+                            settled += self._settle(local, *done, report)
                             if on_batch is not None:
                                 on_batch()
                         if batches < max_batches:
@@ -297,21 +304,21 @@ class OutboxReplayer:
                         # the head of the outbox, so they keep waiting behind the rejected op.
                         break
                     self._batch_done(len(entries), time.perf_counter() - started)
-                    previous = [(seq, op, out) for (seq, op, _), out in zip(entries, outcomes, strict=True)]
-                    entries = _rebased(following, previous)
+                    previous = (entries, outcomes)
+                    entries = _rebased(following, entries, outcomes)
             finally:
-                if previous:
-                    done, previous = previous, []
-                    settled += self._settle(local, done, report)
+                if previous is not None:
+                    done, previous = previous, None
+                    settled += self._settle(local, *done, report)
                     if on_batch is not None:
                         on_batch()
                 self.state = "idle"
         return settled
 
-    def _put(self, ops: Sequence[Op]) -> list[ApplyOutcome]:
+    def _put(self, ops: Sequence[Op]) -> Sequence[ApplyOutcome]:
         if faults.active and faults.OUTBOX_DROP in faults.active:
             return _dropping_put(self._gateway, ops)  # test-only: a broken store (see hybridstore.faults)
-        return self._gateway.call(lambda p: p.put_many(ops))
+        return self._gateway.call(lambda p: p.push_batch(ops))
 
     def _push_resolution(
         self, op: Op, strategy: str, base: str | None, local: str | None, remote: StoredRow | None
@@ -320,19 +327,19 @@ class OutboxReplayer:
             lambda p: p.push_resolution(op, strategy, base=base, local=local, remote=remote, actor=f"system:{strategy}")
         )
 
-    def _send(self, entries: Sequence[Pending]) -> list[ApplyOutcome]:
+    def _send(self, entries: Sequence[Pending]) -> Sequence[ApplyOutcome]:
         """Push one batch and settle its conflicts (merges are pushed from here too); runs in the push thread."""
         ops = [op for _, op, _ in entries]
         if self._strategies.all_last_wins:
             return self._put(ops)
         names = [self._strategies.wire_name(op.collection) for op in ops]
         bases = [base if name == "manual" else None for (_, _, base), name in zip(entries, names, strict=True)]
-        outcomes = self._gateway.call(lambda p: p.put_many(ops, strategies=names, base_values=bases))
-        if any(o.outcome == "conflict" for o in outcomes):
+        outcomes = self._gateway.call(lambda p: p.push_batch(ops, strategies=names, base_values=bases))
+        if not isinstance(outcomes, AppliedBatch) and any(o.outcome == "conflict" for o in outcomes):
             outcomes = self._resolve(entries, outcomes)
         return outcomes
 
-    def _resolve(self, entries: Sequence[Pending], outcomes: list[ApplyOutcome]) -> list[ApplyOutcome]:
+    def _resolve(self, entries: Sequence[Pending], outcomes: Sequence[ApplyOutcome]) -> list[ApplyOutcome]:
         """Merge each conflicting key (``merge`` or a callable) and push the result; the ops of that key then
         settle with the merged row. A key that keeps conflicting stays queued (raised as unavailable)."""
         last: dict[tuple[str, str], int] = {}
@@ -445,8 +452,8 @@ class OutboxReplayer:
         return self._executor
 
     def _outcomes(
-        self, future: Future[list[ApplyOutcome]], local: LocalTier, entries: list[Pending], report: SyncReport
-    ) -> list[ApplyOutcome]:
+        self, future: Future[Sequence[ApplyOutcome]], local: LocalTier, entries: list[Pending], report: SyncReport
+    ) -> Sequence[ApplyOutcome]:
         """Wait for a pushed batch; on failure record it (circuit, outbox attempts, batch size) and raise."""
         try:
             outcomes = future.result()
@@ -457,32 +464,45 @@ class OutboxReplayer:
             self._failed(local, entries, exc, report)
             raise
         # The clock observes the newest stamp of the batch once (a merged row carries the other side's stamp).
-        newest = max((o.current.hlc for o in outcomes if o.current is not None), default=None)
+        if isinstance(outcomes, AppliedBatch):  # every row is its op's own write
+            newest = max(map(_OP_HLC, outcomes.ops), default=None)
+        else:
+            newest = max(map(_HLC, filter(None, map(_CURRENT, outcomes))), default=None)  # in C: thousands of ops
         if newest is not None:
             self._observe(newest)
         return outcomes
 
-    def _settle(self, local: LocalTier, done: list[tuple[int, Op, ApplyOutcome]], report: SyncReport) -> int:
+    def _settle(
+        self, local: LocalTier, entries: list[Pending], outcomes: Sequence[ApplyOutcome], report: SyncReport
+    ) -> int:
         """Record a pushed batch in SQLite and count it."""
+        if isinstance(outcomes, AppliedBatch):  # the usual batch, settled from its ops
+            local.complete_applied(entries, outcomes, outcomes.at)
+            self._tally(report, pushed=len(entries))
+            self.last_push_at = self._wall()
+            return len(entries)
+        done = list(zip(map(_SEQ, entries), map(_OP, entries), outcomes, strict=True))
         local.complete(done)
         self._count(done, report)
         return len(done)
 
     def _count(self, done: Sequence[tuple[int, Op, ApplyOutcome]], report: SyncReport) -> None:
-        for _, _, out in done:
-            if out.outcome in ("applied", "merged"):
-                report.pushed += 1
-                self.totals.pushed += 1
-            elif out.outcome == "superseded":
-                report.superseded += 1
-                self.totals.superseded += 1
-            elif out.outcome == "manual":
-                report.conflicts += 1
-                self.totals.conflicts += 1
-            else:
-                report.duplicates += 1
-                self.totals.duplicates += 1
+        counts = Counter(map(_OUTCOME, map(_OUT, done)))  # counted in C: thousands of ops per batch
+        pushed = counts.pop("applied", 0) + counts.pop("merged", 0)
+        superseded = counts.pop("superseded", 0)
+        conflicts = counts.pop("manual", 0)
+        duplicates = sum(counts.values())
+        self._tally(report, pushed=pushed, superseded=superseded, conflicts=conflicts, duplicates=duplicates)
         self.last_push_at = self._wall()
+
+    def _tally(
+        self, report: SyncReport, *, pushed: int = 0, superseded: int = 0, conflicts: int = 0, duplicates: int = 0
+    ) -> None:
+        for tally in (report, self.totals):
+            tally.pushed += pushed
+            tally.superseded += superseded
+            tally.conflicts += conflicts
+            tally.duplicates += duplicates
 
     def _failed(self, local: LocalTier, entries: Sequence[Pending], exc: HybridStoreError, report: SyncReport) -> None:
         self.last_error = str(exc)
@@ -528,13 +548,16 @@ class OutboxReplayer:
         return report
 
 
-def _rebased(following: list[Pending], pushed: Sequence[tuple[int, Op, ApplyOutcome]]) -> list[Pending]:
+def _rebased(following: list[Pending], pushed: list[Pending], outcomes: Sequence[ApplyOutcome]) -> list[Pending]:
     """The next batch (read before this one was settled) with the base versions of its keys that this batch's ops
     reached the primary for patched from this batch's results (see `_followed_versions`)."""
     if not following:
         return following
-    keys = {(op.collection, op.key) for _, op, _ in following}
-    versions = _followed_versions([(op, o) for _, op, o in pushed if o.current is not None and o.current[:2] in keys])
+    keys = set(map(_KEY, map(_OP, following))) & set(map(_KEY, map(_OP, pushed)))  # in C: usually empty
+    if not keys:
+        return following
+    shared = [(op, outcomes[i]) for i, (_, op, _) in enumerate(pushed) if (op.collection, op.key) in keys]
+    versions = _followed_versions([(op, o) for op, o in shared if o.current is not None])
     if not versions:
         return following
     return [

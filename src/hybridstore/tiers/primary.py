@@ -89,6 +89,17 @@ class PrimaryTier(PrimaryConnection):
         """Apply ops in one transaction; see `tiers.push` and migration 0008 for the rules. Idempotent.
         ``strategies`` gives each op's conflict strategy (default ``last_wins``); ``base_values`` the last value
         the writer agreed on with the primary (kept with a manual conflict)."""
+        return list(self.push_batch(ops, strategies=strategies, base_values=base_values))
+
+    def push_batch(
+        self,
+        ops: Sequence[Op],
+        *,
+        strategies: Sequence[str] | None = None,
+        base_values: Sequence[str | None] | None = None,
+    ) -> Sequence[ApplyOutcome]:
+        """`put_many` for the replayer: the outcomes may be an `AppliedBatch` (every op applied, one per key), which
+        builds each outcome only when asked for — the replayer settles such a batch from its ops."""
         if not ops:
             return []
         if len(ops) == 1:

@@ -19,8 +19,12 @@ Contract:
 
 from __future__ import annotations
 
+import operator
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
+from itertools import repeat
+from operator import itemgetter
 from typing import Any
 
 from ...model import ApplyOutcome, Op, StoredRow
@@ -44,11 +48,19 @@ UPDATE records SET
     version = CASE WHEN pending_seq <= ?7 OR ?10 THEN ?6 ELSE version END
 WHERE collection = ?8 AND key = ?9
 """
-_PENDING = (
-    "SELECT o.seq, o.op_id, o.collection, o.key, o.value, o.hlc, o.origin, coalesce(r.version, 0), o.created_at, "
+_PENDING = (  # an op's fields in `Op`'s order, then the seq and the merge base
+    "SELECT o.op_id, o.collection, o.key, o.value, o.hlc, o.origin, coalesce(r.version, 0), o.created_at, o.seq, "
     "r.base_value FROM outbox o LEFT JOIN records r ON r.collection = o.collection AND r.key = o.key "
     "WHERE o.seq > ? ORDER BY o.seq LIMIT ?"
 )
+# Tuples made into named tuples by C code alone (``map(_AS_OP, rows)``): a batch of thousands of ops builds no
+# Python frame per op. `Op._make` would call a Python function for each.
+_AS_OP = partial(tuple.__new__, Op)
+_OP_FIELDS, _PENDING_SEQ, _PENDING_BASE = itemgetter(*range(8)), itemgetter(8), itemgetter(9)  # of a `_PENDING` row
+_SEQ, _OP, _OUT = itemgetter(0), itemgetter(1), itemgetter(2)  # of a (seq, op, outcome) entry
+_KEY_OF_OP = itemgetter(1, 2)
+_PLUS_ONE = partial(operator.add, 1)
+_OUTCOME, _CURRENT = itemgetter(1), itemgetter(2)  # of an ApplyOutcome
 # The common case of `_COMPLETE`, without its CASEs: the key's newest pending op was pushed and reached the primary.
 _SETTLE = """
 UPDATE records SET value = ?1, hlc = ?2, origin = ?3, updated_at = ?4, synced_at = ?5, version = ?6,
@@ -67,6 +79,24 @@ WHERE collection = ?1 AND key = ?2 AND version < ?4 AND pending_seq IS NULL
 # of the pushed op, not of the primary's row, so they stay based on the version before it (their push conflicts)
 # with the pushed op's own value as their merge base — merging them then keeps what the other side brought in.
 _REBASE = "UPDATE records SET base_value = ?1 WHERE collection = ?2 AND key = ?3 AND pending_seq > ?4"
+
+
+def _all_applied(
+    done: Sequence[tuple[int, Op, ApplyOutcome]], now: float
+) -> tuple[list[tuple[str, str]], list[tuple[Any, ...]]] | None:
+    """For the usual batch — one op per key, every one applied — its keys and `_SETTLE`'s parameters per key,
+    built column-wise by C code (a batch holds thousands of ops); ``None`` for any other batch."""
+    keys = list(map(_KEY_OF_OP, map(_OP, done)))
+    outcomes = list(map(_OUT, done))
+    if len(set(keys)) != len(keys) or set(map(_OUTCOME, outcomes)) != {"applied"}:
+        return None
+    rows = list(map(_CURRENT, outcomes))
+    if None in rows:  # pragma: no cover - an applied op always comes with the primary's row
+        return None
+    c, k, value, version, hlc, origin, updated_at, _ = zip(*rows, strict=True)
+    n = len(rows)
+    followed = list(zip(value, hlc, origin, updated_at, repeat(now, n), version, map(_SEQ, done), c, k, strict=True))
+    return keys, followed
 
 
 def follows(op: Op, outcome: ApplyOutcome) -> bool:
@@ -159,8 +189,11 @@ class LocalOutbox(LocalDatabase):
             except sqlite3.Error as exc:
                 raise self._error(exc) from exc
             if rows:
-                self._sent_seq = max(self._sent_seq, rows[-1][0])
-        return [(r[0], Op(r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8]), r[9]) for r in rows]
+                self._sent_seq = max(self._sent_seq, rows[-1][8])
+        if not rows:
+            return []
+        ops = map(_AS_OP, map(_OP_FIELDS, rows))  # in C alone (see `_AS_OP`)
+        return list(zip(map(_PENDING_SEQ, rows), ops, map(_PENDING_BASE, rows), strict=True))
 
     def pending_rows(
         self, collection: str, *, prefix: str = "", after: str | None = None, upper: str | None = None
@@ -187,10 +220,14 @@ class LocalOutbox(LocalDatabase):
         was pending, that one (see `apply_pulled`). A key with later pending ops keeps its local value and, if
         the pushed op reached the primary, learns the new primary version and merge base."""
         now = self._clock()
+        if not exact and (applied := _all_applied(done, now)) is not None:
+            keys, followed = applied
+            self._settle_followed(keys, followed, max(map(_SEQ, done)), now, list(map(_OUT, done)))
+            return
         last: dict[tuple[str, str], tuple[int, ApplyOutcome]] = {}
         for seq, op, outcome in done:
             last[(op.collection, op.key)] = (seq, outcome)
-        followed: list[tuple[Any, ...]] = []  # the op reached the primary (applied, duplicate): the common case
+        followed = []  # the op reached the primary (applied, duplicate): the common case
         adopt: list[tuple[Any, ...]] = []
         gone: list[tuple[Any, ...]] = []
         rebase: list[tuple[Any, ...]] = []
@@ -225,15 +262,65 @@ class LocalOutbox(LocalDatabase):
                 gone,
             )
             if self._pulled_aside:
-                for key, (_, out) in last.items():
-                    aside = self._pulled_aside.get(key)
-                    if aside is None:
-                        continue
-                    if out.current is None or out.current.version >= aside.version:
-                        drop.append((key, aside))  # the push's row is as new (or the key is gone): not needed
-                    elif self._adopt_aside(conn, aside, now):
-                        drop.append((key, aside))
-                    # else the key still has later pending ops: their push settles it, against this row again
+                self._settle_aside(conn, ((key, out) for key, (_, out) in last.items()), now, drop)
+        self._forget_aside(drop)
+
+    def _settle_aside(
+        self,
+        conn: sqlite3.Connection,
+        settled: Iterable[tuple[tuple[str, str], ApplyOutcome]],
+        now: float,
+        drop: list[tuple[tuple[str, str], StoredRow]],
+    ) -> None:
+        """Rows pulled while their keys were pending, for keys just settled: adopt the newer ones (inside the
+        caller's transaction); those no longer needed go to ``drop``."""
+        for key, out in settled:
+            aside = self._pulled_aside.get(key)
+            if aside is None:
+                continue
+            if out.current is None or out.current.version >= aside.version:
+                drop.append((key, aside))  # the push's row is as new (or the key is gone): not needed
+            elif self._adopt_aside(conn, aside, now):
+                drop.append((key, aside))
+            # else the key still has later pending ops: their push settles it, against this row again
+
+    def complete_applied(
+        self, entries: Sequence[tuple[int, Op, Any]], outcomes: Sequence[ApplyOutcome], updated_at: float
+    ) -> None:
+        """`complete` of the oldest entries when every op applied, one op per key, each at its base version + 1,
+        written on the primary at ``updated_at`` (the usual batch): the parameters come from the ops themselves,
+        column by column (``outcomes`` are read only for rows the change feed set aside meanwhile)."""
+        if not entries:
+            return
+        now = self._clock()
+        n = len(entries)
+        _, c, k, value, hlc, origin, base, _ = zip(*map(_OP, entries), strict=True)
+        seqs = list(map(_SEQ, entries))
+        version = map(_PLUS_ONE, base)
+        followed = list(
+            zip(value, hlc, origin, repeat(updated_at, n), repeat(now, n), version, seqs, c, k, strict=True)
+        )
+        self._settle_followed(list(zip(c, k, strict=True)), followed, max(seqs), now, outcomes)
+
+    def _settle_followed(
+        self,
+        keys: Sequence[tuple[str, str]],
+        followed: list[tuple[Any, ...]],
+        upto: int,
+        now: float,
+        outcomes: Sequence[ApplyOutcome],
+    ) -> None:
+        """`complete` of a batch of the oldest entries, one per key, every one applied (``followed``: `_SETTLE`'s
+        parameters per key)."""
+        drop: list[tuple[tuple[str, str], StoredRow]] = []
+        with self._transaction(precise=True) as conn:
+            for key in self.cache.rows.keys() & keys:  # the cached ones only, found by C code
+                self.cache.discard(key)
+            conn.execute("DELETE FROM outbox WHERE seq <= ?", (upto,))
+            if conn.executemany(_SETTLE, followed).rowcount < len(followed):
+                conn.executemany(_FOLLOW, followed)  # some keys have later pending ops: they follow this write
+            if self._pulled_aside:
+                self._settle_aside(conn, zip(keys, outcomes, strict=True), now, drop)
         self._forget_aside(drop)
 
     def _adopt_aside(self, conn: sqlite3.Connection, aside: StoredRow, now: float) -> bool:
