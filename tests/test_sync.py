@@ -570,6 +570,40 @@ def caught_up(store: HybridStore) -> None:
     wait_for(lambda: puller.pull() >= 0 and not puller.held_back, timeout=30)
 
 
+def test_sync_now_waits_a_moment_for_changes_held_back_by_a_running_transaction(
+    make_store: StoreFactory, pg_dsn: str
+) -> None:
+    """A transaction running elsewhere on the server holds the change feed back (it never reads past one): an
+    explicit ``sync_now`` waits for it a moment (``HELD_PATIENCE``) instead of returning without a change committed
+    before the call; a pull that would wait longer returns, bounded, and says the rows are still held back."""
+    a = make_store("a", background=False)
+    b = make_store("b", background=False)
+    b.set("k", "seed", 0)
+    a.sync_now()
+    with psycopg.connect(pg_dsn) as other:  # an unrelated transaction, with an id, left open
+        other.execute("SELECT pg_current_xact_id()")
+        b.set("k", "x", 1)
+        timer = threading.Timer(0.3, other.commit)
+        timer.start()
+        started = time.monotonic()
+        report = a.sync_now()
+        timer.join()
+    assert report.pulled == 1 and local_value(a, "k", "x") == 1
+    assert 0.25 < time.monotonic() - started < 10
+
+    puller = a.node.puller
+    assert puller is not None
+    with psycopg.connect(pg_dsn) as other:
+        other.execute("SELECT pg_current_xact_id()")
+        b.set("k", "y", 2)
+        slept: list[float] = []
+        puller._sleep = slept.append  # no real waiting: the patience is counted in sleeps asked for
+        assert puller.pull_now(patience=0.5) == 0 and puller.held_back
+        assert slept and sum(slept) >= 0.5 and sum(slept[:-1]) < 0.5
+    puller._sleep = time.sleep
+    assert a.sync_now().pulled == 1 and local_value(a, "k", "y") == 2 and not puller.held_back
+
+
 def converge(*stores: HybridStore, timeout: float = 30.0) -> None:
     """Push and pull on every node until a whole round moves nothing, fails nothing and nothing is held back."""
     deadline = time.monotonic() + timeout
@@ -635,7 +669,9 @@ def test_a_write_queued_behind_a_merged_one_is_merged_too(
     """merge: a's two queued writes (the second made on top of the first) meet b's change. The first is merged
     with it; the second, written on top of the first and not of the merge, is merged as well (its base is the first
     write), so b's field survives — pushed one op per batch (the next batch read before the first settled) or both
-    in one batch. Found by the resilience tester's sync_conflicts scenario."""
+    in one batch. Found by the resilience tester's sync_conflicts scenario. The merged value goes out with b's stamp,
+    newer than a's second write: that write is re-stamped after it, else the primary takes it for a replay of the
+    merge and drops it (it failed that way whenever b's write fell in a later millisecond)."""
     opts: dict[str, Any] = {"conflict_strategies": {"carts": "merge"}, "background": False}
     a = make_store(f"a{batch_size}", write_mode="local_first", batch_size=batch_size, coalesce=False, **opts)
     b = make_store(f"b{batch_size}", **opts)
@@ -643,11 +679,12 @@ def test_a_write_queued_behind_a_merged_one_is_merged_too(
     a.sync_now()
     assert local_value(a, "carts", "c") == {"apples": 0, "pears": 0}
     a.set("carts", "c", {"apples": 1, "pears": 0})
-    a.set("carts", "c", {"apples": 1, "pears": 0, "plums": 2})  # made on top of the first
+    a2 = a.set("carts", "c", {"apples": 1, "pears": 0, "plums": 2})  # made on top of the first
+    wall_clock_past(a2.hlc)  # b's write is stamped after both of a's: the merged value carries b's stamp
     b.set("carts", "c", {"apples": 0, "pears": 5})  # meanwhile on the primary
     converge(a, b)
     want = {"apples": 1, "pears": 5, "plums": 2}
-    assert primary_rows(pg, pg_schema)["c"][0] == want, "a write queued behind a merged one undid the merge"
+    assert primary_rows(pg, pg_schema)["c"][0] == want, "a write queued behind a merged one was lost or undid it"
     assert local_value(a, "carts", "c") == local_value(b, "carts", "c") == want
 
 

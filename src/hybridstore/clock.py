@@ -93,3 +93,19 @@ class HybridClock:
                 self._wall, self._counter = remote.wall, remote.counter
             elif remote.wall == self._wall and remote.counter > self._counter:
                 self._counter = remote.counter
+
+
+class StampsAfter:
+    """New stamps of ``clock``'s node, each after the previous one and after ``floor`` (even when the clock refused to
+    adopt ``floor``: see `HybridClock.observe`)."""
+
+    def __init__(self, clock: HybridClock, floor: str) -> None:
+        clock.observe(floor)
+        self._clock, self._last = clock, floor
+
+    def __call__(self) -> str:
+        stamp = self._clock.now()
+        if stamp <= self._last:
+            stamp = stamp_after(self._last, self._clock.node)
+        self._last = stamp
+        return stamp

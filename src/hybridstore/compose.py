@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .circuit import CircuitBreaker
-from .clock import HybridClock
+from .clock import HybridClock, StampsAfter
 from .config import StoreConfig, load_node_id
 from .errors import ClosedError, ConfigError, HybridStoreError, LocalStoreError, StoreLockedError
 from .events import EventBus
@@ -141,6 +141,7 @@ class Node:
             gateway=self.gateway,
             events=self.events,
             observe=self.clock.observe,
+            stamps_after=lambda floor: StampsAfter(self.clock, floor),
             origin=self.origin,
             batch_size=config.batch_size,
             strategies=self.strategies,

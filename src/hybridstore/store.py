@@ -184,7 +184,7 @@ class HybridStore:
         local: LocalTier | None = node.slot.writable()
         if puller is not None and node.gateway.allow() and local is not None:
             try:
-                report.pulled = puller.pull(
+                report.pulled = puller.pull_now(
                     full=full, progress=None if progress is None else lambda done, total: progress("pull", done, total)
                 )
             except PrimaryUnavailableError as exc:

@@ -17,7 +17,7 @@ import logging
 import threading
 from typing import TYPE_CHECKING
 
-from ..clock import HybridClock, stamp_after
+from ..clock import HybridClock, StampsAfter
 
 if TYPE_CHECKING:
     from .gateway import PrimaryGateway
@@ -67,19 +67,6 @@ class OriginGuard:
                         )
             self._settled = True
 
-    def _next_after(self, newest: str) -> _Stamps:
-        return _Stamps(self._clock, newest, self._node_id)
+    def _next_after(self, newest: str) -> StampsAfter:
+        return StampsAfter(self._clock, newest)
 
-
-class _Stamps:
-    """New stamps, each after the previous one and after ``floor`` (even when the clock refused to adopt it)."""
-
-    def __init__(self, clock: HybridClock, floor: str, node: str) -> None:
-        self._clock, self._last, self._node = clock, floor, node
-
-    def __call__(self) -> str:
-        stamp = self._clock.now()
-        if stamp <= self._last:
-            stamp = stamp_after(self._last, self._node)
-        self._last = stamp
-        return stamp

@@ -80,6 +80,7 @@ class OutboxReplayer:
         wall: Callable[[], float] = time.time,
         clock: Callable[[], float] = time.monotonic,
         housekeeper: Housekeeper | None = None,
+        stamps_after: Callable[[str], Callable[[], str]] | None = None,
     ) -> None:
         self._slot = slot
         self.housekeeper = housekeeper  # the settled watermark and retention, run between pushes
@@ -87,6 +88,7 @@ class OutboxReplayer:
         self._gateway = gateway
         self._observe = observe
         self._origin = origin  # this node's stamps order after its node id's old writes (node/origin.py)
+        self._stamps_after = stamps_after  # new stamps of this node after a given one (re-stamping after a merge)
         self._wall = wall
         self._clock = clock
         self._replay_failures = 0
@@ -305,6 +307,9 @@ class OutboxReplayer:
                         break
                     self._batch_done(len(entries), time.perf_counter() - started)
                     previous = (entries, outcomes)
+                    if following and not isinstance(outcomes, AppliedBatch) and "merged" in map(_OUTCOME, outcomes):
+                        # a merge may have re-stamped ops of the next batch (read before it): read it again
+                        following = local.pending_ops(len(following), after=entries[-1][0])
                     entries = _rebased(following, entries, outcomes)
             finally:
                 if previous is not None:
@@ -363,6 +368,7 @@ class OutboxReplayer:
                     self._wall(),
                 )
                 strategy = self._strategies.wire_name(op.collection)
+                self._order_after(entries[i][0], res_op)
                 out = self._push_resolution(res_op, strategy, base, op.value_json, remote)
                 if out.outcome in ("applied", "duplicate"):
                     self.conflicts_resolved[strategy] = self.conflicts_resolved.get(strategy, 0) + 1
@@ -377,6 +383,20 @@ class OutboxReplayer:
             else out
             for (_, op, _), out in zip(entries, outcomes, strict=True)
         ]
+
+    def _order_after(self, seq: int, res_op: Op) -> None:
+        """Before a merged value goes out with the newer side's stamp, re-stamp the key's ops queued behind it that
+        are stamped no later (committed first: after a crash they still order after it). The primary recognises a
+        replay of a node's write by its stamp being at or below that node's row's; without this, a write made on
+        top of the merged one but stamped before the other side's write would be taken for a replay of the merge
+        and dropped."""
+        local = self._slot.tier
+        if self._stamps_after is None or local is None:
+            return
+        stamps = self._stamps_after(res_op.hlc)
+        moved = local.restamp_key(res_op.collection, res_op.key, res_op.origin, seq, res_op.hlc, stamps)
+        if moved:
+            log.debug("%d queued op(s) of %s/%s re-stamped after a merged value", moved, res_op.collection, res_op.key)
 
     def _merged(self, op: Op, base: str | None, remote: StoredRow | None) -> str | None:
         """The value that settles a conflict of ``op`` with ``remote`` (JSON text, ``None`` = deleted)."""

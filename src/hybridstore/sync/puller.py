@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("hybridstore.sync")
 CURSOR_META = "pull_cursor"
 Progress = Callable[[int, int | None], None]  # (rows done, rows in total if known)
+HELD_PATIENCE = 2.0  # seconds an explicit pull waits for changes held back behind a running transaction
 
 
 class ChangePuller:
@@ -51,12 +52,14 @@ class ChangePuller:
         page_size: int = 5000,
         listen: bool = True,
         wall: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._slot = slot
         self._gateway = gateway
         self._primary = gateway.tier  # for facts only (pooled, application name); calls go through the gateway
         self._observe = observe
         self._wall = wall
+        self._sleep = sleep
         self.poll_interval = poll_interval
         self.page_size = page_size
         self._listen_enabled = listen  # and the primary tier can (`can_listen`, known once its mode is settled)
@@ -247,6 +250,21 @@ class ChangePuller:
                     }
                 )
             return applied
+
+    def pull_now(self, *, full: bool = False, progress: Progress | None = None, patience: float = HELD_PATIENCE) -> int:
+        """`pull`, for someone waiting on it (``sync_now``): changes committed before the call but held back behind
+        a transaction still running on the server (the feed never reads past one) are waited for, pulling again
+        with a backoff for up to ``patience`` seconds of sleep in all; after that they come with a later pull."""
+        applied = self.pull(full=full, progress=progress)
+        delay, slept = 0.005, 0.0
+        while self.held_back and slept < patience:
+            self._sleep(delay)
+            slept += delay
+            delay = min(0.2, delay * 2)
+            applied += self.pull(progress=progress)
+        if self.held_back:
+            log.info("changes on the primary held back behind a transaction running there: a later pull brings them")
+        return applied
 
     def _fetch(self, cursor: Any) -> Future[tuple[list[tuple[Any, ...]], bool]]:
         if self._fetcher is None:

@@ -171,6 +171,30 @@ class LocalOutbox(LocalDatabase):
                 )
         return len(rows)
 
+    def restamp_key(
+        self, collection: str, key: str, origin: str, after_seq: int, ceiling: str, stamp: Callable[[], str]
+    ) -> int:
+        """Give ``origin``'s ops of one key queued after ``after_seq`` and stamped at or below ``ceiling`` new stamps
+        from ``stamp`` (increasing), in queue order, and the key's pending row the newest; returns how many. A
+        merged value is pushed with the newer side's stamp: the key's later ops must order after it, or the
+        primary would take them for replays of it (see docs/sync.md)."""
+        with self._transaction(precise=True) as conn:
+            rows = conn.execute(
+                "SELECT seq FROM outbox WHERE collection = ? AND key = ? AND origin = ? AND seq > ? AND hlc <= ? "
+                "ORDER BY seq",
+                (collection, key, origin, after_seq, ceiling),
+            ).fetchall()
+            if rows:
+                self.cache.discard((collection, key))
+            for (seq,) in rows:
+                new = stamp()
+                conn.execute("UPDATE outbox SET hlc = ? WHERE seq = ?", (new, seq))
+                conn.execute(
+                    "UPDATE records SET hlc = ? WHERE collection = ? AND key = ? AND pending_seq = ?",
+                    (new, collection, key, seq),
+                )
+        return len(rows)
+
     def embedded(self) -> None:
         """This tier runs without a primary: coalesce every queued op, those found at open included (no pusher
         runs, so none of them can be on its way to a primary)."""
