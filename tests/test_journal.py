@@ -215,7 +215,10 @@ def test_sqlite_corrupted_mid_run(tmp_path: Path, pg_dsn: str, pg_schema: str, p
             wait_for(lambda: recovery.last_rebuild is not None or recovery.book.is_active("local_corruption"))
             last_key = key
             rec = store.get("c", last_key)
-            assert rec is not None and rec.value["i"] == acked[last_key] and rec.source == "journal"
+            assert rec is not None and rec.value["i"] == acked[last_key]
+            # The journal holds it, or the rebuilt file does: with the primary cut off the store may rebuild from
+            # its emergency backup, and the rebuild replays the journal into the new file.
+            assert rec.source in ("journal", "local")
             proxy.restore()
 
             def all_on_primary() -> bool:

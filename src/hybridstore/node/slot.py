@@ -14,7 +14,7 @@ import logging
 import threading
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ClosedError
+from ..errors import ClosedError, CorruptionError
 from ..events import EventBus
 
 if TYPE_CHECKING:
@@ -67,7 +67,9 @@ class LocalSlot:
 
     def mark_failed(self, exc: BaseException, *, tier: LocalTier | None = None) -> None:
         """A call failed on SQLite: writes go to the journal until it works again. ``tier`` is the tier that
-        call used; a failure of a tier that has since been replaced is ignored."""
+        call used; a failure of a tier that has since been replaced is ignored. A corrupt file is held at once
+        (`hold`): a later write that happens to land on undamaged pages must not make it look usable again, or
+        acknowledged writes would go into a file that is about to be moved aside."""
         with self._lock:
             if tier is not None and tier is not self._tier:
                 return
@@ -77,6 +79,8 @@ class LocalSlot:
         if was:
             log.error("local SQLite failed, writes go to the journal until it recovers: %s", exc)
             self._events.publish("local_failed", str(exc))
+        if isinstance(exc, CorruptionError):
+            self.hold(f"SQLite reported corruption: {exc}")
 
     def mark_recovered(self, *, tier: LocalTier | None = None) -> bool:
         """SQLite works again (a real write succeeded). Ignored while held or for a replaced tier. True if the

@@ -318,6 +318,8 @@ class RecoveryService:
             return {"state": "down", "detail": slot.error or "not open", "path": str(path)}
         if self._rebuild_reason is None and probes.wal_missing(local):
             self._need_rebuild("write-ahead log deleted while the store was running")
+        if self._rebuild_reason is None and slot.held is not None:
+            self._need_rebuild(slot.held)  # e.g. SQLite reported corruption on a call (`LocalSlot.mark_failed`)
         # Any new SQLite failure (even one the replayer has since seen work again) triggers an integrity check.
         failure = (slot.error, local.last_error)
         due = self._last_quick_check is None or now - self._last_quick_check >= self.thresholds.quick_check_interval
