@@ -28,7 +28,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from .errors import HybridStoreError
-from .model import Record
+from .model import Record, WriteResult
 
 if TYPE_CHECKING:
     from .node.core import NodeCore
@@ -117,15 +117,13 @@ class StoreMetrics:
 def _tier(result: Any) -> str:
     """The tier that served an operation's result: a `WriteResult`'s tier (the first one's for a list), a
     `Record`'s source, the first record's source for a `Page`, ``"none"`` for no record."""
+    cls = type(result)
+    if cls is Record:  # the hot paths first
+        return result.source  # type: ignore[no-any-return]
+    if cls is WriteResult:
+        return result.tier  # type: ignore[no-any-return]
     if result is None:
         return "none"
-    if type(result) is Record:  # the read hot path
-        return result.source
-    cls = type(result).__name__
-    if cls == "WriteResult":
-        return str(result.tier)
-    if cls == "Record":
-        return str(result.source)
     if isinstance(result, list):  # set_many: its writes share a tier
         return _tier(result[0]) if result else "none"
     return str(result.records[0].source) if result.records else "none"
@@ -143,7 +141,8 @@ def timed(op: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
             except HybridStoreError as exc:
                 args[0].metrics.failed(op, exc)  # type: ignore[attr-defined]
                 raise
-            args[0].metrics.record(op, _tier(result), _perf() - start)  # type: ignore[attr-defined]
+            elapsed = _perf() - start
+            args[0].metrics.record(op, _tier(result), elapsed)  # type: ignore[attr-defined]
             return result
 
         return inner

@@ -52,6 +52,7 @@ class HybridStore:
     def __init__(self, config: StoreConfig, *, time: TimeSource | None = None) -> None:
         self._node = Node(config, time=time)
         self._router = self._node.router
+        self._max_value_bytes = config.max_value_bytes
         self.metrics: StoreMetrics = self._node.metrics
 
     # -- identity and services ----------------------------------------------------------------------------------
@@ -105,7 +106,7 @@ class HybridStore:
         self._node.check_open()
         check_collection(collection)
         check_key(key)
-        return self._router.write(collection, key, encode_value(value, max_bytes=self.config.max_value_bytes))
+        return self._router.write(collection, key, encode_value(value, max_bytes=self._max_value_bytes))
 
     @timed("delete")
     def delete(self, collection: str, key: str) -> WriteResult:
@@ -123,7 +124,7 @@ class HybridStore:
         primary by the replayer in batches, like any queued write."""
         self._node.check_open()
         check_collection(collection)
-        max_bytes = self.config.max_value_bytes
+        max_bytes = self._max_value_bytes
         ops = []
         for key, value in items:
             check_key(key)
@@ -307,7 +308,7 @@ class HybridStore:
             raise ConflictError(f"conflict {conflict_id} is already {conflict.status}")
         result: WriteResult | None = None
         if choice == "value":
-            encoded = encode_value(value, max_bytes=self.config.max_value_bytes)
+            encoded = encode_value(value, max_bytes=self._max_value_bytes)
             result = self._router.write(conflict.collection, conflict.key, encoded)
         elif choice == "local":
             result = self._router.write(conflict.collection, conflict.key, row[5])  # JSON text; None = a deletion
