@@ -109,7 +109,8 @@ class Router:
             return None
         cur = outcome.current
         assert cur is not None
-        self._clock.observe(cur.hlc)
+        if cur.hlc != op.hlc:  # our own stamp is no news to our clock
+            self._clock.observe(cur.hlc)
         self.refresh_local(cur)  # a failure here loses nothing: the write is safe on the primary
         if outcome.outcome == "manual":
             log.info("write to %s/%s conflicts; queued for manual resolution", op.collection, op.key)
