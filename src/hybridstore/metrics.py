@@ -162,7 +162,11 @@ def timed(op: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
             cls = type(result)  # the hot paths' tiers without a call to `_tier`
             served: Any = result
             tier = served.source if cls is Record else served.tier if cls is WriteResult else _tier(result)
-            args[0].metrics.record(op, tier, elapsed)  # type: ignore[attr-defined]
+            metrics: StoreMetrics = args[0].metrics  # type: ignore[attr-defined]
+            recent = metrics._recent  # `StoreMetrics.record`, without its call
+            recent.append((op, tier, elapsed))
+            if len(recent) >= FOLD_EVERY:
+                metrics._fold()
             return result
 
         return inner

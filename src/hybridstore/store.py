@@ -31,7 +31,7 @@ from .model import Conflict, Page, Record, SyncReport, WriteResult
 from .node.status import NodeStatus
 from .node.timing import TimeSource
 from .recovery.service import RecoveryService
-from .validation import check_collection, check_key, encode_value
+from .validation import check_address, check_collection, check_key, encode_value
 
 if TYPE_CHECKING:
     from .backup.service import BackupService
@@ -104,16 +104,14 @@ class HybridStore:
     def set(self, collection: str, key: str, value: Any) -> WriteResult:
         """Store ``value`` (any JSON value) under ``collection``/``key``."""
         self._node.check_open()
-        check_collection(collection)
-        check_key(key)
+        check_address(collection, key)
         return self._router.write(collection, key, encode_value(value, max_bytes=self._max_value_bytes))
 
     @timed("delete")
     def delete(self, collection: str, key: str) -> WriteResult:
         """Delete (a tombstone, so the deletion reaches the primary and other nodes)."""
         self._node.check_open()
-        check_collection(collection)
-        check_key(key)
+        check_address(collection, key)
         return self._router.write(collection, key, None)
 
     @timed("set_many")
@@ -137,8 +135,7 @@ class HybridStore:
     def get(self, collection: str, key: str) -> Record | None:
         """The current value, or ``None``. ``Record.source`` says which tier answered."""
         self._node.check_open()
-        check_collection(collection)
-        check_key(key)
+        check_address(collection, key)
         return self._router.get(collection, key)
 
     @timed("list")

@@ -57,6 +57,15 @@ def check_key(key: object) -> str:
     return key
 
 
+def check_address(collection: object, key: object) -> None:
+    """`check_collection` and `check_key` in one call: the checks every operation makes, the usual names passing
+    without another call."""
+    if type(collection) is not str or collection not in _valid_collections:
+        check_collection(collection)
+    if type(key) is not str or not key or len(key) > MAX_KEY_CHARS or not (key.isascii() and key.isprintable()):
+        check_key(key)
+
+
 def encode_value(value: Any, *, max_bytes: int = DEFAULT_MAX_VALUE_BYTES) -> str:
     """Canonical JSON text of ``value`` or `ValidationError` (not JSON, NaN/Infinity, NUL, too large)."""
     try:
