@@ -208,8 +208,9 @@ class PrimaryConnection:
             try:
                 yield kept
             finally:
-                # Kept only as the pool would take it back without work: open, idle, outside a transaction.
-                if kept.closed or kept.pgconn.transaction_status != _IDLE:
+                # Kept only as the pool would take it back without work: open, idle, outside a transaction; and
+                # only while the tier is open.
+                if self._closed or kept.closed or kept.pgconn.transaction_status != _IDLE:
                     self._give_back()  # the pool rolls back, checks or replaces it
         finally:
             self._kept_lock.release()
@@ -449,7 +450,7 @@ class PrimaryConnection:
         with self._lock:
             self._closed = True
             closers, self._closers = self._closers, []
-        if self._kept_lock.acquire(timeout=self.timeout):  # a call still using it gives it back itself (closed)
+        if self._kept_lock.acquire(blocking=False):  # else a call still uses it, and gives it back when it ends
             try:
                 self._give_back()
             finally:
