@@ -3,8 +3,9 @@ helper, the schema (``migrations/local/``), and the one write every local op goe
 
 Contract:
 
-- Every local write stores the record and its outbox row in one ``BEGIN IMMEDIATE`` transaction
-  (`_store_op`), so a write is either queued for the primary or not made at all.
+- Every local write stores the record and its outbox row atomically — one statement (`_store_fresh`, the common
+  fresh write) or one ``BEGIN IMMEDIATE`` transaction (`_store_op`) — so a write is either queued for the primary
+  or not made at all.
 - Durability follows ``synchronous``: ``NORMAL`` (default) survives a crash of the process (SIGKILL included);
   ``FULL`` also survives power loss / OS crash, at the cost of an fsync per commit.
 - Thread-safe: one connection guarded by ``_lock`` (SQLite serialises writers anyway).
