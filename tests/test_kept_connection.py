@@ -77,3 +77,14 @@ def test_close_gives_the_kept_connection_back(tier: PrimaryTier) -> None:
     assert tier._kept is not None
     tier.close()
     assert tier._kept is None
+
+
+def test_the_kept_connection_goes_back_to_the_pool_in_time(tier: PrimaryTier) -> None:
+    """Kept for `KEEP_CONNECTION_FOR` seconds at most, so the pool's lifetime and idle rules still apply to it."""
+    tier._run(backend_pid)
+    assert tier._kept is not None
+    tier._kept_until = 0.0  # its time is up (a monotonic clock is past 0)
+    tier._run(backend_pid)
+    assert tier._kept is None, "given back after the call that found its time up"
+    tier._run(backend_pid)
+    assert tier._kept is not None, "and a connection is kept again"

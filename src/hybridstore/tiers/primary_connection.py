@@ -51,6 +51,7 @@ except ImportError:  # pragma: no cover - exercised only without the [postgres] 
 
 log = logging.getLogger("hybridstore.primary")
 SCHEMA_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+KEEP_CONNECTION_FOR = 60.0  # seconds a connection stays out of the pool between calls (`_checkout`)
 T = TypeVar("T")
 
 
@@ -119,6 +120,7 @@ class PrimaryConnection:
         # One pool connection kept between calls by whichever call finds it free (`_checkout`): the common single
         # caller (a write-through loop) skips the pool's checkout and return, about a tenth of its own CPU per call.
         self._kept: tuple[ConnectionPool, psycopg.Connection[Any]] | None = None
+        self._kept_until = 0.0  # monotonic: then it goes back, so the pool's lifetime and idle rules apply to it
         self._kept_lock = threading.Lock()
 
     def _new_pool(self) -> ConnectionPool:
@@ -205,12 +207,18 @@ class PrimaryConnection:
                 pool = self._pool
                 kept = pool.getconn(timeout=self.timeout)
                 self._kept = (pool, kept)
+                self._kept_until = time.monotonic() + KEEP_CONNECTION_FOR
             try:
                 yield kept
             finally:
-                # Kept only as the pool would take it back without work: open, idle, outside a transaction; and
-                # only while the tier is open.
-                if self._closed or kept.closed or kept.pgconn.transaction_status != _IDLE:
+                # Kept only as the pool would take it back without work (open, idle, outside a transaction), while
+                # the tier is open, for `KEEP_CONNECTION_FOR` seconds at most.
+                if (
+                    self._closed
+                    or kept.closed
+                    or kept.pgconn.transaction_status != _IDLE
+                    or time.monotonic() > self._kept_until
+                ):
                     self._give_back()  # the pool rolls back, checks or replaces it
         finally:
             self._kept_lock.release()
