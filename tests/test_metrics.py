@@ -3,12 +3,14 @@ performed; the plain-data view says the same."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from hybridstore import ValidationError
+from hybridstore.metrics import FOLD_EVERY, LATENCY_BUCKETS
 
 from .fix_db import StoreFactory
 
@@ -101,3 +103,34 @@ def test_bulk_writes_are_timed_once_per_call(make_store: StoreFactory) -> None:
     m = samples(store)
     assert value(m, "hybridstore_op_seconds_count", op="set_many", tier="local") == 1
     assert value(m, "hybridstore_op_seconds_count", op="set_many", tier="none") == 1
+
+
+def test_operations_recorded_from_many_threads_are_all_counted(make_store: StoreFactory) -> None:
+    """Operations are queued and counted into the histograms in batches: none is lost or counted twice, whichever
+    thread records or reads, across many batches."""
+    store = make_store(background=False)
+    metrics = store.metrics
+    per_thread = FOLD_EVERY * 3 + 7
+    elapsed = [0.00005, 0.0003, 0.002, 10.0]  # a bucket each, the last one +Inf
+
+    def work(n: int) -> None:
+        for i in range(per_thread):
+            metrics.record("probe", "local", elapsed[(i + n) % len(elapsed)])
+            if i % 500 == 0:
+                metrics.op_stats()  # readers fold too, meanwhile
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    buckets, total = metrics.op_stats()[("probe", "local")]
+    assert buckets[-1] == 4 * per_thread
+    per_value = [sum(1 for n in range(4) for i in range(per_thread) if (i + n) % 4 == j) for j in range(4)]
+    expected = [0] * (len(LATENCY_BUCKETS) + 1)
+    for value_, count in zip(elapsed, per_value, strict=True):
+        first = next((i for i, b in enumerate(LATENCY_BUCKETS) if value_ <= b), len(LATENCY_BUCKETS))
+        for i in range(first, len(expected)):
+            expected[i] += count
+    assert buckets == expected
+    assert total == pytest.approx(sum(v * c for v, c in zip(elapsed, per_value, strict=True)))

@@ -49,6 +49,14 @@ def test_bad_key(store: Any, key: Any) -> None:
     assert store.health()["outbox"]["depth"] == 0
 
 
+@pytest.mark.parametrize("key", ["k" * 512, "clé", "tab\tkey", "新しい", "a b"])
+def test_unusual_keys_are_valid(store: Any, key: str) -> None:
+    """Keys that miss the checks' fast path (not printable ASCII, or at the length limit) are checked in full."""
+    store.set("c", key, 1)
+    rec = store.get("c", key)
+    assert rec is not None and rec.key == key and rec.value == 1
+
+
 @pytest.mark.parametrize("value", BAD_VALUES, ids=lambda v: type(v).__name__)
 def test_bad_value(store: Any, value: Any) -> None:
     store.set("c", "k", {"kept": True})

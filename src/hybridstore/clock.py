@@ -69,6 +69,10 @@ class HybridClock:
         if last:
             ts = Timestamp.decode(last)
             self._wall, self._counter = ts.wall, ts.counter
+        # The text around the counter, kept for the wall time it was made for: a stamp formats one number, not two.
+        self._prefix_wall = -1
+        self._prefix = ""
+        self._suffix = f".{node}"
 
     def now(self) -> str:
         """A new stamp, greater than every stamp this clock produced or observed."""
@@ -80,7 +84,9 @@ class HybridClock:
                 self._counter += 1
                 if self._counter > _MAX_COUNTER:
                     self._wall, self._counter = self._wall + 1, 0
-            return f"{self._wall:012x}.{self._counter:06x}.{self.node}"
+            if self._wall != self._prefix_wall:
+                self._prefix_wall, self._prefix = self._wall, f"{self._wall:012x}."
+            return f"{self._prefix}{self._counter:06x}{self._suffix}"
 
     def observe(self, stamp: str) -> None:
         """Merge a stamp seen from another node so our next stamp orders after it (causality)."""

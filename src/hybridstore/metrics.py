@@ -1,8 +1,8 @@
 """Metrics of one store: a prometheus-client registry of its own (never the global one, so two stores in one
 process do not mix), plus the same figures as plain data.
 
-Recorded on the operation paths (cheap: a bisect and two list increments under a lock, well under a
-microsecond — prometheus-client's own histogram costs several times that):
+Recorded on the operation paths (cheap: one append to a queue that is counted into the histograms in batches,
+when read and every `FOLD_EVERY` operations — prometheus-client's own histogram costs many times that):
 ``hybridstore_op_seconds{op, tier}`` (latency per operation and serving tier; its ``_count`` is the op count)
 and ``hybridstore_op_failures_total{op, error}``. Read when scraped, from the node's status snapshot (no probe
 of the primary: the monitor refreshes that on its own schedule): outbox depth and oldest pending age, sync
@@ -19,6 +19,7 @@ import functools
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
@@ -28,7 +29,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from .errors import HybridStoreError
-from .model import Record
+from .model import Record, WriteResult
 
 if TYPE_CHECKING:
     from .node.core import NodeCore
@@ -37,6 +38,7 @@ log = logging.getLogger("hybridstore.metrics")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 STATE_VALUE = {"healthy": 1.0, "degraded": 0.5, "down": 0.0}
+FOLD_EVERY = 1024  # recorded operations kept before they are counted into the histograms (bounds the memory)
 _perf = time.perf_counter
 _bucket = bisect.bisect_left
 P = ParamSpec("P")
@@ -50,6 +52,10 @@ class StoreMetrics:
         self._lock = threading.Lock()
         # (op, tier) -> [count per bucket (the last one is +Inf)..., sum of seconds]
         self._ops: dict[tuple[str, str], list[float]] = {}
+        # Operations recorded but not yet counted into ``_ops``: an append is all an operation pays; they are folded
+        # in batches (`_fold`) when read and every `FOLD_EVERY` operations. A deque: appends and pops from any
+        # thread are atomic, so no operation is lost or counted twice.
+        self._recent: deque[tuple[str, str, float]] = deque()
         self.op_failures = Counter(
             "hybridstore_op_failures",
             "Store operations that raised, by error class.",
@@ -67,18 +73,29 @@ class StoreMetrics:
 
     def record(self, op: str, tier: str, elapsed: float) -> None:
         """Record one operation of ``elapsed`` seconds served by ``tier``."""
-        i = _bucket(LATENCY_BUCKETS, elapsed)
-        stats = self._ops.get((op, tier)) or self._new_op(op, tier)
-        with self._lock:
-            stats[i] += 1
-            stats[-1] += elapsed
+        recent = self._recent
+        recent.append((op, tier, elapsed))
+        if len(recent) >= FOLD_EVERY:
+            self._fold()
 
-    def _new_op(self, op: str, tier: str) -> list[float]:
+    def _fold(self) -> None:
+        """Count the recorded operations into the histograms."""
+        recent, ops, width = self._recent, self._ops, len(LATENCY_BUCKETS) + 2
         with self._lock:
-            return self._ops.setdefault((op, tier), [0.0] * (len(LATENCY_BUCKETS) + 2))
+            while recent:
+                try:
+                    op, tier, elapsed = recent.popleft()
+                except IndexError:  # another thread took the last one
+                    break
+                stats = ops.get((op, tier))
+                if stats is None:
+                    stats = ops[op, tier] = [0.0] * width
+                stats[_bucket(LATENCY_BUCKETS, elapsed)] += 1
+                stats[-1] += elapsed
 
     def op_stats(self) -> dict[tuple[str, str], tuple[list[int], float]]:
         """(op, tier) -> (cumulative count per bucket, +Inf last; sum of seconds)."""
+        self._fold()
         with self._lock:
             snapshot = {k: list(v) for k, v in self._ops.items()}
         out = {}
@@ -117,15 +134,13 @@ class StoreMetrics:
 def _tier(result: Any) -> str:
     """The tier that served an operation's result: a `WriteResult`'s tier (the first one's for a list), a
     `Record`'s source, the first record's source for a `Page`, ``"none"`` for no record."""
+    cls = type(result)
+    if cls is Record:  # the hot paths first
+        return result.source  # type: ignore[no-any-return]
+    if cls is WriteResult:
+        return result.tier  # type: ignore[no-any-return]
     if result is None:
         return "none"
-    if type(result) is Record:  # the read hot path
-        return result.source
-    cls = type(result).__name__
-    if cls == "WriteResult":
-        return str(result.tier)
-    if cls == "Record":
-        return str(result.source)
     if isinstance(result, list):  # set_many: its writes share a tier
         return _tier(result[0]) if result else "none"
     return str(result.records[0].source) if result.records else "none"
@@ -143,7 +158,15 @@ def timed(op: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
             except HybridStoreError as exc:
                 args[0].metrics.failed(op, exc)  # type: ignore[attr-defined]
                 raise
-            args[0].metrics.record(op, _tier(result), _perf() - start)  # type: ignore[attr-defined]
+            elapsed = _perf() - start
+            cls = type(result)  # the hot paths' tiers without a call to `_tier`
+            served: Any = result
+            tier = served.source if cls is Record else served.tier if cls is WriteResult else _tier(result)
+            metrics: StoreMetrics = args[0].metrics  # type: ignore[attr-defined]
+            recent = metrics._recent  # `StoreMetrics.record`, without its call
+            recent.append((op, tier, elapsed))
+            if len(recent) >= FOLD_EVERY:
+                metrics._fold()
             return result
 
         return inner

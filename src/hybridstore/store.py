@@ -31,7 +31,7 @@ from .model import Conflict, Page, Record, SyncReport, WriteResult
 from .node.status import NodeStatus
 from .node.timing import TimeSource
 from .recovery.service import RecoveryService
-from .validation import check_collection, check_key, encode_value
+from .validation import check_address, check_collection, check_key, encode_value
 
 if TYPE_CHECKING:
     from .backup.service import BackupService
@@ -52,6 +52,7 @@ class HybridStore:
     def __init__(self, config: StoreConfig, *, time: TimeSource | None = None) -> None:
         self._node = Node(config, time=time)
         self._router = self._node.router
+        self._max_value_bytes = config.max_value_bytes
         self.metrics: StoreMetrics = self._node.metrics
 
     # -- identity and services ----------------------------------------------------------------------------------
@@ -103,16 +104,14 @@ class HybridStore:
     def set(self, collection: str, key: str, value: Any) -> WriteResult:
         """Store ``value`` (any JSON value) under ``collection``/``key``."""
         self._node.check_open()
-        check_collection(collection)
-        check_key(key)
-        return self._router.write(collection, key, encode_value(value, max_bytes=self.config.max_value_bytes))
+        check_address(collection, key)
+        return self._router.write(collection, key, encode_value(value, max_bytes=self._max_value_bytes))
 
     @timed("delete")
     def delete(self, collection: str, key: str) -> WriteResult:
         """Delete (a tombstone, so the deletion reaches the primary and other nodes)."""
         self._node.check_open()
-        check_collection(collection)
-        check_key(key)
+        check_address(collection, key)
         return self._router.write(collection, key, None)
 
     @timed("set_many")
@@ -123,7 +122,7 @@ class HybridStore:
         primary by the replayer in batches, like any queued write."""
         self._node.check_open()
         check_collection(collection)
-        max_bytes = self.config.max_value_bytes
+        max_bytes = self._max_value_bytes
         ops = []
         for key, value in items:
             check_key(key)
@@ -136,8 +135,7 @@ class HybridStore:
     def get(self, collection: str, key: str) -> Record | None:
         """The current value, or ``None``. ``Record.source`` says which tier answered."""
         self._node.check_open()
-        check_collection(collection)
-        check_key(key)
+        check_address(collection, key)
         return self._router.get(collection, key)
 
     @timed("list")
@@ -307,7 +305,7 @@ class HybridStore:
             raise ConflictError(f"conflict {conflict_id} is already {conflict.status}")
         result: WriteResult | None = None
         if choice == "value":
-            encoded = encode_value(value, max_bytes=self.config.max_value_bytes)
+            encoded = encode_value(value, max_bytes=self._max_value_bytes)
             result = self._router.write(conflict.collection, conflict.key, encoded)
         elif choice == "local":
             result = self._router.write(conflict.collection, conflict.key, row[5])  # JSON text; None = a deletion

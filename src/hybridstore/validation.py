@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import re
 from decimal import Decimal
+from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
 from .errors import ValidationError
@@ -17,7 +17,14 @@ _NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 _STRING_OR_BIG_FLOAT = re.compile(r'"(?:[^"\\]|\\.)*"|-?\d+(?:\.\d+)?[eE]\+\d+')
 
 
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+def _not_json(o: object) -> None:
+    raise TypeError(f"Object of type {type(o).__name__} is not JSON serializable")
+
+
+# The C encoder that `json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode` builds
+# anew on every call, built once. No circular-reference markers: a shared marker table would be left dirty by a
+# failed call; a cycle ends in RecursionError instead, reported as such below.
+_encode_chunks = c_make_encoder(None, _not_json, encode_basestring, None, ":", ",", False, False, False)
 _valid_collections: set[str] = set()
 
 
@@ -50,12 +57,23 @@ def check_key(key: object) -> str:
     return key
 
 
+def check_address(collection: object, key: object) -> None:
+    """`check_collection` and `check_key` in one call: the checks every operation makes, the usual names passing
+    without another call."""
+    if type(collection) is not str or collection not in _valid_collections:
+        check_collection(collection)
+    if type(key) is not str or not key or len(key) > MAX_KEY_CHARS or not (key.isascii() and key.isprintable()):
+        check_key(key)
+
+
 def encode_value(value: Any, *, max_bytes: int = DEFAULT_MAX_VALUE_BYTES) -> str:
     """Canonical JSON text of ``value`` or `ValidationError` (not JSON, NaN/Infinity, NUL, too large)."""
     try:
-        text = _encode(value)
-    except (TypeError, ValueError, RecursionError) as exc:
+        text = "".join(_encode_chunks(value, 0))
+    except (TypeError, ValueError) as exc:
         raise ValidationError(f"value is not JSON-serialisable: {exc}") from None
+    except RecursionError:
+        raise ValidationError("value is not JSON-serialisable: it contains itself or is nested too deeply") from None
     if "e+" in text:
         text = _STRING_OR_BIG_FLOAT.sub(_plain_float, text)
     try:

@@ -10,7 +10,9 @@ so per-key order holds. Read path: the node's own pending writes first (read-you
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import JournalError, LocalStoreError, PrimaryUnavailableError, StorageExhaustedError
@@ -22,6 +24,8 @@ if TYPE_CHECKING:
     from .core import NodeCore
 
 log = logging.getLogger("hybridstore")
+# `Op` from a tuple of all its fields, without the generated ``__new__``'s Python frame (the write hot path).
+_make_op: Callable[[tuple[str, str, str, str | None, str, str, int, float]], Op] = functools.partial(tuple.__new__, Op)
 
 
 def merge_pending(
@@ -49,11 +53,12 @@ class Router:
         self._clock = node.clock
         self._strategies = strategies
         self._wall = node.time.wall
+        self._node_id = node.node_id  # fixed for the node's life (the configuration is read per call: it can change)
 
     # -- writes -----------------------------------------------------------------------------------------------
 
     def new_op(self, collection: str, key: str, value_json: str | None) -> Op:
-        return Op(new_op_id(), collection, key, value_json, self._clock.now(), self._node.node_id, 0, self._wall())
+        return _make_op((new_op_id(), collection, key, value_json, self._clock.now(), self._node_id, 0, self._wall()))
 
     def write(self, collection: str, key: str, value_json: str | None) -> WriteResult:
         if self._node.config.write_mode == "write_through" and self._gateway.allow() and self._origin_settled():
@@ -104,7 +109,8 @@ class Router:
             return None
         cur = outcome.current
         assert cur is not None
-        self._clock.observe(cur.hlc)
+        if cur.hlc != op.hlc:  # our own stamp is no news to our clock
+            self._clock.observe(cur.hlc)
         self.refresh_local(cur)  # a failure here loses nothing: the write is safe on the primary
         if outcome.outcome == "manual":
             log.info("write to %s/%s conflicts; queued for manual resolution", op.collection, op.key)
@@ -176,9 +182,11 @@ class Router:
                 local_row = local.get(collection, key)
             except LocalStoreError as exc:
                 self._slot.mark_failed(exc, tier=local)
-        if local_row is not None and local_row.synced_at is None:
-            return None if local_row.deleted else local_row.to_record("local")
-        if self._node.config.read_policy == "primary_first" and self._gateway.allow():
+        primary_first = self._node.config.read_policy == "primary_first"
+        if local_row is not None and (local_row.synced_at is None or not primary_first):
+            # Pending (read-your-writes) or local_first: the local row answers.
+            return None if local_row.value_json is None else local_row.to_record("local")
+        if primary_first and self._gateway.allow():
             try:
                 row = self._gateway.call(lambda p: p.get(collection, key))
             except PrimaryUnavailableError:

@@ -44,11 +44,14 @@ try:
     import psycopg
     from psycopg import sql
     from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
+
+    _IDLE = psycopg.pq.TransactionStatus.IDLE
 except ImportError:  # pragma: no cover - exercised only without the [postgres] extra
     psycopg = None  # type: ignore[assignment]
 
 log = logging.getLogger("hybridstore.primary")
 SCHEMA_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+KEEP_CONNECTION_FOR = 60.0  # seconds a connection stays out of the pool between calls (`_checkout`)
 T = TypeVar("T")
 
 
@@ -114,6 +117,11 @@ class PrimaryConnection:
         self.last_error: str | None = None
         self.last_latency_ms: float | None = None
         self._pool = self._new_pool()
+        # One pool connection kept between calls by whichever call finds it free (`_checkout`): the common single
+        # caller (a write-through loop) skips the pool's checkout and return, about a tenth of its own CPU per call.
+        self._kept: tuple[ConnectionPool, psycopg.Connection[Any]] | None = None
+        self._kept_until = 0.0  # monotonic: then it goes back, so the pool's lifetime and idle rules apply to it
+        self._kept_lock = threading.Lock()
 
     def _new_pool(self) -> ConnectionPool:
         pool = ConnectionPool(
@@ -157,7 +165,7 @@ class PrimaryConnection:
         budget = budget or self.timeout
         deadline = time.monotonic() + budget
         try:
-            with self._pool.connection(timeout=self.timeout) as conn:
+            with self._checkout() as conn:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise PrimaryTimeoutError(f"primary unavailable: no connection within {budget:g}s")
@@ -182,6 +190,45 @@ class PrimaryConnection:
             if is_privilege_error(exc):
                 raise self._refused(exc) from exc
             raise PrimaryRejectedError(f"primary rejected the operation: {self.last_error}") from exc
+
+    @contextmanager
+    def _checkout(self) -> Iterator[psycopg.Connection[Any]]:
+        """A connection for one call: the kept one when no other call uses it, else one from the pool."""
+        if not self._kept_lock.acquire(blocking=False):
+            with self._pool.connection(timeout=self.timeout) as conn:
+                yield conn
+            return
+        try:
+            pool, kept = self._kept or (None, None)
+            if kept is None or pool is not self._pool or self._closed:
+                self._give_back()  # a connection of a replaced pool goes back to it (and is closed there)
+                if self._closed:
+                    raise PrimaryUnavailableError("primary tier is closed")
+                pool = self._pool
+                kept = pool.getconn(timeout=self.timeout)
+                self._kept = (pool, kept)
+                self._kept_until = time.monotonic() + KEEP_CONNECTION_FOR
+            try:
+                yield kept
+            finally:
+                # Kept only as the pool would take it back without work (open, idle, outside a transaction), while
+                # the tier is open, for `KEEP_CONNECTION_FOR` seconds at most.
+                if (
+                    self._closed
+                    or kept.closed
+                    or kept.pgconn.transaction_status != _IDLE
+                    or time.monotonic() > self._kept_until
+                ):
+                    self._give_back()  # the pool rolls back, checks or replaces it
+        finally:
+            self._kept_lock.release()
+
+    def _give_back(self) -> None:
+        """Return the kept connection to its pool (caller holds ``_kept_lock``)."""
+        kept, self._kept = self._kept, None
+        if kept is not None:
+            with suppress(Exception):
+                kept[0].putconn(kept[1])
 
     def _refused(self, exc: BaseException) -> PrimaryMisconfiguredError:
         """A privilege error: the node's role lacks a grant. Named with the statement that needed it; the
@@ -411,6 +458,11 @@ class PrimaryConnection:
         with self._lock:
             self._closed = True
             closers, self._closers = self._closers, []
+        if self._kept_lock.acquire(blocking=False):  # else a call still uses it, and gives it back when it ends
+            try:
+                self._give_back()
+            finally:
+                self._kept_lock.release()
         with suppress(Exception):
             self._pool.close(timeout=1.0)
         for closer in closers:  # pools replaced by reset_pool: each close is bounded by its own 1 s timeout

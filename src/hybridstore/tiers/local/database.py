@@ -3,8 +3,9 @@ helper, the schema (``migrations/local/``), and the one write every local op goe
 
 Contract:
 
-- Every local write stores the record and its outbox row in one ``BEGIN IMMEDIATE`` transaction
-  (`_store_op`), so a write is either queued for the primary or not made at all.
+- Every local write stores the record and its outbox row atomically — one statement (`_store_fresh`, the common
+  fresh write) or one ``BEGIN IMMEDIATE`` transaction (`_store_op`) — so a write is either queued for the primary
+  or not made at all.
 - Durability follows ``synchronous``: ``NORMAL`` (default) survives a crash of the process (SIGKILL included);
   ``FULL`` also survives power loss / OS crash, at the cost of an fsync per commit.
 - Thread-safe: one connection guarded by ``_lock`` (SQLite serialises writers anyway).
@@ -52,6 +53,33 @@ _INSERT_OUTBOX = """
 INSERT INTO outbox (seq, op_id, collection, key, value, hlc, origin, created_at)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?)
 """
+# The common fresh write as one statement (`_store_fresh`): an insert into a connection-local view whose INSTEAD OF
+# trigger does `_store_op`'s work — drop the key's pending op when coalescing (only one no push has read, the seq
+# above ``drop_above``), upsert the record, queue the op. One statement is its own transaction (a write statement
+# takes the write lock before it reads), so it is as atomic as BEGIN IMMEDIATE … COMMIT, and costs a quarter of
+# the calls into SQLite. A stored row whose stamp is not older than the op's makes the trigger do nothing at
+# all (RAISE(IGNORE)): the caller sees no change and takes `_store_op`'s path, which re-stamps the op. TEMP
+# objects live with the connection only: nothing of this is in the file.
+_FRESH_WRITE_SCHEMA = """
+CREATE TEMP VIEW IF NOT EXISTS hs_fresh_write
+    (seq, op_id, collection, key, value, hlc, origin, created_at, updated_at, drop_above)
+AS SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL WHERE 0;
+CREATE TEMP TRIGGER IF NOT EXISTS hs_fresh_write INSTEAD OF INSERT ON hs_fresh_write BEGIN
+    SELECT RAISE(IGNORE) FROM records WHERE collection = NEW.collection AND key = NEW.key AND hlc >= NEW.hlc;
+    DELETE FROM outbox WHERE seq > NEW.drop_above
+        AND seq = (SELECT pending_seq FROM records WHERE collection = NEW.collection AND key = NEW.key);
+    INSERT INTO records (collection, key, value, version, hlc, origin, updated_at, synced_at, pending_seq)
+    VALUES (NEW.collection, NEW.key, NEW.value, 0, NEW.hlc, NEW.origin, NEW.updated_at, NULL, NEW.seq)
+    ON CONFLICT (collection, key) DO UPDATE SET
+        value = excluded.value, hlc = excluded.hlc, origin = excluded.origin,
+        updated_at = excluded.updated_at, synced_at = NULL, pending_seq = excluded.pending_seq,
+        base_value = CASE WHEN records.pending_seq IS NULL THEN records.value ELSE records.base_value END;
+    INSERT INTO outbox (seq, op_id, collection, key, value, hlc, origin, created_at)
+    VALUES (NEW.seq, NEW.op_id, NEW.collection, NEW.key, NEW.value, NEW.hlc, NEW.origin, NEW.created_at);
+END;
+"""
+_FRESH_WRITE = "INSERT INTO temp.hs_fresh_write VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_NO_DROP = 1 << 62  # ``drop_above`` when not coalescing: no seq is above it
 
 
 def map_sqlite_error(exc: sqlite3.Error) -> LocalStoreError:
@@ -94,6 +122,7 @@ class LocalDatabase:
             self._conn.execute("PRAGMA journal_mode=WAL").fetchall()
             self._conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
             migrate_sqlite(self._conn, "local")
+            self._conn.executescript(_FRESH_WRITE_SCHEMA)
             row = self._conn.execute("SELECT max(seq) FROM outbox").fetchone()
         except sqlite3.Error as exc:
             with contextlib.suppress(Exception):
@@ -179,6 +208,41 @@ class LocalDatabase:
         )
         self._next_seq = seq + 1
         return op
+
+    def _store_fresh(self, op: Op, now: float) -> Op:
+        """Store a fresh write and queue it (`_store_op` with ``fresh=True``), in one statement when the stored row
+        is older (the common case), else in a transaction through `_store_op`. Takes the tier lock."""
+        key = (op.collection, op.key)
+        with self._lock:
+            conn = self._conn
+            seq = self._next_seq
+            self.cache.discard(key)
+            before = conn.total_changes
+            try:
+                conn.execute(
+                    _FRESH_WRITE,
+                    (
+                        seq,
+                        op.op_id,
+                        op.collection,
+                        op.key,
+                        op.value_json,
+                        op.hlc,
+                        op.origin,
+                        op.created_at or now,
+                        now,
+                        self._sent_seq if self.coalesce_pending else _NO_DROP,
+                    ),
+                )
+            except sqlite3.Error as exc:
+                raise self._error(exc) from exc
+            if conn.total_changes != before:
+                self._next_seq = seq + 1
+                return op
+        with self._transaction(precise=True) as conn:  # a stored stamp not older than the op's: re-stamp it
+            stored = self._store_op(conn, op, now, fresh=True)
+        assert stored is not None  # a fresh write is always stored
+        return stored
 
     def _store_fresh_many(self, conn: sqlite3.Connection, ops: Sequence[Op], now: float) -> list[Op] | None:
         """`_store_op` of many fresh writes to distinct keys with three ``executemany`` calls (a bulk write or a

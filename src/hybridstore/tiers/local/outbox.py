@@ -137,11 +137,7 @@ class LocalOutbox(LocalDatabase):
         """Store a new write as the key's value and queue it, in one transaction (the write hot path); returns
         the op as stored: re-stamped after the stored value if that one carries a stamp from beyond the clock's
         drift guard (see `_store_op`). Never refuses a write."""
-        now = self._clock()
-        with self._transaction(precise=True) as conn:  # _store_op discards the key's cached row
-            stored = self._store_op(conn, op, now, fresh=True)
-        assert stored is not None
-        return stored
+        return self._store_fresh(op, self._clock())
 
     def import_ops(self, ops: Sequence[Op], *, fresh: bool = False) -> list[Op]:
         """Store many ops in one transaction; returns those stored (as stored). ``fresh``: new writes (a bulk

@@ -77,12 +77,13 @@ class LocalRecords(LocalDatabase):
         """Adopt a row the primary holds (write-through result, read-through refresh), unless this key has
         pending local ops, which must reach the primary first."""
         now = self._clock()
+        name = (row.collection, row.key)
         # One statement in autocommit mode is its own transaction: no BEGIN/COMMIT round of calls.
         with self._lock:
             conn = self._conn
-            self.cache.discard((row.collection, row.key))
+            self.cache.discard(name)
             try:
-                conn.execute(
+                cur = conn.execute(
                     "INSERT INTO records (collection, key, value, version, hlc, origin, updated_at, synced_at, "
                     "pending_seq, base_value) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL) "
                     "ON CONFLICT (collection, key) DO UPDATE SET value = excluded.value, "
@@ -102,6 +103,8 @@ class LocalRecords(LocalDatabase):
                 )
             except sqlite3.Error as exc:
                 raise self._error(exc) from exc
+            if cur.rowcount:  # stored as given: the next read or write-through of the key needs no SELECT
+                self.cache.put(name, row._replace(synced_at=now))
 
     def store_synced_many(self, rows: Sequence[StoredRow]) -> None:
         """`store_synced` for many rows in one transaction (rebuilding the local copy from the primary or a

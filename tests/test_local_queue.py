@@ -1,0 +1,100 @@
+"""The local write path (`LocalTier.queue`): a fresh write stores the record and its outbox entry in one SQLite
+statement, coalesces the key's unsent entry when asked, falls back to the transaction path for a stored stamp
+that is not older than the write's, and changes nothing when any part of it fails."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hybridstore.clock import HybridClock, Timestamp, stamp_after, wall_ms
+from hybridstore.errors import LocalStoreError
+from hybridstore.model import Op, StoredRow, new_op_id
+from hybridstore.tiers.local import LocalTier
+
+NODE = "node-a"
+
+
+@pytest.fixture
+def tier(tmp_path: Path) -> Iterator[LocalTier]:
+    t = LocalTier(tmp_path / "local.db")
+    yield t
+    t.close()
+
+
+@pytest.fixture
+def clock() -> HybridClock:
+    return HybridClock(NODE)
+
+
+def op(clock: HybridClock, key: str, value: str | None) -> Op:
+    return Op(new_op_id(), "c", key, value, clock.now(), NODE, 0, 1000.0)
+
+
+def outbox(tier: LocalTier) -> list[tuple[str, str | None, str]]:
+    return [(r[0], r[1], r[2]) for r in tier._read("SELECT key, value, op_id FROM outbox ORDER BY seq")]
+
+
+def test_queue_stores_the_record_and_its_entry(tier: LocalTier, clock: HybridClock) -> None:
+    first = op(clock, "k", '{"a":1}')
+    stored = tier.queue(first)
+    assert stored == first
+    row = tier.get("c", "k")
+    assert row is not None and (row.value_json, row.hlc, row.synced_at) == ('{"a":1}', first.hlc, None)
+    assert outbox(tier) == [("k", '{"a":1}', first.op_id)]
+    assert tier.last_seq == 1
+
+
+def test_entries_queue_behind_each_other_without_coalescing(tier: LocalTier, clock: HybridClock) -> None:
+    a, b = op(clock, "k", "1"), op(clock, "k", "2")
+    tier.queue(a)
+    tier.queue(b)
+    assert outbox(tier) == [("k", "1", a.op_id), ("k", "2", b.op_id)]
+    row = tier.get("c", "k")
+    assert row is not None and (row.value_json, row.hlc) == ("2", b.hlc)
+
+
+def test_coalescing_replaces_the_unsent_entry_only(tier: LocalTier, clock: HybridClock) -> None:
+    tier.coalesce_pending = True
+    tier.queue(op(clock, "k", "1"))
+    second = op(clock, "k", "2")
+    tier.queue(second)
+    assert outbox(tier) == [("k", "2", second.op_id)], "the unsent entry is replaced"
+    tier.pending_ops(10)  # a pusher read it: it may be on the primary already, so it stays
+    third = op(clock, "k", "3")
+    tier.queue(third)
+    assert outbox(tier) == [("k", "2", second.op_id), ("k", "3", third.op_id)]
+
+
+def test_a_stored_stamp_from_the_future_is_overtaken(tier: LocalTier, clock: HybridClock) -> None:
+    ahead = Timestamp(wall_ms() + 3 * 24 * 3600 * 1000, 5, "node-b").encode()  # beyond the drift guard
+    tier.store_synced(StoredRow("c", "k", '"theirs"', 1, ahead, "node-b", 1.0))
+    mine = op(clock, "k", '"mine"')
+    stored = tier.queue(mine)
+    assert stored.hlc == stamp_after(ahead, NODE) and stored.op_id == mine.op_id
+    row = tier.get("c", "k")
+    assert row is not None and (row.value_json, row.hlc) == ('"mine"', stored.hlc)
+    assert outbox(tier) == [("k", '"mine"', mine.op_id)], "queued once, with the new stamp"
+    assert tier._read("SELECT hlc FROM outbox")[0][0] == stored.hlc
+
+
+def test_a_failed_write_changes_nothing(tier: LocalTier, clock: HybridClock) -> None:
+    first = op(clock, "k", '"old"')
+    tier.queue(first)
+    # Take the seq the next write will get, so its outbox insert fails after its record upsert ran.
+    conn = sqlite3.connect(tier.path)
+    with conn:
+        conn.execute(
+            "INSERT INTO outbox (seq, op_id, collection, key, value, hlc, origin, created_at) "
+            "VALUES (?, 'x', 'c', 'other', NULL, 'h', 'o', 0)",
+            (tier.last_seq + 1,),
+        )
+    conn.close()
+    with pytest.raises(LocalStoreError):
+        tier.queue(op(clock, "k", '"new"'))
+    row = tier.get("c", "k")
+    assert row is not None and (row.value_json, row.hlc) == ('"old"', first.hlc), "the record upsert was undone"
+    assert [r[0] for r in tier._read("SELECT op_id FROM outbox WHERE key = 'k'")] == [first.op_id]
