@@ -39,12 +39,27 @@ def garbage_file(path: Path) -> Path:
     return path
 
 
-def wait_for(predicate: Any, timeout: float = 20.0) -> None:
+def wait_for(predicate: Any, timeout: float = 20.0, step: float = 0.02) -> None:
+    """Check ``predicate`` every ``step`` seconds until it holds (the event itself, not a guessed pause); fail after
+    ``timeout``."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
-        time.sleep(0.02)
+        time.sleep(step)
+
+
+def pull_until(store: Any, collection: str, key: str, version: int, timeout: float = 20.0) -> None:
+    """Sync ``store`` until its local copy of the key has reached ``version``: the change feed never reads past a
+    transaction still running on the server (other work on a shared server can hold a pull back for a while)."""
+    local = store.node.slot.tier
+
+    def reached() -> bool:
+        store.sync_now()
+        row = local.get(collection, key)
+        return row is not None and row.version >= version
+
+    wait_for(reached, timeout, step=0.01)
 
 
 def wall_clock_past(stamp: str) -> None:

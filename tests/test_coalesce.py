@@ -5,26 +5,12 @@ replaced."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import psycopg
 
+from .faults import pull_until
 from .fix_db import StoreFactory, primary_rows
-
-
-def pull_until(store: Any, collection: str, key: str, version: int, timeout: float = 20.0) -> None:
-    """Sync ``store`` until its local copy of the key has reached ``version``: the change feed never reads past a
-    transaction still running on the server (other work on a shared server can hold a pull back for a while)."""
-    local = store.node.slot.tier
-    deadline = time.monotonic() + timeout
-    while True:
-        store.sync_now()
-        row = local.get(collection, key)
-        if row is not None and row.version >= version:
-            return
-        assert time.monotonic() < deadline, f"{collection}/{key} never reached version {version} locally"
-        time.sleep(0.01)
 
 
 def depth(store: Any) -> int:

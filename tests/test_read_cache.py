@@ -4,30 +4,15 @@ cache."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
-from typing import Any
 
 import hybridstore
 from hybridstore.model import StoredRow
 from hybridstore.tiers.local import LocalTier
 from hybridstore.tiers.local.cache import ENTRY_OVERHEAD, RowCache
 
+from .faults import pull_until
 from .fix_db import StoreFactory
-
-
-def pull_until(store: Any, collection: str, key: str, version: int, timeout: float = 20.0) -> None:
-    """Sync ``store`` until its local copy of the key has reached ``version``: the change feed never reads past a
-    transaction still running on the server (other work on a shared server can hold a pull back for a while)."""
-    local = store.node.slot.tier
-    deadline = time.monotonic() + timeout
-    while True:
-        store.sync_now()
-        row = local.get(collection, key)
-        if row is not None and row.version >= version:
-            return
-        assert time.monotonic() < deadline, f"{collection}/{key} never reached version {version} locally"
-        time.sleep(0.01)
 
 
 def row(key: str, value: str | None, version: int = 1) -> StoredRow:

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,20 +22,13 @@ from hybridstore.migrations import latest_version
 from hybridstore.tiers.connection import pooling_from_url, split_pooled_param
 from hybridstore.tiers.primary import PrimaryTier
 
+from .faults import wait_for
 from .fix_db import StoreFactory, primary_rows
 from .fix_pgbouncer import PgBouncer
 from .fix_proxy import Proxy
 from .test_sync import local_value
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0, step: float = 0.02) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(step)
 
 
 def ready(store: HybridStore) -> HybridStore:
