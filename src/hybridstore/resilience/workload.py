@@ -8,7 +8,6 @@ must keep the newest acknowledged value). A write the store refused with an erro
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from random import Random
@@ -16,6 +15,7 @@ from typing import Any
 
 from ..errors import ClosedError, StorageExhaustedError, ValidationError
 from ..store import HybridStore
+from ..worker import Worker
 from .history import History
 
 NOT_STORED = (StorageExhaustedError, ValidationError, ClosedError)  # the store says: nothing was stored
@@ -51,26 +51,23 @@ class Writer:
         self.read_every = read_every
         self.written = 0
         self.errors: dict[str, int] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"resilience-writer-{name}", daemon=True)
+        self._next_at: float | None = None
+        self.worker = Worker(f"resilience-writer-{name}", self._round)
 
     def start(self) -> Writer:
-        self._thread.start()
+        self.worker.start()
         return self
 
     def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(60)
+        self.worker.stop(60)
 
-    def _run(self) -> None:
+    def _round(self) -> float:
+        """One write, then how long until the next one is due (a steady rate, no burst to catch up)."""
         interval = 1.0 / self.rate if self.rate > 0 else 0.0
-        next_at = time.monotonic()
-        while not self._stop.is_set():
-            self.write_one()
-            next_at = max(next_at + interval, time.monotonic() - 5 * interval)  # no burst to catch up
-            delay = next_at - time.monotonic()
-            if delay > 0:
-                self._stop.wait(delay)
+        next_at = time.monotonic() if self._next_at is None else self._next_at
+        self.write_one()
+        self._next_at = max(next_at + interval, time.monotonic() - 5 * interval)
+        return self._next_at - time.monotonic()
 
     def write_one(self) -> None:
         n = self.written

@@ -3,10 +3,10 @@ strategy, then the primary returns and every conflict is settled by its strategy
 
 from __future__ import annotations
 
-import threading
 from random import Random
 
 from ...store import HybridStore
+from ...worker import Worker
 from ..history import History
 from ..scenario import RunContext, Scenario, ScenarioResult, Trial
 from ..workload import observe, record
@@ -23,31 +23,29 @@ class ConflictWriter:
     def __init__(self, history: History, store: HybridStore, name: str, rng: Random, rate: float) -> None:
         self.history, self.store, self.name, self.rng, self.rate = history, store, name, rng, rate
         self.n = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"resilience-conflicts-{name}", daemon=True)
+        self.worker = Worker(f"resilience-conflicts-{name}", self._round)
 
     def start(self) -> ConflictWriter:
-        self._thread.start()
+        self.worker.start()
         return self
 
     def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(60)
+        self.worker.stop(60)
 
-    def _run(self) -> None:
-        while not self._stop.wait(1.0 / self.rate):
-            self.n += 1
-            collection = self.rng.choice(tuple(STRATEGIES))
-            key = f"k{self.rng.randrange(KEYS)}"
-            if collection == "mg":
-                current = self.store.get(collection, key)
-                value = dict(current.value) if current is not None and isinstance(current.value, dict) else {}
-                value[self.name] = self.n
-            else:
-                value = {"w": self.name, "n": self.n}
-            record(self.history, self.store, self.name, collection, key, value)
-            if self.n % 7 == 0:
-                observe(self.history, self.store, self.name, collection, key)
+    def _round(self) -> float:
+        self.n += 1
+        collection = self.rng.choice(tuple(STRATEGIES))
+        key = f"k{self.rng.randrange(KEYS)}"
+        if collection == "mg":
+            current = self.store.get(collection, key)
+            value = dict(current.value) if current is not None and isinstance(current.value, dict) else {}
+            value[self.name] = self.n
+        else:
+            value = {"w": self.name, "n": self.n}
+        record(self.history, self.store, self.name, collection, key, value)
+        if self.n % 7 == 0:
+            observe(self.history, self.store, self.name, collection, key)
+        return 1.0 / self.rate
 
 
 class SyncConflicts(Scenario):
