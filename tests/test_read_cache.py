@@ -84,3 +84,24 @@ def test_pushes_and_pulls_invalidate_the_cache(make_store: StoreFactory) -> None
     assert got is not None and (got.value, got.version) == (2, 2)
     b.sync_now(full=True)  # a full resync: begin/end clear the cache
     assert b.get("c", "k").value == 2  # type: ignore[union-attr]
+
+
+def test_a_local_write_caches_exactly_the_row_it_stored(tmp_path: Path) -> None:
+    """A fresh write puts the row it wrote in the cache (the next read needs no SELECT); that row is the one in
+    the file, column for column — the version of a key the node held already included."""
+    with hybridstore.open(data_dir=tmp_path / "n", background=False, read_policy="local_first") as store:
+        local = store.node.slot.tier
+        assert isinstance(local, LocalTier)
+        local.store_synced(row("held", '"from the primary"', 7))
+        store.set("c", "new", {"v": 1})
+        store.set("c", "held", {"v": 2})
+        store.set("c", "new", {"v": 3})  # a rewrite of a pending key keeps its version too
+        misses = local.cache.misses
+        for key, value, version in (("new", {"v": 3}, 0), ("held", {"v": 2}, 7)):
+            cached = local.cache.rows[("c", key)]
+            local.cache.discard(("c", key))
+            assert cached == local.get("c", key), "the cached row is the stored one"
+            assert cached is not None and cached.version == version and cached.synced_at is None
+            got = store.get("c", key)
+            assert got is not None and (got.value, got.version, got.pending) == (value, version, True)
+        assert local.cache.misses - misses == 2, "only the two reads after the discards went to SQLite"

@@ -16,6 +16,7 @@ Contract:
 from __future__ import annotations
 
 import contextlib
+import functools
 import sqlite3
 import threading
 import time
@@ -58,14 +59,17 @@ VALUES (?, ?, ?, ?, ?, ?, ?, ?)
 # above ``drop_above``), upsert the record, queue the op. One statement is its own transaction (a write statement
 # takes the write lock before it reads), so it is as atomic as BEGIN IMMEDIATE … COMMIT, and costs a quarter of
 # the calls into SQLite. A stored row whose stamp is not older than the op's makes the trigger do nothing at
-# all (RAISE(IGNORE)): the caller sees no change and takes `_store_op`'s path, which re-stamps the op. TEMP
-# objects live with the connection only: nothing of this is in the file.
+# all (RAISE(IGNORE)): the caller sees no change and takes `_store_op`'s path, which re-stamps the op. Else the
+# trigger hands the stored row's version to the connection's ``hs_stored_version`` function (a new row's is 0),
+# so the writer knows the whole row it wrote and can cache it without reading it back. TEMP objects live with
+# the connection only: nothing of this is in the file.
 _FRESH_WRITE_SCHEMA = """
 CREATE TEMP VIEW IF NOT EXISTS hs_fresh_write
     (seq, op_id, collection, key, value, hlc, origin, created_at, updated_at, drop_above)
 AS SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL WHERE 0;
 CREATE TEMP TRIGGER IF NOT EXISTS hs_fresh_write INSTEAD OF INSERT ON hs_fresh_write BEGIN
-    SELECT RAISE(IGNORE) FROM records WHERE collection = NEW.collection AND key = NEW.key AND hlc >= NEW.hlc;
+    SELECT CASE WHEN hlc >= NEW.hlc THEN RAISE(IGNORE) ELSE hs_stored_version(version) END
+        FROM records WHERE collection = NEW.collection AND key = NEW.key;
     DELETE FROM outbox WHERE seq > NEW.drop_above
         AND seq = (SELECT pending_seq FROM records WHERE collection = NEW.collection AND key = NEW.key);
     INSERT INTO records (collection, key, value, version, hlc, origin, updated_at, synced_at, pending_seq)
@@ -122,6 +126,9 @@ class LocalDatabase:
             self._conn.execute("PRAGMA journal_mode=WAL").fetchall()
             self._conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
             migrate_sqlite(self._conn, "local")
+            # The stored version a fresh write keeps (set by the trigger, read under ``_lock`` right after it).
+            self._kept_version = [0]
+            self._conn.create_function("hs_stored_version", 1, functools.partial(self._kept_version.__setitem__, 0))
             self._conn.executescript(_FRESH_WRITE_SCHEMA)
             row = self._conn.execute("SELECT max(seq) FROM outbox").fetchone()
         except sqlite3.Error as exc:
@@ -217,6 +224,8 @@ class LocalDatabase:
             conn = self._conn
             seq = self._next_seq
             self.cache.discard(key)
+            kept = self._kept_version
+            kept[0] = 0
             before = conn.total_changes
             try:
                 conn.execute(
@@ -238,6 +247,9 @@ class LocalDatabase:
                 raise self._error(exc) from exc
             if conn.total_changes != before:
                 self._next_seq = seq + 1
+                # The row as stored (the next read of the key needs no SELECT).
+                written = StoredRow(op.collection, op.key, op.value_json, kept[0], op.hlc, op.origin, now, None)
+                self.cache.put(key, written)
                 return op
         with self._transaction(precise=True) as conn:  # a stored stamp not older than the op's: re-stamp it
             stored = self._store_op(conn, op, now, fresh=True)
