@@ -33,6 +33,7 @@ from ..errors import (
     PrimaryUnavailableError,
 )
 from ..events import Event, EventBus
+from ..gcpause import paused_gc
 from ..merge import MISSING, StrategyTable, merge3
 from ..model import ApplyOutcome, Op, StoredRow, SyncReport
 from ..tiers.local.outbox import follows
@@ -282,35 +283,37 @@ class OutboxReplayer:
             batches = 0
             try:
                 while entries and batches < max_batches:
-                    batches += 1
-                    started = time.perf_counter()
-                    future = self._pusher().submit(self._send, entries)
-                    following: list[Pending] = []
-                    outcomes: Sequence[ApplyOutcome] | None
-                    try:
-                        if previous is not None:
-                            done, previous = previous, None
-                            settled += self._settle(local, *done, report)
-                            if on_batch is not None:
-                                on_batch()
-                        if batches < max_batches:
-                            following = local.pending_ops(self.batch_size, after=entries[-1][0])
-                    finally:
+                    # A batch allocates tuples by the thousand: no cycle search while it is in flight (`gcpause`).
+                    with paused_gc():
+                        batches += 1
+                        started = time.perf_counter()
+                        future = self._pusher().submit(self._send, entries)
+                        following: list[Pending] = []
+                        outcomes: Sequence[ApplyOutcome] | None
                         try:
-                            outcomes = self._outcomes(future, local, entries, report)
-                        except PrimaryRejectedError:
-                            settled += self._isolate(local, entries, report)
-                            outcomes = None
-                    if outcomes is None:
-                        # Ops of a rejected key may follow in later batches: the next round starts again from
-                        # the head of the outbox, so they keep waiting behind the rejected op.
-                        break
-                    self._batch_done(len(entries), time.perf_counter() - started)
-                    previous = (entries, outcomes)
-                    if following and not isinstance(outcomes, AppliedBatch) and "merged" in map(_OUTCOME, outcomes):
-                        # a merge may have re-stamped ops of the next batch (read before it): read it again
-                        following = local.pending_ops(len(following), after=entries[-1][0])
-                    entries = _rebased(following, entries, outcomes)
+                            if previous is not None:
+                                done, previous = previous, None
+                                settled += self._settle(local, *done, report)
+                                if on_batch is not None:
+                                    on_batch()
+                            if batches < max_batches:
+                                following = local.pending_ops(self.batch_size, after=entries[-1][0])
+                        finally:
+                            try:
+                                outcomes = self._outcomes(future, local, entries, report)
+                            except PrimaryRejectedError:
+                                settled += self._isolate(local, entries, report)
+                                outcomes = None
+                        if outcomes is None:
+                            # Ops of a rejected key may follow in later batches: the next round starts again from
+                            # the head of the outbox, so they keep waiting behind the rejected op.
+                            break
+                        self._batch_done(len(entries), time.perf_counter() - started)
+                        previous = (entries, outcomes)
+                        if following and not isinstance(outcomes, AppliedBatch) and "merged" in map(_OUTCOME, outcomes):
+                            # a merge may have re-stamped ops of the next batch (read before it): read it again
+                            following = local.pending_ops(len(following), after=entries[-1][0])
+                        entries = _rebased(following, entries, outcomes)
             finally:
                 if previous is not None:
                     done, previous = previous, None
