@@ -69,4 +69,3 @@ class OriginGuard:
 
     def _next_after(self, newest: str) -> StampsAfter:
         return StampsAfter(self._clock, newest)
-

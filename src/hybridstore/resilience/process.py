@@ -104,4 +104,3 @@ class NodeProcess:
         for entry in self._inflight.values():
             self.history.unknown(entry, "killed before it answered")
         self._inflight.clear()
-
