@@ -36,6 +36,7 @@ _CORRUPT_CODES = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
 
 ROW_COLUMNS = "collection, key, value, version, hlc, origin, updated_at, synced_at"
 as_row = StoredRow._make
+_new_row = functools.partial(tuple.__new__, StoredRow)  # a row from a tuple of its 8 fields, in C
 
 _UPSERT_PENDING = """
 INSERT INTO records (collection, key, value, version, hlc, origin, updated_at, synced_at, pending_seq)
@@ -223,7 +224,8 @@ class LocalDatabase:
         with self._lock:
             conn = self._conn
             seq = self._next_seq
-            self.cache.discard(key)
+            # The key's cached row stays valid until the statement changes the row (then it is replaced, below): a
+            # statement that fails or changes nothing leaves the file as it was.
             kept = self._kept_version
             kept[0] = 0
             before = conn.total_changes
@@ -248,8 +250,9 @@ class LocalDatabase:
             if conn.total_changes != before:
                 self._next_seq = seq + 1
                 # The row as stored (the next read of the key needs no SELECT).
-                written = StoredRow(op.collection, op.key, op.value_json, kept[0], op.hlc, op.origin, now, None)
-                self.cache.put(key, written)
+                self.cache.put(
+                    key, _new_row((op.collection, op.key, op.value_json, kept[0], op.hlc, op.origin, now, None))
+                )
                 return op
         with self._transaction(precise=True) as conn:  # a stored stamp not older than the op's: re-stamp it
             stored = self._store_op(conn, op, now, fresh=True)
