@@ -37,7 +37,7 @@ Section = tuple[str, str]
 Lines = Iterator[tuple[Section, bytes, int]]  # whole lines of a section, and how many
 BATCH = 1000  # rows per fetch: about a chunk of ordinary records, so a fetch never holds much
 READERS = 2  # threads building a collection's lines (SQLite lets go of the GIL while it builds them)
-READ_AHEAD = 4  # batches being built or waiting per reader: memory stays flat
+READ_AHEAD = 2  # batches being built or waiting per reader: memory stays flat
 GATE_TIMEOUT = 0.2  # seconds to wait for the write lock that lines up the readers' snapshots
 _quote = json.JSONEncoder(ensure_ascii=False).encode
 _first = itemgetter(0)
