@@ -151,14 +151,14 @@ def _read_snapshots(db_path: Path, readers: int) -> Iterator[tuple[sqlite3.Conne
     """A connection of our own inside a read transaction, and up to ``readers`` more (for other threads) inside
     read transactions on the very same snapshot (WAL: writers are not blocked while they read).
 
-    The snapshots are lined up by holding the write lock, on one more connection, while they start: no commit
-    can land between them, and writers wait for that moment only. If the lock is not free at once (a long
-    write), the backup makes do with the first connection alone (no reader connections)."""
+    The snapshots are lined up by holding the write lock, on one more connection, while they all start: no
+    commit can land between them, and writers wait for that moment only. If the lock is not free at once (a
+    long write), the backup makes do with one connection alone (no reader connections)."""
     conns: list[sqlite3.Connection] = []
     try:
-        conns.append(_begin(db_path))
-        if readers:
-            conns += _aligned(db_path, readers)
+        conns = _aligned(db_path, 1 + readers) if readers else []
+        if not conns:
+            conns = [_begin(db_path)]
     except sqlite3.Error as exc:
         _close(conns)
         raise LocalStoreError(f"cannot read the local database for a backup: {exc}") from exc
@@ -179,8 +179,8 @@ def _begin(db_path: Path, *, threads: bool = False) -> sqlite3.Connection:
     return conn
 
 
-def _aligned(db_path: Path, readers: int) -> list[sqlite3.Connection]:
-    """``readers`` connections (usable from any thread) on one snapshot, or none when the write lock is busy."""
+def _aligned(db_path: Path, count: int) -> list[sqlite3.Connection]:
+    """``count`` connections (usable from any thread) on one snapshot, or none when the write lock is busy."""
     gate = sqlite3.connect(db_path, isolation_level=None, timeout=GATE_TIMEOUT)
     try:
         try:
@@ -189,7 +189,7 @@ def _aligned(db_path: Path, readers: int) -> list[sqlite3.Connection]:
             return []  # a writer holds the lock: read alone rather than make it (or us) wait
         conns: list[sqlite3.Connection] = []
         try:
-            for _ in range(readers):
+            for _ in range(count):
                 conns.append(_begin(db_path, threads=True))
         except BaseException:
             _close(conns)
