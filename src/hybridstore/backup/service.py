@@ -440,7 +440,7 @@ class BackupService:
         sealer = crypto.ChunkSealer(data_key)
         body_tmp = self.repo.tmp_path(backup_id, ".body")
         final_tmp = self.repo.tmp_path(backup_id, ".hsb")
-        total = max(1, self._estimate_records())
+        total = max(1, self._estimate_records()) if progress is not None else 1  # a count costs a full scan
         started = time.perf_counter()
         timings: dict[str, float] = {}
         try:

@@ -1,8 +1,11 @@
 """Where a backup's records come from, as sections of record lines ready for `BodyWriter`.
 
 - ``local``: the node's SQLite (live records, which already hold the node's pending writes) overlaid with the
-  journal, read in one SQLite read transaction on a connection of its own (writers are not blocked), plus
-  the outbox and the journal verbatim as ``pending`` sections.
+  journal, read in one SQLite snapshot on connections of our own (writers are not blocked), plus the outbox
+  and the journal verbatim as ``pending`` sections. SQLite builds the lines itself, and that costs more than
+  compressing them: so two reader threads, each on its own connection inside the same snapshot, build the
+  batches of a collection in turn (key ranges of ``BATCH`` records found ahead by a third connection), and
+  the batches are handed on in key order.
 - ``primary``: the primary's records from one consistent snapshot, overlaid with the node's pending rows and
   journal (what the primary has not accepted yet), plus the same ``pending`` sections.
 
@@ -14,8 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import queue
 import sqlite3
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from itertools import groupby
 from operator import itemgetter
 from pathlib import Path
@@ -30,6 +36,10 @@ if TYPE_CHECKING:
 Section = tuple[str, str]
 Lines = Iterator[tuple[Section, bytes, int]]  # whole lines of a section, and how many
 BATCH = 1000  # rows per fetch: about a chunk of ordinary records, so a fetch never holds much
+READERS = 2  # threads building a collection's lines (SQLite lets go of the GIL while it builds them)
+READ_AHEAD = 2  # batches being built or waiting per reader: memory stays flat
+CACHE_KIB = 256  # page cache per reading connection: they scan, a page is not read twice (SQLite's default: 2 MiB)
+GATE_TIMEOUT = 0.2  # seconds to wait for the write lock that lines up the readers' snapshots
 _quote = json.JSONEncoder(ensure_ascii=False).encode
 _first = itemgetter(0)
 
@@ -48,6 +58,15 @@ _LOCAL_BATCH = (
     f"SELECT key, {_LINE_TEXT} AS line FROM records WHERE collection = ? AND key > ? AND value IS NOT NULL "
     "ORDER BY key LIMIT ?)"
 )
+# A key range's lines, for the reader threads: ``(after, upto]`` (the last range has no upper bound).
+_RANGE = (
+    f"SELECT count(*), CAST(group_concat(line, ''{_IN_KEY_ORDER}) AS BLOB) FROM ("
+    f"SELECT key, {_LINE_TEXT} AS line FROM records WHERE collection = ? AND key > ? AND key <= ? "
+    "AND value IS NOT NULL ORDER BY key)"
+)
+_RANGE_TAIL = _RANGE.replace("AND key <= ? ", "")
+# The key ``?`` rows after a key (tombstones counted: a range then holds at most that many lines).
+_SKIP = "SELECT key FROM records WHERE collection = ? AND key > ? ORDER BY key LIMIT 1 OFFSET ?"
 _LOCAL_KEYED_LINES = f"SELECT key, {_LINE} FROM records WHERE collection = ? AND value IS NOT NULL ORDER BY key"
 _OUTBOX_LINES = (
     "SELECT CAST(printf('[%s,%s,%s,%s,%s,%s,%!.15g]' || char(10), json_quote(op_id), json_quote(collection), "
@@ -124,15 +143,68 @@ def _batched(lines: Iterator[bytes], size: int = BATCH) -> Iterator[tuple[bytes,
 @contextlib.contextmanager
 def _read_snapshot(db_path: Path) -> Iterator[sqlite3.Connection]:
     """A connection of our own inside one read transaction: a consistent view, writers not blocked (WAL)."""
+    with _read_snapshots(db_path, 0) as (conn, _):
+        yield conn
+
+
+@contextlib.contextmanager
+def _read_snapshots(db_path: Path, readers: int) -> Iterator[tuple[sqlite3.Connection, list[sqlite3.Connection]]]:
+    """A connection of our own inside a read transaction, and up to ``readers`` more (for other threads) inside
+    read transactions on the very same snapshot (WAL: writers are not blocked while they read).
+
+    The snapshots are lined up by holding the write lock, on one more connection, while they all start: no
+    commit can land between them, and writers wait for that moment only. If the lock is not free at once (a
+    long write), the backup makes do with one connection alone (no reader connections)."""
+    conns: list[sqlite3.Connection] = []
     try:
-        conn = sqlite3.connect(db_path, isolation_level=None, timeout=10)
-        conn.execute("BEGIN")
-        conn.execute("SELECT count(*) FROM outbox").fetchone()  # starts the read snapshot now
+        conns = _aligned(db_path, 1 + readers) if readers else []
+        if not conns:
+            conns = [_begin(db_path)]
     except sqlite3.Error as exc:
+        _close(conns)
         raise LocalStoreError(f"cannot read the local database for a backup: {exc}") from exc
     try:
-        yield conn
+        yield conns[0], conns[1:]
     finally:
+        _close(conns)
+
+
+def _begin(db_path: Path, *, threads: bool = False) -> sqlite3.Connection:
+    conn = sqlite3.connect(db_path, isolation_level=None, timeout=10, check_same_thread=not threads)
+    try:
+        conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+        conn.execute("BEGIN")
+        conn.execute("SELECT 1 FROM outbox LIMIT 1").fetchone()  # starts the read snapshot now (and cheaply)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _aligned(db_path: Path, count: int) -> list[sqlite3.Connection]:
+    """``count`` connections (usable from any thread) on one snapshot, or none when the write lock is busy."""
+    gate = sqlite3.connect(db_path, isolation_level=None, timeout=GATE_TIMEOUT)
+    try:
+        try:
+            gate.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError:
+            return []  # a writer holds the lock: read alone rather than make it (or us) wait
+        conns: list[sqlite3.Connection] = []
+        try:
+            for _ in range(count):
+                conns.append(_begin(db_path, threads=True))
+        except BaseException:
+            _close(conns)
+            raise
+        return conns
+    finally:
+        with contextlib.suppress(sqlite3.Error):
+            gate.execute("ROLLBACK")
+        gate.close()
+
+
+def _close(conns: list[sqlite3.Connection]) -> None:
+    for conn in conns:
         with contextlib.suppress(sqlite3.Error):
             conn.execute("COMMIT")
         conn.close()
@@ -159,7 +231,7 @@ def local_sections(db_path: Path | None, journal: list[Op]) -> Lines:
         yield from _journal_section(journal)
         return
     try:
-        with _read_snapshot(db_path) as conn:
+        with _read_snapshots(db_path, READERS) as (conn, readers), _RangeReaders(conn, readers) as ranges:
             names = _collections(conn)
             for collection in sorted(names | set(overlay)):
                 section = ("collection", collection)
@@ -169,7 +241,7 @@ def local_sections(db_path: Path | None, journal: list[Op]) -> Lines:
                     for batch, n in _batched(_live(pairs)):
                         yield section, batch, n
                     continue
-                yield from ((section, lines, n) for lines, n in _local_batches(conn, collection))
+                yield from ((section, lines, n) for lines, n in ranges.batches(collection))
             cur = conn.execute(_OUTBOX_LINES)
             while rows := cur.fetchmany(BATCH):
                 yield ("pending", "outbox"), b"".join(map(_first, rows)), len(rows)
@@ -187,6 +259,77 @@ def _local_batches(conn: sqlite3.Connection, collection: str) -> Iterator[tuple[
             return
         yield lines, count
         after = last
+
+
+class _RangeReaders:
+    """A collection's live records as lines, in key order, a batch (and its count) at a time: built by threads
+    of our own, one connection each (``readers``, on the snapshot of ``conn``), range after range as ``conn``
+    finds the ranges' bounds. Without reader connections, ``conn`` builds them itself. Use as a context
+    manager: leaving it waits for the threads, so the connections can be closed."""
+
+    def __init__(self, conn: sqlite3.Connection, readers: list[sqlite3.Connection]) -> None:
+        self._conn = conn
+        self._free: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
+        for reader in readers:
+            self._free.put(reader)
+        self._depth = READ_AHEAD * len(readers)
+        self._pool = (
+            ThreadPoolExecutor(max_workers=len(readers), thread_name_prefix="hybridstore-backup-read")
+            if readers
+            else None
+        )
+
+    def __enter__(self) -> _RangeReaders:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def batches(self, collection: str) -> Iterator[tuple[bytes, int]]:
+        if self._pool is None:
+            yield from _local_batches(self._conn, collection)
+            return
+        pending: deque[Future[tuple[int, bytes]]] = deque()
+        try:
+            for after, upto in _ranges(self._conn, collection):
+                pending.append(self._pool.submit(self._read, collection, after, upto))
+                if len(pending) >= self._depth:
+                    count, lines = pending.popleft().result()
+                    if count:
+                        yield lines, count
+            while pending:
+                count, lines = pending.popleft().result()
+                if count:
+                    yield lines, count
+        finally:
+            for future in pending:
+                future.cancel()
+            wait(pending)  # none may still be using a connection once we are gone
+
+    def _read(self, collection: str, after: str, upto: str | None) -> tuple[int, bytes]:
+        conn = self._free.get()
+        try:
+            if upto is None:
+                count, lines = conn.execute(_RANGE_TAIL, (collection, after)).fetchone()
+            else:
+                count, lines = conn.execute(_RANGE, (collection, after, upto)).fetchone()
+        finally:
+            self._free.put(conn)
+        return count, lines
+
+
+def _ranges(conn: sqlite3.Connection, collection: str) -> Iterator[tuple[str, str | None]]:
+    """Bounds ``(after, upto]`` of consecutive key ranges of at most ``BATCH`` rows covering a collection; the
+    last range has no upper bound. Steps over the keys without building anything."""
+    after = ""  # keys are never empty
+    while True:
+        row = conn.execute(_SKIP, (collection, after, BATCH - 1)).fetchone()
+        if row is None:
+            yield after, None
+            return
+        yield after, row[0]
+        after = row[0]
 
 
 def _journal_section(journal: list[Op]) -> Lines:
