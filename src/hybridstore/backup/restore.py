@@ -106,17 +106,31 @@ def validate(
         check_collection(name)
         lines = split(body, name)
         recs = parse(lines, name)
-        fast = verbatim(recs, *cut_lines(lines), max_value_bytes)  # proves the values fit too
-        records = _pick(recs, selection)
-        check_keys([k for k, _ in records])
-        if not fast and not _values_fit(records, max_value_bytes):
-            for _, value in records:
-                encode_value(value, max_bytes=max_value_bytes)  # raises the exact error
+        keys, texts = cut_lines(lines)
+        fast = verbatim(recs, keys, texts, max_value_bytes)  # proves the values fit too, and the cut keys exact
+        done += _check_records(recs, keys if fast else None, selection, max_value_bytes)
         checks.append(ChunkCheck(reader.digest, fast))
-        done += len(records)
         if progress is not None:
             progress(done, total)
     return done, checks
+
+
+def _check_records(
+    recs: list[list[Any]], cut_keys: list[str] | None, selection: Selection, max_value_bytes: int
+) -> int:
+    """Check the selected records of a parsed chunk (keys, and values unless ``cut_keys`` is given: the chunk's
+    keys when `verbatim` proved the chunk, values included); returns how many are selected."""
+    if cut_keys is not None:
+        wanted = selection.keys
+        keys = cut_keys if wanted is None else [k for k in cut_keys if k in wanted]
+        check_keys(keys)
+        return len(keys)
+    records = _pick(recs, selection)
+    check_keys([k for k, _ in records])
+    if not _values_fit(records, max_value_bytes):
+        for _, value in records:
+            encode_value(value, max_bytes=max_value_bytes)  # raises the exact error
+    return len(records)
 
 
 def _values_fit(records: list[tuple[str, Any]], max_value_bytes: int) -> bool:
