@@ -12,6 +12,8 @@ import psycopg
 import pytest
 
 import hybridstore
+from hybridstore.backup import restore
+from hybridstore.backup.format import BackupReader
 from hybridstore.clock import HybridClock, Timestamp, stamp_after, wall_ms
 from hybridstore.model import Op, new_op_ids
 from hybridstore.tiers.local import LocalTier
@@ -124,3 +126,26 @@ def test_a_restore_reaches_the_primary(
         for (h,) in pg.execute(f'SELECT hlc FROM "{pg_schema}".records WHERE collection = %s ORDER BY key', ("orders",))
     ]
     assert len(stamps) == n and stamps == sorted(set(stamps))
+
+
+@pytest.mark.parametrize("keep", [restore.KEEP_BYTES, 0])
+def test_kept_and_reread_restores_agree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keep: int) -> None:
+    """Records kept from the validation pass (a backup within `KEEP_BYTES`) and records read again (a larger one)
+    restore the same: same report, same values, a selection honoured, dry run writing nothing."""
+    monkeypatch.setattr(restore, "KEEP_BYTES", keep)
+    backup_id, exported = _backup_of(tmp_path, 1200)
+    with hybridstore.open(data_dir=tmp_path / "fresh", background=False) as fresh:
+        fb = service(fresh)
+        fb.import_backup(exported)
+        with BackupReader(Path(fb.get_backup(backup_id).path), None) as reader:
+            _, checks = restore.validate(reader, restore.Selection(), fresh.config.max_value_bytes, None)
+        assert all(isinstance(c, restore.Validated) for c in checks) == (keep > 0) and checks
+        fresh.set("orders", "o00001", "changed")
+        dry = fb.restore_backup(backup_id, dry_run=True, diff_limit=2)
+        assert dry.collections == {"orders": {"added": 1199, "overwritten": 1, "skipped": 0, "unchanged": 0}}
+        assert dry.written == 0 and dry.diff_truncated and fresh.get("orders", "o00000") is None
+        some = fb.restore_backup(backup_id, keys=["o00001", "o00007"], overwrite=False)
+        assert some.collections["orders"] == {"added": 1, "overwritten": 0, "skipped": 1, "unchanged": 0}
+        done = fb.restore_backup(backup_id)
+        assert done.collections["orders"] == {"added": 1198, "overwritten": 1, "skipped": 0, "unchanged": 1}
+        assert [r.value for r in fresh.list("orders", limit=2000)] == [{"i": i} for i in range(1200)]
