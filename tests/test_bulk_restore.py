@@ -70,6 +70,15 @@ def test_bulk_store_coalesces_unsent_ops_only(tier: LocalTier) -> None:
     assert row is not None and row.value_json == "2" and row.hlc == stamps[3]
 
 
+@pytest.mark.parametrize("key", ["plain", "caf\u00e9", "smile \U0001f600", 'quote " and \\ backslash', "tab\tkey"])
+def test_bulk_store_coalesces_any_key(tier: LocalTier, key: str) -> None:
+    clock = HybridClock(NODE)
+    tier.embedded()
+    tier.import_ops(ops(clock, [(key, "1"), ("other", "1")]), fresh=True)
+    tier.import_ops(ops(clock, [(key, "2"), ("other", "2")]), fresh=True)
+    assert [(k, v) for _, k, v, _ in outbox(tier)] == [(key, "2"), ("other", "2")]
+
+
 def test_bulk_store_falls_back_when_a_stored_stamp_is_newer(tier: LocalTier) -> None:
     """A stored row stamped beyond the clock's drift guard: the batch is stored op by op and that key's op is
     re-stamped after the stored row; nothing is lost, every key is queued once."""
@@ -149,3 +158,17 @@ def test_kept_and_reread_restores_agree(tmp_path: Path, monkeypatch: pytest.Monk
         done = fb.restore_backup(backup_id)
         assert done.collections["orders"] == {"added": 1198, "overwritten": 1, "skipped": 0, "unchanged": 1}
         assert [r.value for r in fresh.list("orders", limit=2000)] == [{"i": i} for i in range(1200)]
+
+
+def test_bulk_store_coalesces_per_collection(tier: LocalTier) -> None:
+    clock = HybridClock(NODE)
+    tier.embedded()
+
+    def batch(value: str) -> list[Op]:
+        stamps = clock.now_many(3)
+        return [Op(i, c, "k", value, s, NODE, 0, 1.0) for i, c, s in zip(new_op_ids(3), "xyz", stamps, strict=True)]
+
+    tier.import_ops(batch("1")[:2], fresh=True)
+    tier.import_ops(batch("2"), fresh=True)
+    rows = tier._read("SELECT collection, key, value FROM outbox ORDER BY seq")
+    assert [tuple(r) for r in rows] == [("x", "k", "2"), ("y", "k", "2"), ("z", "k", "2")]

@@ -275,7 +275,7 @@ class LocalDatabase:
         conn.execute("SAVEPOINT hs_bulk")
         try:
             if self.coalesce_pending:
-                self._drop_pending_many(conn, ops)
+                self._drop_pending_many(conn, collections, keys)
             cur = conn.executemany(
                 _UPSERT_PENDING, zip(collections, keys, values, stamps, origins, repeat(now, n), seqs, strict=True)
             )
@@ -290,14 +290,17 @@ class LocalDatabase:
         self._next_seq = seq + n
         return list(ops)
 
-    def _drop_pending_many(self, conn: sqlite3.Connection, ops: Sequence[Op]) -> None:
-        """`_DROP_PENDING` of every op's key (inside the caller's transaction): the pending op of each key that
-        no push can have sent yet goes, so the new op replaces it (coalescing)."""
-        by_collection: dict[str, list[str]] = {}
-        for op in ops:
-            by_collection.setdefault(op.collection, []).append(op.key)
-        for collection, keys in by_collection.items():
-            conn.execute(_DROP_PENDING_MANY, (self._sent_seq, collection, json.dumps(keys)))
+    def _drop_pending_many(self, conn: sqlite3.Connection, collections: Sequence[str], keys: Sequence[str]) -> None:
+        """`_DROP_PENDING` of each (collection, key) (inside the caller's transaction): the pending op of each key
+        that no push can have sent yet goes, so the new op replaces it (coalescing)."""
+        groups: dict[str, list[str]] = {}
+        if len(set(collections)) == 1:  # the usual batch: one collection
+            groups[collections[0]] = list(keys)
+        else:
+            for collection, key in zip(collections, keys, strict=True):
+                groups.setdefault(collection, []).append(key)
+        for collection, names in groups.items():
+            conn.execute(_DROP_PENDING_MANY, (self._sent_seq, collection, json.dumps(names, ensure_ascii=False)))
 
     # -- the whole file ---------------------------------------------------------------------------------------
 
