@@ -99,9 +99,10 @@ def test_both_ways_restore_the_same_records(tmp_path: Path, name: str) -> None:
         assert row.value_json == encode_value(bad_value)
 
 
-def test_a_backup_changed_after_its_validation_writes_nothing(tmp_path: Path) -> None:
-    """The apply pass reads the file again: a chunk whose bytes differ from the validated ones is refused before
-    anything of it is written."""
+def test_a_backup_changed_after_its_validation_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A backup larger than `restore.KEEP_BYTES`: the apply pass reads the file again, and a chunk whose bytes
+    differ from the validated ones is refused before anything of it is written."""
+    monkeypatch.setattr(restore, "KEEP_BYTES", 0)
     with hybridstore.open(None, data_dir=tmp_path / "node", background=False) as store:
         backups = service(store)
         first = forge(tmp_path / "first.hsb", PLAIN)
@@ -122,3 +123,25 @@ def test_a_backup_changed_after_its_validation_writes_nothing(tmp_path: Path) ->
             )
         assert report.written == len(PLAIN)
         assert store.get("products", "k3").value == json.loads(PLAIN[3])[1]  # type: ignore[union-attr]
+
+
+def test_a_kept_backup_writes_what_was_validated(tmp_path: Path) -> None:
+    """A backup within `restore.KEEP_BYTES`: the apply pass writes the records the validation pass cut and kept,
+    whatever the file holds by then (it is not read again)."""
+    with hybridstore.open(None, data_dir=tmp_path / "node", background=False) as store:
+        backups = service(store)
+        first = forge(tmp_path / "first.hsb", PLAIN)
+        second = forge(tmp_path / "second.hsb", [compact(f"k{i}", {"other": i}) for i in range(20)])
+        selection = restore.Selection.of(None, None)
+        with BackupReader(first, None) as reader:
+            _, checks = restore.validate(reader, selection, 1 << 20, None)
+        assert [type(c) for c in checks] == [restore.Validated]
+        report = restore.RestoreReport("x", False, True)
+        with BackupReader(second, None) as reader:
+            restore.apply(
+                store.node, backups._writer, reader, selection, report, diff_limit=10, progress=None, checks=checks
+            )
+        assert report.written == len(PLAIN)
+        for line in PLAIN:
+            key, value = json.loads(line)[:2]
+            assert store.get("products", key).value == value  # type: ignore[union-attr]

@@ -88,6 +88,30 @@ class HybridClock:
                 self._prefix_wall, self._prefix = self._wall, f"{self._wall:012x}."
             return f"{self._prefix}{self._counter:06x}{self._suffix}"
 
+    def now_many(self, n: int) -> list[str]:
+        """``n`` new stamps at once, strictly increasing, each greater than every stamp this clock produced or
+        observed: what ``n`` calls of `now` return when the wall clock does not move meanwhile (one reading of it,
+        one lock; the counter carries into the next millisecond as `now`'s does)."""
+        stamps: list[str] = []
+        with self._lock:
+            physical = self._clock()
+            if physical > self._wall:
+                wall, first = physical, 0
+            else:
+                wall, first = self._wall, self._counter + 1
+            while True:
+                if first > _MAX_COUNTER:
+                    wall, first = wall + 1, 0
+                take = min(n - len(stamps), _MAX_COUNTER + 1 - first)
+                pattern = f"{wall:012x}.%06x{self._suffix.replace('%', '%%')}"
+                stamps += map(pattern.__mod__, range(first, first + take))
+                first += take
+                if len(stamps) >= n:
+                    break
+            if n > 0:
+                self._wall, self._counter = wall, first - 1
+        return stamps
+
     def observe(self, stamp: str) -> None:
         """Merge a stamp seen from another node so our next stamp orders after it (causality)."""
         remote = Timestamp.decode(stamp)

@@ -40,6 +40,24 @@ def new_op_id() -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
+_VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}  # RFC 9562 variant bits 10, two random bits
+
+
+def new_op_ids(n: int) -> list[str]:
+    """``n`` new op ids (`new_op_id`) for one batch: one clock reading, one draw of random bits for all of them
+    (74 random bits each, as `new_op_id`'s)."""
+    if n <= 0:
+        return []
+    h = f"{time.time_ns() // 1_000_000:012x}"
+    head = f"{h[:8]}-{h[8:12]}-7"
+    bits = f"{_ids.getrandbits(76 * n):0{19 * n}x}"  # per id: 3 digits, the variant digit, 15 digits
+    variant = _VARIANT
+    return [
+        f"{head}{bits[i : i + 3]}-{variant[bits[i + 3]]}{bits[i + 4 : i + 7]}-{bits[i + 7 : i + 19]}"
+        for i in range(0, 19 * n, 19)
+    ]
+
+
 @dataclass(slots=True)
 class Record:
     """One stored value and where it came from.

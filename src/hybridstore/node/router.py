@@ -12,18 +12,22 @@ from __future__ import annotations
 
 import functools
 import logging
+import operator
 from collections.abc import Callable
+from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
 from ..errors import JournalError, LocalStoreError, PrimaryUnavailableError, StorageExhaustedError
 from ..merge import StrategyTable
-from ..model import Op, Record, StoredRow, TierName, WriteResult, new_op_id
+from ..model import Op, Record, StoredRow, TierName, WriteResult, new_op_id, new_op_ids
 from ..validation import encode_value
 
 if TYPE_CHECKING:
     from .core import NodeCore
 
 log = logging.getLogger("hybridstore")
+_LOCAL: TierName = "local"
+_OP_ID, _OP_HLC = operator.itemgetter(0), operator.itemgetter(4)  # of an `Op`
 # `Op` from a tuple of all its fields, without the generated ``__new__``'s Python frame (the write hot path).
 _make_op: Callable[[tuple[str, str, str, str | None, str, str, int, float]], Op] = functools.partial(tuple.__new__, Op)
 
@@ -59,6 +63,24 @@ class Router:
 
     def new_op(self, collection: str, key: str, value_json: str | None) -> Op:
         return _make_op((new_op_id(), collection, key, value_json, self._clock.now(), self._node_id, 0, self._wall()))
+
+    def new_ops(self, collection: str, items: list[tuple[str, str]]) -> list[Op]:
+        """`new_op` of each (key, value text) in order, made at once: the op ids and stamps of the whole batch in
+        one go (`new_op_ids`, `HybridClock.now_many`: increasing in ``items``' order, after every earlier stamp)."""
+        n = len(items)
+        keys, texts = zip(*items, strict=True) if n else ((), ())
+        fields = zip(
+            new_op_ids(n),
+            repeat(collection, n),
+            keys,
+            texts,
+            self._clock.now_many(n),
+            repeat(self._node_id, n),
+            repeat(0, n),
+            repeat(self._wall(), n),
+            strict=True,
+        )
+        return list(map(_make_op, fields))
 
     def write(self, collection: str, key: str, value_json: str | None) -> WriteResult:
         if self._node.config.write_mode == "write_through" and self._gateway.allow() and self._origin_settled():
@@ -149,7 +171,9 @@ class Router:
                 self._slot.mark_failed(exc, tier=local)
             else:
                 self._wake_pusher()
-                return [WriteResult("local", 0, True, op.op_id, op.hlc) for op in stored]
+                n, tier = len(stored), _LOCAL
+                ids, stamps = map(_OP_ID, stored), map(_OP_HLC, stored)
+                return list(map(WriteResult, repeat(tier, n), repeat(0, n), repeat(True, n), ids, stamps))
         return [self.queue(op) for op in ops]
 
     def set_many(self, collection: str, items: list[tuple[str, Any]]) -> list[WriteResult]:
@@ -159,8 +183,7 @@ class Router:
 
     def set_many_encoded(self, collection: str, items: list[tuple[str, str]]) -> list[WriteResult]:
         """`BulkWriter`: queue already validated keys with values already encoded by `encode_value`."""
-        ops = [self.new_op(collection, key, text) for key, text in items]
-        return self.queue_many(ops) if ops else []
+        return self.queue_many(self.new_ops(collection, items)) if items else []
 
     def _wake_pusher(self) -> None:
         # Only when a push can happen now: waking the thread on every write while the primary is down (or

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,15 @@ WHERE excluded.hlc > records.hlc
 _DROP_PENDING = (
     "DELETE FROM outbox WHERE seq = (SELECT pending_seq FROM records WHERE collection = ? AND key = ?) AND seq > ?"
 )
+# `_DROP_PENDING` for a batch of keys of one collection (a JSON array of them): one statement whose cost follows
+# the keys that exist (a lookup each, in SQLite), not one call from Python per key. CROSS JOIN keeps the keys the
+# outer loop (SQLite's planner would otherwise scan the records for each key).
+_DROP_PENDING_MANY = """
+DELETE FROM outbox WHERE seq IN (
+    SELECT r.pending_seq FROM json_each(?3) AS j CROSS JOIN records AS r
+    WHERE r.collection = ?2 AND r.key = j.value AND r.pending_seq > ?1
+)
+"""
 _INSERT_OUTBOX = """
 INSERT INTO outbox (seq, op_id, collection, key, value, hlc, origin, created_at)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?)
@@ -260,38 +271,51 @@ class LocalDatabase:
         return stored
 
     def _store_fresh_many(self, conn: sqlite3.Connection, ops: Sequence[Op], now: float) -> list[Op] | None:
-        """`_store_op` of many fresh writes to distinct keys with three ``executemany`` calls (a bulk write or a
-        restore pays one statement per row instead of three round trips through Python). ``None``, with nothing
-        changed, when some op would need `_store_op`'s slow path (a key written twice in ``ops``, or a stored
-        row whose stamp is not older than the op's): the caller then stores them one by one."""
-        if len({(op.collection, op.key) for op in ops}) != len(ops):
+        """`_store_op` of many fresh writes to distinct keys: one statement for the keys' coalescing, then two
+        ``executemany`` (the statements' parameters built column by column, in C: a bulk write or a restore pays
+        no Python call per row). ``None``, with nothing changed, when some op would need `_store_op`'s slow path
+        (a key written twice in ``ops``, or a stored row whose stamp is not older than the op's): the caller
+        then stores them one by one."""
+        n = len(ops)
+        op_ids, collections, keys, values, stamps, origins, _, created = zip(*ops, strict=True)
+        names = list(zip(collections, keys, strict=True))
+        if len(set(names)) != n:
             return None
         seq = self._next_seq
-        for op in ops:
-            self.cache.discard((op.collection, op.key))
+        seqs = range(seq, seq + n)
+        for name in self.cache.rows.keys() & names:  # the cached ones only, found by C code
+            self.cache.discard(name)
+        if not all(created):
+            created = tuple(c or now for c in created)
         conn.execute("SAVEPOINT hs_bulk")
         try:
             if self.coalesce_pending:
-                sent = self._sent_seq
-                conn.executemany(_DROP_PENDING, [(op.collection, op.key, sent) for op in ops])
+                self._drop_pending_many(conn, collections, keys)
             cur = conn.executemany(
-                _UPSERT_PENDING,
-                [(op.collection, op.key, op.value_json, op.hlc, op.origin, now, seq + i) for i, op in enumerate(ops)],
+                _UPSERT_PENDING, zip(collections, keys, values, stamps, origins, repeat(now, n), seqs, strict=True)
             )
-            if cur.rowcount != len(ops):
+            if cur.rowcount != n:
                 conn.execute("ROLLBACK TO hs_bulk")
                 return None
             conn.executemany(
-                _INSERT_OUTBOX,
-                [
-                    (seq + i, op.op_id, op.collection, op.key, op.value_json, op.hlc, op.origin, op.created_at or now)
-                    for i, op in enumerate(ops)
-                ],
+                _INSERT_OUTBOX, zip(seqs, op_ids, collections, keys, values, stamps, origins, created, strict=True)
             )
         finally:
             conn.execute("RELEASE hs_bulk")
-        self._next_seq = seq + len(ops)
+        self._next_seq = seq + n
         return list(ops)
+
+    def _drop_pending_many(self, conn: sqlite3.Connection, collections: Sequence[str], keys: Sequence[str]) -> None:
+        """`_DROP_PENDING` of each (collection, key) (inside the caller's transaction): the pending op of each key
+        that no push can have sent yet goes, so the new op replaces it (coalescing)."""
+        groups: dict[str, list[str]] = {}
+        if len(set(collections)) == 1:  # the usual batch: one collection
+            groups[collections[0]] = list(keys)
+        else:
+            for collection, key in zip(collections, keys, strict=True):
+                groups.setdefault(collection, []).append(key)
+        for collection, names in groups.items():
+            conn.execute(_DROP_PENDING_MANY, (self._sent_seq, collection, json.dumps(names, ensure_ascii=False)))
 
     # -- the whole file ---------------------------------------------------------------------------------------
 
