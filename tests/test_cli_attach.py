@@ -188,7 +188,9 @@ def test_health_sees_the_outage_of_a_running_serve(
         wait_for("a healthy node", lambda: cli(d, "health", "--json")[1]["overall"] == "healthy")
         code, _ = cli(d, "set", "orders", "before", "1")
         assert code == 0
-        code, nodes = cli(d, "nodes", "--json")  # serve's heartbeat wrote its row on the primary at start
+        # serve's heartbeat writes its row on the primary as soon as the primary answers
+        wait_for("the node's row", lambda: cli(d, "nodes", "--json")[1] != [])
+        code, nodes = cli(d, "nodes", "--json")
         assert code == 0 and [n["stale"] for n in nodes] == [False] and nodes[0]["version"]
         proxy.cut()
         wait_for("the outage", lambda: cli(d, "health", "--json")[0] == 1)

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 import hybridstore
 from hybridstore.cli import app as cli_app
 from hybridstore.errors import PrimaryUnavailableError
-from hybridstore.node.heartbeat import FIELDS, is_stale, node_view
+from hybridstore.node.heartbeat import FIELDS, FIRST_BEAT_RETRY, is_stale, node_view
 from hybridstore.node.timing import FakeClock
 
 from . import test_web_api as base
@@ -91,6 +91,11 @@ def test_heartbeats_skip_an_open_circuit_and_the_list_survives_it(make_store: St
     fresh.node.gateway.circuit.trip()
     with pytest.raises(PrimaryUnavailableError):
         fresh.nodes()  # nothing read yet: say so rather than pretend it is alone
+    # A node whose first beat has not reached the primary tries again soon, not after a whole interval.
+    first = fresh.node.heartbeat
+    assert first.run_once() == FIRST_BEAT_RETRY < first.interval and first.beats == 0
+    fresh.node.gateway.circuit.record_success()  # the primary answers again
+    assert first.run_once() == first.interval and first.beats == 1
 
 
 def test_staleness_goes_on_while_the_primary_cannot_be_asked(make_store: StoreFactory) -> None:

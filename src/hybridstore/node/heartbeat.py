@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hybridstore.heartbeat")
 STALE_AFTER = 3  # intervals of silence after which a node is called stale
+FIRST_BEAT_RETRY = 0.5  # seconds between tries until the node's first beat has reached the primary
 FIELDS = ("node_id", "host", "version", "last_heartbeat", "state", "outbox_depth", "last_push", "last_pull", "stale")
 
 _UPSERT = (
@@ -122,12 +123,14 @@ class Heartbeat:
     # -- writing --------------------------------------------------------------------------------------------------
 
     def run_once(self) -> float:
-        """One heartbeat (skipped while the circuit is not closed); returns the delay before the next."""
+        """One heartbeat (skipped while the circuit is not closed); returns the delay before the next: the
+        interval, or `FIRST_BEAT_RETRY` while no beat has reached the primary yet (a node that started during a
+        blip or before its first probe must not stay unlisted for a whole interval)."""
         if self._gateway.allow():
             self.beat()
         else:
             self.skipped += 1
-        return self.interval
+        return self.interval if self.beats else min(self.interval, FIRST_BEAT_RETRY)
 
     def beat(self, state: str | None = None) -> bool:
         """Write this node's row now; True if the primary took it (a failure is noted, never raised)."""
