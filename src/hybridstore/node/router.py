@@ -61,7 +61,12 @@ class Router:
         return _make_op((new_op_id(), collection, key, value_json, self._clock.now(), self._node_id, 0, self._wall()))
 
     def write(self, collection: str, key: str, value_json: str | None) -> WriteResult:
-        if self._node.config.write_mode == "write_through" and self._gateway.allow() and self._origin_settled():
+        node = self._node
+        if (
+            node.config.write_mode == "write_through"
+            and self._gateway.allow()
+            and (node.origin.settled or self._origin_settled())
+        ):
             op = self.new_op(collection, key, value_json)  # stamped after the check: after the node id's old writes
             result = self._write_through(op)
             if result is not None:

@@ -122,6 +122,9 @@ class PrimaryConnection:
         self._kept: tuple[ConnectionPool, psycopg.Connection[Any]] | None = None
         self._kept_until = 0.0  # monotonic: then it goes back, so the pool's lifetime and idle rules apply to it
         self._kept_lock = threading.Lock()
+        # A cursor of the kept connection, reused by every statement of `statement_cursor`'s callers: psycopg's
+        # `Connection.execute` builds a cursor per statement, a good part of its Python-level CPU per call.
+        self._kept_cursor: tuple[psycopg.Connection[Any], psycopg.Cursor[Any]] | None = None
 
     def _new_pool(self) -> ConnectionPool:
         pool = ConnectionPool(
@@ -239,8 +242,21 @@ class PrimaryConnection:
         ):
             self._give_back()  # the pool rolls back, checks or replaces it
 
+    def statement_cursor(self, conn: psycopg.Connection[Any]) -> psycopg.Cursor[Any]:
+        """A cursor to run statements on ``conn`` (a connection a call was given): the kept connection's reused
+        cursor when ``conn`` is that connection, else a new one. Used by the call it was given to only."""
+        kc = self._kept_cursor
+        if kc is not None and kc[0] is conn:
+            return kc[1]
+        cursor = conn.cursor()
+        kept = self._kept
+        if kept is not None and kept[1] is conn:  # conn is the kept connection: its caller holds ``_kept_lock``
+            self._kept_cursor = (conn, cursor)
+        return cursor
+
     def _give_back(self) -> None:
         """Return the kept connection to its pool (caller holds ``_kept_lock``)."""
+        self._kept_cursor = None
         kept, self._kept = self._kept, None
         if kept is not None:
             with suppress(Exception):
