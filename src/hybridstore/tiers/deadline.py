@@ -21,7 +21,9 @@ log = logging.getLogger("hybridstore.primary")
 
 class Watchdog:
     def __init__(self, name: str = "hybridstore-watchdog") -> None:
-        self._cond = threading.Condition()
+        # A plain lock under the condition: `arm` and `disarm` take it directly (C-level, no Python frames).
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._heap: list[tuple[float, int, int]] = []
         self._active: set[int] = set()
         self._ids = itertools.count()
@@ -39,7 +41,7 @@ class Watchdog:
         same as `guard`, for a hot path that pairs the two in its own ``try``/``finally`` (no context manager)."""
         token = next(self._ids)
         deadline = time.monotonic() + timeout
-        with self._cond:
+        with self._lock:
             self._active.add(token)
             heapq.heappush(self._heap, (deadline, token, fd))
             if self._heap[0][1] == token:
@@ -48,7 +50,7 @@ class Watchdog:
 
     def disarm(self, token: int) -> None:
         """The guarded call ended: its deadline no longer applies (its heap entry is dropped when it comes up)."""
-        with self._cond:
+        with self._lock:
             self._active.discard(token)
 
     def _run(self) -> None:

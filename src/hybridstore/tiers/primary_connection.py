@@ -376,7 +376,7 @@ class PrimaryConnection:
         watchdog = self._watchdog
         token = watchdog.arm(conn.pgconn.socket, self._remaining(deadline, budget))
         try:
-            if not self.per_transaction_limits:
+            if not self.pooled and self.startup_options:  # not `per_transaction_limits` (read inline)
                 return fn(conn)
             conn.execute(self._bounded_begin)
             try:
