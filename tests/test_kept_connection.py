@@ -88,3 +88,22 @@ def test_the_kept_connection_goes_back_to_the_pool_in_time(tier: PrimaryTier) ->
     assert tier._kept is None, "given back after the call that found its time up"
     tier._run(backend_pid)
     assert tier._kept is not None, "and a connection is kept again"
+
+
+def test_the_kept_connection_reuses_one_statement_cursor(tier: PrimaryTier) -> None:
+    def cursors(conn: psycopg.Connection[Any]) -> tuple[psycopg.Cursor[Any], psycopg.Cursor[Any]]:
+        return tier.statement_cursor(conn), tier.statement_cursor(conn)
+
+    a, b = tier._run(cursors)
+    assert a is b and tier._run(cursors)[0] is a, "one cursor for every call on the kept connection"
+
+    def nested(conn: psycopg.Connection[Any]) -> tuple[psycopg.Cursor[Any], psycopg.Cursor[Any]]:
+        return tier.statement_cursor(conn), tier._run(lambda other: tier.statement_cursor(other))
+
+    kept, other = tier._run(nested)
+    assert kept is a and other is not a, "a connection from the pool gets a cursor of its own"
+    tier._kept_until = 0.0  # its time is up: the connection goes back to the pool, its cursor with it
+    tier._run(backend_pid)
+    assert tier._kept is None and tier._kept_cursor is None
+    fresh = tier._run(cursors)[0]
+    assert fresh is not a and fresh.connection is tier._kept[1]  # type: ignore[index]

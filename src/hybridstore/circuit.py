@@ -79,6 +79,10 @@ class CircuitBreaker:
             return max(0.0, self._opened_at + self._reset_timeout - self._clock())
 
     def record_success(self) -> None:
+        if self._state == "closed" and not self._failures:
+            # Nothing to change (closed implies the base reset timeout: only a success closes the circuit, and it
+            # resets it). Read without the lock: a failure recorded meanwhile simply counts as after this success.
+            return
         with self._lock:
             self._failures = 0
             self._reset_timeout = self.base_reset_timeout

@@ -83,7 +83,12 @@ class Router:
         return list(map(_make_op, fields))
 
     def write(self, collection: str, key: str, value_json: str | None) -> WriteResult:
-        if self._node.config.write_mode == "write_through" and self._gateway.allow() and self._origin_settled():
+        node = self._node
+        if (
+            node.config.write_mode == "write_through"
+            and self._gateway.allow()
+            and (node.origin.settled or self._origin_settled())
+        ):
             op = self.new_op(collection, key, value_json)  # stamped after the check: after the node id's old writes
             result = self._write_through(op)
             if result is not None:
@@ -114,11 +119,15 @@ class Router:
                 row = local.get(op.collection, op.key)
             except LocalStoreError as exc:
                 self._slot.mark_failed(exc, tier=local)  # the primary can still take the write
-        if row is not None and row.synced_at is None:
-            return None  # pending local ops for this key go first
-        op = op._replace(base_version=row.version if row else 0)
         strategy = self._strategies.wire_name(op.collection)
-        base = row.value_json if row is not None and strategy != "last_wins" else None  # the merge base, if needed
+        base = None  # the merge base, if the strategy needs one
+        if row is not None:
+            if row.synced_at is None:
+                return None  # pending local ops for this key go first
+            # base_version = the row's version (built as a tuple: `_replace` is a Python-level call)
+            op = _make_op((op[0], op[1], op[2], op[3], op[4], op[5], row.version, op[7]))
+            if strategy != "last_wins":
+                base = row.value_json
         try:
             outcome = self._gateway.call(lambda p: p.put_one(op, strategy=strategy, base_value=base))
         except PrimaryUnavailableError as exc:

@@ -8,7 +8,6 @@ call with an error. One thread serves every guarded call, so guarding costs a he
 
 from __future__ import annotations
 
-import contextlib
 import heapq
 import itertools
 import logging
@@ -16,14 +15,15 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
 
 log = logging.getLogger("hybridstore.primary")
 
 
 class Watchdog:
     def __init__(self, name: str = "hybridstore-watchdog") -> None:
-        self._cond = threading.Condition()
+        # A plain lock under the condition: `arm` and `disarm` take it directly (C-level, no Python frames).
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._heap: list[tuple[float, int, int]] = []
         self._active: set[int] = set()
         self._ids = itertools.count()
@@ -32,21 +32,26 @@ class Watchdog:
         self._thread.start()
         self.fired = 0
 
-    @contextlib.contextmanager
-    def guard(self, fd: int, timeout: float) -> Iterator[None]:
-        """Shut ``fd`` down if the block runs past ``timeout`` seconds."""
+    def guard(self, fd: int, timeout: float) -> _Guard:
+        """Shut ``fd`` down if the block (``with watchdog.guard(fd, timeout):``) runs past ``timeout`` seconds."""
+        return _Guard(self, fd, timeout)
+
+    def arm(self, fd: int, timeout: float) -> int:
+        """Shut ``fd`` down in ``timeout`` seconds unless `disarm` is called first with the token returned. The
+        same as `guard`, for a hot path that pairs the two in its own ``try``/``finally`` (no context manager)."""
         token = next(self._ids)
         deadline = time.monotonic() + timeout
-        with self._cond:
+        with self._lock:
             self._active.add(token)
             heapq.heappush(self._heap, (deadline, token, fd))
             if self._heap[0][1] == token:
                 self._cond.notify()
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._active.discard(token)
+        return token
+
+    def disarm(self, token: int) -> None:
+        """The guarded call ended: its deadline no longer applies (its heap entry is dropped when it comes up)."""
+        with self._lock:
+            self._active.discard(token)
 
     def _run(self) -> None:
         with self._cond:
@@ -71,6 +76,24 @@ class Watchdog:
             self._closed = True
             self._cond.notify()
         self._thread.join(timeout=2)
+
+
+class _Guard:
+    """`Watchdog.guard`'s context manager (a class: cheaper to enter and leave than a generator's)."""
+
+    __slots__ = ("_fd", "_timeout", "_token", "_watchdog")
+
+    def __init__(self, watchdog: Watchdog, fd: int, timeout: float) -> None:
+        self._watchdog = watchdog
+        self._fd = fd
+        self._timeout = timeout
+        self._token = -1
+
+    def __enter__(self) -> None:
+        self._token = self._watchdog.arm(self._fd, self._timeout)
+
+    def __exit__(self, *exc: object) -> None:
+        self._watchdog.disarm(self._token)
 
 
 def _shutdown(fd: int) -> None:

@@ -77,7 +77,7 @@ class PrimaryTier(PrimaryConnection):
     def put_one(self, op: Op, *, strategy: str = "last_wins", base_value: str | None = None) -> ApplyOutcome:
         """Apply one op (write-through): one round trip in the common case (see `tiers.push`) — the same rules
         and results as `put_many` for this op alone."""
-        return self._run(lambda conn: self._pusher.push_one(conn, op, strategy, base_value))
+        return self._run(lambda conn: self._pusher.push_one(self.statement_cursor(conn), op, strategy, base_value))
 
     def put_many(
         self,
@@ -156,7 +156,7 @@ class PrimaryTier(PrimaryConnection):
         return self._run(run)
 
     def _apply_one(self, conn: psycopg.Connection[Any], op: Op, strategy: str, base_value: str | None) -> ApplyOutcome:
-        return self._pusher.push_one(conn, op, strategy, base_value)
+        return self._pusher.push_one(self.statement_cursor(conn), op, strategy, base_value)
 
     def get(self, collection: str, key: str) -> StoredRow | None:
         rows = self._run(lambda conn: conn.execute(self._current_sql, (collection, key)).fetchall())

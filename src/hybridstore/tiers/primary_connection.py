@@ -122,6 +122,9 @@ class PrimaryConnection:
         self._kept: tuple[ConnectionPool, psycopg.Connection[Any]] | None = None
         self._kept_until = 0.0  # monotonic: then it goes back, so the pool's lifetime and idle rules apply to it
         self._kept_lock = threading.Lock()
+        # A cursor of the kept connection, reused by every statement of `statement_cursor`'s callers: psycopg's
+        # `Connection.execute` builds a cursor per statement, a good part of its Python-level CPU per call.
+        self._kept_cursor: tuple[psycopg.Connection[Any], psycopg.Cursor[Any]] | None = None
 
     def _new_pool(self) -> ConnectionPool:
         pool = ConnectionPool(
@@ -165,31 +168,38 @@ class PrimaryConnection:
         budget = budget or self.timeout
         deadline = time.monotonic() + budget
         try:
-            with self._checkout() as conn:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise PrimaryTimeoutError(f"primary unavailable: no connection within {budget:g}s")
-                with self._watchdog.guard(conn.pgconn.socket, remaining):
-                    yield conn
-        except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout, PoolClosed) as exc:
+            with self._checkout() as conn, self._watchdog.guard(conn.pgconn.socket, self._remaining(deadline, budget)):
+                yield conn
+        except (psycopg.Error, PoolTimeout, PoolClosed) as exc:
+            raise self._failure(exc, deadline, budget) from exc
+
+    def _remaining(self, deadline: float, budget: float) -> float:
+        """Seconds left of a call's budget once it has its connection (`PrimaryTimeoutError` if none)."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise PrimaryTimeoutError(f"primary unavailable: no connection within {budget:g}s")
+        return remaining
+
+    def _failure(
+        self, exc: BaseException, deadline: float, budget: float
+    ) -> PrimaryUnavailableError | PrimaryRejectedError:
+        """The error to raise for a driver or pool error ``exc`` of a call with this deadline and budget."""
+        if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout, PoolClosed)):
             self.last_error = str(exc).strip() or type(exc).__name__
             if isinstance(exc, PoolTimeout):
-                raise PrimaryTimeoutError(
+                return PrimaryTimeoutError(
                     f"primary unavailable: no connection within {self.timeout:g}s ({self.last_error})"
-                ) from exc
+                )
             if time.monotonic() >= deadline - 0.05 * budget:
-                raise PrimaryTimeoutError(
-                    f"primary unavailable: no answer within {budget:g}s ({self.last_error})"
-                ) from exc
-            raise PrimaryUnavailableError(f"primary unavailable: {self.last_error}") from exc
-        except psycopg.Error as exc:
-            self.last_error = str(exc).strip()
-            if is_prepared_statement_error(exc):  # a connection from before the switch may still meet one
-                self._switch_to_pooled(f"prepared statements fail ({self.last_error})")
-                raise _PoolerFound(f"primary unavailable: {self.last_error}") from exc
-            if is_privilege_error(exc):
-                raise self._refused(exc) from exc
-            raise PrimaryRejectedError(f"primary rejected the operation: {self.last_error}") from exc
+                return PrimaryTimeoutError(f"primary unavailable: no answer within {budget:g}s ({self.last_error})")
+            return PrimaryUnavailableError(f"primary unavailable: {self.last_error}")
+        self.last_error = str(exc).strip()
+        if is_prepared_statement_error(exc):  # a connection from before the switch may still meet one
+            self._switch_to_pooled(f"prepared statements fail ({self.last_error})")
+            return _PoolerFound(f"primary unavailable: {self.last_error}")
+        if is_privilege_error(exc):
+            return self._refused(exc)
+        return PrimaryRejectedError(f"primary rejected the operation: {self.last_error}")
 
     @contextmanager
     def _checkout(self) -> Iterator[psycopg.Connection[Any]]:
@@ -199,32 +209,54 @@ class PrimaryConnection:
                 yield conn
             return
         try:
-            pool, kept = self._kept or (None, None)
-            if kept is None or pool is not self._pool or self._closed:
-                self._give_back()  # a connection of a replaced pool goes back to it (and is closed there)
-                if self._closed:
-                    raise PrimaryUnavailableError("primary tier is closed")
-                pool = self._pool
-                kept = pool.getconn(timeout=self.timeout)
-                self._kept = (pool, kept)
-                self._kept_until = time.monotonic() + KEEP_CONNECTION_FOR
+            kept = self._take_kept()
             try:
                 yield kept
             finally:
-                # Kept only as the pool would take it back without work (open, idle, outside a transaction), while
-                # the tier is open, for `KEEP_CONNECTION_FOR` seconds at most.
-                if (
-                    self._closed
-                    or kept.closed
-                    or kept.pgconn.transaction_status != _IDLE
-                    or time.monotonic() > self._kept_until
-                ):
-                    self._give_back()  # the pool rolls back, checks or replaces it
+                self._after_kept(kept)
         finally:
             self._kept_lock.release()
 
+    def _take_kept(self) -> psycopg.Connection[Any]:
+        """The kept connection, taken from the pool first if there is none (caller holds ``_kept_lock``)."""
+        pool, kept = self._kept or (None, None)
+        if kept is None or pool is not self._pool or self._closed:
+            self._give_back()  # a connection of a replaced pool goes back to it (and is closed there)
+            if self._closed:
+                raise PrimaryUnavailableError("primary tier is closed")
+            pool = self._pool
+            kept = pool.getconn(timeout=self.timeout)
+            self._kept = (pool, kept)
+            self._kept_until = time.monotonic() + KEEP_CONNECTION_FOR
+        return kept
+
+    def _after_kept(self, kept: psycopg.Connection[Any]) -> None:
+        """A call on the kept connection ended: it stays kept only as the pool would take it back without work
+        (open, idle, outside a transaction), while the tier is open, for `KEEP_CONNECTION_FOR` seconds at most
+        (caller holds ``_kept_lock``)."""
+        if (
+            self._closed
+            or kept.closed
+            or kept.pgconn.transaction_status != _IDLE
+            or time.monotonic() > self._kept_until
+        ):
+            self._give_back()  # the pool rolls back, checks or replaces it
+
+    def statement_cursor(self, conn: psycopg.Connection[Any]) -> psycopg.Cursor[Any]:
+        """A cursor to run statements on ``conn`` (a connection a call was given): the kept connection's reused
+        cursor when ``conn`` is that connection, else a new one. Used by the call it was given to only."""
+        kc = self._kept_cursor
+        if kc is not None and kc[0] is conn:
+            return kc[1]
+        cursor = conn.cursor()
+        kept = self._kept
+        if kept is not None and kept[1] is conn:  # conn is the kept connection: its caller holds ``_kept_lock``
+            self._kept_cursor = (conn, cursor)
+        return cursor
+
     def _give_back(self) -> None:
         """Return the kept connection to its pool (caller holds ``_kept_lock``)."""
+        self._kept_cursor = None
         kept, self._kept = self._kept, None
         if kept is not None:
             with suppress(Exception):
@@ -316,8 +348,35 @@ class PrimaryConnection:
         return result
 
     def _call(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
-        with self._conn() as conn:
-            if not self.per_transaction_limits:
+        """``fn(conn)`` on a connection of `_conn` — the same bounds, errors and connection rules, written out
+        without its context managers (every call to the primary passes here: a write-through's CPU)."""
+        if self._closed:
+            raise PrimaryUnavailableError("primary tier is closed")
+        budget = self.timeout
+        deadline = time.monotonic() + budget
+        try:
+            if not self._kept_lock.acquire(blocking=False):
+                with self._pool.connection(timeout=budget) as conn:
+                    return self._guarded(conn, fn, deadline, budget)
+            try:
+                kept = self._take_kept()
+                try:
+                    return self._guarded(kept, fn, deadline, budget)
+                finally:
+                    self._after_kept(kept)
+            finally:
+                self._kept_lock.release()
+        except (psycopg.Error, PoolTimeout, PoolClosed) as exc:
+            raise self._failure(exc, deadline, budget) from exc
+
+    def _guarded(
+        self, conn: psycopg.Connection[Any], fn: Callable[[psycopg.Connection[Any]], T], deadline: float, budget: float
+    ) -> T:
+        """``fn(conn)`` under the watchdog, in a transaction that sets the limits when they are per transaction."""
+        watchdog = self._watchdog
+        token = watchdog.arm(conn.pgconn.socket, self._remaining(deadline, budget))
+        try:
+            if not self.pooled and self.startup_options:  # not `per_transaction_limits` (read inline)
                 return fn(conn)
             conn.execute(self._bounded_begin)
             try:
@@ -328,6 +387,8 @@ class PrimaryConnection:
                 raise
             conn.execute(b"COMMIT")
             return result
+        finally:
+            watchdog.disarm(token)
 
     def ensure_schema(self, *, budget: float | None = None) -> None:
         """Make sure the tier can serve calls, within ``budget`` seconds (default: the tier timeout, so a

@@ -148,8 +148,9 @@ class PushStatements:
 
     # -- one op (write-through) -----------------------------------------------------------------------------------
 
-    def push_one(self, conn: psycopg.Connection[Any], op: Op, strategy: str, base_value: str | None) -> ApplyOutcome:
-        """Apply one op: the fast statement (autocommit: one round trip), else the slow path."""
+    def push_one(self, cur: psycopg.Cursor[Any], op: Op, strategy: str, base_value: str | None) -> ApplyOutcome:
+        """Apply one op with ``cur`` (a cursor of the call's connection): the fast statement (autocommit: one round
+        trip), else the slow path."""
         params = (
             op.collection,
             op.key,
@@ -160,12 +161,12 @@ class PushStatements:
             op.origin,
             op.hlc,
         )
-        row = conn.execute(self.one, params).fetchone()
+        row = cur.execute(self.one, params).fetchone()
         if row is not None:
             version, at = row
             current = StoredRow(op.collection, op.key, op.value_json, version, op.hlc, op.origin, at, time.time())
             return ApplyOutcome(op.op_id, "applied", current)
-        return self._settle(conn, [op], [strategy], [base_value])[0]
+        return self._settle(cur.connection, [op], [strategy], [base_value])[0]
 
     # -- a batch --------------------------------------------------------------------------------------------------
 

@@ -13,14 +13,17 @@ Contract:
 
 from __future__ import annotations
 
+import functools
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ...model import Op, StoredRow
 from ..keyrange import key_range
 from .database import ROW_COLUMNS, LocalDatabase, as_row
 
+# `StoredRow` from a tuple of all its fields, without the generated ``__new__``'s Python frame.
+_make_row: Callable[[tuple[Any, ...]], StoredRow] = functools.partial(tuple.__new__, StoredRow)
 _GET = f"SELECT {ROW_COLUMNS} FROM records WHERE collection = ? AND key = ?"
 
 
@@ -81,7 +84,6 @@ class LocalRecords(LocalDatabase):
         # One statement in autocommit mode is its own transaction: no BEGIN/COMMIT round of calls.
         with self._lock:
             conn = self._conn
-            self.cache.discard(name)
             try:
                 cur = conn.execute(
                     "INSERT INTO records (collection, key, value, version, hlc, origin, updated_at, synced_at, "
@@ -102,9 +104,14 @@ class LocalRecords(LocalDatabase):
                     ),
                 )
             except sqlite3.Error as exc:
+                self.cache.discard(name)
                 raise self._error(exc) from exc
             if cur.rowcount:  # stored as given: the next read or write-through of the key needs no SELECT
-                self.cache.put(name, row._replace(synced_at=now))
+                # `row` with synced_at = now (built as a tuple: `_replace` is a Python-level call); replaces the
+                # cached row
+                self.cache.put(name, _make_row((*row[:7], now)))
+            else:
+                self.cache.discard(name)
 
     def store_synced_many(self, rows: Sequence[StoredRow]) -> None:
         """`store_synced` for many rows in one transaction (rebuilding the local copy from the primary or a
