@@ -123,11 +123,11 @@ class HybridStore:
         self._node.check_open()
         check_collection(collection)
         max_bytes = self._max_value_bytes
-        ops = []
+        encoded = []
         for key, value in items:
             check_key(key)
-            ops.append(self._router.new_op(collection, key, encode_value(value, max_bytes=max_bytes)))
-        return self._router.queue_many(ops) if ops else []
+            encoded.append((key, encode_value(value, max_bytes=max_bytes)))
+        return self._router.set_many_encoded(collection, encoded)  # op ids and stamps made for the whole batch
 
     # -- reads ------------------------------------------------------------------------------------------------
 
