@@ -68,3 +68,30 @@ def test_a_held_write_lock_leaves_one_connection_to_read_it_all(db: Path, monkey
     finally:
         writer.execute("ROLLBACK")
         writer.close()
+
+
+def test_the_primary_builds_the_same_lines_as_the_node(pg_dsn: str, pg_schema: str) -> None:
+    """A backup from the primary takes each record's line from the server (`PRIMARY_LINE_COLUMNS`): byte for byte
+    what `record_line` makes of the same row, for keys and stamps that need escaping and any float."""
+    from hybridstore.backup.snapshot import PRIMARY_LINE_COLUMNS, record_line
+    from hybridstore.tiers.primary import PrimaryTier
+
+    tier = PrimaryTier(pg_dsn, schema=pg_schema)
+    try:
+        tier.ensure_schema()
+        keys = ["plain", 'quote"back\\slash', "tab\tnew\nline\r\x01\x1f\x7f", "é 漢字 🙂", "/slash\u2028"]
+        with tier._conn() as conn:  # rows as any writer may have left them (origin and hlc are not ours to vet)
+            for i, key in enumerate(keys):
+                conn.execute(
+                    f'INSERT INTO "{pg_schema}".records (collection, key, value, version, hlc, origin, updated_at) '
+                    "VALUES ('c', %s, %s::jsonb, %s, %s, %s, to_timestamp(%s))",
+                    (key, '{"a": [1, 2.5, "x\\"y"], "b": null}', i + 1, f'h\t{i}"', f"o\\{key}", 1.7e9 + i / 7),
+                )
+        plain = [r for batch in tier.iter_snapshot(2) for r in batch]
+        built = [r for batch in tier.iter_snapshot(2, columns=PRIMARY_LINE_COLUMNS) for r in batch]
+    finally:
+        tier.close()
+    assert len(plain) == len(keys) == len(built)
+    for (c, k, v, ver, h, o, u), (c2, k2, line) in zip(plain, built, strict=True):
+        assert (c, k) == (c2, k2)
+        assert line.encode() == record_line(k, v, ver, h, o, u)

@@ -84,6 +84,18 @@ def record_line(key: str, value: str, version: int, hlc: str, origin: str, updat
     return f"[{_quote(key)},{value},{version},{_quote(hlc)},{_quote(origin)},{updated_at!r}]\n".encode()
 
 
+# A backup from the primary: the server builds each record's line (the text `record_line` makes of the same row:
+# `to_json` escapes a text as the JSON encoder above does, and a float8's text is its shortest exact form, as
+# `repr` writes it, given the ".0" `repr` adds to a whole number), so the node only encodes it while the
+# PostgreSQL backend does the formatting, in parallel with the compression.
+PRIMARY_LINE_COLUMNS = (
+    "collection, key, '[' || to_json(key)::text || ',' || value::text || ',' || version || ',' || "
+    "to_json(hlc)::text || ',' || to_json(origin)::text || ',' || extract(epoch FROM updated_at)::float8 || "
+    "CASE WHEN extract(epoch FROM updated_at) = trunc(extract(epoch FROM updated_at)) THEN '.0' ELSE '' END || "
+    "E']\\n'"
+)
+
+
 def op_line(op: Op) -> bytes:
     value = "null" if op.value_json is None else op.value_json
     return (
@@ -359,11 +371,13 @@ def primary_sections(primary: PrimaryTier, db_path: Path | None, journal: list[O
 
         def rows(batches: Iterator[list[Any]]) -> Iterator[tuple[str, str, bytes]]:
             for batch in batches:
-                for c, k, v, ver, h, o, u in batch:
-                    yield c, k, record_line(k, v, ver, h, o, u)
+                for c, k, line in batch:
+                    yield c, k, line.encode()
 
         seen: set[str] = set()
-        for collection, group in groupby(rows(primary.iter_snapshot(BATCH)), key=itemgetter(0)):
+        for collection, group in groupby(
+            rows(primary.iter_snapshot(BATCH, columns=PRIMARY_LINE_COLUMNS)), key=itemgetter(0)
+        ):
             for extra in sorted(c for c in extras if c < collection and c not in seen):
                 seen.add(extra)
                 yield from section(extra, iter(()))

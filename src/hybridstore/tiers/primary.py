@@ -38,6 +38,10 @@ def _current_row(collection: str, key: str, r: Sequence[Any]) -> StoredRow:
     return StoredRow(collection, key, r[0], r[1], r[2], r[3], r[4], time.time())
 
 
+# `PrimaryTier.iter_snapshot`'s default select list.
+SNAPSHOT_COLUMNS = "collection, key, value::text, version, hlc, origin, extract(epoch FROM updated_at)::float8"
+
+
 class PrimaryTier(PrimaryConnection):
     """The primary's data: writes, reads, the change feed, conflicts and audit, bulk work for services; how it
     connects (bounds, pooling, readiness, errors) is `PrimaryConnection`'s."""
@@ -408,11 +412,14 @@ class PrimaryTier(PrimaryConnection):
             cur.execute(statement.replace("{schema}", self._q).encode(), params)
             return cur.fetchall() if cur.description else []
 
-    def iter_snapshot(self, batch_size: int = 5000, *, fetch_timeout: float | None = None) -> Iterator[list[Any]]:
-        """Every live record as ``(collection, key, value_text, version, hlc, origin, updated_at)``, ordered by
-        (collection, key), in batches, all from one consistent snapshot (a repeatable-read, read-only
-        transaction on a connection of its own, outside the pool). Each fetch is bounded by ``fetch_timeout``
-        (default: 10 times the tier timeout); a failure raises `PrimaryUnavailableError`."""
+    def iter_snapshot(
+        self, batch_size: int = 5000, *, fetch_timeout: float | None = None, columns: str = SNAPSHOT_COLUMNS
+    ) -> Iterator[list[Any]]:
+        """Every live record as ``(collection, key, value_text, version, hlc, origin, updated_at)`` (or as the
+        caller's ``columns``: a constant select list over ``records``), ordered by (collection, key), in batches,
+        all from one consistent snapshot (a repeatable-read, read-only transaction on a connection of its own,
+        outside the pool). Each fetch is bounded by ``fetch_timeout`` (default: 10 times the tier timeout); a
+        failure raises `PrimaryUnavailableError`."""
         if not self._ready:
             self.ensure_schema()
         budget = fetch_timeout or self.timeout * 10
@@ -426,8 +433,7 @@ class PrimaryTier(PrimaryConnection):
                 with conn.cursor(name="hybridstore_snapshot") as cur:
                     with self._watchdog.guard(conn.pgconn.socket, budget):
                         cur.execute(
-                            f"SELECT collection, key, value::text, version, hlc, origin, "
-                            f"extract(epoch FROM updated_at)::float8 FROM {self._q}.records "
+                            f"SELECT {columns} FROM {self._q}.records "
                             f"WHERE value IS NOT NULL AND version > 0 ORDER BY collection, key".encode()
                         )
                     while True:
