@@ -1,6 +1,11 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
+
+from hybridstore.tiers.local import LocalTier
 
 pytest_plugins = [
     "tests.fix_db",
@@ -40,3 +45,11 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests say what they configure: the machine's own environment must not point a store elsewhere."""
     for name in _ENV:
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def local_tier(tmp_path: Path) -> Iterator[LocalTier]:
+    """A local tier on a fresh SQLite file, closed after the test."""
+    t = LocalTier(tmp_path / "local.db")
+    yield t
+    t.close()

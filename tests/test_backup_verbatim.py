@@ -99,29 +99,41 @@ def test_both_ways_restore_the_same_records(tmp_path: Path, name: str) -> None:
         assert row.value_json == encode_value(bad_value)
 
 
+ALL = restore.Selection.of(None, None)
+OTHER = [compact(f"k{i}", {"other": i}) for i in range(20)]  # the same keys as PLAIN, other values
+
+
+def validate_file(path: Path) -> tuple[int, list[restore.ChunkCheck]]:
+    with BackupReader(path, None) as reader:
+        return restore.validate(reader, ALL, 1 << 20, None)
+
+
+def apply_file(
+    store: hybridstore.HybridStore,
+    path: Path,
+    checks: list[restore.ChunkCheck],
+    report: restore.RestoreReport | None = None,
+) -> restore.RestoreReport:
+    """The apply pass over ``path`` with the checks of an earlier validation (of this or another file)."""
+    report = report or restore.RestoreReport("x", False, True)
+    with BackupReader(path, None) as reader:
+        restore.apply(store.node, store.node.router, reader, ALL, report, diff_limit=10, progress=None, checks=checks)
+    return report
+
+
 def test_a_backup_changed_after_its_validation_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A backup larger than `restore.KEEP_BYTES`: the apply pass reads the file again, and a chunk whose bytes
     differ from the validated ones is refused before anything of it is written."""
     monkeypatch.setattr(restore, "KEEP_BYTES", 0)
     with hybridstore.open(None, data_dir=tmp_path / "node", background=False) as store:
-        backups = service(store)
-        first = forge(tmp_path / "first.hsb", PLAIN)
-        second = forge(tmp_path / "second.hsb", [compact(f"k{i}", {"other": i}) for i in range(20)])
-        selection = restore.Selection.of(None, None)
-        with BackupReader(first, None) as reader:
-            count, checks = restore.validate(reader, selection, 1 << 20, None)
+        first, second = forge(tmp_path / "first.hsb", PLAIN), forge(tmp_path / "second.hsb", OTHER)
+        count, checks = validate_file(first)
         assert count == len(PLAIN) and [c.verbatim for c in checks] == [True]
         report = restore.RestoreReport("x", False, True)
-        with BackupReader(second, None) as reader, pytest.raises(BackupTamperedError, match="changed"):
-            restore.apply(
-                store.node, backups._writer, reader, selection, report, diff_limit=10, progress=None, checks=checks
-            )
+        with pytest.raises(BackupTamperedError, match="changed"):
+            apply_file(store, second, checks, report)
         assert report.written == 0 and store.list("products").records == []
-        with BackupReader(first, None) as reader:
-            restore.apply(
-                store.node, backups._writer, reader, selection, report, diff_limit=10, progress=None, checks=checks
-            )
-        assert report.written == len(PLAIN)
+        assert apply_file(store, first, checks).written == len(PLAIN)
         assert store.get("products", "k3").value == json.loads(PLAIN[3])[1]  # type: ignore[union-attr]
 
 
@@ -129,19 +141,10 @@ def test_a_kept_backup_writes_what_was_validated(tmp_path: Path) -> None:
     """A backup within `restore.KEEP_BYTES`: the apply pass writes the records the validation pass cut and kept,
     whatever the file holds by then (it is not read again)."""
     with hybridstore.open(None, data_dir=tmp_path / "node", background=False) as store:
-        backups = service(store)
-        first = forge(tmp_path / "first.hsb", PLAIN)
-        second = forge(tmp_path / "second.hsb", [compact(f"k{i}", {"other": i}) for i in range(20)])
-        selection = restore.Selection.of(None, None)
-        with BackupReader(first, None) as reader:
-            _, checks = restore.validate(reader, selection, 1 << 20, None)
+        first, second = forge(tmp_path / "first.hsb", PLAIN), forge(tmp_path / "second.hsb", OTHER)
+        _, checks = validate_file(first)
         assert [type(c) for c in checks] == [restore.Validated]
-        report = restore.RestoreReport("x", False, True)
-        with BackupReader(second, None) as reader:
-            restore.apply(
-                store.node, backups._writer, reader, selection, report, diff_limit=10, progress=None, checks=checks
-            )
-        assert report.written == len(PLAIN)
+        assert apply_file(store, second, checks).written == len(PLAIN)
         for line in PLAIN:
             key, value = json.loads(line)[:2]
             assert store.get("products", key).value == value  # type: ignore[union-attr]

@@ -4,7 +4,6 @@ fallback to one op at a time), and a restore's queued ops reaching the primary."
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +23,6 @@ from .fix_db import StoreFactory, primary_rows
 NODE = "node-a"
 
 
-@pytest.fixture
-def tier(tmp_path: Path) -> Iterator[LocalTier]:
-    t = LocalTier(tmp_path / "local.db")
-    yield t
-    t.close()
-
-
 def ops(clock: HybridClock, items: list[tuple[str, str]]) -> list[Op]:
     return [
         Op(i, "c", k, v, s, NODE, 0, 1000.0)
@@ -38,8 +30,8 @@ def ops(clock: HybridClock, items: list[tuple[str, str]]) -> list[Op]:
     ]
 
 
-def outbox(tier: LocalTier) -> list[tuple[int, str, str | None, str]]:
-    return [tuple(r) for r in tier._read("SELECT seq, key, value, hlc FROM outbox ORDER BY seq")]
+def outbox(local_tier: LocalTier) -> list[tuple[int, str, str | None, str]]:
+    return [tuple(r) for r in local_tier._read("SELECT seq, key, value, hlc FROM outbox ORDER BY seq")]
 
 
 def test_op_ids_of_a_batch_are_distinct_version_7_uuids() -> None:
@@ -51,44 +43,44 @@ def test_op_ids_of_a_batch_are_distinct_version_7_uuids() -> None:
         assert abs((parsed.int >> 80) - wall_ms()) < 60_000  # Unix milliseconds first: time-ordered
 
 
-def test_bulk_store_coalesces_unsent_ops_only(tier: LocalTier) -> None:
+def test_bulk_store_coalesces_unsent_ops_only(local_tier: LocalTier) -> None:
     clock = HybridClock(NODE)
-    tier.embedded()
-    tier.import_ops(ops(clock, [("a", "1"), ("b", "1"), ("c", "1")]), fresh=True)
-    tier.pending_ops(2)  # a and b count as sent: they stay in the outbox
-    tier.import_ops(ops(clock, [("a", "2"), ("c", "2"), ("d", "2")]), fresh=True)
-    assert [(seq, k, v) for seq, k, v, _ in outbox(tier)] == [
+    local_tier.embedded()
+    local_tier.import_ops(ops(clock, [("a", "1"), ("b", "1"), ("c", "1")]), fresh=True)
+    local_tier.pending_ops(2)  # a and b count as sent: they stay in the outbox
+    local_tier.import_ops(ops(clock, [("a", "2"), ("c", "2"), ("d", "2")]), fresh=True)
+    assert [(seq, k, v) for seq, k, v, _ in outbox(local_tier)] == [
         (1, "a", "1"),
         (2, "b", "1"),
         (4, "a", "2"),
         (5, "c", "2"),
         (6, "d", "2"),
     ]
-    stamps = [h for *_, h in outbox(tier)]
+    stamps = [h for *_, h in outbox(local_tier)]
     assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)
-    row = tier.get("c", "c")
+    row = local_tier.get("c", "c")
     assert row is not None and row.value_json == "2" and row.hlc == stamps[3]
 
 
 @pytest.mark.parametrize("key", ["plain", "caf\u00e9", "smile \U0001f600", 'quote " and \\ backslash', "tab\tkey"])
-def test_bulk_store_coalesces_any_key(tier: LocalTier, key: str) -> None:
+def test_bulk_store_coalesces_any_key(local_tier: LocalTier, key: str) -> None:
     clock = HybridClock(NODE)
-    tier.embedded()
-    tier.import_ops(ops(clock, [(key, "1"), ("other", "1")]), fresh=True)
-    tier.import_ops(ops(clock, [(key, "2"), ("other", "2")]), fresh=True)
-    assert [(k, v) for _, k, v, _ in outbox(tier)] == [(key, "2"), ("other", "2")]
+    local_tier.embedded()
+    local_tier.import_ops(ops(clock, [(key, "1"), ("other", "1")]), fresh=True)
+    local_tier.import_ops(ops(clock, [(key, "2"), ("other", "2")]), fresh=True)
+    assert [(k, v) for _, k, v, _ in outbox(local_tier)] == [(key, "2"), ("other", "2")]
 
 
-def test_bulk_store_falls_back_when_a_stored_stamp_is_newer(tier: LocalTier) -> None:
+def test_bulk_store_falls_back_when_a_stored_stamp_is_newer(local_tier: LocalTier) -> None:
     """A stored row stamped beyond the clock's drift guard: the batch is stored op by op and that key's op is
     re-stamped after the stored row; nothing is lost, every key is queued once."""
     clock = HybridClock(NODE)
     future = Timestamp(wall_ms() + 10**12, 3, "other").encode()
-    tier.import_ops([Op("x", "c", "b", "old", future, "other", 0, 1.0)])
-    stored = tier.import_ops(ops(clock, [("a", "1"), ("b", "1"), ("c", "1")]), fresh=True)
+    local_tier.import_ops([Op("x", "c", "b", "old", future, "other", 0, 1.0)])
+    stored = local_tier.import_ops(ops(clock, [("a", "1"), ("b", "1"), ("c", "1")]), fresh=True)
     assert [o.key for o in stored] == ["a", "b", "c"] and stored[1].hlc == stamp_after(future, NODE)
-    assert [(k, v) for _, k, v, _ in outbox(tier)] == [("b", "old"), ("a", "1"), ("b", "1"), ("c", "1")]
-    row = tier.get("c", "b")
+    assert [(k, v) for _, k, v, _ in outbox(local_tier)] == [("b", "old"), ("a", "1"), ("b", "1"), ("c", "1")]
+    row = local_tier.get("c", "b")
     assert row is not None and row.value_json == "1" and row.hlc == stored[1].hlc
 
 
@@ -109,9 +101,9 @@ def test_restore_queues_every_record_once_with_increasing_stamps(tmp_path: Path)
         before = fresh.node.clock.now()
         report = fb.restore_backup(backup_id)
         assert report.written == n and report.total("added") == n
-        tier = fresh.node.slot.tier
-        assert tier is not None
-        rows = tier._read("SELECT key, hlc, op_id, origin FROM outbox ORDER BY seq")
+        local_tier = fresh.node.slot.tier
+        assert local_tier is not None
+        rows = local_tier._read("SELECT key, hlc, op_id, origin FROM outbox ORDER BY seq")
         assert [k for k, *_ in rows] == [f"o{i:05d}" for i in range(n)]
         stamps = [h for _, h, _, _ in rows]
         assert stamps == sorted(set(stamps)) and stamps[0] > before and fresh.node.clock.now() > stamps[-1]
@@ -160,15 +152,15 @@ def test_kept_and_reread_restores_agree(tmp_path: Path, monkeypatch: pytest.Monk
         assert [r.value for r in fresh.list("orders", limit=2000)] == [{"i": i} for i in range(1200)]
 
 
-def test_bulk_store_coalesces_per_collection(tier: LocalTier) -> None:
+def test_bulk_store_coalesces_per_collection(local_tier: LocalTier) -> None:
     clock = HybridClock(NODE)
-    tier.embedded()
+    local_tier.embedded()
 
     def batch(value: str) -> list[Op]:
         stamps = clock.now_many(3)
         return [Op(i, c, "k", value, s, NODE, 0, 1.0) for i, c, s in zip(new_op_ids(3), "xyz", stamps, strict=True)]
 
-    tier.import_ops(batch("1")[:2], fresh=True)
-    tier.import_ops(batch("2"), fresh=True)
-    rows = tier._read("SELECT collection, key, value FROM outbox ORDER BY seq")
+    local_tier.import_ops(batch("1")[:2], fresh=True)
+    local_tier.import_ops(batch("2"), fresh=True)
+    rows = local_tier._read("SELECT collection, key, value FROM outbox ORDER BY seq")
     assert [tuple(r) for r in rows] == [("x", "k", "2"), ("y", "k", "2"), ("z", "k", "2")]

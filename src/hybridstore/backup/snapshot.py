@@ -165,8 +165,8 @@ def _read_snapshots(db_path: Path, readers: int) -> Iterator[tuple[sqlite3.Conne
     read transactions on the very same snapshot (WAL: writers are not blocked while they read).
 
     The snapshots are lined up by holding the write lock, on one more connection, while they all start: no
-    commit can land between them, and writers wait for that moment only. If the lock is not free at once (a
-    long write), the backup makes do with one connection alone (no reader connections)."""
+    commit can land between them, and writers wait for that moment only. If the lock is not free within
+    `GATE_TIMEOUT` (a long write), the backup makes do with one connection alone (no reader connections)."""
     conns: list[sqlite3.Connection] = []
     try:
         conns = _aligned(db_path, 1 + readers) if readers else []

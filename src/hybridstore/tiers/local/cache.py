@@ -16,7 +16,6 @@ from ...model import StoredRow
 
 ENTRY_OVERHEAD = 200  # bytes per entry besides its text: the tuple, the dict slot, the key tuple
 DEFAULT_MAX_BYTES = 32 * 1024 * 1024
-_ABSENT = object()
 
 
 class RowCache:
@@ -51,17 +50,11 @@ class RowCache:
 
     def put(self, key: tuple[str, str], row: StoredRow | None) -> None:
         """Cache ``row`` for ``key`` (replacing what was cached), unless it alone would take a quarter of the budget."""
-        # On every local write's path: arithmetic inline, no helper calls.
-        cost = ENTRY_OVERHEAD + len(key[0]) + len(key[1])
-        if row is not None and row.value_json is not None:
-            cost += len(row.value_json)
-        rows = self.rows
-        old = rows.pop(key, _ABSENT)
-        if old is not _ABSENT:
-            self._bytes -= _cost(key, old)  # type: ignore[arg-type]
+        self.discard(key)
+        cost = _cost(key, row)
         if cost > self.max_bytes >> 2:  # one huge value must not flush everything else
             return
-        rows[key] = row
+        self.rows[key] = row
         self._bytes += cost
         if self._bytes > self.max_bytes:
             self._evict()
